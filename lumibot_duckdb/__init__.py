@@ -1,0 +1,66 @@
+"""lumibot-duckdb: one DuckDB + Parquet bar store behind Lumibot's backtesting data sources.
+
+>>> from lumibot_duckdb import PolygonDataBacktesting              # doctest: +SKIP
+>>> MyStrategy.backtest(PolygonDataBacktesting, start, end, use_duckdb=True)  # doctest: +SKIP
+
+Importing this package is cheap; the data-source classes import Lumibot on first access.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lumibot_duckdb.config import Settings
+from lumibot_duckdb.errors import (
+    BarsValidationError,
+    ConfigError,
+    CorruptFileError,
+    LumibotDuckDBError,
+    ProviderDataError,
+    StoreError,
+    StoreLockTimeout,
+)
+from lumibot_duckdb.install import install, uninstall
+from lumibot_duckdb.store import DataStorageInterface, DuckDBDataStorage, Interval, SeriesKey
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BarsValidationError",
+    "ConfigError",
+    "CorruptFileError",
+    "DataStorageInterface",
+    "DuckDBDataStorage",
+    "EnhancedDataSourceBacktesting",
+    "Interval",
+    "LumibotDuckDBError",
+    "PolygonDataBacktesting",
+    "ProviderDataError",
+    "SeriesKey",
+    "Settings",
+    "StoreError",
+    "StoreLockTimeout",
+    "__version__",
+    "install",
+    "uninstall",
+]
+
+_LAZY = {
+    "PolygonDataBacktesting": "lumibot_duckdb.sources.polygon",
+    "EnhancedDataSourceBacktesting": "lumibot_duckdb.sources.base",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lumibot_duckdb' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

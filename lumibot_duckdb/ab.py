@@ -1,0 +1,346 @@
+"""The A/B harness: one strategy, one provider data set, Lumibot's legacy path beside the DuckDB path.
+
+Each run happens in a fresh Python process (so peak memory is its own and no cache survives in
+memory), fully offline: the provider is emulated at its network seam by
+:mod:`lumibot_duckdb.sample`. A *session* is a sequence of runs on the same cache folders:
+``cold`` (empty caches), ``warm`` (same window again) and ``shifted`` (the window moved later),
+for each variant. :func:`compare` then checks that fills and final portfolio value are identical.
+
+>>> session = run_session(Scenario.momentum(), workdir)            # doctest: +SKIP
+>>> print(render(session))                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ("legacy", "duckdb")
+PHASES = ("cold", "warm", "shifted")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """What to backtest: a strategy, its parameters, a window, and the emulated market."""
+
+    name: str
+    strategy: str
+    parameters: dict[str, Any]
+    start: str
+    end: str
+    source: str = "polygon"
+    market_seed: int = 1
+    budget: float = 100_000.0
+    shift_days: int = 30
+    market: str = ""  # "module:callable" returning a market; empty = SyntheticMarket(market_seed)
+
+    @classmethod
+    def buy_and_hold(cls, symbol: str = "AAA", start: str = "2024-01-02", end: str = "2024-04-01") -> Scenario:
+        return cls("buy-and-hold daily", "buy_and_hold", {"symbol": symbol}, start, end)
+
+    @classmethod
+    def momentum(cls, symbols: Sequence[str] = ("AAA", "BBB", "CCC", "DDD"), start: str = "2024-01-02",
+                 end: str = "2024-04-01") -> Scenario:
+        return cls(f"momentum rebalance daily x{len(symbols)}", "momentum",
+                   {"symbols": list(symbols), "lookback": 10, "top": 2, "period": 5}, start, end)
+
+    @classmethod
+    def minute_sma(cls, symbol: str = "AAA", start: str = "2024-01-02", end: str = "2024-01-09") -> Scenario:
+        return cls("minute SMA", "minute_sma", {"symbol": symbol, "fast": 10, "slow": 30, "quantity": 10},
+                   start, end, shift_days=7)
+
+    def window(self, phase: str) -> tuple[dt.date, dt.date]:
+        start, end = dt.date.fromisoformat(self.start), dt.date.fromisoformat(self.end)
+        if phase == "shifted":
+            step = dt.timedelta(days=self.shift_days)
+            return start + step, end + step
+        return start, end
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What one backtest run measured."""
+
+    scenario: str
+    variant: str
+    phase: str
+    wall_seconds: float
+    data_layer_seconds: float
+    seam_calls: int
+    requests: dict[str, int]
+    requested_days: int
+    peak_rss_mb: float
+    rss_after_import_mb: float
+    bytes_on_disk: int
+    bars_on_disk: int
+    fills: list[list[Any]]
+    final_value: float
+
+    @property
+    def bytes_per_bar(self) -> float:
+        return self.bytes_on_disk / self.bars_on_disk if self.bars_on_disk else float("nan")
+
+    @property
+    def provider_requests(self) -> int:
+        return sum(self.requests.values())
+
+
+@dataclasses.dataclass
+class Parity:
+    scenario: str
+    phase: str
+    identical: bool
+    fills: int
+    legacy_value: float
+    duckdb_value: float
+    detail: str = ""
+
+
+# -- running ---------------------------------------------------------------------------------------
+def child_environment(workdir: Path) -> dict[str, str]:
+    """Environment of a run: every Lumibot cache and artefact inside ``workdir``, nothing at home."""
+    env = dict(os.environ)
+    for name in list(env):
+        if name.startswith(("BACKTESTING_", "POLYGON_", "LUMIBOT_", "ALPACA_", "IS_BACKTESTING")):
+            del env[name]
+    env.update(
+        LUMIBOT_CACHE_FOLDER=str(workdir / "lumibot-cache"),
+        LUMIBOT_TRADING_DAYS_CACHE_DIR=str(workdir / "trading-days"),
+        LUMIBOT_DUCKDB_CACHE_DIR=str(workdir / "duckdb"),
+        LUMIBOT_DISABLE_DOTENV="true",
+        LUMIBOT_DISABLE_UI="true",
+        LUMIBOT_LOG_LEVEL="ERROR",
+        BACKTESTING_DATA_SOURCE="none",
+        POLYGON_API_KEY="offline-demo-key",
+        HOME=str(workdir / "home"),
+        XDG_CACHE_HOME=str(workdir / "home" / ".cache"),
+        MPLCONFIGDIR=str(workdir / "home" / ".mpl"),
+        PYTHONWARNINGS="ignore",
+    )
+    return env
+
+
+def run_subprocess(scenario: Scenario, variant: str, phase: str, workdir: Path, *, timeout: float = 3600) -> RunResult:
+    """Run one backtest in a fresh interpreter and return what it measured."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = json.dumps({"scenario": dataclasses.asdict(scenario), "variant": variant, "phase": phase,
+                       "workdir": str(workdir)})
+    done = subprocess.run(
+        [sys.executable, "-m", "lumibot_duckdb.ab", spec],
+        capture_output=True, text=True, env=child_environment(workdir), cwd=workdir, timeout=timeout,
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{\"scenario\"")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{scenario.name} {variant} {phase} failed (exit {done.returncode}):\n"
+                           f"{done.stderr[-4000:]}")
+    return RunResult(**json.loads(lines[-1]))
+
+
+def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = VARIANTS,
+                phases: Iterable[str] = PHASES) -> list[RunResult]:
+    """For each variant, the phases in order on that variant's own cache folders."""
+    results = []
+    for variant in variants:
+        for phase in phases:
+            results.append(run_subprocess(scenario, variant, phase, workdir / variant))
+    return results
+
+
+def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path) -> RunResult:
+    """Run one backtest in this process (Lumibot's environment must already point into ``workdir``)."""
+    import resource
+
+    from lumibot.tools import polygon_helper
+
+    from lumibot_duckdb.sample.offline import offline
+    from lumibot_duckdb.sample.strategies import STRATEGIES
+
+    if variant == "legacy":
+        from lumibot.backtesting import PolygonDataBacktesting as data_source
+        options: dict[str, Any] = {}
+    elif variant == "duckdb":
+        from lumibot_duckdb import PolygonDataBacktesting as data_source
+        options = {"use_duckdb": True, "cache_dir": str(workdir / "duckdb")}
+    else:
+        raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
+    rss_after_import = _rss_mb()
+    polygon_helper.LUMIBOT_CACHE_FOLDER = str(workdir / "lumibot-cache")
+
+    seam = {"seconds": 0.0, "calls": 0}
+    inner = polygon_helper.get_price_data_from_polygon
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            seam["seconds"] += time.perf_counter() - started
+            seam["calls"] += 1
+
+    strategy_class = _resolve(scenario.strategy, STRATEGIES)
+    start, end = scenario.window(phase)
+    polygon_helper.get_price_data_from_polygon = timed
+    try:
+        with offline(), _serve(scenario) as provider:
+            started = time.perf_counter()
+            _, strategy = strategy_class.run_backtest(
+                data_source, dt.datetime.combine(start, dt.time()), dt.datetime.combine(end, dt.time()),
+                benchmark_asset=None, risk_free_rate=0.0, show_plot=False, show_tearsheet=False,
+                save_tearsheet=False, show_indicators=False, show_progress_bar=False, quiet_logs=True,
+                save_stats_file=False, analyze_backtest=False, budget=scenario.budget,
+                polygon_api_key="offline-demo-key", parameters=dict(scenario.parameters), **options,
+            )
+            wall = time.perf_counter() - started
+            requests = {kind: provider.count(kind) for kind in ("aggs", "splits", "contracts")}
+            requested_days = provider.requested_days()
+    finally:
+        polygon_helper.get_price_data_from_polygon = inner
+    size, bars = _disk(variant, workdir)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    return RunResult(scenario.name, variant, phase, wall, seam["seconds"], seam["calls"], requests, requested_days,
+                     peak, rss_after_import, size, bars, fills_of(strategy), float(strategy.portfolio_value))
+
+
+def fills_of(strategy: Any) -> list[list[Any]]:
+    """Every fill of a finished backtest: time, symbol, side, quantity, price."""
+    log = strategy.broker._trade_event_log_df
+    if log is None or log.empty:
+        return []
+    filled = log[log["status"].isin(["fill", "partial_fill"])]
+    return [[str(t), str(s), str(side), float(q), float(p)] for t, s, side, q, p in
+            zip(filled["time"], filled["symbol"], filled["side"], filled["filled_quantity"], filled["price"])]
+
+
+def _resolve(name: str, known: dict[str, Any]) -> Any:
+    if name in known:
+        return known[name]
+    module, _, attr = name.partition(":")
+    import importlib
+
+    return getattr(importlib.import_module(module), attr)
+
+
+def _serve(scenario: Scenario) -> Any:
+    from lumibot_duckdb.sample.market import SyntheticMarket
+    from lumibot_duckdb.sample.polygon import serve_polygon
+
+    market = _resolve(scenario.market, {})() if scenario.market else SyntheticMarket(scenario.market_seed)
+    return serve_polygon(market)
+
+
+def _disk(variant: str, workdir: Path) -> tuple[int, int]:
+    """Bytes of bar files on disk and bars in them (legacy: Polygon's cache; duckdb: the store)."""
+    import pyarrow.parquet as pq
+
+    if variant == "duckdb":
+        from lumibot_duckdb.store import DuckDBDataStorage
+
+        with DuckDBDataStorage(workdir / "duckdb") as store:
+            report = store.status()
+        return sum(s.bytes for s in report), sum(s.rows for s in report)
+    folder = workdir / "lumibot-cache" / "polygon"
+    size = bars = 0
+    for path in folder.glob("*.parquet") if folder.exists() else []:
+        size += path.stat().st_size
+        if not path.name.endswith("_splits.parquet"):
+            table = pq.read_table(path)
+            missing = table.column("missing").to_pylist() if "missing" in table.column_names else []
+            bars += table.num_rows - sum(1 for m in missing if m)
+    return size, bars
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+# -- comparing and reporting ----------------------------------------------------------------------
+def compare(results: Sequence[RunResult]) -> list[Parity]:
+    """Legacy beside DuckDB for each (scenario, phase): identical fills and final value?"""
+    by_key = {(r.scenario, r.phase, r.variant): r for r in results}
+    report = []
+    for (scenario, phase, variant), legacy in sorted(by_key.items()):
+        if variant != "legacy" or (scenario, phase, "duckdb") not in by_key:
+            continue
+        ours = by_key[(scenario, phase, "duckdb")]
+        same_fills = legacy.fills == ours.fills
+        same_value = legacy.final_value == ours.final_value
+        detail = ""
+        if not same_fills:
+            first = next((i for i, (a, b) in enumerate(zip(legacy.fills, ours.fills)) if a != b),
+                         min(len(legacy.fills), len(ours.fills)))
+            detail = (f"fills differ from #{first}: legacy {legacy.fills[first:first + 1]} "
+                      f"vs duckdb {ours.fills[first:first + 1]} ({len(legacy.fills)} vs {len(ours.fills)} fills)")
+        elif not same_value:
+            detail = f"final value {legacy.final_value!r} vs {ours.final_value!r}"
+        report.append(Parity(scenario, phase, same_fills and same_value, len(legacy.fills), legacy.final_value,
+                             ours.final_value, detail))
+    return report
+
+
+def render(results: Sequence[RunResult], *, title: str = "A/B: Lumibot legacy vs lumibot-duckdb") -> str:
+    """The result table and the parity verdicts, as text."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for column in ("scenario", "phase", "variant", "wall s", "data layer s", "provider requests", "days asked",
+                   "peak RSS MB", "on disk", "bytes/bar", "fills", "final value"):
+        table.add_column(column, justify="left" if column in ("scenario", "phase", "variant") else "right")
+    for r in results:
+        requests = ", ".join(f"{k} {v}" for k, v in r.requests.items() if v) or "0"
+        table.add_row(r.scenario, r.phase, r.variant, f"{r.wall_seconds:.2f}", f"{r.data_layer_seconds:.2f}",
+                      requests, str(r.requested_days), f"{r.peak_rss_mb:.0f}", _size(r.bytes_on_disk), f"{r.bytes_per_bar:.1f}",
+                      str(len(r.fills)), f"{r.final_value:,.2f}")
+    console = Console(width=160, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(table)
+    for parity in compare(results):
+        verdict = "identical" if parity.identical else "DIFFERENT"
+        console.print(f"parity {parity.scenario} / {parity.phase}: {verdict} "
+                      f"({parity.fills} fills, final value {parity.duckdb_value:,.2f}) {parity.detail}")
+    return console.export_text()
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Child entry: ``python -m lumibot_duckdb.ab '<json spec>'`` prints one RunResult as JSON."""
+    spec = json.loads((argv or sys.argv[1:])[0])
+    scenario = Scenario(**spec["scenario"])
+    result = run_here(scenario, spec["variant"], spec["phase"], Path(spec["workdir"]))
+    print(json.dumps(dataclasses.asdict(result)), flush=True)
+    return 0
+
+
+def demo(workdir: Path | None = None, *, scenario: Scenario | None = None) -> tuple[list[RunResult], str]:
+    """The README's first command: an offline A/B on the sample market, legacy beside DuckDB."""
+    scenario = scenario or Scenario.momentum()
+    with tempfile.TemporaryDirectory(prefix="lumibot-duckdb-demo-") as scratch:
+        folder = Path(workdir) if workdir else Path(scratch)
+        results = run_session(scenario, folder)
+        return results, render(results)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

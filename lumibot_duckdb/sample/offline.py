@@ -1,0 +1,84 @@
+"""Keep a process offline: no socket connects, no DNS, no libcurl transfers (yfinance uses curl_cffi).
+
+Used by the test suite (every test) and by the A/B harness child processes, so that a run that
+reaches for the network fails loudly instead of silently waiting on a closed network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+
+class NetworkBlocked(ConnectionError):
+    """A network call was attempted while the network was blocked."""
+
+
+class NetworkGuard:
+    """Patches the network entry points; remembers every attempt, even ones the caller swallowed."""
+
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+        self._lock = threading.Lock()
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def _refuse(self, what: str) -> None:
+        with self._lock:
+            self.attempts.append(what)
+        raise NetworkBlocked(f"network access blocked: {what}")
+
+    def _patch(self, owner: Any, name: str, replacement: Any) -> None:
+        self._undo.append((owner, name, owner.__dict__.get(name, getattr(owner, name))))
+        setattr(owner, name, replacement)
+
+    def install(self) -> NetworkGuard:
+        guard = self
+
+        def connect(sock: socket.socket, address: Any, *args: Any) -> Any:
+            if sock.family == getattr(socket, "AF_UNIX", object()):
+                return _original_connect(sock, address, *args)
+            guard._refuse(f"socket connect to {address!r}")
+
+        def connect_ex(sock: socket.socket, address: Any, *args: Any) -> Any:
+            if sock.family == getattr(socket, "AF_UNIX", object()):
+                return _original_connect_ex(sock, address, *args)
+            guard._refuse(f"socket connect_ex to {address!r}")
+
+        def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+            guard._refuse(f"DNS lookup of {host!r}")
+
+        _original_connect = socket.socket.connect
+        _original_connect_ex = socket.socket.connect_ex
+        self._patch(socket.socket, "connect", connect)
+        self._patch(socket.socket, "connect_ex", connect_ex)
+        self._patch(socket, "getaddrinfo", getaddrinfo)
+        self._patch(socket, "create_connection",
+                    lambda address, *a, **k: guard._refuse(f"create_connection to {address!r}"))
+        try:
+            from curl_cffi import curl, requests as curl_requests
+        except ImportError:
+            return self
+        self._patch(curl.Curl, "perform", lambda *a, **k: guard._refuse("curl_cffi transfer"))
+        for session in ("Session", "AsyncSession"):
+            cls = getattr(curl_requests, session, None)
+            if cls is not None:
+                self._patch(cls, "request", lambda *a, **k: guard._refuse("curl_cffi request"))
+        return self
+
+    def uninstall(self) -> None:
+        while self._undo:
+            owner, name, original = self._undo.pop()
+            setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[NetworkGuard]:
+    """Block the network inside the block; the guard's ``attempts`` lists what was tried."""
+    guard = NetworkGuard().install()
+    try:
+        yield guard
+    finally:
+        guard.uninstall()

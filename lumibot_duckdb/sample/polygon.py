@@ -1,0 +1,218 @@
+"""An offline Polygon.io: answers the REST calls the ``polygon`` client makes, from a market.
+
+It replaces the urllib3 pool inside ``polygon.rest.base.BaseClient`` (``self.client``), one
+level below ``get_aggs``/``list_splits``, so the client's own URL building, status handling and
+JSON parsing still run. Every request is recorded, and faults can be injected.
+
+>>> from lumibot_duckdb.sample.market import SyntheticMarket
+>>> with serve_polygon(SyntheticMarket()) as polygon:              # doctest: +SKIP
+...     run_my_backtest()
+...     polygon.count("aggs")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlparse
+
+import pandas as pd
+
+NY = "America/New_York"
+
+
+class Market(Protocol):
+    def bars(self, symbol: str, timeframe: str, start: object, end: object, *, asset_type: str = "stock") -> pd.DataFrame:
+        ...
+
+
+@dataclass
+class FakeResponse:
+    """What ``BaseClient._get`` reads from a urllib3 response."""
+
+    status: int
+    data: bytes
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+
+    @classmethod
+    def json(cls, document: Any, status: int = 200) -> FakeResponse:
+        return cls(status, json.dumps(document).encode())
+
+
+@dataclass(frozen=True)
+class FakeRequest:
+    kind: str            # "aggs", "splits", "contracts" or "other"
+    path: str
+    params: dict[str, str]
+    ticker: str | None = None
+    timespan: str | None = None
+    start: str | None = None
+    end: str | None = None
+
+
+Interceptor = Callable[[FakeRequest], "FakeResponse | None"]
+
+
+class FakePolygonHTTP:
+    """Stands in for ``urllib3.PoolManager`` inside the polygon client."""
+
+    def __init__(
+        self,
+        market: Market,
+        *,
+        splits: dict[str, list[dict[str, Any]]] | None = None,
+        latency: float = 0.0,
+    ) -> None:
+        self.market = market
+        self.splits = dict(splits or {})
+        self.latency = latency
+        self.requests: list[FakeRequest] = []
+        self.interceptors: list[Interceptor] = []
+        self._lock = threading.Lock()
+
+    # -- what tests look at --------------------------------------------------------------------
+    def count(self, kind: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if kind is None or r.kind == kind)
+
+    def requested_days(self) -> int:
+        """Calendar days spanned by all aggregate requests (a re-download shows up here)."""
+        with self._lock:
+            return sum(_span_days(r.start, r.end) for r in self.requests if r.kind == "aggs")
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def intercept(self, interceptor: Interceptor) -> None:
+        """Answer requests with ``interceptor(request)`` whenever it returns a response."""
+        self.interceptors.append(interceptor)
+
+    # -- urllib3.PoolManager surface -----------------------------------------------------------
+    def request(self, method: str, url: str, fields: dict[str, Any] | None = None, headers: Any = None,
+                **_: Any) -> FakeResponse:
+        parsed = urlparse(url)
+        params = {k: str(v) for k, v in (fields or {}).items()}
+        params.update(dict(parse_qsl(parsed.query)))
+        request = _classify(parsed.path, params)
+        with self._lock:
+            self.requests.append(request)
+        if self.latency:
+            time.sleep(self.latency)
+        for interceptor in list(self.interceptors):
+            answer = interceptor(request)
+            if answer is not None:
+                return answer
+        if request.kind == "aggs":
+            return self._aggs(request)
+        if request.kind == "splits":
+            ticker = params.get("ticker", "")
+            return FakeResponse.json({"status": "OK", "results": self.splits.get(ticker, [])})
+        if request.kind == "contracts":
+            return self._contracts(params)
+        return FakeResponse.json({"status": "NOT_FOUND", "message": f"no route {parsed.path}"}, status=404)
+
+    def clear(self) -> None:  # PoolManager API
+        pass
+
+    # -- routes ----------------------------------------------------------------------------------
+    def _aggs(self, request: FakeRequest) -> FakeResponse:
+        ticker = request.ticker or ""
+        symbol, asset_type, day_tz = _parse_ticker(ticker)
+        start, end = _day_bound(request.start, day_tz, False), _day_bound(request.end, day_tz, True)
+        bars = self.market.bars(symbol, request.timespan or "minute", start, end, asset_type=asset_type)
+        results = [
+            {"v": v, "vw": vw, "o": o, "c": c, "h": h, "l": lo, "t": int(t.value // 1_000_000), "n": int(n)}
+            for t, o, h, lo, c, v, vw, n in zip(
+                bars.index, bars["open"], bars["high"], bars["low"], bars["close"], bars["volume"],
+                bars["vwap"].fillna(0.0), bars["trade_count"],
+            )
+        ]
+        document: dict[str, Any] = {"ticker": ticker, "queryCount": len(results), "resultsCount": len(results),
+                                    "adjusted": True, "status": "OK", "request_id": "offline"}
+        if results:
+            document["results"] = results
+            document["count"] = len(results)
+        return FakeResponse.json(document)
+
+    def _contracts(self, params: dict[str, str]) -> FakeResponse:
+        underlying = params.get("underlying_ticker", "")
+        expiration = params.get("expiration_date", "")
+        right = params.get("contract_type", "call")
+        strike = float(params.get("strike_price", "0") or 0)
+        if not underlying or not expiration:
+            return FakeResponse.json({"status": "OK", "results": []})
+        ticker = f"O:{underlying}{dt.date.fromisoformat(expiration):%y%m%d}{right[0].upper()}{round(strike * 1000):08d}"
+        contract = {"ticker": ticker, "underlying_ticker": underlying, "expiration_date": expiration,
+                    "strike_price": strike, "contract_type": right, "shares_per_contract": 100,
+                    "primary_exchange": "BATO", "exercise_style": "american"}
+        return FakeResponse.json({"status": "OK", "results": [contract]})
+
+
+def _classify(path: str, params: dict[str, str]) -> FakeRequest:
+    parts = path.strip("/").split("/")
+    if len(parts) >= 8 and parts[:3] == ["v2", "aggs", "ticker"]:
+        return FakeRequest("aggs", path, params, ticker=parts[3], timespan=parts[6], start=parts[7],
+                           end=parts[8] if len(parts) > 8 else parts[7])
+    if path.startswith("/v3/reference/splits"):
+        return FakeRequest("splits", path, params, ticker=params.get("ticker"))
+    if path.startswith("/v3/reference/options/contracts"):
+        return FakeRequest("contracts", path, params, ticker=params.get("underlying_ticker"))
+    return FakeRequest("other", path, params)
+
+
+def _parse_ticker(ticker: str) -> tuple[str, str, str]:
+    """Polygon ticker → (symbol for the market, asset type, timezone its dates are in)."""
+    if ticker.startswith("X:"):
+        pair = ticker[2:]
+        for quote in ("USDT", "USDC", "USD", "EUR", "BTC"):
+            if pair.endswith(quote) and len(pair) > len(quote):
+                return f"{pair[: -len(quote)]}", "crypto", "UTC"
+        return pair, "crypto", "UTC"
+    if ticker.startswith(("I:", "C:")):
+        return ticker[2:], "stock", NY
+    return ticker, "stock", NY
+
+
+def _span_days(start: str | None, end: str | None) -> int:
+    if not start or not end:
+        return 0
+    if start.isdigit() and end.isdigit():
+        return max(1, round((int(end) - int(start)) / 86_400_000))
+    return (dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days + 1
+
+
+def _day_bound(value: str | None, tz: str, end_of_day: bool) -> pd.Timestamp:
+    """A ``from``/``to`` path value (YYYY-MM-DD or epoch ms) as a UTC bound; dates are whole days in ``tz``."""
+    if value is None:
+        raise ValueError("aggs request without a date range")
+    if value.isdigit():
+        stamp = pd.Timestamp(int(value), unit="ms", tz="UTC")
+        return stamp + pd.Timedelta(milliseconds=1) if end_of_day else stamp
+    day = pd.Timestamp(value).tz_localize(tz)
+    return (day + pd.Timedelta(days=1) if end_of_day else day).tz_convert("UTC")
+
+
+@contextlib.contextmanager
+def serve_polygon(market: Market, **options: Any) -> Iterator[FakePolygonHTTP]:
+    """Route every polygon client created inside the block to a :class:`FakePolygonHTTP`."""
+    from polygon.rest import base
+
+    http = FakePolygonHTTP(market, **options)
+    original = base.BaseClient.__init__
+
+    def offline_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.client = http
+
+    base.BaseClient.__init__ = offline_init  # type: ignore[method-assign]
+    try:
+        yield http
+    finally:
+        base.BaseClient.__init__ = original  # type: ignore[method-assign]

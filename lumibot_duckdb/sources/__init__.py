@@ -1,0 +1,1 @@
+"""Drop-in replacements for Lumibot's backtesting data sources, one module per vendor."""

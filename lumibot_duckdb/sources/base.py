@@ -1,0 +1,226 @@
+"""``EnhancedDataSourceBacktesting``: the ``use_duckdb`` switch and the one path all vendors share.
+
+A vendor module subclasses Lumibot's backtesting class with this mixin first::
+
+    class PolygonDataBacktesting(EnhancedDataSourceBacktesting, lumibot_polygon.PolygonDataBacktesting): ...
+
+and routes its provider seam through :meth:`EnhancedDataSourceBacktesting.serve`: ask the store
+what is missing, fetch only that from the provider, store it, and read the range back from the
+store. With ``use_duckdb=False`` nothing of this runs and the class is Lumibot's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import duckdb
+import pandas as pd
+
+from lumibot_duckdb.config import Settings
+from lumibot_duckdb.errors import CorruptFileError, StoreError
+from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
+from lumibot_duckdb.store.store import SeriesWriter
+
+log = logging.getLogger("lumibot_duckdb")
+T = TypeVar("T")
+
+
+class DuckDBFallbackWarning(RuntimeWarning):
+    """The DuckDB path failed at run time and the data source went back to Lumibot's legacy path."""
+
+
+@dataclass(frozen=True)
+class FetchTask:
+    """One provider request, and the range of the series its answer stands for.
+
+    ``request`` is None when the range needs no request (no trading session in it): the empty
+    answer is recorded without asking the provider.
+    """
+
+    covers: Interval
+    request: Any = None
+
+
+class Provider(Protocol):
+    """What a vendor module hands to :meth:`EnhancedDataSourceBacktesting.serve`."""
+
+    max_workers: int
+
+    def plan(self, key: SeriesKey, missing: list[Interval]) -> list[FetchTask]:
+        """Turn missing ranges into provider requests whose ``covers`` tile the missing ranges."""
+
+    def fetch(self, task: FetchTask) -> pd.DataFrame:
+        """Bars answering ``task`` (columns of :func:`normalize_bars`); may include bars outside ``covers``."""
+
+    def revalidate(self, key: SeriesKey, writer: SeriesWriter) -> None:
+        """Before new bars join stored ones: drop the stored ones if the provider re-wrote history."""
+
+
+@dataclass
+class DataLayerStats:
+    """What the data layer of one data source did (read it as ``data_source.duckdb_stats``)."""
+
+    seam_calls: int = 0
+    seam_seconds: float = 0.0
+    provider_requests: int = 0
+    bars_fetched: int = 0
+    bars_served: int = 0
+    fallbacks: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **amounts: float) -> None:
+        with self._lock:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class _Once(Generic[T]):
+    """A value built on first use, once, under a lock."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        if self._value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = self._build()
+        return self._value
+
+    @property
+    def built(self) -> bool:
+        return self._value is not None
+
+
+class EnhancedDataSourceBacktesting:
+    """Mixin that puts the shared DuckDB + Parquet store behind a Lumibot backtesting data source.
+
+    Keyword arguments (all optional; explicit values win over the environment):
+
+    ``use_duckdb``
+        ``True``/``False``; default from ``LUMIBOT_USE_DUCKDB`` (on). ``False`` is Lumibot's
+        legacy class, unchanged.
+    ``cache_dir``
+        The store folder; default ``LUMIBOT_DUCKDB_CACHE_DIR`` or ``<Lumibot cache>/duckdb``.
+    ``strict``
+        Raise store failures instead of falling back to the legacy path; default
+        ``LUMIBOT_DUCKDB_STRICT`` (off).
+    """
+
+    STORE_SOURCE: str = ""
+
+    def __init__(self, *args: Any, use_duckdb: bool | str | None = None, cache_dir: Any = None,
+                 strict: bool | str | None = None, **kwargs: Any) -> None:
+        self.duckdb_settings = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict)
+        self.duckdb_stats = DataLayerStats()
+        self._duckdb_failure: BaseException | None = None
+        self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.cache_dir))
+        super().__init__(*args, **kwargs)
+
+    # -- switches ------------------------------------------------------------------------------
+    @property
+    def use_duckdb(self) -> bool:
+        """True while this data source serves bars from the store."""
+        return self.duckdb_settings.use_duckdb and self._duckdb_failure is None
+
+    @property
+    def store(self) -> DuckDBDataStorage:
+        """The store this data source reads and fills (opened on first use)."""
+        return self._duckdb_store.get()
+
+    def via_store(self, store_call: Callable[[], T], legacy_call: Callable[[], T]) -> T:
+        """``store_call()``; on a store failure, ``legacy_call()`` from then on (one warning), unless strict."""
+        if not self.use_duckdb:
+            return legacy_call()
+        started = time.perf_counter()
+        try:
+            return store_call()
+        except (StoreError, duckdb.Error) as exc:
+            if self.duckdb_settings.strict:
+                raise
+            self._fall_back(exc)
+            return legacy_call()
+        finally:
+            self.duckdb_stats.add(seam_calls=1, seam_seconds=time.perf_counter() - started)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        if self._duckdb_failure is None:
+            self._duckdb_failure = exc
+            self.duckdb_stats.add(fallbacks=1)
+            warnings.warn(
+                f"lumibot-duckdb: the bar store at {self.duckdb_settings.cache_dir} failed "
+                f"({type(exc).__name__}: {exc}). {type(self).__name__} continues on Lumibot's legacy "
+                "data path for the rest of this backtest. Pass strict=True (or set "
+                "LUMIBOT_DUCKDB_STRICT=1) to make this an error instead.",
+                DuckDBFallbackWarning,
+                stacklevel=3,
+            )
+
+    # -- the shared path -----------------------------------------------------------------------
+    def serve(self, key: SeriesKey, wanted: Interval, provider: Provider, *, refresh: bool = False) -> pd.DataFrame:
+        """Bars of ``key`` in ``wanted``: fetch what the store lacks, store it, read it back.
+
+        A damaged file found while reading is set aside and its range fetched again, once.
+        """
+        for attempt in (1, 2):
+            self._fill(key, wanted, provider, refresh=refresh and attempt == 1)
+            try:
+                bars = self.store.read(key, wanted.start, wanted.end)
+            except CorruptFileError as exc:
+                if attempt == 2:
+                    raise
+                log.warning("%s Fetching that range again.", exc)
+                continue
+            self.duckdb_stats.add(bars_served=len(bars))
+            return bars
+        raise AssertionError("unreachable")
+
+    def _fill(self, key: SeriesKey, wanted: Interval, provider: Provider, *, refresh: bool) -> None:
+        with self.store.writer(key) as writer:
+            missing = [wanted] if refresh else writer.missing(wanted)
+            if not missing:
+                return
+            if writer.coverage():
+                provider.revalidate(key, writer)
+                missing = [wanted] if refresh else writer.missing(wanted)
+            tasks = provider.plan(key, missing)
+            asked = [t for t in tasks if t.request is not None]
+            for task in tasks:
+                if task.request is None:
+                    writer.write(_no_bars(), covered=task.covers)
+            if not asked:
+                return
+            errors: list[BaseException] = []
+            workers = max(1, min(provider.max_workers, len(asked)))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lumibot-duckdb-fetch") as pool:
+                futures = {pool.submit(provider.fetch, task): task for task in asked}
+                for future in as_completed(futures):
+                    task = futures[future]
+                    try:
+                        bars = future.result()
+                    except Exception as exc:  # noqa: BLE001 - re-raised below, after the others are stored
+                        errors.append(exc)
+                        continue
+                    inside = bars[(bars.index >= task.covers.start) & (bars.index < task.covers.end)]
+                    writer.write(inside, covered=task.covers)
+                    self.duckdb_stats.add(provider_requests=1, bars_fetched=len(inside))
+            if errors:
+                raise errors[0]
+
+
+def _no_bars() -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in ("open", "high", "low", "close")})
+    frame.index = pd.DatetimeIndex([], tz="UTC", name="ts")
+    return frame

@@ -1,0 +1,181 @@
+"""Coverage as data: which time ranges of which series the store holds.
+
+A *series* is one stream of bars from one provider (:class:`SeriesKey`). Its *coverage* is the set
+of half-open UTC intervals ``[start, end)`` the store has asked the provider for and holds the
+answer to — including answers with no bars at all. Coverage never mentions a backtest window.
+
+Everything in this module is pure: no I/O, no clock, no Lumibot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from lumibot_duckdb.errors import ConfigError
+
+TIMEFRAMES = ("minute", "hour", "day")
+_TIMEFRAME_ALIASES = {
+    "1m": "minute", "1min": "minute", "min": "minute", "minute": "minute", "1minute": "minute", "t": "minute",
+    "1h": "hour", "h": "hour", "hour": "hour", "1hour": "hour", "60min": "hour",
+    "1d": "day", "d": "day", "day": "day", "1day": "day", "daily": "day",
+}
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def canonical_timeframe(value: str) -> str:
+    """``'1m'``, ``'minute'``, ``'1Day'``… → ``'minute'`` / ``'hour'`` / ``'day'``."""
+    key = str(value).strip().lower().replace(" ", "")
+    try:
+        return _TIMEFRAME_ALIASES[key]
+    except KeyError:
+        raise ConfigError(f"Unknown timeframe {value!r}; use one of {', '.join(TIMEFRAMES)}.") from None
+
+
+@dataclass(frozen=True, order=True)
+class SeriesKey:
+    """Identity of one stored series. Every field is part of the key; none is a backtest window.
+
+    ``quote`` is the quote currency of the asset (``'USD'`` for US stocks, ``'USDT'`` for
+    ``BTC/USDT``); ``exchange`` is the venue where prices differ by venue (a CCXT exchange id),
+    empty otherwise; ``adjustment`` says how prices were adjusted by the provider
+    (``'raw'``, ``'split'``, ``'all'``).
+    """
+
+    source: str
+    symbol: str
+    timeframe: str
+    asset_type: str = "stock"
+    quote: str = ""
+    exchange: str = ""
+    adjustment: str = "raw"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "source", str(self.source).strip().lower())
+        set_(self, "symbol", str(self.symbol).strip())
+        set_(self, "timeframe", canonical_timeframe(self.timeframe))
+        set_(self, "asset_type", str(self.asset_type or "stock").strip().lower())
+        set_(self, "quote", str(self.quote or "").strip().upper())
+        set_(self, "exchange", str(self.exchange or "").strip().lower())
+        set_(self, "adjustment", str(self.adjustment or "raw").strip().lower())
+        for field in ("source", "asset_type", "adjustment"):
+            if not _NAME.match(getattr(self, field)):
+                raise ConfigError(
+                    f"SeriesKey.{field}={getattr(self, field)!r} must be a lower-case name "
+                    "(letters, digits, underscores)."
+                )
+        if not self.symbol:
+            raise ConfigError("SeriesKey.symbol must not be empty.")
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "source": self.source,
+            "symbol": self.symbol,
+            "asset_type": self.asset_type,
+            "quote": self.quote,
+            "exchange": self.exchange,
+            "timeframe": self.timeframe,
+            "adjustment": self.adjustment,
+        }
+
+    def __str__(self) -> str:
+        pair = f"{self.symbol}/{self.quote}" if self.quote and "/" not in self.symbol else self.symbol
+        venue = f"@{self.exchange}" if self.exchange else ""
+        return f"{self.source}:{self.asset_type}:{pair}{venue}:{self.timeframe}:{self.adjustment}"
+
+
+def utc(value: Any) -> pd.Timestamp:
+    """A UTC :class:`pandas.Timestamp` from a datetime, date, string or timestamp.
+
+    Naive values and plain dates are taken as UTC; aware values are converted.
+    """
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{value!r} is not a date or a time.") from exc
+    if ts is pd.NaT:
+        raise ConfigError("A missing time (NaT) cannot bound a range.")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+@dataclass(frozen=True, order=True)
+class Interval:
+    """A half-open UTC time range ``[start, end)``; empty when ``end <= start``."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", utc(self.start))
+        object.__setattr__(self, "end", utc(self.end))
+
+    @property
+    def empty(self) -> bool:
+        return self.end <= self.start
+
+    def overlaps(self, other: Interval) -> bool:
+        return self.start < other.end and other.start < self.end
+
+    def intersection(self, other: Interval) -> Interval | None:
+        start, end = max(self.start, other.start), min(self.end, other.end)
+        return Interval(start, end) if start < end else None
+
+    def __str__(self) -> str:
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+
+def normalize(intervals: Iterable[Interval]) -> list[Interval]:
+    """Sort and merge overlapping or touching intervals; drop empty ones."""
+    ordered = sorted(i for i in intervals if not i.empty)
+    merged: list[Interval] = []
+    for item in ordered:
+        if merged and item.start <= merged[-1].end:
+            if item.end > merged[-1].end:
+                merged[-1] = Interval(merged[-1].start, item.end)
+        else:
+            merged.append(item)
+    return merged
+
+
+def missing_ranges(covered: Iterable[Interval], wanted: Interval) -> list[Interval]:
+    """The parts of ``wanted`` that ``covered`` does not hold, in time order.
+
+    >>> day = lambda d: utc(f"2024-01-{d:02d}")
+    >>> missing_ranges([Interval(day(3), day(5))], Interval(day(1), day(10)))
+    [Interval(start=Timestamp('2024-01-01 00:00:00+0000', tz='UTC'), end=Timestamp('2024-01-03 00:00:00+0000', tz='UTC')), Interval(start=Timestamp('2024-01-05 00:00:00+0000', tz='UTC'), end=Timestamp('2024-01-10 00:00:00+0000', tz='UTC'))]
+    """
+    if wanted.empty:
+        return []
+    gaps: list[Interval] = []
+    cursor = wanted.start
+    for block in normalize(covered):
+        if block.end <= cursor:
+            continue
+        if block.start >= wanted.end:
+            break
+        if block.start > cursor:
+            gaps.append(Interval(cursor, min(block.start, wanted.end)))
+        cursor = max(cursor, block.end)
+        if cursor >= wanted.end:
+            break
+    if cursor < wanted.end:
+        gaps.append(Interval(cursor, wanted.end))
+    return gaps
+
+
+def has_overlaps(intervals: Iterable[Interval]) -> bool:
+    """True when two of the intervals share some time (touching does not count)."""
+    ordered = sorted(i for i in intervals if not i.empty)
+    return any(b.start < a.end for a, b in zip(ordered, ordered[1:]))
+
+
+def total_duration(intervals: Iterable[Interval]) -> pd.Timedelta:
+    return sum((i.end - i.start for i in normalize(intervals)), pd.Timedelta(0))

@@ -1,0 +1,125 @@
+"""The storage contract every bar store of lumibot-duckdb fulfils."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import pandas as pd
+
+from lumibot_duckdb.store.coverage import Interval, SeriesKey, missing_ranges
+
+
+def series_key(
+    asset: Any,
+    source: str,
+    timeframe: str,
+    /,
+    *,
+    quote: Any = None,
+    exchange: str | None = None,
+    adjustment: str = "raw",
+) -> SeriesKey:
+    """Build a :class:`SeriesKey` from what a user has at hand.
+
+    ``asset`` is a symbol string (``"SPY"``, ``"BTC/USDT"``), anything with ``.symbol`` and
+    ``.asset_type`` (a Lumibot ``Asset``), a ``(base, quote)`` tuple of those, or a ready
+    :class:`SeriesKey` (returned unchanged).
+    """
+    if isinstance(asset, SeriesKey):
+        return asset
+    if isinstance(asset, tuple) and len(asset) == 2:
+        asset, quote = asset
+    symbol = getattr(asset, "symbol", asset)
+    asset_type = str(getattr(asset, "asset_type", None) or "stock")  # Lumibot's AssetType is a StrEnum
+    if asset_type == "option" and getattr(asset, "expiration", None) is not None:
+        symbol = option_symbol(symbol, asset.expiration, asset.right, asset.strike)
+    quote_symbol = getattr(quote, "symbol", quote) or ""
+    if isinstance(symbol, str) and "/" in symbol and not quote_symbol:
+        quote_symbol = symbol.split("/", 1)[1]
+    return SeriesKey(
+        source=source,
+        symbol=str(symbol),
+        timeframe=timeframe,
+        asset_type=str(asset_type),
+        quote=str(quote_symbol),
+        exchange=exchange or "",
+        adjustment=adjustment,
+    )
+
+
+def option_symbol(underlying: str, expiration: Any, right: str, strike: float) -> str:
+    """OCC-style contract symbol: ``SPY240119C00470000`` (root, YYMMDD, C/P, strike x 1000 in 8 digits)."""
+    side = str(right).strip().upper()[:1]
+    if side not in ("C", "P"):
+        raise ValueError(f"Option right must be CALL or PUT, not {right!r}.")
+    return f"{underlying}{expiration:%y%m%d}{side}{round(float(strike) * 1000):08d}"
+
+
+class DataStorageInterface(ABC):
+    """A store of OHLCV bars keyed by series, with coverage kept as data.
+
+    Implementations hold bars in the unified schema (:mod:`lumibot_duckdb.store.schema`) and
+    record, per series, which time ranges they hold the provider's answer for.
+    """
+
+    # -- the two calls every caller needs ------------------------------------------------------
+    def store_ohlcv_data(
+        self,
+        asset: Any,
+        data: pd.DataFrame,
+        source: str,
+        timeframe: str,
+        /,
+        *,
+        quote: Any = None,
+        exchange: str | None = None,
+        adjustment: str = "raw",
+        covered: tuple[Any, Any] | Interval | None = None,
+    ) -> int:
+        """Store ``data`` (bars with a ``ts`` column or a datetime index) and record its coverage.
+
+        ``covered`` is the range the bars answer for, so that a range with no bars is recorded
+        too; by default it runs from the first bar to the end of the last one. Returns the
+        number of bars stored.
+        """
+        key = series_key(asset, source, timeframe, quote=quote, exchange=exchange, adjustment=adjustment)
+        return self.write(key, data, covered=covered)
+
+    def get_historical_prices(
+        self,
+        asset: Any,
+        start: Any,
+        end: Any,
+        timeframe: str,
+        source: str,
+        /,
+        *,
+        quote: Any = None,
+        exchange: str | None = None,
+        adjustment: str = "raw",
+    ) -> pd.DataFrame:
+        """Bars of one series with ``start <= ts < end`` (UTC index ``ts``), oldest first."""
+        key = series_key(asset, source, timeframe, quote=quote, exchange=exchange, adjustment=adjustment)
+        return self.read(key, start, end)
+
+    def missing_ranges(self, key: SeriesKey, start: Any, end: Any, /) -> list[Interval]:
+        """What a fetch of ``[start, end)`` for ``key`` would have to ask the provider for."""
+        return missing_ranges(self.coverage(key), Interval(start, end))
+
+    # -- what implementations provide ----------------------------------------------------------
+    @abstractmethod
+    def write(self, key: SeriesKey, data: pd.DataFrame, /, *, covered: tuple[Any, Any] | Interval | None = None) -> int:
+        """Store bars of one series; see :meth:`store_ohlcv_data`."""
+
+    @abstractmethod
+    def read(self, key: SeriesKey, start: Any, end: Any, /) -> pd.DataFrame:
+        """Bars of one series in ``[start, end)``; see :meth:`get_historical_prices`."""
+
+    @abstractmethod
+    def coverage(self, key: SeriesKey, /) -> list[Interval]:
+        """The merged ranges the store holds answers for, oldest first."""
+
+    @abstractmethod
+    def series(self) -> list[SeriesKey]:
+        """Every series the store holds."""

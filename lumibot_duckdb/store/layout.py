@@ -1,0 +1,319 @@
+"""Where bars live on disk, and how a file gets there whole.
+
+::
+
+    <root>/
+      bars/<source>/<asset_type>/<symbol>/<quote>/<exchange>/<timeframe>/<adjustment>/<partition>/
+          <start>_<end>_<token>.parquet     one published answer: bars of [start, end), maybe zero rows
+      .tmp/        files being written; moved into bars/ with one rename, never visible half-written
+      .locks/      one lock file per series, held while a process fetches or compacts that series
+      .quarantine/ damaged files set aside by a reader (kept for inspection, never deleted by us)
+      meta/        small JSON documents (e.g. the splits snapshot a series was fetched under)
+
+The covered range of a file is in its name, so a file's data and its coverage are published by
+the same atomic rename: a crash can leave a stray file in ``.tmp/``, never a half-written bar file
+or coverage that claims bars the store does not hold. ``<token>`` is a publish-time-ordered id:
+where two files cover the same time (two processes fetched the same gap), the newer file wins.
+
+Partitions: intraday series by UTC year, daily series in one partition (``all``); measured in
+``benchmarks/bench_layout.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
+
+from lumibot_duckdb.errors import StoreLockTimeout
+from lumibot_duckdb.store.coverage import Interval, SeriesKey, utc
+
+ROW_GROUP_SIZE = 16_384
+COMPRESSION = "zstd"
+# Byte-stream-split floats and delta-encoded integers: ~35 bytes per bar instead of ~56 with
+# zstd alone (benchmarks/bench_layout.py). Key columns are constant per file: dictionary-encoded.
+_DICTIONARY_COLUMNS = ["source", "symbol", "asset_type", "quote", "exchange", "timeframe", "adjustment", "metadata"]
+_ENCODINGS = {
+    **{c: "BYTE_STREAM_SPLIT" for c in ("open", "high", "low", "close", "volume", "vwap", "adj_close", "dividend",
+                                        "split_ratio")},
+    "ts": "DELTA_BINARY_PACKED",
+    "trade_count": "DELTA_BINARY_PACKED",
+}
+EMPTY_FIELD = "_"
+_KEY_FIELDS = ("source", "asset_type", "symbol", "quote", "exchange", "timeframe", "adjustment")
+_STAMP = "%Y%m%dT%H%M%S"
+
+
+def _encode(value: str) -> str:
+    if value == "":
+        return EMPTY_FIELD
+    text = quote(value, safe="")
+    if text == EMPTY_FIELD or text.startswith("."):
+        text = "%" + format(ord(text[0]), "02X") + text[1:]
+    return text
+
+
+def _decode(part: str) -> str:
+    return "" if part == EMPTY_FIELD else unquote(part)
+
+
+def partition_scheme(timeframe: str) -> str:
+    return "all" if timeframe == "day" else "year"
+
+
+def partitions_for(timeframe: str, interval: Interval) -> list[tuple[str, Interval]]:
+    """Split ``interval`` into the partitions of ``timeframe`` it touches."""
+    if interval.empty:
+        return []
+    if partition_scheme(timeframe) == "all":
+        return [("all", interval)]
+    pieces = []
+    for year in range(interval.start.year, (interval.end - pd.Timedelta(1, "us")).year + 1):
+        bounds = Interval(utc(f"{year}-01-01"), utc(f"{year + 1}-01-01"))
+        piece = interval.intersection(bounds)
+        if piece is not None:
+            pieces.append((str(year), piece))
+    return pieces
+
+
+def partition_interval(timeframe: str, name: str) -> Interval:
+    if name == "all" or partition_scheme(timeframe) == "all":
+        return Interval(utc("1677-09-22"), utc("2262-04-11"))
+    year = int(name)
+    return Interval(utc(f"{year}-01-01"), utc(f"{year + 1}-01-01"))
+
+
+def _stamp(ts: pd.Timestamp) -> str:
+    text = ts.strftime(_STAMP)
+    if ts.microsecond or ts.nanosecond:
+        text += f".{ts.microsecond:06d}"
+    return text + "Z"
+
+
+def _parse_stamp(text: str) -> pd.Timestamp:
+    return utc(pd.Timestamp(text.rstrip("Z")))
+
+
+def file_name(interval: Interval, token: str) -> str:
+    return f"{_stamp(interval.start)}_{_stamp(interval.end)}_{token}.parquet"
+
+
+def parse_file_name(name: str) -> tuple[Interval, str] | None:
+    """``(interval, token)`` of a published bar file, or None for anything else."""
+    if not name.endswith(".parquet"):
+        return None
+    parts = name[: -len(".parquet")].split("_")
+    if len(parts) != 3:
+        return None
+    try:
+        return Interval(_parse_stamp(parts[0]), _parse_stamp(parts[1])), parts[2]
+    except (ValueError, TypeError):
+        return None
+
+
+def new_token() -> str:
+    """Unique, and ordered by publish time (hex nanoseconds, then randomness)."""
+    return f"{time.time_ns():016x}{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class BarFile:
+    """One published file: which series, which partition, which time it covers."""
+
+    path: Path
+    key: SeriesKey
+    partition: str
+    interval: Interval
+    token: str
+
+    @property
+    def published(self) -> pd.Timestamp:
+        """When the file was written (from its token)."""
+        return pd.Timestamp(int(self.token[:16], 16), unit="ns", tz="UTC")
+
+    @property
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+
+class Layout:
+    """Paths and file operations of one store folder. Knows Parquet files, not DuckDB."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.bars = self.root / "bars"
+        self.tmp = self.root / ".tmp"
+        self.locks = self.root / ".locks"
+        self.quarantine_dir = self.root / ".quarantine"
+        self.meta = self.root / "meta"
+
+    def ensure(self) -> None:
+        for folder in (self.bars, self.tmp, self.locks, self.meta):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    # -- series and files -------------------------------------------------------------------
+    def series_dir(self, key: SeriesKey) -> Path:
+        values = key.as_dict()
+        return self.bars.joinpath(*(_encode(values[f]) for f in _KEY_FIELDS))
+
+    def series(self) -> list[SeriesKey]:
+        """Every series that has a folder in the store."""
+        found = []
+        depth = len(_KEY_FIELDS)
+        if not self.bars.is_dir():
+            return found
+        for folder in self.bars.glob("/".join(["*"] * depth)):
+            if not folder.is_dir():
+                continue
+            parts = folder.relative_to(self.bars).parts
+            values = dict(zip(_KEY_FIELDS, (_decode(p) for p in parts)))
+            found.append(SeriesKey(**values))
+        return sorted(found)
+
+    def files(self, key: SeriesKey, within: Interval | None = None) -> list[BarFile]:
+        """Published files of ``key`` (those overlapping ``within`` if given), oldest first."""
+        base = self.series_dir(key)
+        found: list[BarFile] = []
+        try:
+            partitions = [p for p in os.scandir(base) if p.is_dir()]
+        except FileNotFoundError:
+            return found
+        for part in partitions:
+            if within is not None and not partition_interval(key.timeframe, part.name).overlaps(within):
+                continue
+            with os.scandir(part.path) as entries:
+                for entry in entries:
+                    parsed = parse_file_name(entry.name)
+                    if parsed is None:
+                        continue
+                    interval, token = parsed
+                    if within is None or interval.overlaps(within):
+                        found.append(BarFile(Path(entry.path), key, part.name, interval, token))
+        return sorted(found, key=lambda f: f.token)
+
+    # -- writing ----------------------------------------------------------------------------
+    def publish(self, key: SeriesKey, partition: str, table: pa.Table, interval: Interval) -> BarFile:
+        """Write ``table`` as the answer for ``interval`` and make it visible in one rename."""
+        self.ensure()
+        token = new_token()
+        final_dir = self.series_dir(key) / partition
+        final = final_dir / file_name(interval, token)
+        tmp = self.tmp / f"{token}.parquet.part"
+        meta = {
+            b"lumibot_duckdb.schema": b"1",
+            b"lumibot_duckdb.series": json.dumps(key.as_dict()).encode(),
+            b"lumibot_duckdb.coverage": json.dumps([interval.start.isoformat(), interval.end.isoformat()]).encode(),
+        }
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+        try:
+            with open(tmp, "wb") as handle:
+                pq.write_table(table, handle, row_group_size=ROW_GROUP_SIZE, compression=COMPRESSION,
+                               coerce_timestamps="us", use_dictionary=_DICTIONARY_COLUMNS,
+                               column_encoding=_ENCODINGS, write_statistics=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            final_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        _fsync_dir(final_dir)
+        return BarFile(final, key, partition, interval, token)
+
+    def remove(self, files: list[BarFile]) -> None:
+        for bar_file in files:
+            with contextlib.suppress(FileNotFoundError):
+                bar_file.path.unlink()
+        for bar_file in files:
+            _prune_empty_dirs(bar_file.path.parent, stop=self.bars)
+
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move a damaged file out of the way (never delete it) and leave a note beside it."""
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        relative = path.relative_to(self.root) if path.is_relative_to(self.root) else Path(path.name)
+        target = self.quarantine_dir / f"{new_token()}__{'__'.join(relative.parts)}"
+        shutil.move(str(path), target)
+        target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
+        return target
+
+    def stale_tmp_files(self, older_than_seconds: float = 3600.0) -> list[Path]:
+        """Leftovers of writers that died mid-write (nothing else stays in ``.tmp/`` for long)."""
+        if not self.tmp.is_dir():
+            return []
+        limit = time.time() - older_than_seconds
+        return [p for p in self.tmp.iterdir() if p.is_file() and p.stat().st_mtime < limit]
+
+    # -- locks and small documents ---------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, key: SeriesKey, timeout: float = 600.0) -> Iterator[None]:
+        """Hold the series for this process while it fetches or compacts (other processes wait)."""
+        self.ensure()
+        digest = hashlib.sha1(str(key).encode()).hexdigest()[:20]
+        path = self.locks / f"{digest}.lock"
+        lock = FileLock(str(path), timeout=timeout, thread_local=False, is_singleton=False)
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise StoreLockTimeout(
+                f"Series {key} is locked by another process for more than {timeout:.0f}s "
+                f"(lock file {path}). If no other backtest or maintenance job is running, delete that file."
+            ) from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def read_json(self, *parts: str) -> object | None:
+        path = self.meta.joinpath(*parts)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None
+
+    def write_json(self, document: object, *parts: str) -> None:
+        self.ensure()
+        path = self.meta.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp / f"{new_token()}.json.part"
+        tmp.write_text(json.dumps(document, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _prune_empty_dirs(folder: Path, *, stop: Path) -> None:
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent

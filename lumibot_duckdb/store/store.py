@@ -1,0 +1,362 @@
+"""``DuckDBDataStorage``: Parquet files are the truth, DuckDB in-process is the query engine.
+
+No ``.duckdb`` database file is held open: every process (backtests, the CLI, maintenance)
+reads the same Parquet folder through its own in-memory DuckDB, so any number of processes can
+share one store. Writers of one series take that series' lock (:meth:`Layout.lock`) and publish
+whole files with one rename each. DuckDB is used at load time, to read the ranges a backtest
+needs; per-bar lookups stay in Lumibot's in-memory structures.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+
+from lumibot_duckdb.config import Settings
+from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreError
+from lumibot_duckdb.store.coverage import Interval, SeriesKey, has_overlaps, missing_ranges, normalize
+from lumibot_duckdb.store.interface import DataStorageInterface
+from lumibot_duckdb.store.layout import BarFile, Layout, partitions_for
+from lumibot_duckdb.store.schema import BAR_COLUMNS, VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
+
+log = logging.getLogger(__name__)
+
+COMPACT_AFTER_FILES = 8
+"""A partition with more published files than this is rewritten as one file per covered run."""
+
+_READ_ATTEMPTS = 3
+_SELECT = ", ".join(BAR_COLUMNS)
+_TOKEN_OF_FILENAME = r"regexp_extract(filename, '_([0-9a-f]+)\.parquet$', 1)"
+_BAR_STEP = {"minute": pd.Timedelta(minutes=1), "hour": pd.Timedelta(hours=1), "day": pd.Timedelta(days=1)}
+
+
+def _as_interval(value: tuple[Any, Any] | Interval) -> Interval:
+    return value if isinstance(value, Interval) else Interval(*value)
+
+
+@dataclass(frozen=True)
+class SeriesStatus:
+    """What the store holds for one series."""
+
+    key: SeriesKey
+    files: int
+    rows: int
+    bytes: int
+    coverage: list[Interval]
+    first_bar: pd.Timestamp | None
+    last_bar: pd.Timestamp | None
+
+    @property
+    def gaps(self) -> list[Interval]:
+        """Holes between the first and the last covered instant."""
+        if not self.coverage:
+            return []
+        return missing_ranges(self.coverage, Interval(self.coverage[0].start, self.coverage[-1].end))
+
+
+class DuckDBDataStorage(DataStorageInterface):
+    """The shared bar store of one folder.
+
+    >>> store = DuckDBDataStorage(tmp_path)                        # doctest: +SKIP
+    >>> store.store_ohlcv_data("SPY", bars, "ingest", "day")        # doctest: +SKIP
+    >>> store.get_historical_prices("SPY", "2024-01-01", "2024-02-01", "day", "ingest")  # doctest: +SKIP
+
+    Thread-safe: each thread queries through its own DuckDB cursor.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None, /, *, lock_timeout: float = 600.0) -> None:
+        self.root = Settings.resolve(cache_dir=cache_dir, use_duckdb=True).cache_dir
+        self.layout = Layout(self.root)
+        self.lock_timeout = lock_timeout
+        try:
+            self.layout.ensure()
+        except OSError as exc:
+            raise StoreError(f"Cannot create the store folder {self.root}: {exc}. "
+                             "Set LUMIBOT_DUCKDB_CACHE_DIR or cache_dir= to a writable folder.") from exc
+        try:
+            self._db: duckdb.DuckDBPyConnection | None = duckdb.connect(
+                ":memory:", config={"python_enable_replacements": False})
+            self._db.execute("SET GLOBAL TimeZone = 'UTC'")  # ICU is built in; it loads on first use
+        except duckdb.Error as exc:
+            raise StoreError(f"DuckDB could not start an in-memory database: {exc}") from exc
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._cursors_lock = threading.Lock()
+        _OPEN_STORES.add(self)
+
+    def __repr__(self) -> str:
+        return f"DuckDBDataStorage({str(self.root)!r})"
+
+    # -- connections ---------------------------------------------------------------------------
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            if self._db is None:
+                raise StoreError(f"{self!r} is closed.")
+            cursor = self._db.cursor()
+            self._local.cursor = cursor
+            with self._cursors_lock:
+                self._cursors.append(cursor)
+        return cursor
+
+    def close(self) -> None:
+        """Close DuckDB handles and drop every reference to them (safe to call twice)."""
+        with self._cursors_lock:
+            for cursor in self._cursors:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.close()
+            self._cursors.clear()
+            self._local = threading.local()
+            if self._db is not None:
+                with contextlib.suppress(duckdb.Error):
+                    self._db.close()
+                self._db = None
+
+    def __enter__(self) -> DuckDBDataStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- coverage ------------------------------------------------------------------------------
+    def series(self) -> list[SeriesKey]:
+        return self.layout.series()
+
+    def files(self, key: SeriesKey, /, within: Interval | None = None) -> list[BarFile]:
+        return self.layout.files(key, within)
+
+    def coverage(self, key: SeriesKey, /) -> list[Interval]:
+        return normalize(f.interval for f in self.layout.files(key))
+
+    # -- writing -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writer(self, key: SeriesKey, /) -> Iterator[SeriesWriter]:
+        """Hold ``key`` for this process while filling its gaps; compacts fragmented partitions on exit.
+
+        Inside, :meth:`SeriesWriter.missing` sees every file published before the lock was
+        taken, so two processes never fetch the same gap twice.
+        """
+        with self.layout.lock(key, timeout=self.lock_timeout):
+            writer = SeriesWriter(self, key)
+            yield writer
+            if writer.touched:
+                try:
+                    self._compact_locked(key, partitions=writer.touched, only_if_fragmented=True)
+                except StoreError as exc:  # compaction is an optimisation; a failure loses nothing
+                    log.warning("Compaction of %s skipped: %s", key, exc)
+
+    def write(self, key: SeriesKey, data: pd.DataFrame, /, *, covered: tuple[Any, Any] | Interval | None = None) -> int:
+        with self.writer(key) as writer:
+            return writer.write(data, covered=covered)
+
+    def _publish(self, key: SeriesKey, data: pd.DataFrame, covered: tuple[Any, Any] | Interval | None) -> tuple[int, set[str]]:
+        bars = normalize_bars(data)
+        if covered is None:
+            if bars.empty:
+                raise BarsValidationError("An empty frame needs covered=(start, end) to say which range it answers for.")
+            covered_iv = Interval(bars.index[0], bars.index[-1] + _BAR_STEP[key.timeframe])
+        else:
+            covered_iv = _as_interval(covered)
+        if covered_iv.empty:
+            raise BarsValidationError(f"covered={covered_iv} is an empty range.")
+        outside = (bars.index < covered_iv.start) | (bars.index >= covered_iv.end)
+        if outside.any():
+            raise BarsValidationError(
+                f"{int(outside.sum())} bar(s) fall outside covered={covered_iv} "
+                f"(first {bars.index[outside][0]}); widen covered or drop those bars."
+            )
+        touched = set()
+        try:
+            for partition, piece in partitions_for(key.timeframe, covered_iv):
+                rows = bars[(bars.index >= piece.start) & (bars.index < piece.end)]
+                self.layout.publish(key, partition, to_arrow(rows, key), piece)
+                touched.add(partition)
+        except OSError as exc:
+            raise StoreError(f"Could not write bars of {key} to {self.root}: {exc}. "
+                             "Bars published before this error are kept.") from exc
+        return len(bars), touched
+
+    # -- reading -------------------------------------------------------------------------------
+    def read(self, key: SeriesKey, start: Any, end: Any, /) -> pd.DataFrame:
+        wanted = Interval(start, end)
+        for attempt in range(_READ_ATTEMPTS):
+            files = self.layout.files(key, wanted)
+            if not files:
+                return empty_bars()
+            try:
+                return self._query_files(files, wanted)
+            except duckdb.IOException as exc:
+                if attempt + 1 < _READ_ATTEMPTS and not all(f.path.exists() for f in files):
+                    continue  # a compaction replaced files between listing and reading: list again
+                self._raise_for_damage(files, exc)
+            except duckdb.Error as exc:
+                self._raise_for_damage(files, exc)
+        raise StoreError(f"Files of {key} kept changing while being read; try again.")
+
+    def _query_files(self, files: list[BarFile], wanted: Interval) -> pd.DataFrame:
+        paths = [str(f.path) for f in files]
+        params = [paths, wanted.start.to_pydatetime(), wanted.end.to_pydatetime()]
+        if has_overlaps(f.interval for f in files):
+            sql = (f"SELECT {_SELECT} FROM read_parquet(?, filename = true) WHERE ts >= ? AND ts < ? "
+                   f"QUALIFY row_number() OVER (PARTITION BY ts ORDER BY {_TOKEN_OF_FILENAME} DESC) = 1 "
+                   "ORDER BY ts")
+        else:
+            sql = f"SELECT {_SELECT} FROM read_parquet(?) WHERE ts >= ? AND ts < ? ORDER BY ts"
+        frame = self._cursor().execute(sql, params).df()
+        return _bars_frame(frame)
+
+    def _raise_for_damage(self, files: list[BarFile], exc: Exception) -> None:
+        """Find the damaged file(s) behind a failed read, set them aside, and say so."""
+        damaged = [f for f in files if not _readable(f.path)]
+        if not damaged:
+            raise StoreError(f"DuckDB could not read {len(files)} file(s) of {files[0].key}: {exc}") from exc
+        moved = []
+        for bar_file in damaged:
+            with contextlib.suppress(FileNotFoundError):
+                target = self.layout.quarantine(bar_file.path, f"unreadable: {exc}")
+                moved.append((bar_file, target))
+        first, target = moved[0] if moved else (damaged[0], None)
+        raise CorruptFileError(
+            f"{len(damaged)} damaged file(s) of {first.key} set aside in {self.layout.quarantine_dir} "
+            f"(first: {first.path.name}, covering {first.interval}). Every other file is intact; the "
+            "range they covered is no longer marked as stored and is fetched again on the next request.",
+            path=str(first.path),
+            quarantined_to=str(target) if target else None,
+        ) from exc
+
+    # -- maintenance ---------------------------------------------------------------------------
+    def compact(self, key: SeriesKey | None = None, /) -> int:
+        """Rewrite every partition of ``key`` (or of every series) as one sorted file per covered run.
+
+        Safe while other processes read: new files are published before old ones are removed,
+        and readers dedupe overlaps and retry on files that vanish. Returns files removed.
+        """
+        removed = 0
+        for series in [key] if key is not None else self.series():
+            with self.layout.lock(series, timeout=self.lock_timeout):
+                removed += self._compact_locked(series, partitions=None, only_if_fragmented=False)
+        return removed
+
+    def _compact_locked(self, key: SeriesKey, *, partitions: set[str] | None, only_if_fragmented: bool) -> int:
+        by_partition: dict[str, list[BarFile]] = {}
+        for bar_file in self.layout.files(key):
+            by_partition.setdefault(bar_file.partition, []).append(bar_file)
+        removed = 0
+        for partition, files in by_partition.items():
+            if partitions is not None and partition not in partitions:
+                continue
+            runs = normalize(f.interval for f in files)
+            if only_if_fragmented and len(files) <= COMPACT_AFTER_FILES:
+                continue
+            if not only_if_fragmented and len(files) == len(runs) and not has_overlaps(f.interval for f in files):
+                continue  # already one file per run
+            whole = Interval(runs[0].start, runs[-1].end)
+            try:
+                bars = self._query_files(files, whole)
+            except duckdb.Error as exc:
+                self._raise_for_damage(files, exc)
+            for run in runs:
+                rows = bars[(bars.index >= run.start) & (bars.index < run.end)]
+                self.layout.publish(key, partition, to_arrow(rows, key), run)
+            self.layout.remove(files)
+            removed += len(files)
+        return removed
+
+    def status(self) -> list[SeriesStatus]:
+        """One :class:`SeriesStatus` per series, read from file names and Parquet footers only."""
+        report = []
+        for key in self.series():
+            files = self.layout.files(key)
+            rows = size = 0
+            first = last = None
+            for bar_file in files:
+                try:
+                    meta = pq.read_metadata(bar_file.path)
+                except Exception:  # noqa: BLE001 - a damaged file is reported by verify(), not here
+                    continue
+                rows += meta.num_rows
+                size += bar_file.size
+                for i in range(meta.num_row_groups):
+                    stats = meta.row_group(i).column(0).statistics
+                    if stats is not None and stats.has_min_max:
+                        lo, hi = pd.Timestamp(stats.min), pd.Timestamp(stats.max)
+                        lo = lo.tz_localize("UTC") if lo.tzinfo is None else lo.tz_convert("UTC")
+                        hi = hi.tz_localize("UTC") if hi.tzinfo is None else hi.tz_convert("UTC")
+                        first = lo if first is None or lo < first else first
+                        last = hi if last is None or hi > last else last
+            report.append(SeriesStatus(key, len(files), rows, size, normalize(f.interval for f in files), first, last))
+        return report
+
+    def disk_usage(self) -> int:
+        """Bytes of published bar files."""
+        return sum(p.stat().st_size for p in self.layout.bars.rglob("*.parquet")) if self.layout.bars.exists() else 0
+
+
+_OPEN_STORES: weakref.WeakSet[DuckDBDataStorage] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    """Close DuckDB handles before the interpreter tears down (DuckDB 2 complains otherwise)."""
+    for store in list(_OPEN_STORES):
+        store.close()
+
+
+class SeriesWriter:
+    """Writes of one series while its lock is held (see :meth:`DuckDBDataStorage.writer`)."""
+
+    def __init__(self, store: DuckDBDataStorage, key: SeriesKey) -> None:
+        self.store = store
+        self.key = key
+        self.touched: set[str] = set()
+
+    def coverage(self) -> list[Interval]:
+        return self.store.coverage(self.key)
+
+    def missing(self, wanted: Interval) -> list[Interval]:
+        return missing_ranges(self.coverage(), wanted)
+
+    def write(self, data: pd.DataFrame, *, covered: tuple[Any, Any] | Interval | None = None) -> int:
+        count, partitions = self.store._publish(self.key, data, covered)
+        self.touched |= partitions
+        return count
+
+    def discard(self) -> int:
+        """Remove every file of the series (e.g. its provider re-adjusted history). Returns files removed."""
+        files = self.store.layout.files(self.key)
+        self.store.layout.remove(files)
+        return len(files)
+
+
+def _bars_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.set_index("ts")
+    frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC") if frame.index.tz is not None \
+        else pd.DatetimeIndex(frame.index).tz_localize("UTC")
+    if "trade_count" in frame.columns:
+        frame["trade_count"] = frame["trade_count"].astype("Int64")
+    for name in VALUE_COLUMNS:
+        if name != "trade_count" and name in frame.columns:
+            frame[name] = frame[name].astype("float64")
+    return frame
+
+
+def _readable(path: Path) -> bool:
+    try:
+        pq.ParquetFile(path).read()
+    except FileNotFoundError:
+        return True  # gone (compacted away) is not damaged
+    except Exception:  # noqa: BLE001 - anything pyarrow cannot read is damage
+        return False
+    return True
