@@ -240,3 +240,35 @@ def _empty() -> pd.DataFrame:
 def _to_utc(value: object) -> pd.Timestamp:
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+class FrameMarket:
+    """Serves bars from frames you already have (e.g. CSV exports), one per (symbol, timeframe).
+
+    Frames need a datetime index (naive = ``timezone``) and open/high/low/close/volume columns;
+    ``vwap`` and ``trade_count`` are filled in when absent. Symbols or timeframes it does not
+    hold answer with no bars, like a provider with no data for them.
+    """
+
+    def __init__(self, frames: dict[tuple[str, str], pd.DataFrame], *, timezone: str = NY) -> None:
+        self.frames = {k: self._prepare(v, timezone) for k, v in frames.items()}
+
+    @staticmethod
+    def _prepare(frame: pd.DataFrame, timezone: str) -> pd.DataFrame:
+        data = frame.rename(columns=str.lower).copy()
+        index = pd.DatetimeIndex(data.index)
+        index = index.tz_localize(timezone) if index.tz is None else index
+        data.index = index.tz_convert("UTC").rename("ts")
+        data = data.sort_index()
+        if "vwap" not in data.columns:
+            data["vwap"] = (data["high"] + data["low"] + data["close"]) / 3.0
+        if "trade_count" not in data.columns:
+            data["trade_count"] = (data["volume"] // 100 + 1).astype("int64")
+        return data[["open", "high", "low", "close", "volume", "vwap", "trade_count"]]
+
+    def bars(self, symbol: str, timeframe: str, start: object, end: object, *, asset_type: str = "stock") -> pd.DataFrame:
+        frame = self.frames.get((symbol, timeframe))
+        if frame is None:
+            return _empty()
+        lo, hi = _to_utc(start), _to_utc(end)
+        return frame[(frame.index >= lo) & (frame.index < hi)]

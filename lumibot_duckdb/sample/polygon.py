@@ -128,7 +128,7 @@ class FakePolygonHTTP:
         start, end = _day_bound(request.start, day_tz, False), _day_bound(request.end, day_tz, True)
         bars = self.market.bars(symbol, request.timespan or "minute", start, end, asset_type=asset_type)
         results = [
-            {"v": v, "vw": vw, "o": o, "c": c, "h": h, "l": lo, "t": int(t.value // 1_000_000), "n": int(n)}
+            {"v": _json_number(v), "vw": vw, "o": o, "c": c, "h": h, "l": lo, "t": int(t.value // 1_000_000), "n": int(n)}
             for t, o, h, lo, c, v, vw, n in zip(
                 bars.index, bars["open"], bars["high"], bars["low"], bars["close"], bars["volume"],
                 bars["vwap"].fillna(0.0), bars["trade_count"],
@@ -153,6 +153,11 @@ class FakePolygonHTTP:
                     "strike_price": strike, "contract_type": right, "shares_per_contract": 100,
                     "primary_exchange": "BATO", "exercise_style": "american"}
         return FakeResponse.json({"status": "OK", "results": [contract]})
+
+
+def _json_number(value: float) -> float | int:
+    """Whole numbers as JSON integers, as Polygon sends stock volumes."""
+    return int(value) if float(value).is_integer() else float(value)
 
 
 def _classify(path: str, params: dict[str, str]) -> FakeRequest:

@@ -182,19 +182,23 @@ def aggs_to_bars(answer: Any, *, what: str) -> pd.DataFrame:
         try:
             document = json.loads(answer.data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise ProviderDataError(f"Polygon answered {what} with something that is not JSON "
-                                    f"({exc}); nothing was stored, the range is asked for again next time.") from exc
+            raise _bad_answer(what, f"something that is not JSON ({exc})") from exc
         if not isinstance(document, dict):
-            raise ProviderDataError(f"Polygon answered {what} with {type(document).__name__}, not an object.")
+            raise _bad_answer(what, f"a JSON {type(document).__name__}, not an object")
         rows = document.get("results") or []
     else:
         rows = [{"t": a.timestamp, "o": a.open, "h": a.high, "l": a.low, "c": a.close, "v": a.volume,
                  "vw": a.vwap, "n": a.transactions, "otc": a.otc} for a in (answer or [])]
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ProviderDataError(f"Polygon answered {what} with results that are not a list of aggregates.")
+        raise _bad_answer(what, "results that are not a list of aggregates")
     if not rows:
         return _bars_frame(pd.DataFrame(columns=["t", "o", "h", "l", "c", "v", "vw", "n", "otc"]))
     return _bars_frame(pd.DataFrame.from_records(rows), what=what)
+
+
+def _bad_answer(what: str, problem: str) -> ProviderDataError:
+    return ProviderDataError(f"Polygon answered {what} with {problem}; nothing was stored, so the range is asked "
+                             "for again next time. If it persists, check the symbol and your Polygon plan.")
 
 
 def _bars_frame(raw: pd.DataFrame, *, what: str = "") -> pd.DataFrame:
@@ -208,10 +212,8 @@ def _bars_frame(raw: pd.DataFrame, *, what: str = "") -> pd.DataFrame:
     bad = required.isna().any(axis=1) | (raw["t"].isna())
     if bad.any():
         example = raw[bad].iloc[0].to_dict()
-        raise ProviderDataError(
-            f"Polygon answered {what} with {int(bad.sum())} malformed aggregate(s) (missing or non-numeric "
-            f"t/o/h/l/c, e.g. {example}); nothing was stored, the range is asked for again next time."
-        )
+        raise _bad_answer(what, f"{int(bad.sum())} malformed aggregate(s) (missing or non-numeric t/o/h/l/c, "
+                                f"e.g. {example})")
     frame = pd.DataFrame(
         {
             "open": numeric["o"].astype("float64").to_numpy(),
@@ -239,7 +241,7 @@ def legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
             "high": bars["high"].to_numpy(),
             "low": bars["low"].to_numpy(),
             "close": bars["close"].to_numpy(),
-            "volume": bars["volume"].to_numpy(),
+            "volume": _volume_as_polygon_sent_it(bars["volume"]),
             "vwap": bars["vwap"].to_numpy(),
             "timestamp": index.asi8 // 1_000_000,
             "transactions": trades.astype("int64").to_numpy() if not trades.isna().any()
@@ -249,6 +251,17 @@ def legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
         index=index,
     )
     return frame
+
+
+def _volume_as_polygon_sent_it(volume: pd.Series) -> Any:
+    """Polygon sends stock volumes as JSON integers, so Lumibot's frame holds int64; crypto volumes are fractional.
+
+    The store keeps float64 (exact for integers below 2**53); whole-number volumes go back as int64.
+    """
+    values = volume.to_numpy(dtype="float64")
+    if len(values) and not pd.isna(values).any() and (values == values.round()).all():
+        return values.astype("int64")
+    return values
 
 
 def legacy_filter(frame: pd.DataFrame, start: Any, end: Any, timespan: str) -> pd.DataFrame:

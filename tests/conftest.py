@@ -1,0 +1,88 @@
+"""Test isolation: every cache, log and home folder in a temporary directory; no network, ever.
+
+Lumibot reads ``LUMIBOT_CACHE_FOLDER`` and friends once, when it is first imported, so they are
+set here, at the top of the first file pytest loads, before any test module imports Lumibot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_SESSION = Path(tempfile.mkdtemp(prefix="lumibot-duckdb-tests-"))
+_HOME = _SESSION / "home"
+_HOME.mkdir()
+os.environ.update(
+    LUMIBOT_CACHE_FOLDER=str(_SESSION / "lumibot-cache"),
+    LUMIBOT_TRADING_DAYS_CACHE_DIR=str(_SESSION / "trading-days"),
+    LUMIBOT_DUCKDB_CACHE_DIR=str(_SESSION / "duckdb-default"),
+    LUMIBOT_DISABLE_DOTENV="true",
+    LUMIBOT_DISABLE_UI="true",
+    LUMIBOT_LOG_LEVEL="ERROR",
+    BACKTESTING_DATA_SOURCE="none",
+    POLYGON_API_KEY="test-key",
+    HOME=str(_HOME),
+    XDG_CACHE_HOME=str(_HOME / ".cache"),
+    MPLCONFIGDIR=str(_HOME / ".mpl"),
+)
+for _name in ("LUMIBOT_USE_DUCKDB", "LUMIBOT_DUCKDB_STRICT", "POLYGON_MAX_MEMORY_BYTES", "BACKTESTING_START",
+              "BACKTESTING_END", "BACKTESTING_BUDGET"):
+    os.environ.pop(_name, None)
+# Lumibot writes ./logs/ artefacts wherever the process runs: run from the scratch folder.
+_REPO = Path(__file__).resolve().parent.parent
+os.chdir(_SESSION)
+
+import pytest  # noqa: E402
+
+from lumibot_duckdb.sample.market import SyntheticMarket  # noqa: E402
+from lumibot_duckdb.sample.offline import NetworkGuard  # noqa: E402
+
+SHARED_DATA = (_REPO.parent / "shared" / "data").resolve()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SESSION, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def no_network(request: pytest.FixtureRequest):
+    """Fail any test that tries the network, even if the code under test swallowed the error."""
+    guard = NetworkGuard().install()
+    yield guard
+    guard.uninstall()
+    if guard.attempts and not request.node.get_closest_marker("network_attempt_expected"):
+        pytest.fail(f"test tried the network: {guard.attempts[:3]}", pytrace=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "network_attempt_expected: the test checks the network guard itself")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` (real market data); tests that need it skip with the reason when it is absent."""
+    if not (SHARED_DATA / "SPY_1d_2019.csv").exists():
+        pytest.skip(f"real market data not found at {SHARED_DATA} (the shared folder sits beside the repo in CI)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def market() -> SyntheticMarket:
+    return SyntheticMarket(seed=11)
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def lumibot_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh legacy Lumibot cache for this test (Lumibot's Polygon helper reads the folder per call)."""
+    from lumibot.tools import polygon_helper
+
+    folder = tmp_path / "lumibot-cache"
+    monkeypatch.setattr(polygon_helper, "LUMIBOT_CACHE_FOLDER", str(folder))
+    return folder

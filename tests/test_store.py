@@ -1,0 +1,290 @@
+"""The store: exact round trips, coverage kept as data, atomic files, damage set aside, concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from factories import key, make_bars
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lumibot_duckdb import BarsValidationError, CorruptFileError, DuckDBDataStorage, Interval, StoreError
+from lumibot_duckdb.store.coverage import utc
+
+VALUES = ["open", "high", "low", "close", "volume", "vwap", "trade_count"]
+
+
+def test_round_trip_is_exact(store_dir: Path) -> None:
+    bars = make_bars(periods=500)
+    store = DuckDBDataStorage(store_dir)
+    assert store.write(key(), bars) == 500
+    back = store.read(key(), bars.index[0], bars.index[-1] + pd.Timedelta(minutes=1))
+    pd.testing.assert_frame_equal(back[VALUES], bars[VALUES], check_dtype=False, check_freq=False,
+                                  check_index_type=False, check_names=False)
+    assert back.index.tz is not None and str(back.index.tz) == "UTC"
+    assert (back["open"].to_numpy() == bars["open"].to_numpy()).all()  # bit-exact, not approximately
+
+
+def test_prices_are_never_rounded(store_dir: Path) -> None:
+    """Invariant: float64 in, same float64 out (Lumibot's CCXT cache rounds to 3 decimals)."""
+    bars = make_bars(periods=4)
+    tiny = [0.000001234567, 1.23456789012345e-9, 12345.678901234, 0.0004999]
+    for column in ("open", "high", "low", "close", "volume"):
+        bars[column] = tiny
+    store = DuckDBDataStorage(store_dir)
+    store.write(key("SHIB/USDT", source="ccxt", asset_type="crypto"), bars)
+    back = store.read(key("SHIB/USDT", source="ccxt", asset_type="crypto"), "2024-01-01", "2024-01-03")
+    assert back["close"].tolist() == tiny
+
+
+finite = st.floats(min_value=1e-12, max_value=1e12, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prices=st.lists(finite, min_size=1, max_size=60), offsets=st.lists(
+    st.integers(min_value=0, max_value=10**6), min_size=1, max_size=60, unique=True))
+def test_round_trip_property(tmp_path_factory: pytest.TempPathFactory, prices: list[float], offsets: list[int]) -> None:
+    n = min(len(prices), len(offsets))
+    index = pd.DatetimeIndex(sorted(pd.Timestamp("2023-06-01", tz="UTC") + pd.to_timedelta(offsets[:n], "s")))
+    bars = pd.DataFrame({c: prices[:n] for c in ("open", "high", "low", "close", "volume")}, index=index)
+    with DuckDBDataStorage(tmp_path_factory.mktemp("s")) as store:
+        store.write(key(), bars, covered=("2023-06-01", "2023-07-01"))
+        back = store.read(key(), "2023-06-01", "2023-07-01")
+    assert back.index.equals(index.as_unit("us")) or list(back.index) == list(index)
+    assert back["close"].tolist() == prices[:n]
+
+
+def test_empty_answer_is_recorded_as_covered(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    empty = make_bars(periods=0)
+    store.write(key(), empty, covered=("2024-01-06", "2024-01-08"))
+    assert store.coverage(key()) == [Interval("2024-01-06", "2024-01-08")]
+    assert store.missing_ranges(key(), "2024-01-05", "2024-01-09") == [
+        Interval("2024-01-05", "2024-01-06"), Interval("2024-01-08", "2024-01-09")]
+    assert store.read(key(), "2024-01-06", "2024-01-08").empty
+
+
+def test_empty_frame_needs_a_covered_range(store_dir: Path) -> None:
+    with pytest.raises(BarsValidationError, match="covered="):
+        DuckDBDataStorage(store_dir).write(key(), make_bars(periods=0))
+
+
+def test_bars_outside_covered_are_refused_not_dropped(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    with pytest.raises(BarsValidationError, match="outside covered"):
+        store.write(key(), make_bars(periods=10), covered=("2024-01-02 14:30", "2024-01-02 14:35"))
+    assert store.coverage(key()) == []
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b.drop(columns="close"), "missing price column"),
+    (lambda b: b.assign(open=np.nan), "missing or infinite"),
+    (lambda b: b.assign(high="abc"), "not numeric"),
+    (lambda b: b.reset_index(drop=True), "DatetimeIndex"),
+])
+def test_unusable_frames_are_refused_with_the_reason(store_dir: Path, damage, message: str) -> None:
+    with pytest.raises(BarsValidationError, match=message):
+        DuckDBDataStorage(store_dir).write(key(), damage(make_bars(periods=5)))
+
+
+def test_series_are_isolated_by_every_key_field(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    variants = [key(), key(source="polygon"), key(timeframe="hour"), key(quote="EUR"), key(adjustment="split"),
+                key(exchange="binance"), key("SPY240119C00470000", asset_type="option")]
+    for i, k in enumerate(variants):
+        store.write(k, make_bars(periods=3, price=100 + i))
+    assert set(store.series()) == set(variants)
+    for i, k in enumerate(variants):
+        assert store.read(k, "2024-01-01", "2024-02-01")["open"].iloc[0] == 100 + i
+
+
+@pytest.mark.parametrize("symbol", ["BTC/USDT", "BRK.B", "_", ".hidden", "O:SPY240119C00470000", "ÄÖÜ", "a b"])
+def test_awkward_symbols_round_trip_through_paths(store_dir: Path, symbol: str) -> None:
+    store = DuckDBDataStorage(store_dir)
+    store.write(key(symbol), make_bars(periods=2))
+    assert store.series() == [key(symbol)]
+    assert len(store.read(key(symbol), "2024-01-01", "2024-02-01")) == 2
+
+
+def test_intraday_files_split_by_year_daily_in_one_partition(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    store.write(key(), make_bars("2023-12-31 23:58", periods=4))
+    store.write(key(timeframe="day"), make_bars("2023-12-30", periods=4, freq="1D"))
+    assert sorted(f.partition for f in store.files(key())) == ["2023", "2024"]
+    assert [f.partition for f in store.files(key(timeframe="day"))] == ["all"]
+    assert len(store.read(key(), "2023-12-31", "2024-01-02")) == 4
+
+
+def test_overlapping_answers_keep_the_newest_bar_once(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    old = make_bars(periods=60)
+    new = old.iloc[30:].copy()
+    new["close"] += 1.0
+    store.write(key(), old)
+    store.write(key(), new)
+    back = store.read(key(), "2024-01-01", "2024-02-01")
+    assert back.index.is_unique and len(back) == 60
+    assert (back["close"].iloc[30:].to_numpy() == new["close"].to_numpy()).all()
+    assert (back["close"].iloc[:30].to_numpy() == old["close"].iloc[:30].to_numpy()).all()
+
+
+def test_compaction_keeps_bars_and_coverage(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    bars = make_bars(periods=600)
+    for i in range(0, 600, 50):
+        store.write(key(), bars.iloc[i:i + 50], covered=(bars.index[i], bars.index[i] + pd.Timedelta(minutes=50)))
+    store.write(key(), make_bars("2024-01-05", periods=10))  # a second, separate covered run
+    before = store.read(key(), "2024-01-01", "2024-02-01")
+    coverage = store.coverage(key())
+    assert len(store.files(key())) < 13  # the writer compacted once the partition passed the threshold
+    store.compact()
+    assert len(store.files(key())) == 2 == len(coverage)
+    assert store.coverage(key()) == coverage
+    pd.testing.assert_frame_equal(store.read(key(), "2024-01-01", "2024-02-01"), before)
+
+
+def test_status_reports_rows_bytes_coverage_and_gaps(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    store.write(key(), make_bars(periods=10))
+    store.write(key(), make_bars("2024-01-03 14:30", periods=5))
+    (status,) = store.status()
+    assert status.rows == 15 and status.files == 2 and status.bytes > 0
+    assert status.first_bar == utc("2024-01-02 14:30") and status.last_bar == utc("2024-01-03 14:34")
+    assert status.gaps == [Interval("2024-01-02 14:40", "2024-01-03 14:30")]
+
+
+def test_truncated_file_is_set_aside_and_the_rest_survives(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    store.write(key(), make_bars(periods=30))
+    store.write(key(), make_bars("2024-01-03 14:30", periods=30, seed=1))
+    damaged = store.files(key())[1].path
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with pytest.raises(CorruptFileError) as info:
+        store.read(key(), "2024-01-01", "2024-02-01")
+    assert "fetched again" in str(info.value) and info.value.quarantined_to
+    assert Path(info.value.quarantined_to).exists()  # kept for inspection, not deleted
+    assert store.coverage(key()) == [Interval("2024-01-02 14:30", "2024-01-02 15:00")]
+    assert len(store.read(key(), "2024-01-01", "2024-02-01")) == 30
+
+
+def test_garbage_file_with_a_valid_name_is_set_aside(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    store.write(key(), make_bars(periods=5))
+    folder = store.files(key())[0].path.parent
+    (folder / "20240102T150000Z_20240102T160000Z_00000000000000000000ff.parquet").write_text("not parquet")
+    with pytest.raises(CorruptFileError):
+        store.read(key(), "2024-01-01", "2024-02-01")
+    assert len(store.read(key(), "2024-01-01", "2024-02-01")) == 5
+
+
+def test_stray_files_are_ignored(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    store.write(key(), make_bars(periods=5))
+    folder = store.files(key())[0].path.parent
+    (folder / "notes.txt").write_text("hello")
+    (folder / "random.parquet").write_bytes(b"x")
+    assert len(store.read(key(), "2024-01-01", "2024-02-01")) == 5
+
+
+def test_unwritable_store_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="LUMIBOT_DUCKDB_CACHE_DIR"):
+        DuckDBDataStorage(blocker / "store")
+
+
+_WRITER = textwrap.dedent("""
+    import sys, time
+    import numpy as np, pandas as pd
+    import pyarrow.parquet as pq
+    from lumibot_duckdb import DuckDBDataStorage, SeriesKey
+    real = pq.write_table
+    def slow_write(table, where, **kw):   # write half the rows, then hang: the process is killed here
+        real(table.slice(0, table.num_rows // 2), where, **kw)
+        where.flush()
+        print("writing", flush=True)
+        time.sleep(60)
+    pq.write_table = slow_write
+    store = DuckDBDataStorage(sys.argv[1])
+    index = pd.date_range("2024-02-01", periods=50_000, freq="1min", tz="UTC")
+    bars = pd.DataFrame({c: np.linspace(1, 2, len(index)) for c in ("open", "high", "low", "close")}, index=index)
+    store.write(SeriesKey("test", "SPY", "minute", quote="USD"), bars)
+""")
+
+
+def test_writer_killed_halfway_leaves_the_store_as_it_was(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    store.write(key(), make_bars(periods=100))
+    before = store.read(key(), "2024-01-01", "2024-03-01")
+    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(store_dir)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert list((store_dir / ".tmp").iterdir()), "the half-written file stays in .tmp/, invisible to readers"
+    fresh = DuckDBDataStorage(store_dir)
+    pd.testing.assert_frame_equal(fresh.read(key(), "2024-01-01", "2024-03-01"), before)
+    assert fresh.coverage(key()) == store.coverage(key())
+    with fresh.writer(key()):  # the dead writer's lock was released with its process
+        pass
+
+
+def _write_same_gap(store_dir: str, barrier, seed: int) -> None:
+    store = DuckDBDataStorage(store_dir)
+    barrier.wait()
+    with store.writer(key()) as writer:
+        for gap in writer.missing(Interval("2024-01-02 14:30", "2024-01-02 16:30")):
+            bars = make_bars(periods=120, seed=seed)
+            writer.write(bars[(bars.index >= gap.start) & (bars.index < gap.end)], covered=gap)
+
+
+def test_two_processes_filling_the_same_gap_store_it_once(store_dir: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    workers = [ctx.Process(target=_write_same_gap, args=(str(store_dir), barrier, s)) for s in (1, 2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    store = DuckDBDataStorage(store_dir)
+    assert len(store.files(key())) == 1, "the second process found the gap filled and fetched nothing"
+    back = store.read(key(), "2024-01-01", "2024-02-01")
+    assert len(back) == 120 and back.index.is_unique
+
+
+def test_readers_never_see_partial_or_duplicate_bars_during_writes_and_compaction(store_dir: Path) -> None:
+    """One process keeps publishing and compacting while this one reads."""
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        import pandas as pd
+        sys.path.insert(0, sys.argv[2])
+        from factories import key, make_bars
+        from lumibot_duckdb import DuckDBDataStorage
+        store = DuckDBDataStorage(sys.argv[1])
+        bars = make_bars(periods=4000)
+        for i in range(0, 4000, 100):
+            store.write(key(), bars.iloc[i:i + 100])
+            if i % 700 == 0:
+                store.compact()
+    """), str(store_dir), str(Path(__file__).parent)])
+    reader = DuckDBDataStorage(store_dir)
+    reads = 0
+    expected = make_bars(periods=4000)
+    while writer.poll() is None:
+        back = reader.read(key(), "2024-01-01", "2024-02-01")
+        assert back.index.is_unique and back.index.is_monotonic_increasing
+        assert (back["close"].to_numpy() == expected["close"].iloc[:len(back)].to_numpy()).all()
+        reads += 1
+    assert writer.returncode == 0
+    assert len(reader.read(key(), "2024-01-01", "2024-02-01")) == 4000
+    assert reads > 5
