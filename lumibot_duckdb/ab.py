@@ -26,6 +26,9 @@ from typing import Any
 
 VARIANTS = ("legacy", "duckdb")
 PHASES = ("cold", "warm", "shifted")
+REFERENCE = "legacy-fixed"
+"""Lumibot's legacy path with its known cache defects patched (:data:`LEGACY_DEFECTS`): the reference
+that proves a difference between legacy and DuckDB comes from those defects and nothing else."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +87,7 @@ class RunResult:
     bars_on_disk: int
     fills: list[list[Any]]
     final_value: float
+    detail: str = ""
 
     @property
     def bytes_per_bar(self) -> float:
@@ -96,6 +100,13 @@ class RunResult:
 
 @dataclasses.dataclass
 class Parity:
+    """Legacy beside DuckDB for one scenario and phase.
+
+    ``identical``: same fills (time, symbol, side, quantity, price) and same final value.
+    ``declared``: not identical, but DuckDB equals Lumibot's legacy path run on an empty cache
+    for the same window, so the difference comes from legacy's cache; ``detail`` says how.
+    """
+
     scenario: str
     phase: str
     identical: bool
@@ -103,6 +114,8 @@ class Parity:
     legacy_value: float
     duckdb_value: float
     detail: str = ""
+    declared: bool = False
+    reference_value: float | None = None
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -147,11 +160,21 @@ def run_subprocess(scenario: Scenario, variant: str, phase: str, workdir: Path, 
 
 def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = VARIANTS,
                 phases: Iterable[str] = PHASES) -> list[RunResult]:
-    """For each variant, the phases in order on that variant's own cache folders."""
+    """For each variant, the phases in order on that variant's own cache folders.
+
+    Where legacy and DuckDB differ, :func:`compare` needs legacy on an empty cache for that window:
+    that reference run is made on demand, in its own folder.
+    """
+    phases = list(phases)
     results = []
     for variant in variants:
         for phase in phases:
             results.append(run_subprocess(scenario, variant, phase, workdir / variant))
+    if any(not p.identical for p in compare(results)):
+        for phase in phases:
+            reference = run_subprocess(scenario, REFERENCE, phase, workdir / REFERENCE)
+            reference.detail = legacy_cache_defects(workdir / "legacy", scenario.window(phase))
+            results.append(reference)
     return results
 
 
@@ -164,7 +187,7 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path) -> Run
     from lumibot_duckdb.sample.offline import offline
     from lumibot_duckdb.sample.strategies import STRATEGIES
 
-    if variant == "legacy":
+    if variant in ("legacy", REFERENCE):
         from lumibot.backtesting import PolygonDataBacktesting as data_source
         options: dict[str, Any] = {}
     elif variant == "duckdb":
@@ -173,9 +196,10 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path) -> Run
     else:
         raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
     rss_after_import = _rss_mb()
-    polygon_helper.LUMIBOT_CACHE_FOLDER = str(workdir / "lumibot-cache")
+    legacy_folder = polygon_helper.LUMIBOT_CACHE_FOLDER
 
     seam = {"seconds": 0.0, "calls": 0}
+    undo = [fix() for fix in LEGACY_DEFECTS.values()] if variant == REFERENCE else []
     inner = polygon_helper.get_price_data_from_polygon
 
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -189,8 +213,9 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path) -> Run
     strategy_class = _resolve(scenario.strategy, STRATEGIES)
     start, end = scenario.window(phase)
     polygon_helper.get_price_data_from_polygon = timed
+    polygon_helper.LUMIBOT_CACHE_FOLDER = str(workdir / "lumibot-cache")
     try:
-        with offline(), _serve(scenario) as provider:
+        with offline() as guard, _serve(scenario) as provider:
             started = time.perf_counter()
             _, strategy = strategy_class.run_backtest(
                 data_source, dt.datetime.combine(start, dt.time()), dt.datetime.combine(end, dt.time()),
@@ -202,8 +227,13 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path) -> Run
             wall = time.perf_counter() - started
             requests = {kind: provider.count(kind) for kind in ("aggs", "splits", "contracts")}
             requested_days = provider.requested_days()
+        if guard.attempts:
+            raise RuntimeError(f"the backtest tried the network: {guard.attempts[:3]}")
     finally:
         polygon_helper.get_price_data_from_polygon = inner
+        polygon_helper.LUMIBOT_CACHE_FOLDER = legacy_folder
+        for restore in reversed(undo):
+            restore()
     size, bars = _disk(variant, workdir)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
     return RunResult(scenario.name, variant, phase, wall, seam["seconds"], seam["calls"], requests, requested_days,
@@ -278,19 +308,104 @@ def compare(results: Sequence[RunResult]) -> list[Parity]:
         if variant != "legacy" or (scenario, phase, "duckdb") not in by_key:
             continue
         ours = by_key[(scenario, phase, "duckdb")]
-        same_fills = legacy.fills == ours.fills
-        same_value = legacy.final_value == ours.final_value
-        detail = ""
-        if not same_fills:
-            first = next((i for i, (a, b) in enumerate(zip(legacy.fills, ours.fills)) if a != b),
-                         min(len(legacy.fills), len(ours.fills)))
-            detail = (f"fills differ from #{first}: legacy {legacy.fills[first:first + 1]} "
-                      f"vs duckdb {ours.fills[first:first + 1]} ({len(legacy.fills)} vs {len(ours.fills)} fills)")
-        elif not same_value:
-            detail = f"final value {legacy.final_value!r} vs {ours.final_value!r}"
-        report.append(Parity(scenario, phase, same_fills and same_value, len(legacy.fills), legacy.final_value,
-                             ours.final_value, detail))
+        parity = Parity(scenario, phase, _same(legacy, ours), len(legacy.fills), legacy.final_value,
+                        ours.final_value)
+        if not parity.identical:
+            parity.detail = _difference(legacy, ours)
+            reference = by_key.get((scenario, phase, REFERENCE))
+            if reference is not None and _same(reference, ours):
+                parity.declared = True
+                parity.reference_value = reference.final_value
+                parity.detail = (f"DuckDB equals Lumibot's legacy path with its known cache defects fixed "
+                                 f"({', '.join(LEGACY_DEFECTS)}); seen here: {reference.detail}")
+        report.append(parity)
     return report
+
+
+def _same(a: RunResult, b: RunResult) -> bool:
+    return a.fills == b.fills and a.final_value == b.final_value
+
+
+def _difference(a: RunResult, b: RunResult) -> str:
+    if a.fills != b.fills:
+        first = next((i for i, (x, y) in enumerate(zip(a.fills, b.fills)) if x != y), min(len(a.fills), len(b.fills)))
+        return (f"fills differ from #{first}: {a.variant} {a.fills[first:first + 1]} vs {b.variant} "
+                f"{b.fills[first:first + 1]} ({len(a.fills)} vs {len(b.fills)} fills)")
+    return f"final value {a.final_value!r} vs {b.final_value!r}"
+
+
+def _fix_placeholder_rows() -> Any:
+    """Lumibot's warm path returns its placeholder rows (dates without bars) with NaN prices; its cold path drops them."""
+    from lumibot.tools import polygon_helper
+
+    original = polygon_helper.get_price_data_from_polygon
+
+    def without_placeholders(*args: Any, **kwargs: Any) -> Any:
+        frame = original(*args, **kwargs)
+        if frame is not None and "missing" in frame.columns:
+            frame = frame[~frame["missing"].fillna(False).astype(bool)]
+        return frame
+
+    polygon_helper.get_price_data_from_polygon = without_placeholders
+    return lambda: setattr(polygon_helper, "get_price_data_from_polygon", original)
+
+
+def _fix_utc_date_cache() -> Any:
+    """Lumibot decides which dates it holds by the UTC date of cached bars; use the exchange's date instead."""
+    from lumibot.entities import Asset
+    from lumibot.tools import polygon_helper
+
+    original = polygon_helper.get_missing_dates
+
+    def get_missing_dates(df_all: Any, asset: Any, start: Any, end: Any) -> Any:
+        if df_all is None or df_all.empty or asset.asset_type == Asset.AssetType.CRYPTO:
+            return original(df_all, asset, start, end)
+        local = df_all.copy()
+        local.index = local.index.tz_convert("America/New_York")
+        return original(local, asset, start, end)
+
+    polygon_helper.get_missing_dates = get_missing_dates
+    return lambda: setattr(polygon_helper, "get_missing_dates", original)
+
+
+LEGACY_DEFECTS = {
+    "placeholder rows returned with NaN prices": _fix_placeholder_rows,
+    "cached dates judged by UTC date": _fix_utc_date_cache,
+}
+"""Known defects of Lumibot 4.6.30's Polygon cache, each with the smallest patch that removes it."""
+
+
+def legacy_cache_defects(workdir: Path, window: tuple[dt.date, dt.date]) -> str:
+    """Name the known defects of Lumibot's Polygon cache that show in ``workdir`` for ``window``.
+
+    * Dates Lumibot believes it holds because after-hours bars of the previous evening carry
+      their UTC date, although it never downloaded their session (``get_missing_dates`` keys on
+      the UTC date of the cached index).
+    * Placeholder rows (dates the provider had no bars for), which Lumibot's warm path returns
+      with NaN prices while its cold path drops them.
+    """
+    import pandas as pd
+    import pandas_market_calendars as mcal
+
+    folder = workdir / "lumibot-cache" / "polygon"
+    sessions = mcal.get_calendar("NYSE").schedule(window[0], window[1])
+    notes = []
+    for path in sorted(folder.glob("*_minute.parquet")) if folder.exists() else []:
+        frame = pd.read_parquet(path)
+        index = pd.DatetimeIndex(frame["datetime"]).tz_convert("UTC")
+        held = set(index.date)
+        regular = set(pd.DatetimeIndex(index).tz_convert("America/New_York")[
+            pd.DatetimeIndex(index).tz_convert("America/New_York").indexer_between_time("09:30", "15:59")].date)
+        hidden = [d for d in sessions.index.date if d in held and d not in regular]
+        if hidden:
+            notes.append(f"{path.stem}: {len(hidden)} session(s) never downloaded because earlier after-hours bars "
+                         f"carry their UTC date ({', '.join(map(str, hidden[:4]))})")
+    for path in sorted(folder.glob("*.parquet")) if folder.exists() else []:
+        frame = pd.read_parquet(path) if not path.name.endswith("_splits.parquet") else None
+        if frame is not None and "missing" in frame and frame["missing"].fillna(False).astype(bool).any():
+            notes.append(f"{path.stem}: {int(frame['missing'].fillna(False).astype(bool).sum())} placeholder row(s) "
+                         "returned with NaN prices on warm runs")
+    return "; ".join(notes) or "no known cache defect detected"
 
 
 def render(results: Sequence[RunResult], *, title: str = "A/B: Lumibot legacy vs lumibot-duckdb") -> str:
@@ -310,9 +425,14 @@ def render(results: Sequence[RunResult], *, title: str = "A/B: Lumibot legacy vs
     console = Console(width=160, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     console.print(table)
     for parity in compare(results):
-        verdict = "identical" if parity.identical else "DIFFERENT"
-        console.print(f"parity {parity.scenario} / {parity.phase}: {verdict} "
-                      f"({parity.fills} fills, final value {parity.duckdb_value:,.2f}) {parity.detail}")
+        if parity.identical:
+            verdict = f"identical ({parity.fills} fills, final value {parity.duckdb_value:,.2f})"
+        elif parity.declared:
+            verdict = (f"declared difference: legacy {parity.legacy_value:,.2f}, DuckDB {parity.duckdb_value:,.2f} "
+                       f"= legacy on an empty cache {parity.reference_value:,.2f}. {parity.detail}")
+        else:
+            verdict = f"DIFFERENT: {parity.detail}"
+        console.print(f"parity {parity.scenario} / {parity.phase}: {verdict}")
     return console.export_text()
 
 

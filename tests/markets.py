@@ -28,3 +28,8 @@ def real_market(data: Path) -> FrameMarket:
     frames[("XYZ", "minute")] = minute_csv(data / "XYZ_1m_2020.csv")
     frames[("SPY", "minute")] = minute_csv(data / "SPY_1m_2020-01-06.csv")
     return FrameMarket(frames)
+
+
+def shared_market() -> FrameMarket:
+    """The real-data market, for the A/B harness (``Scenario(market="markets:shared_market")``)."""
+    return real_market(Path(__file__).resolve().parents[2] / "shared" / "data")
