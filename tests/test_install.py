@@ -1,0 +1,59 @@
+"""``install()`` makes Lumibot build our class wherever it builds its own, and ``uninstall()`` undoes it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+import lumibot_duckdb
+from lumibot_duckdb import ConfigError
+from lumibot_duckdb.ab import fills_of
+from lumibot_duckdb.sample.market import SyntheticMarket
+from lumibot_duckdb.sample.polygon import serve_polygon
+from lumibot_duckdb.sample.strategies import BuyAndHold
+
+
+@pytest.fixture
+def installed():
+    yield lumibot_duckdb.install()
+    lumibot_duckdb.uninstall()
+
+
+def test_install_points_lumibot_names_at_our_class(installed) -> None:
+    import lumibot.backtesting
+    import lumibot.strategies._strategy as strategy_module
+
+    assert installed == ["PolygonDataBacktesting"]
+    assert lumibot.backtesting.PolygonDataBacktesting is lumibot_duckdb.PolygonDataBacktesting
+    assert strategy_module._get_backtesting_class("PolygonDataBacktesting") is lumibot_duckdb.PolygonDataBacktesting
+    lumibot_duckdb.install()  # twice is harmless
+    lumibot_duckdb.uninstall()
+    assert lumibot.backtesting.PolygonDataBacktesting is not lumibot_duckdb.PolygonDataBacktesting
+    assert strategy_module._get_backtesting_class("PolygonDataBacktesting").__module__ == \
+        "lumibot.backtesting.polygon_backtesting"
+
+
+def test_unknown_source_is_refused() -> None:
+    with pytest.raises(ConfigError, match="polygon"):
+        lumibot_duckdb.install("bloomberg")
+
+
+@pytest.mark.backtest
+def test_backtesting_data_source_env_builds_our_class(installed, tmp_path: Path, monkeypatch) -> None:
+    """BACKTESTING_DATA_SOURCE=polygon wins over the class passed in code (Lumibot's rule) and now builds ours."""
+    from lumibot.backtesting import YahooDataBacktesting
+
+    monkeypatch.setenv("BACKTESTING_DATA_SOURCE", "polygon")
+    monkeypatch.setenv("LUMIBOT_DUCKDB_CACHE_DIR", str(tmp_path / "store"))
+    with serve_polygon(SyntheticMarket(3)) as polygon:
+        _, strategy = BuyAndHold.run_backtest(
+            YahooDataBacktesting, dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 20), benchmark_asset=None,
+            risk_free_rate=0.0, show_plot=False, show_tearsheet=False, save_tearsheet=False, show_indicators=False,
+            show_progress_bar=False, quiet_logs=True, save_stats_file=False, analyze_backtest=False, budget=10_000,
+            polygon_api_key="k", parameters={"symbol": "AAA"})
+    source = strategy.broker.data_source
+    assert type(source) is lumibot_duckdb.PolygonDataBacktesting and source.use_duckdb
+    assert polygon.count("aggs") > 0 and len(fills_of(strategy)) == 1
+    assert (tmp_path / "store" / "bars").is_dir()
