@@ -144,17 +144,24 @@ def child_environment(workdir: Path) -> dict[str, str]:
 
 def run_subprocess(scenario: Scenario, variant: str, phase: str, workdir: Path, *, timeout: float = 3600) -> RunResult:
     """Run one backtest in a fresh interpreter and return what it measured."""
+    return finish(spawn(scenario, variant, phase, workdir), timeout=timeout)
+
+
+def spawn(scenario: Scenario, variant: str, phase: str, workdir: Path) -> subprocess.Popen[str]:
+    """Start one backtest in a fresh interpreter (see :func:`finish`); several may run at once."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec = json.dumps({"scenario": dataclasses.asdict(scenario), "variant": variant, "phase": phase,
                        "workdir": str(workdir)})
-    done = subprocess.run(
-        [sys.executable, "-m", "lumibot_duckdb.ab", spec],
-        capture_output=True, text=True, env=child_environment(workdir), cwd=workdir, timeout=timeout,
-    )
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{\"scenario\"")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{scenario.name} {variant} {phase} failed (exit {done.returncode}):\n"
-                           f"{done.stderr[-4000:]}")
+    return subprocess.Popen([sys.executable, "-m", "lumibot_duckdb.ab", spec], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=child_environment(workdir), cwd=workdir)
+
+
+def finish(process: subprocess.Popen[str], *, timeout: float = 3600) -> RunResult:
+    """Wait for a run started by :func:`spawn` and return what it measured."""
+    stdout, stderr = process.communicate(timeout=timeout)
+    lines = [ln for ln in stdout.splitlines() if ln.startswith('{"scenario"')]
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"backtest run failed (exit {process.returncode}):\n{stderr[-4000:]}")
     return RunResult(**json.loads(lines[-1]))
 
 
@@ -182,23 +189,25 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path) -> Run
     """Run one backtest in this process (Lumibot's environment must already point into ``workdir``)."""
     import resource
 
+    import lumibot.backtesting
     from lumibot.tools import polygon_helper
 
+    import lumibot_duckdb
     from lumibot_duckdb.sample.offline import offline
     from lumibot_duckdb.sample.strategies import STRATEGIES
 
+    options: dict[str, Any] = {}
     if variant in ("legacy", REFERENCE):
-        from lumibot.backtesting import PolygonDataBacktesting as data_source
-        options: dict[str, Any] = {}
+        data_source = lumibot.backtesting.PolygonDataBacktesting
     elif variant == "duckdb":
-        from lumibot_duckdb import PolygonDataBacktesting as data_source
+        data_source = lumibot_duckdb.PolygonDataBacktesting
         options = {"use_duckdb": True, "cache_dir": str(workdir / "duckdb")}
     else:
-        raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
+        raise ValueError(f"variant must be one of {(*VARIANTS, REFERENCE)}, not {variant!r}")
     rss_after_import = _rss_mb()
     legacy_folder = polygon_helper.LUMIBOT_CACHE_FOLDER
 
-    seam = {"seconds": 0.0, "calls": 0}
+    seam: dict[str, float] = {"seconds": 0.0, "calls": 0}
     undo = [fix() for fix in LEGACY_DEFECTS.values()] if variant == REFERENCE else []
     inner = polygon_helper.get_price_data_from_polygon
 
@@ -236,7 +245,7 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path) -> Run
             restore()
     size, bars = _disk(variant, workdir)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    return RunResult(scenario.name, variant, phase, wall, seam["seconds"], seam["calls"], requests, requested_days,
+    return RunResult(scenario.name, variant, phase, wall, seam["seconds"], int(seam["calls"]), requests, requested_days,
                      peak, rss_after_import, size, bars, fills_of(strategy), float(strategy.portfolio_value))
 
 
@@ -335,7 +344,7 @@ def _difference(a: RunResult, b: RunResult) -> str:
 
 
 def _fix_placeholder_rows() -> Any:
-    """Lumibot's warm path returns its placeholder rows (dates without bars) with NaN prices; its cold path drops them."""
+    """Lumibot's warm path returns placeholder rows (dates without bars) with NaN prices; its cold path drops them."""
     from lumibot.tools import polygon_helper
 
     original = polygon_helper.get_price_data_from_polygon
@@ -420,9 +429,10 @@ def render(results: Sequence[RunResult], *, title: str = "A/B: Lumibot legacy vs
     for r in results:
         requests = ", ".join(f"{k} {v}" for k, v in r.requests.items() if v) or "0"
         table.add_row(r.scenario, r.phase, r.variant, f"{r.wall_seconds:.2f}", f"{r.data_layer_seconds:.2f}",
-                      requests, str(r.requested_days), f"{r.peak_rss_mb:.0f}", _size(r.bytes_on_disk), f"{r.bytes_per_bar:.1f}",
+                      requests, str(r.requested_days), f"{r.peak_rss_mb:.0f}", _size(r.bytes_on_disk),
+                      f"{r.bytes_per_bar:.1f}",
                       str(len(r.fills)), f"{r.final_value:,.2f}")
-    console = Console(width=160, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console = Console(width=160, record=True, file=open(os.devnull, "w"))
     console.print(table)
     for parity in compare(results):
         if parity.identical:
@@ -436,7 +446,8 @@ def render(results: Sequence[RunResult], *, title: str = "A/B: Lumibot legacy vs
     return console.export_text()
 
 
-def _size(n: int) -> str:
+def _size(count: int) -> str:
+    n = float(count)
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -30,9 +30,7 @@ os.environ.update(
 for _name in ("LUMIBOT_USE_DUCKDB", "LUMIBOT_DUCKDB_STRICT", "POLYGON_MAX_MEMORY_BYTES", "BACKTESTING_START",
               "BACKTESTING_END", "BACKTESTING_BUDGET"):
     os.environ.pop(_name, None)
-# Lumibot writes ./logs/ artefacts wherever the process runs: run from the scratch folder.
 _REPO = Path(__file__).resolve().parent.parent
-os.chdir(_SESSION)
 
 import pytest  # noqa: E402
 
@@ -46,6 +44,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SESSION, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def run_in_scratch_folder():
+    """Lumibot writes ./logs/ artefacts wherever the process runs (and Hypothesis its database)."""
+    previous = Path.cwd()
+    os.chdir(_SESSION)
+    yield
+    os.chdir(previous)
+
+
 @pytest.fixture(autouse=True)
 def no_network(request: pytest.FixtureRequest):
     """Fail any test that tries the network, even if the code under test swallowed the error."""
@@ -54,6 +61,12 @@ def no_network(request: pytest.FixtureRequest):
     guard.uninstall()
     if guard.attempts and not request.node.get_closest_marker("network_attempt_expected"):
         pytest.fail(f"test tried the network: {guard.attempts[:3]}", pytrace=False)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from importlib.metadata import version
+
+    return ", ".join(f"{name} {version(name)}" for name in ("lumibot", "duckdb", "pandas", "pyarrow"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -89,7 +91,7 @@ def test_missing_ranges_is_exactly_the_uncovered_part(covered: list[Interval], s
     wanted_hours = hour_set([wanted])
     assert hour_set(gaps) == wanted_hours - hour_set(covered)
     assert all(g.start < g.end for g in gaps)
-    assert all(a.end < b.start for a, b in zip(gaps, gaps[1:]))
+    assert all(a.end < b.start for a, b in itertools.pairwise(gaps))
 
 
 @settings(max_examples=200, deadline=None)
@@ -97,5 +99,5 @@ def test_missing_ranges_is_exactly_the_uncovered_part(covered: list[Interval], s
 def test_normalize_is_idempotent_and_disjoint(spans: list[Interval]) -> None:
     merged = normalize(spans)
     assert normalize(merged) == merged
-    assert all(a.end < b.start for a, b in zip(merged, merged[1:]))
+    assert all(a.end < b.start for a, b in itertools.pairwise(merged))
     assert not has_overlaps(merged)

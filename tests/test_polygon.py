@@ -226,7 +226,8 @@ def test_store_failure_falls_back_to_legacy_with_one_warning(polygon, lumibot_ca
     assert not source.use_duckdb and source.duckdb_stats.fallbacks == 1
     legacy = make_source("legacy", tmp_path)
     legacy._update_pandas_data(Asset("AAA"), USD, 5, "day", ny(2024, 2, 1, 10))
-    pd.testing.assert_frame_equal(source.pandas_data[(Asset("AAA"), USD)].df, legacy.pandas_data[(Asset("AAA"), USD)].df)
+    pd.testing.assert_frame_equal(source.pandas_data[(Asset("AAA"), USD)].df,
+                                  legacy.pandas_data[(Asset("AAA"), USD)].df)
 
 
 def test_strict_mode_raises_instead(polygon, tmp_path) -> None:
@@ -265,7 +266,8 @@ def test_a_split_after_the_bars_were_stored_refreshes_the_series(polygon, store_
     fetch(source, Asset("AAA"), ny(2024, 1, 2), ny(2024, 1, 31), "day")
     key = polygon_series_key(Asset("AAA"), USD, "day")
     for bar_file in source.store.files(key):  # pretend these were fetched in 2023
-        bar_file.path.rename(bar_file.path.with_name(bar_file.path.name.replace(bar_file.token, "17a0000000000000aaaaaa")))
+        old_name = bar_file.path.name.replace(bar_file.token, "17a0000000000000aaaaaa")
+        bar_file.path.rename(bar_file.path.with_name(old_name))
     polygon.splits["AAA"] = [{"execution_date": "2024-01-15", "split_from": 1, "split_to": 2, "ticker": "AAA"}]
     polygon.reset()
     fetch(source, Asset("AAA"), ny(2024, 1, 2), ny(2024, 2, 29), "day")

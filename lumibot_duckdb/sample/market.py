@@ -104,7 +104,8 @@ class SyntheticMarket:
         return f"SyntheticMarket(seed={self.seed})"
 
     # -- public --------------------------------------------------------------------------------
-    def bars(self, symbol: str, timeframe: str, start: object, end: object, *, asset_type: str = "stock") -> pd.DataFrame:
+    def bars(self, symbol: str, timeframe: str, start: object, end: object, *,
+             asset_type: str = "stock") -> pd.DataFrame:
         """Bars of ``symbol`` whose start lies in ``[start, end)`` (naive = UTC), UTC index ``ts``."""
         lo, hi = _to_utc(start), _to_utc(end)
         if hi <= lo:
@@ -124,7 +125,8 @@ class SyntheticMarket:
         return frame[(frame.index >= lo) & (frame.index < hi)]
 
     # -- generation ----------------------------------------------------------------------------
-    def _minutes(self, symbol: str, asset_type: str, first: dt.date, last: dt.date, *, regular_only: bool) -> pd.DataFrame:
+    def _minutes(self, symbol: str, asset_type: str, first: dt.date, last: dt.date, *,
+                 regular_only: bool) -> pd.DataFrame:
         schedule = sessions(asset_type, first, last)
         if schedule.empty:
             return _empty()
@@ -266,7 +268,8 @@ class FrameMarket:
             data["trade_count"] = (data["volume"] // 100 + 1).astype("int64")
         return data[["open", "high", "low", "close", "volume", "vwap", "trade_count"]]
 
-    def bars(self, symbol: str, timeframe: str, start: object, end: object, *, asset_type: str = "stock") -> pd.DataFrame:
+    def bars(self, symbol: str, timeframe: str, start: object, end: object, *,
+             asset_type: str = "stock") -> pd.DataFrame:
         frame = self.frames.get((symbol, timeframe))
         if frame is None:
             return _empty()

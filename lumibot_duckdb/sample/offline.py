@@ -58,7 +58,8 @@ class NetworkGuard:
         self._patch(socket, "create_connection",
                     lambda address, *a, **k: guard._refuse(f"create_connection to {address!r}"))
         try:
-            from curl_cffi import curl, requests as curl_requests
+            from curl_cffi import curl
+            from curl_cffi import requests as curl_requests
         except ImportError:
             return self
         self._patch(curl.Curl, "perform", lambda *a, **k: guard._refuse("curl_cffi transfer"))

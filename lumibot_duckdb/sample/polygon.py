@@ -28,7 +28,8 @@ NY = "America/New_York"
 
 
 class Market(Protocol):
-    def bars(self, symbol: str, timeframe: str, start: object, end: object, *, asset_type: str = "stock") -> pd.DataFrame:
+    def bars(self, symbol: str, timeframe: str, start: object, end: object, *,
+             asset_type: str = "stock") -> pd.DataFrame:
         ...
 
 
@@ -128,7 +129,8 @@ class FakePolygonHTTP:
         start, end = _day_bound(request.start, day_tz, False), _day_bound(request.end, day_tz, True)
         bars = self.market.bars(symbol, request.timespan or "minute", start, end, asset_type=asset_type)
         results = [
-            {"v": _json_number(v), "vw": vw, "o": o, "c": c, "h": h, "l": lo, "t": int(t.value // 1_000_000), "n": int(n)}
+            {"v": _json_number(v), "vw": vw, "o": o, "c": c, "h": h, "l": lo, "t": int(t.value // 1_000_000),
+             "n": int(n)}
             for t, o, h, lo, c, v, vw, n in zip(
                 bars.index, bars["open"], bars["high"], bars["low"], bars["close"], bars["volume"],
                 bars["vwap"].fillna(0.0), bars["trade_count"],
@@ -216,8 +218,8 @@ def serve_polygon(market: Market, **options: Any) -> Iterator[FakePolygonHTTP]:
         original(self, *args, **kwargs)
         self.client = http
 
-    base.BaseClient.__init__ = offline_init  # type: ignore[method-assign]
+    base.BaseClient.__init__ = offline_init
     try:
         yield http
     finally:
-        base.BaseClient.__init__ = original  # type: ignore[method-assign]
+        base.BaseClient.__init__ = original

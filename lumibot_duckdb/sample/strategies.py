@@ -7,6 +7,8 @@ from the data source's bars.
 
 from __future__ import annotations
 
+from typing import Any
+
 from lumibot.strategies import Strategy
 
 
@@ -37,7 +39,7 @@ class MomentumRebalance(Strategy):
         self.vars.day = 0
 
     def on_trading_iteration(self) -> None:
-        params = self.parameters
+        params: dict[str, Any] = self.parameters
         self.vars.day += 1
         if (self.vars.day - 1) % params["period"]:
             return
@@ -78,7 +80,7 @@ class MinuteSMA(Strategy):
         self.sleeptime = "1M"
 
     def on_trading_iteration(self) -> None:
-        params = self.parameters
+        params: dict[str, Any] = self.parameters
         bars = self.get_historical_prices(params["symbol"], params["slow"], "minute")
         if bars is None or len(bars.df) < params["slow"]:
             return

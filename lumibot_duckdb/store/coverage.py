@@ -10,6 +10,7 @@ Everything in this module is pure: no I/O, no clock, no Lumibot.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -148,9 +149,9 @@ def normalize(intervals: Iterable[Interval]) -> list[Interval]:
 def missing_ranges(covered: Iterable[Interval], wanted: Interval) -> list[Interval]:
     """The parts of ``wanted`` that ``covered`` does not hold, in time order.
 
-    >>> day = lambda d: utc(f"2024-01-{d:02d}")
-    >>> missing_ranges([Interval(day(3), day(5))], Interval(day(1), day(10)))
-    [Interval(start=Timestamp('2024-01-01 00:00:00+0000', tz='UTC'), end=Timestamp('2024-01-03 00:00:00+0000', tz='UTC')), Interval(start=Timestamp('2024-01-05 00:00:00+0000', tz='UTC'), end=Timestamp('2024-01-10 00:00:00+0000', tz='UTC'))]
+    >>> gaps = missing_ranges([Interval("2024-01-03", "2024-01-05")], Interval("2024-01-01", "2024-01-10"))
+    >>> [str(g) for g in gaps]
+    ['[2024-01-01T00:00:00+00:00, 2024-01-03T00:00:00+00:00)', '[2024-01-05T00:00:00+00:00, 2024-01-10T00:00:00+00:00)']
     """
     if wanted.empty:
         return []
@@ -174,7 +175,7 @@ def missing_ranges(covered: Iterable[Interval], wanted: Interval) -> list[Interv
 def has_overlaps(intervals: Iterable[Interval]) -> bool:
     """True when two of the intervals share some time (touching does not count)."""
     ordered = sorted(i for i in intervals if not i.empty)
-    return any(b.start < a.end for a, b in zip(ordered, ordered[1:]))
+    return any(b.start < a.end for a, b in itertools.pairwise(ordered))
 
 
 def total_duration(intervals: Iterable[Interval]) -> pd.Timedelta:

@@ -174,7 +174,7 @@ class Layout:
 
     def series(self) -> list[SeriesKey]:
         """Every series that has a folder in the store."""
-        found = []
+        found: list[SeriesKey] = []
         depth = len(_KEY_FIELDS)
         if not self.bars.is_dir():
             return found

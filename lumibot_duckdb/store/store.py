@@ -161,11 +161,12 @@ class DuckDBDataStorage(DataStorageInterface):
         with self.writer(key) as writer:
             return writer.write(data, covered=covered)
 
-    def _publish(self, key: SeriesKey, data: pd.DataFrame, covered: tuple[Any, Any] | Interval | None) -> tuple[int, set[str]]:
+    def _publish(self, key: SeriesKey, data: pd.DataFrame,
+                 covered: tuple[Any, Any] | Interval | None) -> tuple[int, set[str]]:
         bars = normalize_bars(data)
         if covered is None:
             if bars.empty:
-                raise BarsValidationError("An empty frame needs covered=(start, end) to say which range it answers for.")
+                raise BarsValidationError("An empty frame needs covered=(start, end): the range it answers for.")
             covered_iv = Interval(bars.index[0], bars.index[-1] + _BAR_STEP[key.timeframe])
         else:
             covered_iv = _as_interval(covered)
@@ -222,18 +223,17 @@ class DuckDBDataStorage(DataStorageInterface):
         damaged = [f for f in files if not _readable(f.path)]
         if not damaged:
             raise StoreError(f"DuckDB could not read {len(files)} file(s) of {files[0].key}: {exc}") from exc
-        moved = []
+        moved: list[Path] = []
         for bar_file in damaged:
             with contextlib.suppress(FileNotFoundError):
-                target = self.layout.quarantine(bar_file.path, f"unreadable: {exc}")
-                moved.append((bar_file, target))
-        first, target = moved[0] if moved else (damaged[0], None)
+                moved.append(self.layout.quarantine(bar_file.path, f"unreadable: {exc}"))
+        first = damaged[0]
         raise CorruptFileError(
             f"{len(damaged)} damaged file(s) of {first.key} set aside in {self.layout.quarantine_dir} "
             f"(first: {first.path.name}, covering {first.interval}). Every other file is intact; the "
             "range they covered is no longer marked as stored and is fetched again on the next request.",
             path=str(first.path),
-            quarantined_to=str(target) if target else None,
+            quarantined_to=str(moved[0]) if moved else None,
         ) from exc
 
     # -- maintenance ---------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Run the demo, the tests or the benchmarks from a fresh checkout, with nothing but Python 3.10+.
+
+    python3 dev.py demo        offline A/B backtest, legacy Lumibot beside lumibot-duckdb
+    python3 dev.py test        the test suite (DuckDB as Lumibot installs it, then the store tests on DuckDB 1.5)
+    python3 dev.py bench ...   a benchmark script from benchmarks/ (see benchmarks/README.md)
+
+The first call creates ``.venv`` and installs the project with its test extras (Lumibot pulls
+~320 packages, about 3 minutes); later calls reuse it and reinstall only when pyproject.toml
+changed. Extra arguments go to the command (``python3 dev.py test -k store``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".lumibot-duckdb-installed"
+DUCKDB_15 = ROOT / ".cache" / "duckdb-1.5"
+# The store is also checked on DuckDB 1.5 (the last series with offline extension wheels).
+DUCKDB_15_TESTS = ["tests/test_store.py", "tests/test_polygon.py", "tests/test_coverage.py"]
+
+
+def run(*command: object, env: dict[str, str] | None = None) -> int:
+    print("+", " ".join(str(c) for c in command), flush=True)
+    return subprocess.call([str(c) for c in command], cwd=ROOT, env=env)
+
+
+def ensure_environment() -> None:
+    if sys.version_info < (3, 10):  # noqa: UP036 - this file also runs on an older python3 to say so
+        sys.exit(f"lumibot-duckdb needs Python 3.10 or newer; this is {sys.version.split()[0]}.")
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if PYTHON.exists() and STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    if not PYTHON.exists():
+        print(f"Creating {VENV} …", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    code = run(PYTHON, "-m", "pip", "install", "--upgrade", "pip") or run(
+        PYTHON, "-m", "pip", "install", "-e", f"{ROOT}[test,bench]")
+    if code:
+        sys.exit(code)
+    STAMP.write_text(wanted)
+
+
+def test(args: list[str]) -> int:
+    code = run(PYTHON, "-m", "pytest", *args)
+    if code or args:
+        return code
+    if not (DUCKDB_15 / "duckdb").exists():
+        code = run(PYTHON, "-m", "pip", "install", "--quiet", "--target", DUCKDB_15, "duckdb>=1.5,<1.6")
+        if code:
+            return code
+    env = {**os.environ, "PYTHONPATH": str(DUCKDB_15)}
+    return run(PYTHON, "-m", "pytest", "-q", *DUCKDB_15_TESTS, env=env)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test", "bench"):
+        print(__doc__)
+        return 2
+    ensure_environment()
+    command, rest = argv[0], argv[1:]
+    if command == "demo":
+        return run(BIN / "lumibot-duckdb", "demo", *rest)
+    if command == "test":
+        return test(rest)
+    if not rest:
+        print("usage: python3 dev.py bench benchmarks/<script>.py [args]  (see benchmarks/README.md)")
+        return 2
+    return run(PYTHON, *rest) if rest[0].endswith(".py") else run(PYTHON, "-m", "pytest", *rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
