@@ -287,3 +287,27 @@ def test_readers_never_see_partial_or_duplicate_bars_during_writes_and_compactio
     assert writer.returncode == 0
     assert len(reader.read(key(), "2024-01-01", "2024-02-01")) == 4000
     assert reads > 5
+
+
+def test_sql_views_over_the_store(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    store.write(key(), make_bars(periods=30))
+    store.write(key(), make_bars(periods=30).iloc[10:])  # overlapping answer: counted once
+    store.write(key("QQQ", timeframe="day", source="polygon"), make_bars("2024-01-02", periods=5, freq="1D"))
+    store.write(key("BTC/USDT", source="ccxt", asset_type="crypto", exchange="binance"), make_bars(periods=3))
+    assert store.sql("SELECT count(*) AS n FROM market_data WHERE symbol = 'SPY'")["n"].iloc[0] == 30
+    symbols = store.sql("SELECT * FROM symbols")
+    assert set(symbols["symbol"]) == {"SPY", "QQQ", "BTC/USDT"}
+    sources = store.sql("SELECT source, symbols, bars, description FROM data_sources").set_index("source")
+    assert sources.loc["polygon", "symbols"] == 1 and sources.loc["ccxt", "bars"] == 3
+    assert "Yahoo" in sources.loc["yahoo", "description"]
+    assert len(store.sql("SELECT * FROM coverage")) == 3
+    close = store.sql("SELECT close FROM market_data WHERE symbol = ? ORDER BY ts LIMIT 1", ["QQQ"])["close"].iloc[0]
+    assert close == make_bars("2024-01-02", periods=5, freq="1D")["close"].iloc[0]
+
+
+def test_sql_views_on_an_empty_store(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    assert store.sql("SELECT count(*) AS n FROM market_data")["n"].iloc[0] == 0
+    assert list(store.sql("SELECT * FROM market_data").columns)[:3] == ["ts", "source", "symbol"]
+    assert len(store.sql("SELECT * FROM data_sources")) == 5

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -169,7 +169,8 @@ class EnhancedDataSourceBacktesting:
             )
 
     # -- the shared path -----------------------------------------------------------------------
-    def serve(self, key: SeriesKey, wanted: Interval, provider: Provider, *, refresh: bool = False) -> pd.DataFrame:
+    def serve(self, key: SeriesKey, wanted: Interval, provider: Provider, *, refresh: bool = False,
+              columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Bars of ``key`` in ``wanted``: fetch what the store lacks, store it, read it back.
 
         A damaged file found while reading is set aside and its range fetched again, once.
@@ -177,7 +178,7 @@ class EnhancedDataSourceBacktesting:
         for attempt in (1, 2):
             self._fill(key, wanted, provider, refresh=refresh and attempt == 1)
             try:
-                bars = self.store.read(key, wanted.start, wanted.end)
+                bars = self.store.read(key, wanted.start, wanted.end, columns=columns)
             except CorruptFileError as exc:
                 if attempt == 2:
                     raise

@@ -34,7 +34,7 @@ from lumibot_duckdb.store.store import SeriesWriter
 
 SOURCE = "polygon"
 ADJUSTMENT = "split"  # Polygon aggregates are split-adjusted unless adjusted=false is asked for
-LEGACY_COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "timestamp", "transactions", "otc")
+POLYGON_COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "trade_count", "metadata")
 
 _ROUTE: contextvars.ContextVar[PolygonDataBacktesting | None] = contextvars.ContextVar("lumibot_duckdb_polygon",
                                                                                           default=None)
@@ -69,7 +69,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             day_tz = _day_timezone(asset)
             wanted = Interval(_day_start(start.date(), day_tz), _day_start(end.date() + dt.timedelta(days=1), day_tz))
             provider = PolygonFetcher(self, api_key, asset, quote_asset, timespan, max_workers=max_workers)
-            bars = self.serve(key, wanted, provider, refresh=force_cache_update)
+            bars = self.serve(key, wanted, provider, refresh=force_cache_update, columns=POLYGON_COLUMNS)
             return legacy_filter(legacy_frame(bars), start, end, timespan)
 
         def legacy_call() -> pd.DataFrame | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -113,8 +114,8 @@ class DataStorageInterface(ABC):
         """Store bars of one series; see :meth:`store_ohlcv_data`."""
 
     @abstractmethod
-    def read(self, key: SeriesKey, start: Any, end: Any, /) -> pd.DataFrame:
-        """Bars of one series in ``[start, end)``; see :meth:`get_historical_prices`."""
+    def read(self, key: SeriesKey, start: Any, end: Any, /, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Bars of one series in ``[start, end)`` (all value columns, or ``columns``)."""
 
     @abstractmethod
     def coverage(self, key: SeriesKey, /) -> list[Interval]:

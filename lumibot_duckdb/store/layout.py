@@ -22,6 +22,7 @@ Partitions: intraday series by UTC year, daily series in one partition (``all``)
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -45,8 +46,8 @@ ROW_GROUP_SIZE = 16_384
 COMPRESSION = "zstd"
 # Byte-stream-split floats and delta-encoded integers: ~35 bytes per bar instead of ~56 with
 # zstd alone (benchmarks/bench_layout.py). Key columns are constant per file: dictionary-encoded.
-_DICTIONARY_COLUMNS = ["source", "symbol", "asset_type", "quote", "exchange", "timeframe", "adjustment", "metadata"]
-_ENCODINGS = {
+DICTIONARY_COLUMNS = ["source", "symbol", "asset_type", "quote", "exchange", "timeframe", "adjustment", "metadata"]
+COLUMN_ENCODINGS = {
     **{c: "BYTE_STREAM_SPLIT" for c in ("open", "high", "low", "close", "volume", "vwap", "adj_close", "dividend",
                                         "split_ratio")},
     "ts": "DELTA_BINARY_PACKED",
@@ -121,6 +122,18 @@ def parse_file_name(name: str) -> tuple[Interval, str] | None:
     try:
         return Interval(_parse_stamp(parts[0]), _parse_stamp(parts[1])), parts[2]
     except (ValueError, TypeError):
+        return None
+
+
+@functools.lru_cache(maxsize=8192)
+def read_footer(path: str) -> pq.FileMetaData | None:
+    """The Parquet footer of a published file, or None if it cannot be read.
+
+    Cached by path: a published file never changes (its name holds a unique token).
+    """
+    try:
+        return pq.read_metadata(path)
+    except Exception:  # noqa: BLE001 - damaged files are found and set aside by the reader
         return None
 
 
@@ -224,8 +237,8 @@ class Layout:
         try:
             with open(tmp, "wb") as handle:
                 pq.write_table(table, handle, row_group_size=ROW_GROUP_SIZE, compression=COMPRESSION,
-                               coerce_timestamps="us", use_dictionary=_DICTIONARY_COLUMNS,
-                               column_encoding=_ENCODINGS, write_statistics=True)
+                               coerce_timestamps="us", use_dictionary=DICTIONARY_COLUMNS,
+                               column_encoding=COLUMN_ENCODINGS, write_statistics=True)
                 handle.flush()
                 os.fsync(handle.fileno())
             final_dir.mkdir(parents=True, exist_ok=True)

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -28,8 +30,9 @@ from lumibot_duckdb.config import Settings
 from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreError
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, has_overlaps, missing_ranges, normalize
 from lumibot_duckdb.store.interface import DataStorageInterface
-from lumibot_duckdb.store.layout import BarFile, Layout, partitions_for
-from lumibot_duckdb.store.schema import BAR_COLUMNS, VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
+from lumibot_duckdb.store.layout import BarFile, Layout, partitions_for, read_footer
+from lumibot_duckdb.store.schema import VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
+from lumibot_duckdb.store.views import create_views
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,6 @@ COMPACT_AFTER_FILES = 8
 """A partition with more published files than this is rewritten as one file per covered run."""
 
 _READ_ATTEMPTS = 3
-_SELECT = ", ".join(BAR_COLUMNS)
 _TOKEN_OF_FILENAME = r"regexp_extract(filename, '_([0-9a-f]+)\.parquet$', 1)"
 _BAR_STEP = {"minute": pd.Timedelta(minutes=1), "hour": pd.Timedelta(hours=1), "day": pd.Timedelta(days=1)}
 
@@ -86,9 +88,7 @@ class DuckDBDataStorage(DataStorageInterface):
             raise StoreError(f"Cannot create the store folder {self.root}: {exc}. "
                              "Set LUMIBOT_DUCKDB_CACHE_DIR or cache_dir= to a writable folder.") from exc
         try:
-            self._db: duckdb.DuckDBPyConnection | None = duckdb.connect(
-                ":memory:", config={"python_enable_replacements": False})
-            self._db.execute("SET GLOBAL TimeZone = 'UTC'")  # ICU is built in; it loads on first use
+            self._db: duckdb.DuckDBPyConnection | None = _new_connection()
         except duckdb.Error as exc:
             raise StoreError(f"DuckDB could not start an in-memory database: {exc}") from exc
         self._local = threading.local()
@@ -190,14 +190,19 @@ class DuckDBDataStorage(DataStorageInterface):
         return len(bars), touched
 
     # -- reading -------------------------------------------------------------------------------
-    def read(self, key: SeriesKey, start: Any, end: Any, /) -> pd.DataFrame:
+    def read(self, key: SeriesKey, start: Any, end: Any, /, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Bars of ``key`` with ``start <= ts < end`` (UTC index ``ts``), oldest first.
+
+        ``columns`` limits the value columns read (default: all of them, in schema order).
+        """
         wanted = Interval(start, end)
+        names = _value_columns(columns)
         for attempt in range(_READ_ATTEMPTS):
             files = self.layout.files(key, wanted)
             if not files:
-                return empty_bars()
+                return empty_bars()[names]
             try:
-                return self._query_files(files, wanted)
+                return self._query_files(files, wanted, names)
             except duckdb.IOException as exc:
                 if attempt + 1 < _READ_ATTEMPTS and not all(f.path.exists() for f in files):
                     continue  # a compaction replaced files between listing and reading: list again
@@ -206,17 +211,19 @@ class DuckDBDataStorage(DataStorageInterface):
                 self._raise_for_damage(files, exc)
         raise StoreError(f"Files of {key} kept changing while being read; try again.")
 
-    def _query_files(self, files: list[BarFile], wanted: Interval) -> pd.DataFrame:
+    def _query_files(self, files: list[BarFile], wanted: Interval, names: list[str]) -> pd.DataFrame:
         paths = [str(f.path) for f in files]
+        # Columns null in every file (a source that has no VWAP, no dividends…) are not read at all.
+        absent = functools.reduce(frozenset.intersection, (_null_columns(p) for p in paths))
+        read = ", ".join(["ts", *(n for n in names if n not in absent)])
         params = [paths, wanted.start.to_pydatetime(), wanted.end.to_pydatetime()]
         if has_overlaps(f.interval for f in files):
-            sql = (f"SELECT {_SELECT} FROM read_parquet(?, filename = true) WHERE ts >= ? AND ts < ? "
+            sql = (f"SELECT {read} FROM read_parquet(?, filename = true) WHERE ts >= ? AND ts < ? "
                    f"QUALIFY row_number() OVER (PARTITION BY ts ORDER BY {_TOKEN_OF_FILENAME} DESC) = 1 "
                    "ORDER BY ts")
         else:
-            sql = f"SELECT {_SELECT} FROM read_parquet(?) WHERE ts >= ? AND ts < ? ORDER BY ts"
-        frame = self._cursor().execute(sql, params).df()
-        return _bars_frame(frame)
+            sql = f"SELECT {read} FROM read_parquet(?) WHERE ts >= ? AND ts < ? ORDER BY ts"
+        return _bars_frame(self._cursor().execute(sql, params).df(), names)
 
     def _raise_for_damage(self, files: list[BarFile], exc: Exception) -> None:
         """Find the damaged file(s) behind a failed read, set them aside, and say so."""
@@ -264,7 +271,7 @@ class DuckDBDataStorage(DataStorageInterface):
                 continue  # already one file per run
             whole = Interval(runs[0].start, runs[-1].end)
             try:
-                bars = self._query_files(files, whole)
+                bars = self._query_files(files, whole, _value_columns(None))
             except duckdb.Error as exc:
                 self._raise_for_damage(files, exc)
             for run in runs:
@@ -282,9 +289,8 @@ class DuckDBDataStorage(DataStorageInterface):
             rows = size = 0
             first = last = None
             for bar_file in files:
-                try:
-                    meta = pq.read_metadata(bar_file.path)
-                except Exception:  # noqa: BLE001 - a damaged file is reported by verify(), not here
+                meta = read_footer(str(bar_file.path))
+                if meta is None:  # damaged: set aside by the next read
                     continue
                 rows += meta.num_rows
                 size += bar_file.size
@@ -298,6 +304,21 @@ class DuckDBDataStorage(DataStorageInterface):
                         last = hi if last is None or hi > last else last
             report.append(SeriesStatus(key, len(files), rows, size, normalize(f.interval for f in files), first, last))
         return report
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A new DuckDB connection with the views ``market_data``, ``symbols``, ``data_sources``,
+        ``coverage`` and ``files`` over what the store holds now (see :mod:`lumibot_duckdb.store.views`)."""
+        con = _new_connection()
+        create_views(con, self.layout)
+        return con
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
+        """Run one query over the views of :meth:`connect` and return the result as a DataFrame."""
+        con = self.connect()
+        try:
+            return con.execute(query, params or []).df()
+        finally:
+            con.close()
 
     def disk_usage(self) -> int:
         """Bytes of published bar files."""
@@ -340,16 +361,51 @@ class SeriesWriter:
         return len(files)
 
 
-def _bars_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.set_index("ts")
-    frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC") if frame.index.tz is not None \
-        else pd.DatetimeIndex(frame.index).tz_localize("UTC")
-    if "trade_count" in frame.columns:
+def _new_connection() -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB in UTC that never turns Python variable names into tables."""
+    con = duckdb.connect(":memory:", config={"python_enable_replacements": False})
+    con.execute("SET GLOBAL TimeZone = 'UTC'")  # ICU is built into the wheels; it loads on first use
+    return con
+
+
+def _value_columns(columns: Sequence[str] | None) -> list[str]:
+    known = [*VALUE_COLUMNS, "metadata"]
+    if columns is None:
+        return known
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise BarsValidationError(f"Unknown column(s) {unknown}; the store holds {known}.")
+    return list(columns)
+
+
+@functools.lru_cache(maxsize=8192)
+def _null_columns(path: str) -> frozenset[str]:
+    """Columns with no value in the file (from its footer; files never change once published)."""
+    meta = read_footer(path)
+    if meta is None:
+        return frozenset()
+    rows = meta.num_rows
+    nulls: dict[str, int] = {}
+    for group in range(meta.num_row_groups):
+        row_group = meta.row_group(group)
+        for i in range(row_group.num_columns):
+            column = row_group.column(i)
+            stats = column.statistics
+            count = stats.null_count if stats is not None and stats.has_null_count else -(10**18)
+            nulls[column.path_in_schema] = nulls.get(column.path_in_schema, 0) + count
+    return frozenset(name for name, count in nulls.items() if rows and count == rows)
+
+
+def _bars_frame(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """DuckDB's frame → the store's: UTC ``ts`` index, ``names`` in order, schema dtypes."""
+    index = pd.DatetimeIndex(frame.pop("ts"), name="ts")
+    frame.index = index.tz_convert("UTC") if index.tz is not None else index.tz_localize("UTC")
+    for name in names:
+        if name not in frame.columns:
+            frame[name] = None if name == "metadata" else (pd.NA if name == "trade_count" else np.nan)
+    if "trade_count" in names and frame["trade_count"].dtype != "Int64":
         frame["trade_count"] = frame["trade_count"].astype("Int64")
-    for name in VALUE_COLUMNS:
-        if name != "trade_count" and name in frame.columns:
-            frame[name] = frame[name].astype("float64")
-    return frame
+    return frame[names] if list(frame.columns) != names else frame
 
 
 def _readable(path: Path) -> bool:
