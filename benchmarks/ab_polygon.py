@@ -24,7 +24,7 @@ import json
 import statistics
 import sys
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from lumibot_duckdb.ab import RunResult, Scenario, compare, run_session
@@ -58,8 +58,7 @@ def value(result: RunResult, name: str) -> float:
 
 def summarize(sessions: list[list[RunResult]]) -> str:
     """``sessions``: one list of runs per (repetition, scenario)."""
-    repeats = len({tuple(r.scenario for r in runs) for runs in sessions}) and max(
-        sum(1 for runs in sessions if runs[0].scenario == s[0].scenario) for s in sessions)
+    repeats = max(Counter(runs[0].scenario for runs in sessions).values(), default=0)
     groups: dict[tuple[str, str, str], list[RunResult]] = defaultdict(list)
     for runs in sessions:
         for r in runs:
@@ -118,7 +117,8 @@ def main() -> int:
     args.out.with_suffix(".json").write_text(json.dumps(
         [[dataclasses.asdict(r) for r in runs] for runs in sessions], indent=1))
     args.out.with_suffix(".md").write_text(report + "\n")
-    return 0
+    undeclared = [p for runs in sessions for p in compare(runs) if not (p.identical or p.declared)]
+    return 1 if undeclared else 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ The store reads only the partitions and row groups that overlap the range.
 
 * ``legacy``: ``polygon_helper.load_cache(file)`` then the boolean mask, as Lumibot does.
 * ``store-warm``: ``DuckDBDataStorage.read`` on a store object already open (a backtest's case).
-* ``store-cold``: a new store object, hence a new DuckDB connection, for every query.
+* ``store-cold``: a new store object for every query (the process's DuckDB is shared: new cursor).
+* ``store-fresh-duckdb``: a brand-new DuckDB database for every query, i.e. what the first query
+  of a new process pays (DuckDB's ``connect`` alone is ~16 ms here).
 
 Reproduce: ``python3 dev.py bench benchmarks/test_range_query.py`` (about 1 minute); the
 ratio table is printed at the end.
@@ -50,7 +52,7 @@ def legacy_query(path: Path, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataF
 
 
 @pytest.mark.parametrize("window", list(WINDOWS))
-@pytest.mark.parametrize("method", ["legacy", "store-warm", "store-cold"])
+@pytest.mark.parametrize("method", ["legacy", "store-warm", "store-cold", "store-fresh-duckdb"])
 def test_range_query(benchmark, five_years, window: str, method: str) -> None:
     legacy_file, store_dir, bars = five_years
     start, end = (pd.Timestamp(t, tz="UTC") for t in WINDOWS[window])
@@ -61,10 +63,18 @@ def test_range_query(benchmark, five_years, window: str, method: str) -> None:
     elif method == "store-warm":
         store = DuckDBDataStorage(store_dir)
         result = benchmark(store.read, KEY, start, end)
-    else:
+    elif method == "store-cold":
         def cold() -> pd.DataFrame:
             with DuckDBDataStorage(store_dir) as fresh:
                 return fresh.read(KEY, start, end)
         result = benchmark(cold)
+    else:
+        from lumibot_duckdb.store import store as store_module
+
+        def fresh_duckdb() -> pd.DataFrame:
+            store_module._Engine.shutdown()
+            with DuckDBDataStorage(store_dir) as fresh:
+                return fresh.read(KEY, start, end)
+        result = benchmark(fresh_duckdb)
     assert len(result) == expected > 0
     assert result["close"].iloc[0] == bars.loc[result.index[0], "close"]

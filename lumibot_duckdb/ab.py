@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ class Scenario:
     @classmethod
     def momentum(cls, symbols: Sequence[str] = ("AAA", "BBB", "CCC", "DDD"), start: str = "2024-01-02",
                  end: str = "2024-04-01") -> Scenario:
-        return cls(f"momentum rebalance daily x{len(symbols)}", "momentum",
+        return cls(f"momentum daily x{len(symbols)}", "momentum",
                    {"symbols": list(symbols), "lookback": 10, "top": 2, "period": 5}, start, end)
 
     @classmethod
@@ -121,25 +121,9 @@ class Parity:
 # -- running ---------------------------------------------------------------------------------------
 def child_environment(workdir: Path) -> dict[str, str]:
     """Environment of a run: every Lumibot cache and artefact inside ``workdir``, nothing at home."""
-    env = dict(os.environ)
-    for name in list(env):
-        if name.startswith(("BACKTESTING_", "POLYGON_", "LUMIBOT_", "ALPACA_", "IS_BACKTESTING")):
-            del env[name]
-    env.update(
-        LUMIBOT_CACHE_FOLDER=str(workdir / "lumibot-cache"),
-        LUMIBOT_TRADING_DAYS_CACHE_DIR=str(workdir / "trading-days"),
-        LUMIBOT_DUCKDB_CACHE_DIR=str(workdir / "duckdb"),
-        LUMIBOT_DISABLE_DOTENV="true",
-        LUMIBOT_DISABLE_UI="true",
-        LUMIBOT_LOG_LEVEL="ERROR",
-        BACKTESTING_DATA_SOURCE="none",
-        POLYGON_API_KEY="offline-demo-key",
-        HOME=str(workdir / "home"),
-        XDG_CACHE_HOME=str(workdir / "home" / ".cache"),
-        MPLCONFIGDIR=str(workdir / "home" / ".mpl"),
-        PYTHONWARNINGS="ignore",
-    )
-    return env
+    from lumibot_duckdb.sample.offline import isolated_environment
+
+    return {**isolated_environment(workdir), "PYTHONWARNINGS": "ignore"}
 
 
 def run_subprocess(scenario: Scenario, variant: str, phase: str, workdir: Path, *, timeout: float = 3600) -> RunResult:
@@ -166,7 +150,8 @@ def finish(process: subprocess.Popen[str], *, timeout: float = 3600) -> RunResul
 
 
 def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = VARIANTS,
-                phases: Iterable[str] = PHASES) -> list[RunResult]:
+                phases: Iterable[str] = PHASES,
+                progress: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """For each variant, the phases in order on that variant's own cache folders.
 
     Where legacy and DuckDB differ, :func:`compare` needs legacy on an empty cache for that window:
@@ -177,11 +162,15 @@ def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = 
     for variant in variants:
         for phase in phases:
             results.append(run_subprocess(scenario, variant, phase, workdir / variant))
+            if progress:
+                progress(results[-1])
     if any(not p.identical for p in compare(results)):
         for phase in phases:
             reference = run_subprocess(scenario, REFERENCE, phase, workdir / REFERENCE)
             reference.detail = legacy_cache_defects(workdir / "legacy", scenario.window(phase))
             results.append(reference)
+            if progress:
+                progress(reference)
     return results
 
 
@@ -231,7 +220,7 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path) -> Run
                 benchmark_asset=None, risk_free_rate=0.0, show_plot=False, show_tearsheet=False,
                 save_tearsheet=False, show_indicators=False, show_progress_bar=False, quiet_logs=True,
                 save_stats_file=False, analyze_backtest=False, budget=scenario.budget,
-                polygon_api_key="offline-demo-key", parameters=dict(scenario.parameters), **options,
+                polygon_api_key="offline-key", parameters=dict(scenario.parameters), **options,
             )
             wall = time.perf_counter() - started
             requests = {kind: provider.count(kind) for kind in ("aggs", "splits", "contracts")}
@@ -464,12 +453,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def demo(workdir: Path | None = None, *, scenario: Scenario | None = None) -> tuple[list[RunResult], str]:
+def demo(workdir: Path | None = None, *, scenario: Scenario | None = None,
+         progress: Callable[[RunResult], None] | None = None) -> tuple[list[RunResult], str]:
     """The README's first command: an offline A/B on the sample market, legacy beside DuckDB."""
     scenario = scenario or Scenario.momentum()
     with tempfile.TemporaryDirectory(prefix="lumibot-duckdb-demo-") as scratch:
         folder = Path(workdir) if workdir else Path(scratch)
-        results = run_session(scenario, folder)
+        results = run_session(scenario, folder, progress=progress)
         return results, render(results)
 
 

@@ -36,8 +36,15 @@ def demo(workdir: Path | None) -> None:
 
     Example: lumibot-duckdb demo --workdir ./demo-run
     """
+    from lumibot_duckdb.ab import RunResult, compare
     from lumibot_duckdb.ab import demo as run_demo
 
-    click.echo("Running 6 offline backtests (legacy and DuckDB; cold, warm, shifted window)…", err=True)
-    _, text = run_demo(workdir)
+    click.echo("Running 6 offline backtests (legacy and DuckDB; cold, warm, shifted window), about a minute…",
+               err=True)
+    def progress(run: RunResult) -> None:
+        click.echo(f"  {run.variant:<12} {run.phase:<8} {run.wall_seconds:6.1f} s", err=True)
+
+    results, text = run_demo(workdir, progress=progress)
     click.echo(text)
+    if any(not (p.identical or p.declared) for p in compare(results)):
+        raise click.ClickException("legacy and DuckDB results differ (see above)")

@@ -11,25 +11,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from lumibot_duckdb.sample.offline import isolated_environment
+
 _SESSION = Path(tempfile.mkdtemp(prefix="lumibot-duckdb-tests-"))
-_HOME = _SESSION / "home"
-_HOME.mkdir()
-os.environ.update(
-    LUMIBOT_CACHE_FOLDER=str(_SESSION / "lumibot-cache"),
-    LUMIBOT_TRADING_DAYS_CACHE_DIR=str(_SESSION / "trading-days"),
-    LUMIBOT_DUCKDB_CACHE_DIR=str(_SESSION / "duckdb-default"),
-    LUMIBOT_DISABLE_DOTENV="true",
-    LUMIBOT_DISABLE_UI="true",
-    LUMIBOT_LOG_LEVEL="ERROR",
-    BACKTESTING_DATA_SOURCE="none",
-    POLYGON_API_KEY="test-key",
-    HOME=str(_HOME),
-    XDG_CACHE_HOME=str(_HOME / ".cache"),
-    MPLCONFIGDIR=str(_HOME / ".mpl"),
-)
-for _name in ("LUMIBOT_USE_DUCKDB", "LUMIBOT_DUCKDB_STRICT", "POLYGON_MAX_MEMORY_BYTES", "BACKTESTING_START",
-              "BACKTESTING_END", "BACKTESTING_BUDGET"):
-    os.environ.pop(_name, None)
+(_SESSION / "home").mkdir()
+_ISOLATED = isolated_environment(_SESSION)  # also drops the user's LUMIBOT_*/POLYGON_*/BACKTESTING_* settings
+os.environ.clear()
+os.environ.update(_ISOLATED)
 _REPO = Path(__file__).resolve().parent.parent
 
 import pytest  # noqa: E402

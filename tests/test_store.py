@@ -311,3 +311,31 @@ def test_sql_views_on_an_empty_store(store_dir: Path) -> None:
     assert store.sql("SELECT count(*) AS n FROM market_data")["n"].iloc[0] == 0
     assert list(store.sql("SELECT * FROM market_data").columns)[:3] == ["ts", "source", "symbol"]
     assert len(store.sql("SELECT * FROM data_sources")) == 5
+
+
+def test_metadata_and_nullable_columns_round_trip(store_dir: Path) -> None:
+    """Regression: NULL strings must come back as None, never as numpy's fill value."""
+    store = DuckDBDataStorage(store_dir)
+    bars = make_bars(periods=4)
+    bars["metadata"] = [None, '{"otc": true}', None, None]
+    bars["trade_count"] = pd.array([1, None, 3, None], dtype="Int64")
+    bars["vwap"] = [1.0, np.nan, 2.0, np.nan]
+    store.write(key(), bars)
+    store.write(key(), make_bars("2024-01-03", periods=2))  # a second file where these are all null
+    back = store.read(key(), "2024-01-01", "2024-02-01")
+    assert back["metadata"].tolist() == [None, '{"otc": true}', None, None, None, None]
+    assert back["trade_count"].isna().tolist()[:4] == [False, True, False, True]
+    assert back["vwap"].isna().tolist()[:4] == [False, True, False, True]
+
+
+def test_columns_null_everywhere_are_not_read(store_dir: Path) -> None:
+    """Reading skips columns no file has values for; an empty answer (zero rows) does not spoil that."""
+    from lumibot_duckdb.store.store import _null_columns
+
+    store = DuckDBDataStorage(store_dir)
+    store.write(key(), make_bars(periods=0), covered=("2024-01-01", "2024-01-02"))
+    store.write(key(), make_bars(periods=5))
+    empty, full = (str(f.path) for f in sorted(store.files(key()), key=lambda f: f.interval.start))
+    assert {"metadata", "dividend", "open"} <= _null_columns(empty)
+    assert {"metadata", "dividend"} <= _null_columns(full) and "open" not in _null_columns(full)
+    assert store.read(key(), "2024-01-01", "2024-02-01")["metadata"].isna().all()

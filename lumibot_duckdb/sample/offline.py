@@ -7,10 +7,39 @@ reaches for the network fails loudly instead of silently waiting on a closed net
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
+
+_LUMIBOT_PREFIXES = ("BACKTESTING_", "POLYGON_", "LUMIBOT_", "ALPACA_", "IS_BACKTESTING")
+
+
+def isolated_environment(folder: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with every Lumibot cache, artefact and home folder
+    inside ``folder`` and every Lumibot/provider setting of the user removed.
+
+    Lumibot reads these once, when it is imported: apply them to a child process, or to this one
+    before importing Lumibot.
+    """
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith(_LUMIBOT_PREFIXES)}
+    home = folder / "home"
+    env.update(
+        LUMIBOT_CACHE_FOLDER=str(folder / "lumibot-cache"),
+        LUMIBOT_TRADING_DAYS_CACHE_DIR=str(folder / "trading-days"),
+        LUMIBOT_DUCKDB_CACHE_DIR=str(folder / "duckdb"),
+        LUMIBOT_DISABLE_DOTENV="true",   # a .env found upwards could switch the data source
+        LUMIBOT_DISABLE_UI="true",
+        LUMIBOT_LOG_LEVEL="ERROR",
+        BACKTESTING_DATA_SOURCE="none",  # otherwise it overrides the class passed in code
+        POLYGON_API_KEY="offline-key",
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        MPLCONFIGDIR=str(home / ".mpl"),
+    )
+    return env
 
 
 class NetworkBlocked(ConnectionError):

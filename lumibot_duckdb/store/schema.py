@@ -121,8 +121,9 @@ def normalize_bars(frame: pd.DataFrame) -> pd.DataFrame:
         raise BarsValidationError(f"{bad} bar(s) have a missing or infinite open/high/low/close.")
     if "metadata" not in data.columns:
         data["metadata"] = None
-    data = data[list(BAR_COLUMNS)].sort_values("ts", kind="stable")
-    data = data.drop_duplicates("ts", keep="last")
+    data = data[list(BAR_COLUMNS)]
+    if not (data["ts"].is_monotonic_increasing and data["ts"].is_unique):
+        data = data.sort_values("ts", kind="stable").drop_duplicates("ts", keep="last")
     return data.set_index("ts")
 
 
@@ -139,6 +140,7 @@ def to_arrow(bars: pd.DataFrame, key: SeriesKey) -> pa.Table:
         else:
             columns[name] = pa.array(series.to_numpy(dtype="float64", na_value=np.nan), type=pa.float64(),
                                      from_pandas=True)
-    columns["metadata"] = pa.array(bars["metadata"].astype(object).where(bars["metadata"].notna(), None),
-                                   type=pa.string())
+    metadata = bars["metadata"]
+    columns["metadata"] = (pa.nulls(n, pa.string()) if metadata.isna().all() else
+                           pa.array(metadata.astype(object).where(metadata.notna(), None), type=pa.string()))
     return pa.Table.from_pydict(columns, schema=ARROW_SCHEMA)

@@ -87,10 +87,7 @@ class DuckDBDataStorage(DataStorageInterface):
         except OSError as exc:
             raise StoreError(f"Cannot create the store folder {self.root}: {exc}. "
                              "Set LUMIBOT_DUCKDB_CACHE_DIR or cache_dir= to a writable folder.") from exc
-        try:
-            self._db: duckdb.DuckDBPyConnection | None = _new_connection()
-        except duckdb.Error as exc:
-            raise StoreError(f"DuckDB could not start an in-memory database: {exc}") from exc
+        self._closed = False
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._cursors_lock = threading.Lock()
@@ -103,26 +100,23 @@ class DuckDBDataStorage(DataStorageInterface):
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = getattr(self._local, "cursor", None)
         if cursor is None:
-            if self._db is None:
+            if self._closed:
                 raise StoreError(f"{self!r} is closed.")
-            cursor = self._db.cursor()
+            cursor = _Engine.cursor()
             self._local.cursor = cursor
             with self._cursors_lock:
                 self._cursors.append(cursor)
         return cursor
 
     def close(self) -> None:
-        """Close DuckDB handles and drop every reference to them (safe to call twice)."""
+        """Close this store's DuckDB cursors and drop every reference to them (safe to call twice)."""
         with self._cursors_lock:
             for cursor in self._cursors:
                 with contextlib.suppress(duckdb.Error):
                     cursor.close()
             self._cursors.clear()
             self._local = threading.local()
-            if self._db is not None:
-                with contextlib.suppress(duckdb.Error):
-                    self._db.close()
-                self._db = None
+            self._closed = True
 
     def __enter__(self) -> DuckDBDataStorage:
         return self
@@ -223,7 +217,7 @@ class DuckDBDataStorage(DataStorageInterface):
                    "ORDER BY ts")
         else:
             sql = f"SELECT {read} FROM read_parquet(?) WHERE ts >= ? AND ts < ? ORDER BY ts"
-        return _bars_frame(self._cursor().execute(sql, params).df(), names)
+        return _bars_frame(self._cursor().execute(sql, params).fetchnumpy(), names)
 
     def _raise_for_damage(self, files: list[BarFile], exc: Exception) -> None:
         """Find the damaged file(s) behind a failed read, set them aside, and say so."""
@@ -328,11 +322,42 @@ class DuckDBDataStorage(DataStorageInterface):
 _OPEN_STORES: weakref.WeakSet[DuckDBDataStorage] = weakref.WeakSet()
 
 
+class _Engine:
+    """One in-memory DuckDB per process; every store queries it through cursors of its own.
+
+    Opening a DuckDB database costs ~16 ms (DuckDB 2.0 here), a cursor almost nothing; the
+    database holds no state of ours (no tables), only DuckDB's caches of immutable files.
+    """
+
+    _lock = threading.Lock()
+    _db: duckdb.DuckDBPyConnection | None = None
+    _pid: int | None = None
+
+    @classmethod
+    def cursor(cls) -> duckdb.DuckDBPyConnection:
+        with cls._lock:
+            if cls._db is None or cls._pid != os.getpid():  # a forked child must not share the parent's
+                try:
+                    cls._db, cls._pid = _new_connection(), os.getpid()
+                except duckdb.Error as exc:
+                    raise StoreError(f"DuckDB could not start an in-memory database: {exc}") from exc
+            return cls._db.cursor()
+
+    @classmethod
+    def shutdown(cls) -> None:
+        with cls._lock:
+            if cls._db is not None:
+                with contextlib.suppress(duckdb.Error):
+                    cls._db.close()
+            cls._db = None
+
+
 @atexit.register
 def _close_open_stores() -> None:
     """Close DuckDB handles before the interpreter tears down (DuckDB 2 complains otherwise)."""
     for store in list(_OPEN_STORES):
         store.close()
+    _Engine.shutdown()
 
 
 class SeriesWriter:
@@ -393,19 +418,39 @@ def _null_columns(path: str) -> frozenset[str]:
             stats = column.statistics
             count = stats.null_count if stats is not None and stats.has_null_count else -(10**18)
             nulls[column.path_in_schema] = nulls.get(column.path_in_schema, 0) + count
-    return frozenset(name for name, count in nulls.items() if rows and count == rows)
+    if rows == 0:  # an answer with no bars: every column is empty
+        return frozenset(meta.schema.names)
+    return frozenset(name for name, count in nulls.items() if count == rows)
 
 
-def _bars_frame(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    """DuckDB's frame → the store's: UTC ``ts`` index, ``names`` in order, schema dtypes."""
-    index = pd.DatetimeIndex(frame.pop("ts"), name="ts")
-    frame.index = index.tz_convert("UTC") if index.tz is not None else index.tz_localize("UTC")
+def _bars_frame(result: dict[str, Any], names: list[str]) -> pd.DataFrame:
+    """DuckDB's ``fetchnumpy()`` result → the store's frame: UTC ``ts`` index, ``names`` in order.
+
+    (``fetchnumpy`` plus a frame built here is about a third faster than DuckDB's own ``df()``
+    for the small ranges a backtest reads; NULLs arrive as masked arrays.)
+    """
+    index = pd.DatetimeIndex(np.asarray(result["ts"], dtype="datetime64[us]"), name="ts").tz_localize("UTC")
+    n = len(index)
+    data: dict[str, Any] = {}
     for name in names:
-        if name not in frame.columns:
-            frame[name] = None if name == "metadata" else (pd.NA if name == "trade_count" else np.nan)
-    if "trade_count" in names and frame["trade_count"].dtype != "Int64":
-        frame["trade_count"] = frame["trade_count"].astype("Int64")
-    return frame[names] if list(frame.columns) != names else frame
+        column = result.get(name)
+        if name == "trade_count":
+            if column is None:
+                data[name] = pd.array(np.zeros(n, dtype="int64"), dtype="Int64", copy=False)
+                data[name][:] = pd.NA
+            else:
+                values = np.ma.getdata(column).astype("int64", copy=False)
+                data[name] = pd.arrays.IntegerArray(values, np.ma.getmaskarray(column))
+        elif name == "metadata":
+            values = np.full(n, None, dtype=object)
+            if column is not None:  # (np.ma.filled(x, None) would fill with numpy's default, '?')
+                present = ~np.ma.getmaskarray(column)
+                values[present] = np.asarray(np.ma.getdata(column), dtype=object)[present]
+            data[name] = values
+        else:
+            data[name] = (np.full(n, np.nan) if column is None else
+                          np.ma.filled(np.ma.asarray(column, dtype="float64"), np.nan))
+    return pd.DataFrame(data, index=index, columns=names)
 
 
 def _readable(path: Path) -> bool:
