@@ -303,3 +303,20 @@ def test_parallel_requests_from_lumibot_threads(polygon, store_dir) -> None:
     assert {a.symbol for a in bars} == {"AAA", "BBB", "CCC", "DDD"}
     assert all(len(b.df) >= 5 for b in bars.values())
     assert len(source.store.series()) == 4
+
+
+def test_unsettled_bars_are_never_recorded_as_covered(polygon, store_dir) -> None:
+    """A window reaching today: bars of the last 15 minutes (or today's daily bar) stay un-covered."""
+    btc = Asset("BTC", "crypto")  # trades every day, so today always has bars
+    now = pd.Timestamp.now(tz="UTC")
+    start = (now - pd.Timedelta(days=3)).tz_convert(NY).to_pydatetime()
+    end = now.tz_convert(NY).to_pydatetime()
+    source = make_source("duckdb", store_dir)
+    for timespan in ("minute", "day"):
+        fetch(source, btc, start, end, timespan)
+        coverage = source.store.coverage(polygon_series_key(btc, USD, timespan))
+        limit = now - pd.Timedelta(minutes=15) if timespan == "minute" else now.normalize()
+        assert coverage and coverage[-1].end <= limit + pd.Timedelta(seconds=5), timespan
+    polygon.reset()
+    fetch(source, btc, start, end, "minute")
+    assert polygon.count("aggs") == 1, "the still-forming part is asked for again"

@@ -119,8 +119,6 @@ class EnhancedDataSourceBacktesting:
         ``LUMIBOT_DUCKDB_STRICT`` (off).
     """
 
-    STORE_SOURCE: str = ""
-
     def __init__(self, *args: Any, use_duckdb: bool | str | None = None, cache_dir: Any = None,
                  strict: bool | str | None = None, **kwargs: Any) -> None:
         self.duckdb_settings = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict)

@@ -21,6 +21,7 @@ import json
 import threading
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from lumibot.backtesting.polygon_backtesting import PolygonDataBacktesting as _LegacyPolygonDataBacktesting
 from lumibot.constants import LUMIBOT_DEFAULT_PYTZ
@@ -33,6 +34,7 @@ from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.store import SeriesWriter
 
 SOURCE = "polygon"
+SETTLE = pd.Timedelta(minutes=15)
 ADJUSTMENT = "split"  # Polygon aggregates are split-adjusted unless adjusted=false is asked for
 POLYGON_COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "trade_count", "metadata")
 
@@ -47,8 +49,6 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
     Same class name and ``SOURCE`` as Lumibot's (Lumibot keys behaviour on both). Extra keyword
     arguments: ``use_duckdb``, ``cache_dir``, ``strict`` (see :class:`EnhancedDataSourceBacktesting`).
     """
-
-    STORE_SOURCE = SOURCE
 
     def _update_pandas_data(self, *args: Any, **kwargs: Any) -> Any:
         if not self.use_duckdb:
@@ -68,7 +68,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             key = polygon_series_key(asset, quote_asset, timespan)
             day_tz = _day_timezone(asset)
             wanted = Interval(_day_start(start.date(), day_tz), _day_start(end.date() + dt.timedelta(days=1), day_tz))
-            provider = PolygonFetcher(self, api_key, asset, quote_asset, timespan, max_workers=max_workers)
+            provider = PolygonFetcher(api_key, asset, quote_asset, timespan, max_workers=max_workers)
             bars = self.serve(key, wanted, provider, refresh=force_cache_update, columns=POLYGON_COLUMNS)
             return legacy_filter(legacy_frame(bars), start, end, timespan)
 
@@ -87,9 +87,8 @@ def polygon_series_key(asset: Asset, quote: Asset | None, timespan: str) -> Seri
 class PolygonFetcher:
     """The Polygon side of :meth:`EnhancedDataSourceBacktesting.serve` for one asset and timespan."""
 
-    def __init__(self, source: PolygonDataBacktesting, api_key: str, asset: Asset, quote: Asset | None,
-                 timespan: str, *, max_workers: int = 10) -> None:
-        self.source = source
+    def __init__(self, api_key: str, asset: Asset, quote: Asset | None, timespan: str, *,
+                 max_workers: int = 10) -> None:
         self.api_key = api_key
         self.asset = asset
         self.quote = quote
@@ -107,9 +106,8 @@ class PolygonFetcher:
 
     # -- plan: trading dates of the missing ranges, in Lumibot's 31-day chunks -------------------
     def plan(self, key: SeriesKey, missing: list[Interval]) -> list[FetchTask]:
-        today = dt.datetime.now(tz=dt.timezone.utc).astimezone(_tz(self.day_tz)).date()
-        horizon = _day_start(today, self.day_tz)  # today's bars are not final: never recorded as covered
         tasks: list[FetchTask] = []
+        horizon = self.settled_until()
         for gap in missing:
             gap = Interval(gap.start, min(gap.end, horizon))
             if gap.empty:
@@ -127,6 +125,17 @@ class PolygonFetcher:
             bounds = [gap.start, *(_day_start(s, self.day_tz) for s, _ in chunks[1:]), gap.end]
             tasks.extend(FetchTask(Interval(lo, hi), chunk) for (lo, hi, chunk) in zip(bounds, bounds[1:], chunks))
         return tasks
+
+    def settled_until(self) -> pd.Timestamp:
+        """Bars before this are final: intraday bars 15 minutes after they start, daily bars once the day is over.
+
+        Nothing later is asked for or recorded as covered, so a backtest reaching today asks again
+        for what was still forming (Lumibot's shared bar cache uses the same 15-minute rule).
+        """
+        now = pd.Timestamp.now(tz="UTC")
+        if self.timespan == "day":
+            return _day_start(now.tz_convert(self.day_tz).date(), self.day_tz)
+        return now - SETTLE
 
     def _polygon_symbol(self) -> str | None:
         if self._symbol is None:
@@ -234,7 +243,11 @@ def legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
     """Store bars → the frame ``polygon_helper`` builds: index ``datetime`` (UTC, ns), raw Agg columns."""
     index = pd.DatetimeIndex(bars.index).as_unit("ns").rename("datetime")
     trades = bars["trade_count"]
-    otc = [None if m is None else json.loads(m).get("otc") for m in bars["metadata"]]
+    metadata = bars["metadata"]
+    otc = np.full(len(bars), None, dtype=object)
+    present = metadata.notna().to_numpy()
+    if present.any():
+        otc[present] = [json.loads(m).get("otc") for m in metadata[present]]
     frame = pd.DataFrame(
         {
             "open": bars["open"].to_numpy(),
@@ -246,7 +259,7 @@ def legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
             "timestamp": index.asi8 // 1_000_000,
             "transactions": trades.astype("int64").to_numpy() if not trades.isna().any()
             else trades.astype("float64").to_numpy(),
-            "otc": pd.Series(otc, dtype="object").to_numpy(),
+            "otc": otc,
         },
         index=index,
     )
@@ -299,10 +312,6 @@ def _legacy_chunks(first: dt.date, last: dt.date) -> list[tuple[dt.date, dt.date
 
 def _day_timezone(asset: Asset) -> str:
     return "UTC" if asset.asset_type == Asset.AssetType.CRYPTO else "America/New_York"
-
-
-def _tz(name: str) -> dt.tzinfo:
-    return dt.timezone.utc if name == "UTC" else LUMIBOT_DEFAULT_PYTZ
 
 
 def _day_start(day: dt.date, tz: str) -> pd.Timestamp:
