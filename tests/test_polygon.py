@@ -320,3 +320,23 @@ def test_unsettled_bars_are_never_recorded_as_covered(polygon, store_dir) -> Non
     polygon.reset()
     fetch(source, btc, start, end, "minute")
     assert polygon.count("aggs") == 1, "the still-forming part is asked for again"
+
+
+def test_disk_full_mid_backtest_falls_back_and_keeps_what_was_stored(polygon, lumibot_cache, store_dir,
+                                                                      monkeypatch) -> None:
+    import errno
+
+    from lumibot_duckdb.store.layout import Layout
+
+    source = make_source("duckdb", store_dir)
+    source._update_pandas_data(Asset("AAA"), USD, 5, "day", ny(2024, 2, 1, 10))
+    stored = source.store.coverage(polygon_series_key(Asset("AAA"), USD, "day"))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Layout, "publish", disk_full)
+    with pytest.warns(DuckDBFallbackWarning, match="No space left"):
+        source._update_pandas_data(Asset("BBB"), USD, 5, "day", ny(2024, 2, 1, 10))
+    assert (Asset("BBB"), USD) in source.pandas_data, "served by the legacy path"
+    assert source.store.coverage(polygon_series_key(Asset("AAA"), USD, "day")) == stored

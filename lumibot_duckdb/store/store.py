@@ -142,14 +142,20 @@ class DuckDBDataStorage(DataStorageInterface):
         Inside, :meth:`SeriesWriter.missing` sees every file published before the lock was
         taken, so two processes never fetch the same gap twice.
         """
-        with self.layout.lock(key, timeout=self.lock_timeout):
+        with self._series_lock(key):
             writer = SeriesWriter(self, key)
             yield writer
             if writer.touched:
                 try:
-                    self._compact_locked(key, partitions=writer.touched, only_if_fragmented=True)
+                    with _as_store_error(f"compact {key}"):
+                        self._compact_locked(key, partitions=writer.touched, only_if_fragmented=True)
                 except StoreError as exc:  # compaction is an optimisation; a failure loses nothing
                     log.warning("Compaction of %s skipped: %s", key, exc)
+
+    @contextlib.contextmanager
+    def _series_lock(self, key: SeriesKey) -> Iterator[None]:
+        with _as_store_error(f"lock {key}"), self.layout.lock(key, timeout=self.lock_timeout):
+            yield
 
     def write(self, key: SeriesKey, data: pd.DataFrame, /, *, covered: tuple[Any, Any] | Interval | None = None) -> int:
         with self.writer(key) as writer:
@@ -173,14 +179,11 @@ class DuckDBDataStorage(DataStorageInterface):
                 f"(first {bars.index[outside][0]}); widen covered or drop those bars."
             )
         touched = set()
-        try:
+        with _as_store_error(f"write bars of {key}"):
             for partition, piece in partitions_for(key.timeframe, covered_iv):
                 rows = bars[(bars.index >= piece.start) & (bars.index < piece.end)]
                 self.layout.publish(key, partition, to_arrow(rows, key), piece)
                 touched.add(partition)
-        except OSError as exc:
-            raise StoreError(f"Could not write bars of {key} to {self.root}: {exc}. "
-                             "Bars published before this error are kept.") from exc
         return len(bars), touched
 
     # -- reading -------------------------------------------------------------------------------
@@ -192,7 +195,8 @@ class DuckDBDataStorage(DataStorageInterface):
         wanted = Interval(start, end)
         names = _value_columns(columns)
         for attempt in range(_READ_ATTEMPTS):
-            files = self.layout.files(key, wanted)
+            with _as_store_error(f"list the files of {key}"):
+                files = self.layout.files(key, wanted)
             if not files:
                 return empty_bars()[names]
             try:
@@ -246,7 +250,7 @@ class DuckDBDataStorage(DataStorageInterface):
         """
         removed = 0
         for series in [key] if key is not None else self.series():
-            with self.layout.lock(series, timeout=self.lock_timeout):
+            with self._series_lock(series), _as_store_error(f"compact {series}"):
                 removed += self._compact_locked(series, partitions=None, only_if_fragmented=False)
         return removed
 
@@ -381,9 +385,20 @@ class SeriesWriter:
 
     def discard(self) -> int:
         """Remove every file of the series (e.g. its provider re-adjusted history). Returns files removed."""
-        files = self.store.layout.files(self.key)
-        self.store.layout.remove(files)
+        with _as_store_error(f"remove the files of {self.key}"):
+            files = self.store.layout.files(self.key)
+            self.store.layout.remove(files)
         return len(files)
+
+
+@contextlib.contextmanager
+def _as_store_error(action: str) -> Iterator[None]:
+    """File-system failures (disk full, permissions, a vanished folder) as :class:`StoreError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"Could not {action}: {exc}. Files published before this error are kept; check "
+                         "free space and permissions of the store folder (LUMIBOT_DUCKDB_CACHE_DIR).") from exc
 
 
 def _new_connection() -> duckdb.DuckDBPyConnection:
