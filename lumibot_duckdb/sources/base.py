@@ -99,10 +99,6 @@ class _Once(Generic[T]):
                     self._value = self._build()
         return self._value
 
-    @property
-    def built(self) -> bool:
-        return self._value is not None
-
 
 class EnhancedDataSourceBacktesting:
     """Mixin that puts the shared DuckDB + Parquet store behind a Lumibot backtesting data source.
