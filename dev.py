@@ -73,9 +73,11 @@ def main(argv: list[str]) -> int:
     if command == "test":
         return test(rest)
     if not rest:
-        print("usage: python3 dev.py bench benchmarks/<script>.py [args]  (see benchmarks/README.md)")
+        print("usage: python3 dev.py bench benchmarks/<file>.py [args]  (see benchmarks/README.md)")
         return 2
-    return run(PYTHON, *rest) if rest[0].endswith(".py") else run(PYTHON, "-m", "pytest", *rest)
+    if Path(rest[0]).name.startswith("test_") or Path(rest[0]).is_dir():  # pytest-benchmark files
+        return run(PYTHON, "-m", "pytest", "-p", "no:cacheprovider", *rest)
+    return run(PYTHON, *rest)
 
 
 if __name__ == "__main__":

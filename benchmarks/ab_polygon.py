@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import hashlib
 import json
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -96,6 +100,23 @@ def summarize(sessions: list[list[RunResult]]) -> str:
     return "\n".join(lines)
 
 
+def compact(result: RunResult) -> dict[str, object]:
+    """A run for the results file: the fills as a count and a digest (they are compared in full above)."""
+    record = dataclasses.asdict(result)
+    fills = record.pop("fills")
+    record["fill_count"] = len(fills)
+    record["fills_sha256"] = hashlib.sha256(json.dumps(fills).encode()).hexdigest()
+    return record
+
+
+def machine() -> str:
+    from importlib.metadata import version
+
+    packages = ", ".join(f"{p} {version(p)}" for p in ("lumibot", "duckdb", "pandas", "pyarrow"))
+    return (f"Measured {datetime.date.today()} on {os.cpu_count()} CPUs, {platform.machine()}, "
+            f"Python {platform.python_version()}, {packages}; offline, Polygon emulated at its HTTP seam.")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
@@ -111,11 +132,10 @@ def main() -> int:
             sessions.append(runs)
             print(f"rep {rep + 1}/{args.repeat} {name}: " + ", ".join(
                 f"{r.variant}/{r.phase} {r.wall_seconds:.1f}s" for r in runs), file=sys.stderr, flush=True)
-    report = summarize(sessions)
+    report = machine() + "\n\n" + summarize(sessions)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        [[dataclasses.asdict(r) for r in runs] for runs in sessions], indent=1))
+    args.out.with_suffix(".json").write_text(json.dumps([[compact(r) for r in runs] for runs in sessions], indent=1))
     args.out.with_suffix(".md").write_text(report + "\n")
     undeclared = [p for runs in sessions for p in compare(runs) if not (p.identical or p.declared)]
     return 1 if undeclared else 0

@@ -16,6 +16,12 @@ os.environ.update(
 )
 
 
+def pytest_configure(config) -> None:
+    # Medians over enough rounds even for the slow variant (pytest-benchmark picks few rounds otherwise).
+    if getattr(config.option, "benchmark_min_rounds", None) is not None and config.option.benchmark_min_rounds < 25:
+        config.option.benchmark_min_rounds = 25
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """Ratios of each group's baseline (the ``legacy`` variant) to the others, from the medians."""
     session = getattr(config, "_benchmarksession", None)
