@@ -8,7 +8,7 @@ writes to the store.
 from __future__ import annotations
 
 import duckdb
-import pandas as pd
+import pyarrow as pa
 
 from lumibot_duckdb.store.coverage import has_overlaps, normalize
 from lumibot_duckdb.store.layout import BarFile, Layout, read_footer
@@ -33,42 +33,35 @@ def file_rows(path: str) -> int | None:
 def create_views(con: duckdb.DuckDBPyConnection, layout: Layout) -> None:
     """Create the human-facing views on ``con`` from the files ``layout`` holds now."""
     files: list[BarFile] = [f for key in layout.series() for f in layout.files(key)]
-    listing = pd.DataFrame(
-        [{**f.key.as_dict(), "partition": f.partition, "start": f.interval.start, "end": f.interval.end,
-          "rows": file_rows(str(f.path)), "bytes": f.size, "path": str(f.path)} for f in files],
-        columns=[*KEY_COLUMNS, "partition", "start", "end", "rows", "bytes", "path"],
-    )
-    listing["rows"] = listing["rows"].astype("Int64")
-    for column in ("start", "end"):
-        listing[column] = pd.to_datetime(listing[column], utc=True)
-    con.register("_files", listing)
-    con.execute("CREATE OR REPLACE TEMP TABLE files AS SELECT * FROM _files")
-    con.unregister("_files")
-
-    runs = []
-    for key in {f.key for f in files}:
-        for interval in normalize(f.interval for f in files if f.key == key):
-            runs.append({**key.as_dict(), "start": interval.start, "end": interval.end})
-    coverage = pd.DataFrame(runs, columns=[*KEY_COLUMNS, "start", "end"])
-    for column in ("start", "end"):
-        coverage[column] = pd.to_datetime(coverage[column], utc=True)
-    con.register("_coverage", coverage)
-    con.execute("CREATE OR REPLACE TEMP TABLE coverage AS SELECT * FROM _coverage ORDER BY ALL")
-    con.unregister("_coverage")
+    key_values: dict[str, list[object]] = {name: [f.key.as_dict()[name] for f in files] for name in KEY_COLUMNS}
+    _table(con, "files", {
+        **{name: (values, pa.string()) for name, values in key_values.items()},
+        "partition": ([f.partition for f in files], pa.string()),
+        "start": ([f.interval.start for f in files], _TS),
+        "end": ([f.interval.end for f in files], _TS),
+        "rows": ([file_rows(str(f.path)) for f in files], pa.int64()),
+        "bytes": ([f.size for f in files], pa.int64()),
+        "path": ([str(f.path) for f in files], pa.string()),
+    })
+    runs = [(key, interval) for key in sorted({f.key for f in files})
+            for interval in normalize(f.interval for f in files if f.key == key)]
+    run_keys: dict[str, list[object]] = {name: [key.as_dict()[name] for key, _ in runs] for name in KEY_COLUMNS}
+    _table(con, "coverage", {
+        **{name: (values, pa.string()) for name, values in run_keys.items()},
+        "start": ([interval.start for _, interval in runs], _TS),
+        "end": ([interval.end for _, interval in runs], _TS),
+    })
 
     readable = [f for f in files if file_rows(str(f.path)) is not None]
     columns = ", ".join(["ts", *KEY_COLUMNS, *(c for c in BAR_COLUMNS if c != "ts")])
     if not readable:
-        empty = pd.DataFrame({name: pd.Series(dtype=_pandas_type(name)) for name in ARROW_SCHEMA.names})
-        con.register("_empty", empty)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _no_bars AS SELECT {columns} FROM _empty")
-        con.unregister("_empty")
-        con.execute("CREATE OR REPLACE TEMP VIEW market_data AS SELECT * FROM _no_bars")
+        _table(con, "_no_bars", {f.name: ([], f.type) for f in ARROW_SCHEMA})
+        con.execute(f"CREATE OR REPLACE TEMP VIEW market_data AS SELECT {columns} FROM _no_bars")
     else:
         # The file list goes in through a relation, never formatted into SQL text.
         con.read_parquet([str(f.path) for f in readable], filename=True).create_view("_bar_files", replace=True)
-        keys = {f.key for f in readable}
-        if any(has_overlaps(f.interval for f in readable if f.key == key) for key in keys):
+        series = {f.key for f in readable}
+        if any(has_overlaps(f.interval for f in readable if f.key == key) for key in series):
             # Two processes answered the same range: keep the bar of the newest file.
             con.execute(
                 f"CREATE OR REPLACE TEMP VIEW market_data AS SELECT {columns} FROM _bar_files "
@@ -84,10 +77,8 @@ def create_views(con: duckdb.DuckDBPyConnection, layout: Layout) -> None:
                min("start") AS covered_from, max("end") AS covered_to,
                sum("rows")::BIGINT AS bars, sum(bytes)::BIGINT AS bytes
         FROM files GROUP BY ALL ORDER BY ALL""")
-    known = pd.DataFrame({"source": list(KNOWN_SOURCES), "description": list(KNOWN_SOURCES.values())})
-    con.register("_known_sources", known)
-    con.execute("CREATE OR REPLACE TEMP TABLE _sources AS SELECT * FROM _known_sources")
-    con.unregister("_known_sources")
+    _table(con, "_sources", {"source": (list(KNOWN_SOURCES), pa.string()),
+                             "description": (list(KNOWN_SOURCES.values()), pa.string())})
     con.execute("""
         CREATE OR REPLACE TEMP VIEW data_sources AS
         WITH stats AS (
@@ -103,9 +94,12 @@ def create_views(con: duckdb.DuckDBPyConnection, layout: Layout) -> None:
         ORDER BY bars DESC, source""")
 
 
-def _pandas_type(name: str) -> str:
-    if name == "ts":
-        return "datetime64[us, UTC]"
-    if name in KEY_COLUMNS or name == "metadata":
-        return "object"
-    return "Int64" if name == "trade_count" else "float64"
+_TS = pa.timestamp("us", tz="UTC")
+
+
+def _table(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, tuple[list[object], pa.DataType]]) -> None:
+    """A temporary table from Python lists with explicit Arrow types (typed even when empty)."""
+    table = pa.table({column: pa.array(values, type=kind) for column, (values, kind) in columns.items()})
+    con.from_arrow(table).create_view(f"_{name}_source", replace=True)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM _{name}_source")
+    con.execute(f"DROP VIEW _{name}_source")
