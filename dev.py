@@ -24,7 +24,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".lumibot-duckdb-installed"
-DUCKDB_15 = ROOT / ".cache" / "duckdb-1.5"
+DUCKDB_15 = VENV / "duckdb-1.5"  # a second DuckDB beside the venv's, put first on PYTHONPATH
 # The store is also checked on DuckDB 1.5 (the last series with offline extension wheels).
 DUCKDB_15_TESTS = ["tests/test_store.py", "tests/test_polygon.py", "tests/test_coverage.py"]
 

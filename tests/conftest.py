@@ -21,6 +21,9 @@ os.environ.update(_ISOLATED)
 _REPO = Path(__file__).resolve().parent.parent
 
 import pytest  # noqa: E402
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
+
+set_hypothesis_home_dir(_SESSION / "hypothesis")  # its example database, not ./.hypothesis in the repo
 
 from lumibot_duckdb.sample.market import SyntheticMarket  # noqa: E402
 from lumibot_duckdb.sample.offline import NetworkGuard  # noqa: E402
