@@ -349,7 +349,12 @@ def _fix_placeholder_rows() -> Any:
 
 
 def _fix_utc_date_cache() -> Any:
-    """Lumibot decides which dates it holds by the UTC date of cached bars; use the exchange's date instead."""
+    """Lumibot decides which dates it holds by the UTC date of cached bars; use the exchange's date instead.
+
+    (Placeholder rows keep their UTC date: Lumibot stamps them at midnight local mean time, 04:56 UTC.)
+    """
+    import numpy as np
+    import pandas as pd
     from lumibot.entities import Asset
     from lumibot.tools import polygon_helper
 
@@ -358,9 +363,13 @@ def _fix_utc_date_cache() -> Any:
     def get_missing_dates(df_all: Any, asset: Any, start: Any, end: Any) -> Any:
         if df_all is None or df_all.empty or asset.asset_type == Asset.AssetType.CRYPTO:
             return original(df_all, asset, start, end)
-        local = df_all.copy()
-        local.index = local.index.tz_convert("America/New_York")
-        return original(local, asset, start, end)
+        index = pd.DatetimeIndex(df_all.index)
+        placeholder = (df_all["missing"].fillna(False).astype(bool).to_numpy() if "missing" in df_all.columns
+                       else np.zeros(len(index), dtype=bool))
+        local = np.where(placeholder, index.tz_convert("UTC").date, index.tz_convert("America/New_York").date)
+        dates = pd.DatetimeIndex(pd.to_datetime(local)).tz_localize("UTC")
+        by_exchange_date = pd.DataFrame({"held": True}, index=dates)  # (a frame without columns is "empty")
+        return original(by_exchange_date, asset, start, end)
 
     polygon_helper.get_missing_dates = get_missing_dates
     return lambda: setattr(polygon_helper, "get_missing_dates", original)
@@ -390,10 +399,12 @@ def legacy_cache_defects(workdir: Path, window: tuple[dt.date, dt.date]) -> str:
     notes = []
     for path in sorted(folder.glob("*_minute.parquet")) if folder.exists() else []:
         frame = pd.read_parquet(path)
+        if "missing" in frame.columns:
+            frame = frame[~frame["missing"].fillna(False).astype(bool)]  # placeholders are the other defect
         index = pd.DatetimeIndex(frame["datetime"]).tz_convert("UTC")
+        local = index.tz_convert("America/New_York")
         held = set(index.date)
-        regular = set(pd.DatetimeIndex(index).tz_convert("America/New_York")[
-            pd.DatetimeIndex(index).tz_convert("America/New_York").indexer_between_time("09:30", "15:59")].date)
+        regular = set(local[local.indexer_between_time("09:30", "15:59")].date)
         hidden = [d for d in sessions.index.date if d in held and d not in regular]
         if hidden:
             notes.append(f"{path.stem}: {len(hidden)} session(s) never downloaded because earlier after-hours bars "

@@ -84,7 +84,10 @@ def test_real_daily_data_rebalance_declares_placeholder_rows(tmp_path: Path, sha
         assert parity.identical or parity.declared, parity.detail
         assert "placeholder" in parity.detail or parity.identical
     ours = [r for r in results if r.variant == "duckdb"]
+    fixed = [r for r in results if r.variant == REFERENCE]
     assert ours[0].fills == ours[1].fills and len(ours[0].fills) > 5
+    # With the defects patched, Lumibot even asks Polygon for exactly what the store asks for.
+    assert [r.requests["aggs"] for r in fixed] == [r.requests["aggs"] for r in ours]
 
 
 def test_real_minute_data_sma(tmp_path: Path, shared_data: Path) -> None:
