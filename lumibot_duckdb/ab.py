@@ -185,6 +185,8 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path) -> Run
     from lumibot_duckdb.sample.offline import offline
     from lumibot_duckdb.sample.strategies import STRATEGIES
 
+    if scenario.source != "polygon":
+        raise ValueError(f"The harness drives the Polygon data source only so far, not {scenario.source!r}.")
     options: dict[str, Any] = {}
     if variant in ("legacy", REFERENCE):
         data_source = lumibot.backtesting.PolygonDataBacktesting
