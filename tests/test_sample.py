@@ -68,7 +68,7 @@ def test_network_guard_blocks_sockets_dns_and_curl(no_network) -> None:
     from curl_cffi import requests as curl_requests
 
     with pytest.raises(NetworkBlocked):
-        socket.create_connection(("example.com", 443), timeout=1)
+        socket.create_connection(("example.com", 443), timeout=1)  # the guard must block this
     with pytest.raises(NetworkBlocked):
         socket.getaddrinfo("example.com", 443)
     with pytest.raises(NetworkBlocked):
