@@ -339,3 +339,14 @@ def test_columns_null_everywhere_are_not_read(store_dir: Path) -> None:
     assert {"metadata", "dividend", "open"} <= _null_columns(empty)
     assert {"metadata", "dividend"} <= _null_columns(full) and "open" not in _null_columns(full)
     assert store.read(key(), "2024-01-01", "2024-02-01")["metadata"].isna().all()
+
+
+def test_each_connection_sees_the_files_of_its_moment(store_dir: Path) -> None:
+    store = DuckDBDataStorage(store_dir)
+    store.write(key(), make_bars(periods=10))
+    early = store.connect()
+    store.write(key(), make_bars("2024-01-03 14:30", periods=5))
+    assert early.execute("SELECT count(*) FROM market_data").fetchone()[0] == 10
+    assert store.sql("SELECT count(*) AS n FROM market_data")["n"].iloc[0] == 15
+    early.close()
+    assert len(store.read(key(), "2024-01-01", "2024-02-01")) == 15

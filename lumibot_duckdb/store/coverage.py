@@ -176,7 +176,3 @@ def has_overlaps(intervals: Iterable[Interval]) -> bool:
     """True when two of the intervals share some time (touching does not count)."""
     ordered = sorted(i for i in intervals if not i.empty)
     return any(b.start < a.end for a, b in itertools.pairwise(ordered))
-
-
-def total_duration(intervals: Iterable[Interval]) -> pd.Timedelta:
-    return sum((i.end - i.start for i in normalize(intervals)), pd.Timedelta(0))

@@ -265,13 +265,6 @@ class Layout:
         target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
         return target
 
-    def stale_tmp_files(self, older_than_seconds: float = 3600.0) -> list[Path]:
-        """Leftovers of writers that died mid-write (nothing else stays in ``.tmp/`` for long)."""
-        if not self.tmp.is_dir():
-            return []
-        limit = time.time() - older_than_seconds
-        return [p for p in self.tmp.iterdir() if p.is_file() and p.stat().st_mtime < limit]
-
     # -- locks and small documents ---------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, key: SeriesKey, timeout: float = 600.0) -> Iterator[None]:

@@ -304,9 +304,10 @@ class DuckDBDataStorage(DataStorageInterface):
         return report
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A new DuckDB connection with the views ``market_data``, ``symbols``, ``data_sources``,
-        ``coverage`` and ``files`` over what the store holds now (see :mod:`lumibot_duckdb.store.views`)."""
-        con = _new_connection()
+        """A new DuckDB connection (a cursor of this process's database; its temporary views are its own)
+        with ``market_data``, ``symbols``, ``data_sources``, ``coverage`` and ``files`` over what the
+        store holds now (see :mod:`lumibot_duckdb.store.views`). Close it when done."""
+        con = _Engine.cursor()
         create_views(con, self.layout)
         return con
 
@@ -317,11 +318,6 @@ class DuckDBDataStorage(DataStorageInterface):
             return con.execute(query, params or []).df()
         finally:
             con.close()
-
-    def disk_usage(self) -> int:
-        """Bytes of published bar files."""
-        return sum(p.stat().st_size for p in self.layout.bars.rglob("*.parquet")) if self.layout.bars.exists() else 0
-
 
 _OPEN_STORES: weakref.WeakSet[DuckDBDataStorage] = weakref.WeakSet()
 
