@@ -8,7 +8,7 @@
       .tmp/        files being written; moved into bars/ with one rename, never visible half-written
       .locks/      one lock file per series, held while a process fetches or compacts that series
       .quarantine/ damaged files set aside by a reader (kept for inspection, never deleted by us)
-      meta/        small JSON documents (e.g. the splits snapshot a series was fetched under)
+      meta/        small JSON documents (e.g. the day a series' splits were last checked)
 
 The covered range of a file is in its name, so a file's data and its coverage are published by
 the same atomic rename: a crash can leave a stray file in ``.tmp/``, never a half-written bar file
@@ -210,14 +210,17 @@ class Layout:
         for part in partitions:
             if within is not None and not partition_interval(key.timeframe, part.name).overlaps(within):
                 continue
-            with os.scandir(part.path) as entries:
-                for entry in entries:
-                    parsed = parse_file_name(entry.name)
-                    if parsed is None:
-                        continue
-                    interval, token = parsed
-                    if within is None or interval.overlaps(within):
-                        found.append(BarFile(Path(entry.path), key, part.name, interval, token))
+            try:
+                entries = list(os.scandir(part.path))
+            except FileNotFoundError:  # emptied and removed by another process meanwhile
+                continue
+            for entry in entries:
+                parsed = parse_file_name(entry.name)
+                if parsed is None:
+                    continue
+                interval, token = parsed
+                if within is None or interval.overlaps(within):
+                    found.append(BarFile(Path(entry.path), key, part.name, interval, token))
         return sorted(found, key=lambda f: f.token)
 
     # -- writing ----------------------------------------------------------------------------
