@@ -165,79 +165,99 @@ def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = 
             if progress:
                 progress(results[-1])
     if any(not p.identical for p in compare(results)):
+        from lumibot_duckdb.sample.kits import kit
+
         for phase in phases:
             reference = run_subprocess(scenario, REFERENCE, phase, workdir / REFERENCE)
-            reference.detail = legacy_cache_defects(workdir / "legacy", scenario.window(phase))
+            reference.detail = kit(scenario.source).describe_defects(workdir / "legacy", scenario.window(phase))
             results.append(reference)
             if progress:
                 progress(reference)
     return results
 
 
-def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path) -> RunResult:
-    """Run one backtest in this process (Lumibot's environment must already point into ``workdir``)."""
+def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fast: bool = False) -> RunResult:
+    """Run one backtest in this process (Lumibot's environment must already point into ``workdir``).
+
+    ``fast=True`` removes the legacy path's deliberate provider sleeps (tests only: the harness
+    measures what users wait for).
+    """
+    import contextlib
     import resource
 
-    import lumibot.backtesting
-    from lumibot.tools import polygon_helper
-
-    import lumibot_duckdb
+    from lumibot_duckdb.sample.kits import kit
     from lumibot_duckdb.sample.offline import offline
     from lumibot_duckdb.sample.strategies import STRATEGIES
 
-    if scenario.source != "polygon":
-        raise ValueError(f"The harness drives the Polygon data source only so far, not {scenario.source!r}.")
-    options: dict[str, Any] = {}
+    source = kit(scenario.source)
+    options: dict[str, Any] = dict(source.backtest_kwargs(variant))
     if variant in ("legacy", REFERENCE):
-        data_source = lumibot.backtesting.PolygonDataBacktesting
+        data_source = source.legacy_class
     elif variant == "duckdb":
-        data_source = lumibot_duckdb.PolygonDataBacktesting
-        options = {"use_duckdb": True, "cache_dir": str(workdir / "duckdb")}
+        data_source = source.duckdb_class
+        options.update(use_duckdb=True, cache_dir=str(workdir / "duckdb"))
     else:
         raise ValueError(f"variant must be one of {(*VARIANTS, REFERENCE)}, not {variant!r}")
     rss_after_import = _rss_mb()
-    legacy_folder = polygon_helper.LUMIBOT_CACHE_FOLDER
+    seam: dict[str, float] = {"seconds": 0.0, "calls": 0, "depth": 0}
+    strategy_class = _resolve(scenario.strategy, STRATEGIES)
+    start, end = scenario.window(phase)
+    with contextlib.ExitStack() as stack:
+        if variant == REFERENCE:
+            for fix in source.legacy_defects().values():
+                stack.callback(fix())
+        for owner, attribute in source.data_layer():
+            stack.enter_context(_timed(owner, attribute, seam))
+        stack.enter_context(source.legacy_cache_folder(workdir / "lumibot-cache"))
+        guard = stack.enter_context(offline())
+        provider = stack.enter_context(source.serve(_market(scenario), fast=fast))
+        started = time.perf_counter()
+        _, strategy = strategy_class.run_backtest(
+            data_source, dt.datetime.combine(start, dt.time()), dt.datetime.combine(end, dt.time()),
+            benchmark_asset=None, risk_free_rate=0.0, show_plot=False, show_tearsheet=False,
+            save_tearsheet=False, show_indicators=False, show_progress_bar=False, quiet_logs=True,
+            save_stats_file=False, analyze_backtest=False, budget=scenario.budget,
+            parameters=dict(scenario.parameters), **options,
+        )
+        wall = time.perf_counter() - started
+        requests = {kind: provider.count(kind) for kind in source.request_kinds}
+        requested_days = provider.requested_days()
+    if guard.attempts:
+        raise RuntimeError(f"the backtest tried the network: {guard.attempts[:3]}")
+    size, bars = _disk(source, variant, workdir)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    return RunResult(scenario.name, variant, phase, wall, seam["seconds"], int(seam["calls"]), requests, requested_days,
+                     peak, rss_after_import, size, bars, fills_of(strategy), float(strategy.portfolio_value))
 
-    seam: dict[str, float] = {"seconds": 0.0, "calls": 0}
-    undo = [fix() for fix in LEGACY_DEFECTS.values()] if variant == REFERENCE else []
-    inner = polygon_helper.get_price_data_from_polygon
 
+def _timed(owner: Any, attribute: str, seam: dict[str, float]) -> Any:
+    """Time calls of ``owner.attribute`` into ``seam`` (outermost calls only, so nested seams count once)."""
+    import functools
+    import threading
+
+    from lumibot_duckdb.sample.kits import patched
+
+    inner = getattr(owner, attribute)
+    local = threading.local()
+    lock = threading.Lock()
+
+    @functools.wraps(inner)
     def timed(*args: Any, **kwargs: Any) -> Any:
+        if getattr(local, "depth", 0):
+            return inner(*args, **kwargs)
+        local.depth = 1
         started = time.perf_counter()
         try:
             return inner(*args, **kwargs)
         finally:
-            seam["seconds"] += time.perf_counter() - started
-            seam["calls"] += 1
+            local.depth = 0
+            with lock:
+                seam["seconds"] += time.perf_counter() - started
+                seam["calls"] += 1
 
-    strategy_class = _resolve(scenario.strategy, STRATEGIES)
-    start, end = scenario.window(phase)
-    polygon_helper.get_price_data_from_polygon = timed
-    polygon_helper.LUMIBOT_CACHE_FOLDER = str(workdir / "lumibot-cache")
-    try:
-        with offline() as guard, _serve(scenario) as provider:
-            started = time.perf_counter()
-            _, strategy = strategy_class.run_backtest(
-                data_source, dt.datetime.combine(start, dt.time()), dt.datetime.combine(end, dt.time()),
-                benchmark_asset=None, risk_free_rate=0.0, show_plot=False, show_tearsheet=False,
-                save_tearsheet=False, show_indicators=False, show_progress_bar=False, quiet_logs=True,
-                save_stats_file=False, analyze_backtest=False, budget=scenario.budget,
-                polygon_api_key="offline-key", parameters=dict(scenario.parameters), **options,
-            )
-            wall = time.perf_counter() - started
-            requests = {kind: provider.count(kind) for kind in ("aggs", "splits", "contracts")}
-            requested_days = provider.requested_days()
-        if guard.attempts:
-            raise RuntimeError(f"the backtest tried the network: {guard.attempts[:3]}")
-    finally:
-        polygon_helper.get_price_data_from_polygon = inner
-        polygon_helper.LUMIBOT_CACHE_FOLDER = legacy_folder
-        for restore in reversed(undo):
-            restore()
-    size, bars = _disk(variant, workdir)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    return RunResult(scenario.name, variant, phase, wall, seam["seconds"], int(seam["calls"]), requests, requested_days,
-                     peak, rss_after_import, size, bars, fills_of(strategy), float(strategy.portfolio_value))
+    if isinstance(owner, type) and isinstance(owner.__dict__.get(attribute), staticmethod):
+        return patched(owner, attribute, staticmethod(timed))
+    return patched(owner, attribute, timed)
 
 
 def fills_of(strategy: Any) -> list[list[Any]]:
@@ -259,33 +279,21 @@ def _resolve(name: str, known: dict[str, Any]) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def _serve(scenario: Scenario) -> Any:
+def _market(scenario: Scenario) -> Any:
     from lumibot_duckdb.sample.market import SyntheticMarket
-    from lumibot_duckdb.sample.polygon import serve_polygon
 
-    market = _resolve(scenario.market, {})() if scenario.market else SyntheticMarket(scenario.market_seed)
-    return serve_polygon(market)
+    return _resolve(scenario.market, {})() if scenario.market else SyntheticMarket(scenario.market_seed)
 
 
-def _disk(variant: str, workdir: Path) -> tuple[int, int]:
-    """Bytes of bar files on disk and bars in them (legacy: Polygon's cache; duckdb: the store)."""
-    import pyarrow.parquet as pq
-
+def _disk(source: Any, variant: str, workdir: Path) -> tuple[int, int]:
+    """Bytes of bar files on disk and bars in them (legacy: the source's own cache; duckdb: the store)."""
     if variant == "duckdb":
         from lumibot_duckdb.store import DuckDBDataStorage
 
         with DuckDBDataStorage(workdir / "duckdb") as store:
             report = store.status()
         return sum(s.bytes for s in report), sum(s.rows for s in report)
-    folder = workdir / "lumibot-cache" / "polygon"
-    size = bars = 0
-    for path in folder.glob("*.parquet") if folder.exists() else []:
-        size += path.stat().st_size
-        if not path.name.endswith("_splits.parquet"):
-            table = pq.read_table(path)
-            missing = table.column("missing").to_pylist() if "missing" in table.column_names else []
-            bars += table.num_rows - sum(1 for m in missing if m)
-    return size, bars
+    return source.legacy_cache(workdir / "lumibot-cache")
 
 
 def _rss_mb() -> float:
@@ -316,8 +324,8 @@ def compare(results: Sequence[RunResult]) -> list[Parity]:
             if reference is not None and _same(reference, ours):
                 parity.declared = True
                 parity.reference_value = reference.final_value
-                parity.detail = (f"DuckDB equals Lumibot's legacy path with its known cache defects fixed "
-                                 f"({', '.join(LEGACY_DEFECTS)}); seen here: {reference.detail}")
+                parity.detail = (f"DuckDB equals Lumibot's legacy path with its known defects fixed; "
+                                 f"seen here: {reference.detail}")
         report.append(parity)
     return report
 
@@ -381,7 +389,8 @@ LEGACY_DEFECTS = {
     "placeholder rows returned with NaN prices": _fix_placeholder_rows,
     "cached dates judged by UTC date": _fix_utc_date_cache,
 }
-"""Known defects of Lumibot 4.6.30's Polygon cache, each with the smallest patch that removes it."""
+"""Known defects of Lumibot 4.6.30's Polygon cache, each with the smallest patch that removes it
+(:meth:`PolygonKit.legacy_defects <lumibot_duckdb.sample.polygon.PolygonKit.legacy_defects>`)."""
 
 
 def legacy_cache_defects(workdir: Path, window: tuple[dt.date, dt.date]) -> str:

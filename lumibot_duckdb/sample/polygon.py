@@ -19,10 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlparse
 
 import pandas as pd
+
+from lumibot_duckdb.sample.kits import SourceKit, patched
 
 NY = "America/New_York"
 
@@ -75,6 +78,7 @@ class FakePolygonHTTP:
         self.latency = latency
         self.requests: list[FakeRequest] = []
         self.interceptors: list[Interceptor] = []
+        self.faults: dict[str | None, str] = {}
         self._lock = threading.Lock()
 
     # -- what tests look at --------------------------------------------------------------------
@@ -90,6 +94,15 @@ class FakePolygonHTTP:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+
+    def fail(self, mode: str, *, symbol: str | None = None) -> None:
+        """Answer aggregate requests (for ``symbol``, or all) with ``empty``, ``malformed`` or ``error``."""
+        if mode not in ("empty", "malformed", "error"):
+            raise ValueError(f"unknown fault {mode!r}")
+        self.faults[symbol] = mode
+
+    def heal(self) -> None:
+        self.faults.clear()
 
     def intercept(self, interceptor: Interceptor) -> None:
         """Answer requests with ``interceptor(request)`` whenever it returns a response."""
@@ -111,6 +124,9 @@ class FakePolygonHTTP:
             if answer is not None:
                 return answer
         if request.kind == "aggs":
+            fault = self.faults.get(request.ticker, self.faults.get(None))
+            if fault is not None:
+                return _fault(fault, request)
             return self._aggs(request)
         if request.kind == "splits":
             ticker = params.get("ticker", "")
@@ -155,6 +171,16 @@ class FakePolygonHTTP:
                     "strike_price": strike, "contract_type": right, "shares_per_contract": 100,
                     "primary_exchange": "BATO", "exercise_style": "american"}
         return FakeResponse.json({"status": "OK", "results": [contract]})
+
+
+def _fault(mode: str, request: FakeRequest) -> FakeResponse:
+    if mode == "empty":
+        return FakeResponse.json({"ticker": request.ticker, "queryCount": 0, "resultsCount": 0, "adjusted": True,
+                                  "status": "OK", "request_id": "offline"})
+    if mode == "malformed":
+        return FakeResponse.json({"ticker": request.ticker, "status": "OK", "request_id": "offline",
+                                  "results": [{"t": "soon", "o": "n/a", "v": -1}]})
+    return FakeResponse.json({"status": "ERROR", "request_id": "offline", "error": "internal error"}, status=500)
 
 
 def _json_number(value: float) -> float | int:
@@ -223,3 +249,63 @@ def serve_polygon(market: Market, **options: Any) -> Iterator[FakePolygonHTTP]:
         yield http
     finally:
         base.BaseClient.__init__ = original
+
+
+class PolygonKit(SourceKit):
+    """Polygon: Lumibot's ``PolygonDataBacktesting`` and ours, against :class:`FakePolygonHTTP`."""
+
+    name = "polygon"
+    asset_types = ("stock", "crypto")
+    timeframes = ("day", "minute")
+    request_kinds = ("aggs", "splits", "contracts")
+
+    @property
+    def legacy_class(self) -> type:
+        from lumibot.backtesting import polygon_backtesting
+
+        return polygon_backtesting.PolygonDataBacktesting
+
+    @property
+    def duckdb_class(self) -> type:
+        from lumibot_duckdb.sources.polygon import PolygonDataBacktesting
+
+        return PolygonDataBacktesting
+
+    def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakePolygonHTTP]:
+        return serve_polygon(market)
+
+    def backtest_kwargs(self, variant: str) -> dict[str, Any]:
+        return {"polygon_api_key": "offline-key"}
+
+    def data_layer(self) -> list[tuple[Any, str]]:
+        from lumibot.tools import polygon_helper
+
+        return [(polygon_helper, "get_price_data_from_polygon")]
+
+    def legacy_cache(self, cache_folder: Path) -> tuple[int, int]:
+        import pyarrow.parquet as pq
+
+        folder = cache_folder / "polygon"
+        size = bars = 0
+        for path in folder.glob("*.parquet") if folder.exists() else []:
+            size += path.stat().st_size
+            if not path.name.endswith("_splits.parquet"):
+                table = pq.read_table(path)
+                missing = table.column("missing").to_pylist() if "missing" in table.column_names else []
+                bars += table.num_rows - sum(1 for m in missing if m)
+        return size, bars
+
+    def legacy_defects(self) -> dict[str, Any]:
+        from lumibot_duckdb.ab import LEGACY_DEFECTS
+
+        return dict(LEGACY_DEFECTS)
+
+    def describe_defects(self, workdir: Path, window: tuple[Any, Any]) -> str:
+        from lumibot_duckdb.ab import legacy_cache_defects
+
+        return legacy_cache_defects(workdir, window)
+
+    def legacy_cache_folder(self, folder: Path) -> contextlib.AbstractContextManager[None]:
+        from lumibot.tools import polygon_helper
+
+        return patched(polygon_helper, "LUMIBOT_CACHE_FOLDER", str(folder))

@@ -9,10 +9,45 @@ from __future__ import annotations
 
 from typing import Any
 
+from lumibot.entities import Asset
 from lumibot.strategies import Strategy
 
 
-class BuyAndHold(Strategy):
+class _Assets:
+    """Symbols → Lumibot assets: stocks by default; ``asset_type="crypto"`` and ``quote`` in the parameters
+    make every symbol a crypto base asset priced in ``quote`` (e.g. BTC in USDT on CCXT)."""
+
+    parameters: dict[str, Any]
+
+    def asset(self, symbol: str) -> Asset:
+        return Asset(symbol, self.parameters.get("asset_type", "stock"))
+
+    def quote(self) -> Asset | None:
+        quote = self.parameters.get("quote")
+        return Asset(quote, "crypto" if quote not in ("USD", "EUR") else "forex") if quote else None
+
+    def prices(self, symbol: str, length: int, timestep: str) -> Any:
+        quote = self.quote()
+        extra = {"quote": quote} if quote is not None else {}
+        return self.get_historical_prices(self.asset(symbol), length, timestep, **extra)  # type: ignore[attr-defined]
+
+    def price(self, symbol: str) -> Any:
+        quote = self.quote()
+        extra = {"quote": quote} if quote is not None else {}
+        return self.get_last_price(self.asset(symbol), **extra)  # type: ignore[attr-defined]
+
+    def order(self, symbol: str, quantity: float, side: str) -> Any:
+        quote = self.quote()
+        extra = {"quote": quote} if quote is not None else {}
+        return self.submit_order(  # type: ignore[attr-defined]
+            self.create_order(self.asset(symbol), quantity, side, **extra))  # type: ignore[attr-defined]
+
+    def held(self, symbol: str) -> float:
+        position = self.get_position(self.asset(symbol))  # type: ignore[attr-defined]
+        return float(position.quantity) if position else 0.0
+
+
+class BuyAndHold(_Assets, Strategy):
     """Buy ``symbol`` with all the cash on the first day and hold it."""
 
     parameters = {"symbol": "SPY"}
@@ -23,13 +58,13 @@ class BuyAndHold(Strategy):
     def on_trading_iteration(self) -> None:
         if self.first_iteration:
             symbol = self.parameters["symbol"]
-            price = self.get_last_price(symbol)
+            price = self.price(symbol)
             quantity = int(self.get_cash() // price) if price else 0
             if quantity > 0:
-                self.submit_order(self.create_order(symbol, quantity, "buy"))
+                self.order(symbol, quantity, "buy")
 
 
-class MomentumRebalance(Strategy):
+class MomentumRebalance(_Assets, Strategy):
     """Every ``period`` days hold the ``top`` symbols with the best ``lookback``-day return, equal weight."""
 
     parameters = {"symbols": ["SPY", "TLT", "GLD"], "lookback": 20, "top": 1, "period": 5}
@@ -45,7 +80,7 @@ class MomentumRebalance(Strategy):
             return
         scores = {}
         for symbol in params["symbols"]:
-            bars = self.get_historical_prices(symbol, params["lookback"] + 1, "day")
+            bars = self.prices(symbol, params["lookback"] + 1, "day")
             if bars is None or len(bars.df) < 2:
                 continue
             closes = bars.df["close"]
@@ -53,25 +88,24 @@ class MomentumRebalance(Strategy):
         if not scores:
             return
         chosen = sorted(scores, key=lambda s: (-scores[s], s))[: params["top"]]
-        for position in self.get_positions():
-            symbol = position.asset.symbol
-            if position.asset.asset_type == "stock" and symbol not in chosen and position.quantity > 0:
-                self.submit_order(self.create_order(symbol, position.quantity, "sell"))
+        for symbol in params["symbols"]:
+            current = self.held(symbol)
+            if symbol not in chosen and current > 0:
+                self.order(symbol, current, "sell")
         budget = self.get_portfolio_value() / len(chosen)
         for symbol in chosen:
-            price = self.get_last_price(symbol)
+            price = self.price(symbol)
             if not price:
                 continue
-            held = self.get_position(symbol)
-            current = float(held.quantity) if held else 0.0
+            current = self.held(symbol)
             target = int(budget * 0.98 // price)
             if target > current:
-                self.submit_order(self.create_order(symbol, target - current, "buy"))
+                self.order(symbol, target - current, "buy")
             elif target < current:
-                self.submit_order(self.create_order(symbol, current - target, "sell"))
+                self.order(symbol, current - target, "sell")
 
 
-class MinuteSMA(Strategy):
+class MinuteSMA(_Assets, Strategy):
     """Minute bars: long ``symbol`` while the ``fast``-bar mean is above the ``slow``-bar mean."""
 
     parameters = {"symbol": "SPY", "fast": 10, "slow": 30, "quantity": 10}
@@ -81,17 +115,16 @@ class MinuteSMA(Strategy):
 
     def on_trading_iteration(self) -> None:
         params: dict[str, Any] = self.parameters
-        bars = self.get_historical_prices(params["symbol"], params["slow"], "minute")
+        bars = self.prices(params["symbol"], params["slow"], "minute")
         if bars is None or len(bars.df) < params["slow"]:
             return
         closes = bars.df["close"]
         fast, slow = closes.iloc[-params["fast"]:].mean(), closes.mean()
-        held = self.get_position(params["symbol"])
-        quantity = float(held.quantity) if held else 0.0
+        quantity = self.held(params["symbol"])
         if fast > slow and quantity == 0:
-            self.submit_order(self.create_order(params["symbol"], params["quantity"], "buy"))
+            self.order(params["symbol"], params["quantity"], "buy")
         elif fast < slow and quantity > 0:
-            self.submit_order(self.create_order(params["symbol"], quantity, "sell"))
+            self.order(params["symbol"], quantity, "sell")
 
 
 STRATEGIES = {

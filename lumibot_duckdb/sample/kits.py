@@ -1,0 +1,133 @@
+"""One *kit* per data source: what the A/B harness and the conformance suite need to drive it offline.
+
+A kit names the two classes (Lumibot's legacy one and ours), starts the offline provider at the
+source's network seam, says which provider calls count as requests, which functions make up the
+source's "data layer" (timed the same way on both paths), and how big the legacy cache is.
+
+Kits are looked up by source name with :func:`kit`; each vendor's kit lives beside its fake
+provider (``lumibot_duckdb.sample.<source>``) and is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+FAULTS = ("empty", "malformed", "error")
+"""Faults a fake provider can be told to answer data requests with (see :meth:`FakeProvider.fail`)."""
+
+
+class FakeProvider(Protocol):
+    """What every offline provider offers tests and the harness."""
+
+    def count(self, kind: str | None = None) -> int:
+        """Requests made so far (of one kind, or all)."""
+
+    def requested_days(self) -> int:
+        """Calendar days spanned by all bar requests (a re-download shows up here)."""
+
+    def fail(self, mode: str, *, symbol: str | None = None) -> None:
+        """From now on, answer bar requests (for ``symbol``, or all) with a fault of :data:`FAULTS`:
+        ``empty`` (a well-formed answer with no bars), ``malformed`` (the provider's format, but
+        garbage inside) or ``error`` (the provider's error for a failed request)."""
+
+    def heal(self) -> None:
+        """Stop injecting faults."""
+
+
+class SourceKit(ABC):
+    """How to drive one data source offline, legacy and DuckDB alike."""
+
+    name: ClassVar[str]
+    asset_types: ClassVar[tuple[str, ...]] = ("stock",)
+    """Asset types the source serves in backtests ("stock", "crypto")."""
+    timeframes: ClassVar[tuple[str, ...]] = ("day", "minute")
+    """Bar timeframes a strategy can backtest on with this source."""
+    request_kinds: ClassVar[tuple[str, ...]] = ()
+    """Kinds of :meth:`FakeProvider.count` reported by the harness (every kind is a provider request)."""
+    default_quote: ClassVar[str | None] = None
+    """Quote asset symbol strategies pass for crypto (e.g. "USDT" on CCXT); None = Lumibot's default."""
+
+    @property
+    @abstractmethod
+    def legacy_class(self) -> type:
+        """Lumibot's own data source class."""
+
+    @property
+    @abstractmethod
+    def duckdb_class(self) -> type:
+        """lumibot-duckdb's drop-in class of the same name."""
+
+    @abstractmethod
+    def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeProvider]:
+        """Answer the source's network calls from ``market`` inside the block.
+
+        ``fast=True`` also removes the legacy path's deliberate sleeps (tests); the harness keeps
+        them, because users wait for them.
+        """
+
+    def backtest_kwargs(self, variant: str) -> dict[str, Any]:
+        """Extra keyword arguments for ``run_backtest`` (credentials, exchange id...)."""
+        return {}
+
+    @abstractmethod
+    def data_layer(self) -> list[tuple[Any, str]]:
+        """``(owner, attribute)`` of the functions timed as "data layer": the same ones on both paths."""
+
+    @abstractmethod
+    def legacy_cache(self, cache_folder: Path) -> tuple[int, int]:
+        """Bytes of the legacy cache files for this source under ``cache_folder``, and bars in them."""
+
+    def legacy_defects(self) -> dict[str, Any]:
+        """Known defects of the legacy path that make it differ from DuckDB, each ``name -> patch``.
+
+        ``patch()`` applies the smallest fix that removes the defect and returns a callable that
+        undoes it. The harness's ``legacy-fixed`` reference runs legacy with every patch applied:
+        when DuckDB equals that run, a difference from legacy is declared, with its reason.
+        """
+        return {}
+
+    def describe_defects(self, workdir: Path, window: tuple[Any, Any]) -> str:
+        """Which of :meth:`legacy_defects` show in the legacy run kept in ``workdir``, in words."""
+        return ", ".join(self.legacy_defects()) or "no known legacy defect"
+
+    @contextlib.contextmanager
+    def legacy_cache_folder(self, folder: Path) -> Iterator[None]:
+        """Point Lumibot's copies of ``LUMIBOT_CACHE_FOLDER`` for this source at ``folder`` inside the block."""
+        yield
+
+
+KITS = {
+    "polygon": "lumibot_duckdb.sample.polygon:PolygonKit",
+    "yahoo": "lumibot_duckdb.sample.yahoo:YahooKit",
+    "alpaca": "lumibot_duckdb.sample.alpaca:AlpacaKit",
+    "ccxt": "lumibot_duckdb.sample.ccxt:CcxtKit",
+}
+
+
+def kit(source: str) -> SourceKit:
+    """The kit of ``source`` ("polygon", "yahoo", "alpaca", "ccxt")."""
+    try:
+        module, _, name = KITS[source].partition(":")
+    except KeyError:
+        raise ValueError(f"unknown source {source!r}; kits exist for {sorted(KITS)}") from None
+    return getattr(importlib.import_module(module), name)()
+
+
+@contextlib.contextmanager
+def patched(owner: Any, attribute: str, value: Any) -> Iterator[None]:
+    """``setattr(owner, attribute, value)`` inside the block, restored after."""
+    missing = object()
+    previous = owner.__dict__.get(attribute, missing) if hasattr(owner, "__dict__") else getattr(owner, attribute)
+    setattr(owner, attribute, value)
+    try:
+        yield
+    finally:
+        if previous is missing:
+            delattr(owner, attribute)
+        else:
+            setattr(owner, attribute, previous)
