@@ -176,11 +176,13 @@ def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = 
     return results
 
 
-def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fast: bool = False) -> RunResult:
+def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fast: bool = False,
+             on_serve: Callable[[Any], None] | None = None) -> RunResult:
     """Run one backtest in this process (Lumibot's environment must already point into ``workdir``).
 
     ``fast=True`` removes the legacy path's deliberate provider sleeps (tests only: the harness
-    measures what users wait for).
+    measures what users wait for). ``on_serve(provider)`` is called with the offline provider
+    before the backtest starts (tests inject faults with it).
     """
     import contextlib
     import resource
@@ -211,6 +213,8 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
         stack.enter_context(source.legacy_cache_folder(workdir / "lumibot-cache"))
         guard = stack.enter_context(offline())
         provider = stack.enter_context(source.serve(_market(scenario), fast=fast))
+        if on_serve is not None:
+            on_serve(provider)
         started = time.perf_counter()
         _, strategy = strategy_class.run_backtest(
             data_source, dt.datetime.combine(start, dt.time()), dt.datetime.combine(end, dt.time()),

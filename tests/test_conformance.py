@@ -1,0 +1,233 @@
+"""One conformance suite for every data source lumibot-duckdb provides.
+
+Each test runs against every source's kit (:mod:`lumibot_duckdb.sample.kits`): the same strategy on
+the same offline provider data, Lumibot's legacy class beside ours. A source that cannot do
+something (Yahoo has no historical minute bars, CCXT no stocks) is left out of that test's
+parameters with the reason in :data:`NOT_APPLICABLE`; a known legacy defect is a declared
+expectation (the kit's ``legacy_defects``), never a skip.
+
+Invariants:
+* store round-trip: what the provider sent is what the store holds, float64, exactly;
+* coverage is by series, not by window: any window inside what was fetched asks nothing;
+* warm reruns ask the provider nothing; a shifted window asks for no more than legacy does;
+* empty answers are remembered; malformed answers store nothing and are asked again;
+* parity: identical fills and final value, cold and warm, or DuckDB equals legacy with its
+  declared defects fixed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from lumibot_duckdb.ab import REFERENCE, RunResult, Scenario, compare, run_here
+from lumibot_duckdb.sample.kits import KITS, SourceKit, kit
+from lumibot_duckdb.sample.market import SyntheticMarket
+from lumibot_duckdb.store import DuckDBDataStorage
+
+pytestmark = pytest.mark.backtest
+
+SOURCES = tuple(KITS)
+NOT_APPLICABLE = {
+    ("yahoo", "minute"): "Yahoo serves minute bars for the last 7 wall-clock days only: no historical minute backtest",
+    ("yahoo", "crypto"): "Lumibot's Yahoo source backtests stocks and ETFs",
+    ("ccxt", "crypto"): "CCXT is crypto only: every other test here already runs it on crypto",
+}
+
+
+def applicable(what: str) -> list[Any]:
+    return [pytest.param(s, id=s) for s in SOURCES if (s, what) not in NOT_APPLICABLE]
+
+
+def crypto(source: SourceKit) -> bool:
+    return "stock" not in source.asset_types
+
+
+def symbols(source: SourceKit, count: int = 1) -> list[str]:
+    return ["BTC", "ETH", "SOL"][:count] if crypto(source) else ["AAA", "BBB", "CCC"][:count]
+
+
+def params(source: SourceKit, **values: Any) -> dict[str, Any]:
+    if crypto(source):
+        values.update(asset_type="crypto", quote=source.default_quote or "USD")
+    return values
+
+
+def buy_and_hold(source: SourceKit, start: str = "2024-01-02", end: str = "2024-02-01", **kw: Any) -> Scenario:
+    return Scenario("buy-and-hold", "buy_and_hold", params(source, symbol=symbols(source)[0]), start, end,
+                    source=source.name, **kw)
+
+
+def momentum(source: SourceKit) -> Scenario:
+    return Scenario("momentum x3", "momentum", params(source, symbols=symbols(source, 3), lookback=5, top=1,
+                                                      period=3),
+                    "2024-01-08", "2024-02-23", source=source.name, shift_days=14)
+
+
+def minute_sma(source: SourceKit) -> Scenario:
+    return Scenario("minute SMA", "minute_sma", params(source, symbol=symbols(source)[0], fast=5, slow=20,
+                                                       quantity=1),
+                    "2024-01-09", "2024-01-11", source=source.name, shift_days=1)
+
+
+def run(scenario: Scenario, variant: str, phase: str, workdir: Path, **kw: Any) -> RunResult:
+    return run_here(scenario, variant, phase, workdir / variant, fast=True, **kw)
+
+
+def series_of(source: SourceKit, workdir: Path) -> list[Any]:
+    with DuckDBDataStorage(workdir / "duckdb" / "duckdb") as store:
+        return [k for k in store.series() if k.source == source.name]
+
+
+def assert_parity(results: list[RunResult], source: SourceKit, scenario: Scenario, workdir: Path) -> None:
+    report = compare(results)
+    assert report, "nothing was compared"
+    for parity in report:
+        if parity.identical:
+            continue
+        assert source.legacy_defects(), (f"{source.name} {parity.scenario}/{parity.phase} differs and no legacy "
+                                         f"defect is declared: {parity.detail}")
+        reference = run(scenario, REFERENCE, parity.phase, workdir)
+        ours = next(r for r in results if r.variant == "duckdb" and r.phase == parity.phase)
+        assert (reference.fills, reference.final_value) == (ours.fills, ours.final_value), (
+            f"{source.name} {parity.scenario}/{parity.phase}: DuckDB differs from legacy ({parity.detail}) and also "
+            f"from legacy with its declared defects fixed ({', '.join(source.legacy_defects())})")
+
+
+# -- parity ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SOURCES)
+def test_parity_daily_buy_and_hold_cold_and_warm(name: str, tmp_path: Path) -> None:
+    source = kit(name)
+    scenario = buy_and_hold(source)
+    results = [run(scenario, v, p, tmp_path) for v in ("legacy", "duckdb") for p in ("cold", "warm")]
+    assert len(results[0].fills) == 1, "buy-and-hold should buy once"
+    assert_parity(results, source, scenario, tmp_path)
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_parity_daily_momentum_several_symbols(name: str, tmp_path: Path) -> None:
+    source = kit(name)
+    scenario = momentum(source)
+    results = [run(scenario, v, p, tmp_path) for v in ("legacy", "duckdb") for p in ("cold", "warm", "shifted")]
+    assert len(results[0].fills) >= 4, "the rotation should trade several times"
+    assert_parity(results, source, scenario, tmp_path)
+    ours = {r.phase: r for r in results if r.variant == "duckdb"}
+    legacy = {r.phase: r for r in results if r.variant == "legacy"}
+    assert ours["warm"].provider_requests == 0
+    fresh = run(scenario, "duckdb", "shifted", tmp_path / "fresh")
+    assert ours["shifted"].requested_days < fresh.requested_days, "the shifted window re-asked what was stored"
+    if compare([legacy["shifted"], ours["shifted"]])[0].identical:  # (a declared legacy defect may skip days)
+        assert ours["shifted"].requested_days <= legacy["shifted"].requested_days, (
+            f"shifted window: DuckDB asked for {ours['shifted'].requested_days} days, legacy "
+            f"{legacy['shifted'].requested_days}")
+
+
+@pytest.mark.parametrize("name", applicable("minute"))
+def test_parity_minute_strategy(name: str, tmp_path: Path) -> None:
+    source = kit(name)
+    scenario = minute_sma(source)
+    results = [run(scenario, v, p, tmp_path) for v in ("legacy", "duckdb") for p in ("cold", "warm")]
+    assert len(results[0].fills) >= 10
+    assert_parity(results, source, scenario, tmp_path)
+
+
+@pytest.mark.parametrize("name", applicable("crypto"))
+def test_parity_crypto_on_a_stock_source(name: str, tmp_path: Path) -> None:
+    source = kit(name)
+    scenario = Scenario("crypto buy-and-hold", "buy_and_hold",
+                        {"symbol": "BTC", "asset_type": "crypto", "quote": "USD"}, "2024-01-02", "2024-01-20",
+                        source=name)
+    results = [run(scenario, v, p, tmp_path) for v in ("legacy", "duckdb") for p in ("cold", "warm")]
+    assert len(results[0].fills) == 1
+    assert_parity(results, source, scenario, tmp_path)
+
+
+# -- the store -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SOURCES)
+def test_store_holds_exactly_what_the_provider_sent(name: str, tmp_path: Path) -> None:
+    source = kit(name)
+    scenario = buy_and_hold(source)
+    run(scenario, "duckdb", "cold", tmp_path)
+    keys = series_of(source, tmp_path)
+    assert keys, f"nothing stored under source {name!r}"
+    market = SyntheticMarket(scenario.market_seed)
+    compared = 0
+    with DuckDBDataStorage(tmp_path / "duckdb" / "duckdb") as store:
+        for key in keys:
+            bars = store.read(key, "2023-01-01", "2024-03-01")
+            if bars.empty:
+                continue
+            assert bars.index.is_monotonic_increasing and bars.index.is_unique
+            for column in ("open", "high", "low", "close", "volume"):
+                assert bars[column].dtype == "float64", f"{key}: {column} is {bars[column].dtype}"
+            asset_type = "crypto" if key.asset_type == "crypto" else "stock"
+            sent = market.bars(key.symbol, key.timeframe, bars.index[0], bars.index[-1] + pd.Timedelta(seconds=1),
+                               asset_type=asset_type)
+            common = bars.index.intersection(sent.index)
+            assert len(common) >= 0.9 * len(bars), f"{key}: stored bars are not at the provider's timestamps"
+            assert (bars.loc[common, "close"].to_numpy() == sent.loc[common, "close"].to_numpy()).all(), (
+                f"{key}: stored closes differ from what the provider sent")
+            compared += len(common)
+    assert compared > 0
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_coverage_is_by_series_not_by_window(name: str, tmp_path: Path) -> None:
+    """A wider window fetches only what is new; any window inside what is stored asks nothing."""
+    source = kit(name)
+    wide = buy_and_hold(source, "2024-01-02", "2024-02-15")
+    run(wide, "duckdb", "cold", tmp_path)
+    for start, end in (("2024-01-10", "2024-02-01"), ("2024-01-02", "2024-01-20")):
+        inner = run(buy_and_hold(source, start, end), "duckdb", "cold", tmp_path)
+        assert inner.provider_requests == 0, f"{start}..{end} is inside what is stored but asked {inner.requests}"
+    wider = run(buy_and_hold(source, "2024-01-02", "2024-03-15"), "duckdb", "cold", tmp_path)
+    legacy_wider = run(buy_and_hold(source, "2024-01-02", "2024-03-15"), "legacy", "cold", tmp_path)
+    assert wider.requested_days <= legacy_wider.requested_days
+    again = run(buy_and_hold(source, "2024-01-02", "2024-03-15"), "duckdb", "cold", tmp_path)
+    assert again.provider_requests == 0
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_empty_answers_are_remembered(name: str, tmp_path: Path) -> None:
+    source = kit(name)
+    scenario = buy_and_hold(source, "2024-01-02", "2024-01-20")
+    first = run(scenario, "duckdb", "cold", tmp_path, on_serve=lambda provider: provider.fail("empty"))
+    assert first.fills == [], "no bars, no trade"
+    assert first.provider_requests > 0
+    again = run(scenario, "duckdb", "warm", tmp_path)
+    assert again.provider_requests == 0, f"an empty answer was asked again: {again.requests}"
+    assert again.fills == []
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_malformed_answers_store_nothing_and_are_asked_again(name: str, tmp_path: Path) -> None:
+    source = kit(name)
+    scenario = buy_and_hold(source, "2024-01-02", "2024-01-20")
+    try:
+        broken = run(scenario, "duckdb", "cold", tmp_path, on_serve=lambda provider: provider.fail("malformed"))
+    except Exception as exc:  # noqa: BLE001 - a clear error is an acceptable outcome; storing garbage is not
+        assert _mentions_provider_error(exc), f"unclear error for a malformed answer: {exc!r}"
+    else:
+        assert broken.fills == [], "a malformed answer must not be traded on"
+    with DuckDBDataStorage(tmp_path / "duckdb" / "duckdb") as store:
+        stored = {k: store.read(k, "2000-01-01", "2100-01-01") for k in store.series() if k.source == name}
+        assert all(frame.empty for frame in stored.values()), "malformed bars were stored"
+    # healed equal to clean also proves the malformed range was not recorded as covered
+    healed = run(scenario, "duckdb", "cold", tmp_path)
+    clean = run(scenario, "duckdb", "cold", tmp_path / "clean")
+    assert healed.provider_requests > 0
+    assert (healed.fills, healed.final_value) == (clean.fills, clean.final_value)
+
+
+def _mentions_provider_error(exc: BaseException) -> bool:
+    from lumibot_duckdb.errors import ProviderDataError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ProviderDataError) or "ProviderDataError" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
