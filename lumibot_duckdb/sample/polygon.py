@@ -305,7 +305,9 @@ class PolygonKit(SourceKit):
 
         return legacy_cache_defects(workdir, window)
 
-    def legacy_cache_folder(self, folder: Path) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def legacy_cache_folder(self, folder: Path) -> Iterator[None]:
         from lumibot.tools import polygon_helper
 
-        return patched(polygon_helper, "LUMIBOT_CACHE_FOLDER", str(folder))
+        with patched(polygon_helper, "LUMIBOT_CACHE_FOLDER", str(folder)):
+            yield

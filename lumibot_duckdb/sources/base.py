@@ -164,15 +164,19 @@ class EnhancedDataSourceBacktesting:
 
     # -- the shared path -----------------------------------------------------------------------
     def serve(self, key: SeriesKey, wanted: Interval, provider: Provider, *, refresh: bool = False,
-              columns: Sequence[str] | None = None) -> pd.DataFrame:
+              columns: Sequence[str] | None = None, read: Interval | None = None) -> pd.DataFrame:
         """Bars of ``key`` in ``wanted``: fetch what the store lacks, store it, read it back.
 
-        A damaged file found while reading is set aside and its range fetched again, once.
+        ``read`` reads a different range than the one filled (e.g. all stored history, when the
+        legacy frame holds everything the provider ever sent). A damaged file found while reading
+        is set aside and its range fetched again, once.
         """
+        read = read or wanted
         for attempt in (1, 2):
-            self._fill(key, wanted, provider, refresh=refresh and attempt == 1)
+            if not wanted.empty:
+                self._fill(key, wanted, provider, refresh=refresh and attempt == 1)
             try:
-                bars = self.store.read(key, wanted.start, wanted.end, columns=columns)
+                bars = self.store.read(key, read.start, read.end, columns=columns)
             except CorruptFileError as exc:
                 if attempt == 2:
                     raise

@@ -1,0 +1,367 @@
+"""``YahooDataBacktesting`` on the shared store.
+
+Lumibot's ``YahooData`` decides *what* to load (symbol variants for futures and indexes, one
+frame per asset and interval, slicing by the simulated clock, ``get_last_price`` = open of the
+last session before today, timeshifts in days). Its one call to the provider layer,
+``YahooHelper.get_symbol_data(symbol, interval, auto_adjust=, last_needed_datetime=)``, is where
+this class takes over: that helper is wrapped once, at import, by a router that passes every
+call straight through unless it comes from an instance of this class with the DuckDB path on
+(a context variable, so threads and other data sources are unaffected).
+
+On the DuckDB path, daily bars are stored raw, as ``Ticker.history(auto_adjust=False)`` sent
+them (00:00 exchange time, Yahoo's split-adjusted OHLC, ``Adj Close``, dividends, split ratios),
+in the series ``yahoo/<symbol>/day/raw``; ``Ticker.info`` is kept in the store's ``meta/``
+folder and asked for once per symbol. A cold series is asked for once with ``period="max"``,
+like Lumibot does, so any lookback finds the same history; later only the missing tail is
+asked for (``start=``), and if that answer shows Yahoo re-wrote history meanwhile (a split or
+dividend changes the overlapping bar), the series is fetched whole again. The frame handed back
+is rebuilt with Lumibot's own code path: the 16:00 (US) / 23:59 (crypto) re-stamping decided
+by ``info``, ``YahooHelper.process_df`` and ``YahooHelper.format_df``; no sleeps.
+
+Intraday (``1m``/``15m``): Yahoo serves those only for the last 7/60 days of real time, so no
+stored bar could ever serve a historical backtest, and the store has no 15-minute timeframe.
+Those requests go to Lumibot's helper unchanged (with its pickle cache and its sleeps).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import functools
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+from lumibot.backtesting.yahoo_backtesting import YahooDataBacktesting as _LegacyYahooDataBacktesting
+from lumibot.entities import Asset
+from lumibot.tools.yahoo_helper import YahooHelper
+
+from lumibot_duckdb.errors import ProviderDataError, StoreError
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
+from lumibot_duckdb.store import Interval, SeriesKey
+from lumibot_duckdb.store.store import SeriesWriter
+
+log = logging.getLogger("lumibot_duckdb")
+T = TypeVar("T")
+
+SOURCE = "yahoo"
+ADJUSTMENT = "raw"  # as Ticker.history(auto_adjust=False) sends it (Yahoo's OHLC are split-adjusted)
+NY = "America/New_York"
+HISTORY_START = pd.Timestamp("1900-01-01", tz="UTC")
+"""Start of every Yahoo series: ``period="max"`` answers for everything before now."""
+STORE_COLUMNS = ("open", "high", "low", "close", "volume", "adj_close", "dividend", "split_ratio", "metadata")
+OVERLAP = pd.Timedelta(days=7)
+"""A tail request starts this long before the stored end, so it overlaps stored bars to compare."""
+
+_YAHOO_TO_STORE = {"Open": "open", "High": "high", "Low": "low", "Close": "close", "Volume": "volume",
+                   "Adj Close": "adj_close", "Dividends": "dividend", "Stock Splits": "split_ratio"}
+_STORE_TO_YAHOO = {v: k for k, v in _YAHOO_TO_STORE.items()}
+
+_ROUTE: contextvars.ContextVar[tuple[YahooDataBacktesting, Asset] | None] = contextvars.ContextVar(
+    "lumibot_duckdb_yahoo", default=None)
+_ROUTE_LOCK = threading.Lock()
+
+
+def _now() -> pd.Timestamp:
+    """The wall clock (a function so tests can stand in a fixed day, as the offline Yahoo does)."""
+    return pd.Timestamp.now(tz="UTC")
+
+
+class YahooDataBacktesting(EnhancedDataSourceBacktesting, _LegacyYahooDataBacktesting):
+    """Lumibot's ``YahooDataBacktesting`` with the DuckDB store behind its Yahoo seam.
+
+    Same class name and ``SOURCE`` as Lumibot's (Lumibot keys behaviour on both). Extra keyword
+    arguments: ``use_duckdb``, ``cache_dir``, ``strict`` (see :class:`EnhancedDataSourceBacktesting`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yahoo_info_lock = threading.Lock()
+
+    def _get_source_symbol_data(self, asset: Any, timestep: Any) -> Any:
+        if not self.use_duckdb:
+            return super()._get_source_symbol_data(asset, timestep)
+        token = _ROUTE.set((self, asset if isinstance(asset, Asset) else Asset(symbol=str(asset))))
+        try:
+            return super()._get_source_symbol_data(asset, timestep)
+        finally:
+            _ROUTE.reset(token)
+
+    def _yahoo_symbol_data(self, legacy: Any, asset: Asset, symbol: str, interval: str = "1d", caching: bool = True,
+                           auto_adjust: bool = False, last_needed_datetime: Any = None) -> pd.DataFrame | None:
+        """Stand-in for ``YahooHelper.get_symbol_data`` (same arguments, same frame)."""
+
+        def legacy_call() -> pd.DataFrame | None:
+            return legacy(symbol, interval=interval, caching=caching, auto_adjust=auto_adjust,
+                          last_needed_datetime=last_needed_datetime)
+
+        if interval != "1d":
+            return legacy_call()  # intraday: see the module docstring
+
+        def from_store() -> pd.DataFrame | None:
+            key = yahoo_series_key(symbol, asset)
+            horizon = settled_until()
+            need = Interval(HISTORY_START, min(horizon, needed_until(last_needed_datetime, horizon)))
+            # Lumibot's frame is the whole history Yahoo sent (it slices by the simulated clock), so
+            # every settled bar of the series is read back, not only the backtest's days.
+            bars = self.serve(key, need, YahooFetcher(symbol, need, horizon), columns=STORE_COLUMNS,
+                              read=Interval(HISTORY_START, horizon))
+            if bars.empty:
+                return None  # Lumibot's helper returns None when Yahoo has no bars
+            return legacy_frame(bars, self._yahoo_info(symbol), auto_adjust=auto_adjust)
+
+        return self.via_store(from_store, legacy_call)
+
+    def _yahoo_info(self, symbol: str) -> dict[str, Any] | None:
+        """``Ticker(symbol).info``, from the store once asked for (it decides Lumibot's re-stamping)."""
+        parts = ("yahoo", "info", f"{quote(symbol, safe='')}.json")
+        with self._yahoo_info_lock:
+            record = _store_io(f"read the Yahoo info of {symbol}", lambda: self.store.layout.read_json(*parts))
+            if isinstance(record, dict) and isinstance(record.get("info"), dict):
+                return record["info"]
+            import yfinance as yf
+
+            try:
+                info = yf.Ticker(symbol).info
+            except Exception as exc:  # noqa: BLE001 - like Lumibot: no info, no re-stamping, ask next time
+                log.info("Yahoo info for %s unavailable (%s); bars keep Yahoo's timestamps.", symbol, exc)
+                return None
+            finally:
+                self.duckdb_stats.add(provider_requests=1)
+            if isinstance(info, dict):
+                document = {"symbol": symbol, "fetched": _now().isoformat(), "info": info}
+                _store_io(f"keep the Yahoo info of {symbol}", lambda: self.store.layout.write_json(document, *parts))
+                return info
+            return None
+
+
+def _store_io(action: str, call: Callable[[], T]) -> T:
+    """File-system failures of the store's ``meta/`` folder as :class:`StoreError` (so ``via_store`` falls back)."""
+    try:
+        return call()
+    except OSError as exc:
+        raise StoreError(f"Could not {action}: {exc}. Check free space and permissions of the store folder "
+                         "(LUMIBOT_DUCKDB_CACHE_DIR).") from exc
+
+
+def yahoo_series_key(symbol: str, asset: Asset | None = None) -> SeriesKey:
+    """The store series of a Yahoo symbol's daily bars (the Yahoo symbol, e.g. ``^SPX`` or ``ES=F``)."""
+    asset_type = str(getattr(asset, "asset_type", None) or "stock")
+    return SeriesKey(source=SOURCE, symbol=symbol, timeframe="day", asset_type=asset_type, quote="", exchange="",
+                     adjustment=ADJUSTMENT)
+
+
+def settled_until() -> pd.Timestamp:
+    """Daily bars before today (New York) are final; today's is still forming and never recorded as covered."""
+    return pd.Timestamp(_now().tz_convert(NY).date()).tz_localize(NY).tz_convert("UTC")
+
+
+def needed_until(last_needed: Any, horizon: pd.Timestamp) -> pd.Timestamp:
+    """End of the days a backtest ending at ``last_needed`` reads: the day after its last day (New York)."""
+    if last_needed is None:
+        return horizon
+    stamp = pd.Timestamp(last_needed)
+    local = stamp.tz_localize(NY) if stamp.tzinfo is None else stamp.tz_convert(NY)
+    return pd.Timestamp(local.date() + dt.timedelta(days=1)).tz_localize(NY).tz_convert("UTC")
+
+
+class YahooFetcher:
+    """The Yahoo side of :meth:`EnhancedDataSourceBacktesting.serve` for one symbol's daily bars."""
+
+    max_workers = 1
+
+    def __init__(self, symbol: str, need: Interval, horizon: pd.Timestamp) -> None:
+        self.symbol = symbol
+        self.need = need
+        self.horizon = horizon
+        self._prefetched: tuple[pd.Timestamp, pd.DataFrame] | None = None
+
+    def _history(self, start: pd.Timestamp | None) -> pd.DataFrame:
+        import yfinance as yf
+
+        ticker = yf.Ticker(self.symbol)
+        if start is None:
+            answer = ticker.history(interval="1d", period="max", auto_adjust=False)
+            what = f"{self.symbol} daily history (period=max)"
+        else:
+            day = start.tz_convert(NY).date().isoformat()
+            answer = ticker.history(interval="1d", start=day, auto_adjust=False)
+            what = f"{self.symbol} daily history from {day}"
+        return history_to_bars(answer, what=what)
+
+    # -- plan: one request from the first missing day to now -----------------------------------
+    def plan(self, key: SeriesKey, missing: list[Interval]) -> list[FetchTask]:
+        gaps = [g for g in missing if g.start < self.horizon]
+        if not gaps:
+            return []
+        start = gaps[0].start
+        covers = Interval(start, self.horizon)
+        if self._prefetched is not None and self._prefetched[0] <= start:
+            return [FetchTask(covers, ("prefetched", self._prefetched[1]))]
+        return [FetchTask(covers, ("history", None if start <= HISTORY_START else start))]
+
+    def fetch(self, task: FetchTask) -> pd.DataFrame:
+        kind, value = task.request
+        return value if kind == "prefetched" else self._history(value)
+
+    # -- revalidate: Yahoo re-writes history after splits and dividends -------------------------
+    def revalidate(self, key: SeriesKey, writer: SeriesWriter) -> None:
+        """Ask for the missing tail with a few stored days in front; if those differ, start over.
+
+        Yahoo's OHLC, volumes and dividends are split-adjusted and ``Adj Close`` dividend-adjusted
+        as of the day they are fetched. When the overlapping bars of a tail answer differ from
+        the stored ones, stored history is stale: the series is dropped and asked for whole. The
+        tail answer is kept for :meth:`plan`, so the usual case costs one request.
+        """
+        gaps = [g for g in writer.missing(self.need) if g.start < self.horizon]
+        if not gaps or gaps[0].start <= HISTORY_START:
+            return
+        start = gaps[0].start
+        stored = writer.store.read(key, start - OVERLAP, start, columns=STORE_COLUMNS)
+        ask_from = stored.index[0] if len(stored) else start
+        fresh = self._history(ask_from)
+        if len(stored) and not _same_bars(stored, fresh[fresh.index < start]):
+            log.info("Yahoo re-wrote the history of %s (split or dividend); fetching it whole again.", self.symbol)
+            writer.discard()
+            return
+        self._prefetched = (start, fresh)
+
+
+def _same_bars(stored: pd.DataFrame, fresh: pd.DataFrame) -> bool:
+    if len(stored) != len(fresh) or not (stored.index.as_unit("ns") == fresh.index.as_unit("ns")).all():
+        return False
+    for column in ("open", "high", "low", "close", "volume", "adj_close", "dividend", "split_ratio"):
+        a, b = stored[column].to_numpy(dtype="float64"), fresh[column].to_numpy(dtype="float64")
+        if not np.allclose(a, b, rtol=1e-9, atol=0.0, equal_nan=True):
+            return False
+    return True
+
+
+def history_to_bars(answer: Any, *, what: str) -> pd.DataFrame:
+    """Store bars (UTC index ``ts``) from what ``Ticker.history(auto_adjust=False)`` returned.
+
+    Rows with a missing value are dropped, as Lumibot's ``process_df`` drops them. Anything that
+    is not a frame of Yahoo bars is a :class:`ProviderDataError`: nothing of it is stored.
+    """
+    if answer is None:
+        return _no_bars()
+    if not isinstance(answer, pd.DataFrame):
+        raise _bad_answer(what, f"a {type(answer).__name__}, not a DataFrame")
+    if answer.empty:
+        return _no_bars()
+    if not isinstance(answer.index, pd.DatetimeIndex):
+        raise _bad_answer(what, f"an index of {answer.index.dtype} instead of dates (e.g. {answer.index[0]!r})")
+    missing = [c for c in ("Open", "High", "Low", "Close") if c not in answer.columns]
+    if missing:
+        raise _bad_answer(what, f"no {', '.join(missing)} column(s) (got {list(answer.columns)})")
+    frame = answer.dropna()
+    columns: dict[str, Any] = {}
+    for yahoo_name, name in _YAHOO_TO_STORE.items():
+        if yahoo_name in frame.columns:
+            values = pd.to_numeric(frame[yahoo_name], errors="coerce")
+            bad = values.isna() & frame[yahoo_name].notna()
+            if bad.any():
+                raise _bad_answer(what, f"{int(bad.sum())} non-numeric {yahoo_name!r} value(s), "
+                                        f"e.g. {frame[yahoo_name][bad].iloc[0]!r}")
+            columns[name] = values.astype("float64").to_numpy()
+    extra = [c for c in frame.columns if c not in _YAHOO_TO_STORE]
+    index = frame.index if frame.index.tz is not None else frame.index.tz_localize(NY)
+    bars = pd.DataFrame(columns, index=pd.DatetimeIndex(index.tz_convert("UTC"), name="ts"))
+    bars["metadata"] = _extra_columns(frame, extra)
+    return bars
+
+
+def _extra_columns(frame: pd.DataFrame, extra: list[str]) -> Any:
+    """Columns Yahoo sends beyond the schema's (``Capital Gains`` for funds) as one JSON object per bar."""
+    if not extra:
+        return None
+    return [json.dumps({c: (None if pd.isna(v) else v) for c, v in zip(extra, row)}, default=float)
+            for row in frame[extra].itertuples(index=False, name=None)]
+
+
+def _bad_answer(what: str, problem: str) -> ProviderDataError:
+    return ProviderDataError(f"Yahoo answered {what} with {problem}; nothing was stored, so the range is asked "
+                             "for again next time. If it persists, check the symbol on finance.yahoo.com and "
+                             "your yfinance version.")
+
+
+def _no_bars() -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in ("open", "high", "low", "close")})
+    frame.index = pd.DatetimeIndex([], tz="UTC", name="ts")
+    return frame
+
+
+def legacy_frame(bars: pd.DataFrame, info: dict[str, Any] | None, *, auto_adjust: bool) -> pd.DataFrame:
+    """Store bars → the frame ``YahooHelper.get_symbol_data`` hands Lumibot after a download."""
+    frame = yahoo_history_frame(bars)
+    frame = restamp(frame, info)
+    frame = YahooHelper.process_df(frame, asset_info=info)
+    return YahooHelper.format_df(frame, auto_adjust)
+
+
+def yahoo_history_frame(bars: pd.DataFrame) -> pd.DataFrame:
+    """Store bars → the frame ``Ticker.history(interval="1d", auto_adjust=False)`` returned."""
+    index = pd.DatetimeIndex(bars.index).as_unit("ns").tz_convert(NY).rename("Date")
+    data: dict[str, Any] = {}
+    for name in ("open", "high", "low", "close", "adj_close", "volume", "dividend", "split_ratio"):
+        if name not in bars.columns or bars[name].isna().all():
+            continue  # Yahoo did not send it
+        values = bars[name].to_numpy(dtype="float64")
+        if name == "volume" and not np.isnan(values).any() and (values == np.round(values)).all():
+            data[_STORE_TO_YAHOO[name]] = values.astype("int64")  # yfinance's Volume is int64
+        else:
+            data[_STORE_TO_YAHOO[name]] = values
+    frame = pd.DataFrame(data, index=index)
+    metadata = bars["metadata"] if "metadata" in bars.columns else None
+    if metadata is not None and metadata.notna().any():
+        extra = pd.DataFrame([json.loads(m) if isinstance(m, str) else {} for m in metadata], index=index)
+        for column in extra.columns:
+            frame[column] = extra[column].astype("float64")
+    return frame
+
+
+def restamp(frame: pd.DataFrame, info: dict[str, Any] | None) -> pd.DataFrame:
+    """The time-stamping ``YahooHelper.download_symbol_data`` applies after asking ``info``.
+
+    US listings: every daily bar moves to 16:00 exchange time (the close); crypto: to 23:59.
+    """
+    if not info or not isinstance(info, dict):
+        return frame
+    market = info.get("market", "")
+    tz_name = info.get("exchangeTimezoneName", None)
+    if market not in ("us_market", "ccc_market") or not tz_name:
+        return frame
+    hour, minute = (16, 0) if market == "us_market" else (23, 59)
+    if frame.index.tzinfo is None:
+        frame.index = frame.index.tz_localize(tz_name)
+    else:
+        frame.index = frame.index.tz_convert(tz_name)
+    frame.index = frame.index.map(lambda t: t.replace(hour=hour, minute=minute))
+    return frame
+
+
+def _install_route() -> None:
+    """Wrap ``YahooHelper.get_symbol_data`` once with the pass-through router."""
+    with _ROUTE_LOCK:
+        current = YahooHelper.__dict__["get_symbol_data"].__func__
+        if getattr(current, "_lumibot_duckdb_router", False):
+            return
+
+        @functools.wraps(current)
+        def get_symbol_data(symbol: str, *args: Any, **kwargs: Any) -> Any:
+            route = _ROUTE.get()
+            if route is None or not route[0].use_duckdb:
+                return current(symbol, *args, **kwargs)
+            source, asset = route
+            return source._yahoo_symbol_data(current, asset, symbol, *args, **kwargs)
+
+        get_symbol_data._lumibot_duckdb_router = True  # type: ignore[attr-defined]
+        YahooHelper.get_symbol_data = staticmethod(get_symbol_data)
+
+
+_install_route()

@@ -1,0 +1,363 @@
+"""The Yahoo drop-in at its seam: legacy frames, info kept, tails only, re-written history, bad answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import pytz
+from lumibot.backtesting import YahooDataBacktesting as LegacyYahoo
+from lumibot.entities import Asset
+from lumibot.tools.yahoo_helper import YahooHelper
+from yfinance.exceptions import YFRateLimitError
+
+from lumibot_duckdb import ProviderDataError, StoreError
+from lumibot_duckdb.ab import Scenario, compare, run_here
+from lumibot_duckdb.sample.yahoo import YahooKit, serve_yahoo
+from lumibot_duckdb.sources import yahoo as yahoo_source
+from lumibot_duckdb.sources.base import DuckDBFallbackWarning
+from lumibot_duckdb.sources.yahoo import YahooDataBacktesting, yahoo_series_key
+
+NY = pytz.timezone("America/New_York")
+LEGACY_HELPER = YahooHelper.__dict__["get_symbol_data"].__func__.__wrapped__
+SATURDAY = pd.Timestamp("2024-04-06 12:00", tz=NY)  # Yahoo's "now" in most tests: no bar is forming
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Yahoo's clock and ours, set together (``clock.set(ts)``)."""
+    state = {"now": SATURDAY}
+
+    class Clock:
+        def set(self, value: Any) -> None:
+            state["now"] = pd.Timestamp(value).tz_convert("UTC") if pd.Timestamp(value).tzinfo else \
+                pd.Timestamp(value).tz_localize(NY).tz_convert("UTC")
+
+        def __call__(self) -> pd.Timestamp:
+            return pd.Timestamp(state["now"]).tz_convert("UTC")
+
+    clock = Clock()
+    monkeypatch.setattr(yahoo_source, "_now", clock)
+    return clock
+
+
+@pytest.fixture
+def yahoo_cache(tmp_path):
+    """A fresh legacy Yahoo pickle folder for this test."""
+    folder = tmp_path / "lumibot-cache"
+    with YahooKit().legacy_cache_folder(folder):
+        yield folder / "yahoo"
+
+
+@pytest.fixture
+def yahoo(market, clock, yahoo_cache):
+    with serve_yahoo(market, fast=True, now=clock) as fake:
+        yield fake
+
+
+def make_source(kind: str, store_dir: Path, start: dt.datetime = dt.datetime(2024, 1, 2),
+                end: dt.datetime = dt.datetime(2024, 3, 1), **options: Any) -> Any:
+    if kind == "legacy":
+        return LegacyYahoo(start, end, show_progress_bar=False)
+    return YahooDataBacktesting(start, end, show_progress_bar=False, use_duckdb=options.pop("use_duckdb", True),
+                                cache_dir=store_dir, **options)
+
+
+def fetch(source: Any, symbol: str, *, interval: str = "1d", auto_adjust: bool = False) -> pd.DataFrame | None:
+    """One call of the Yahoo seam, the way ``YahooData._get_source_symbol_data`` makes it."""
+    if isinstance(source, YahooDataBacktesting):
+        return source._yahoo_symbol_data(LEGACY_HELPER, Asset(symbol), symbol, interval=interval,
+                                         auto_adjust=auto_adjust, last_needed_datetime=source.datetime_end)
+    return LEGACY_HELPER(symbol, interval=interval, auto_adjust=auto_adjust, last_needed_datetime=source.datetime_end)
+
+
+def key(symbol: str = "AAA") -> Any:
+    return yahoo_series_key(symbol, Asset(symbol))
+
+
+# -- frames ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("auto_adjust", [False, True])
+def test_frames_are_those_of_legacy(yahoo, store_dir, auto_adjust) -> None:
+    legacy = fetch(make_source("legacy", store_dir), "AAA", auto_adjust=auto_adjust)
+    cold = fetch(make_source("duckdb", store_dir), "AAA", auto_adjust=auto_adjust)
+    warm = fetch(make_source("duckdb", store_dir), "AAA", auto_adjust=auto_adjust)
+    pd.testing.assert_frame_equal(cold, legacy)
+    pd.testing.assert_frame_equal(warm, legacy)
+    assert str(legacy.index.tz) == "America/New_York" and legacy.index.name == "Date"
+    assert (legacy.index.hour == 16).all(), "US daily bars re-stamped to the close, as Lumibot does"
+    assert legacy["Dividends"].gt(0).sum() >= 16 and legacy.index[0].date() == dt.date(2020, 1, 2)
+
+
+def test_stored_bars_are_raw_yahoo_bars(yahoo, store_dir) -> None:
+    source = make_source("duckdb", store_dir)
+    fetch(source, "AAA")
+    raw = yahoo.history("AAA", interval="1d", period="max", auto_adjust=False)
+    stored = source.store.read(key(), "1900-01-01", "2100-01-01")
+    assert (stored.index == raw.index.tz_convert("UTC")).all(), "00:00 New York, as Yahoo sent them"
+    for ours, theirs in [("open", "Open"), ("close", "Close"), ("adj_close", "Adj Close"), ("volume", "Volume"),
+                         ("dividend", "Dividends"), ("split_ratio", "Stock Splits")]:
+        assert stored[ours].tolist() == raw[theirs].astype("float64").tolist(), ours
+    info = source.store.layout.read_json("yahoo", "info", "AAA.json")
+    assert info["info"]["market"] == "us_market"
+
+
+def test_real_dividends_round_trip_exactly(shared_data, clock, yahoo_cache, store_dir) -> None:
+    from markets import real_market
+
+    csv = pd.read_csv(shared_data / "TLT_1d_2019.csv")
+    dividends = {d: {"dividend": v} for d, v in zip(csv["Date"].str[:10], csv["Dividends"]) if v}
+    clock.set("2020-01-04 12:00")
+    with serve_yahoo(real_market(shared_data), fast=True, now=clock, quarterly_dividends=False,
+                     actions={"TLT": dividends}):
+        legacy = fetch(make_source("legacy", store_dir, end=dt.datetime(2019, 12, 31)), "TLT")
+        ours = fetch(make_source("duckdb", store_dir, end=dt.datetime(2019, 12, 31)), "TLT")
+    pd.testing.assert_frame_equal(ours, legacy)
+    assert ours["Close"].tolist() == csv["Close"].tolist()
+    assert ours["Dividends"].tolist() == csv["Dividends"].tolist() and len(dividends) >= 11
+
+
+def test_lumibot_sees_the_same_bars_and_prices(yahoo, store_dir) -> None:
+    """Yahoo's semantics above the seam stay Lumibot's: last price = open of the last session before today."""
+    when = NY.localize(dt.datetime(2024, 2, 7, 8, 45))
+    seen = {}
+    for kind in ("legacy", "duckdb"):
+        source = make_source(kind, store_dir)
+        source._datetime = when
+        bars = source.get_historical_prices(Asset("AAA"), 15, timestep="day")
+        shifted = source.get_historical_prices(Asset("AAA"), 5, timestep="day", timeshift=3)
+        seen[kind] = (bars.df, shifted.df, source.get_last_price(Asset("AAA"), timestep="day"))
+    pd.testing.assert_frame_equal(seen["duckdb"][0], seen["legacy"][0])
+    pd.testing.assert_frame_equal(seen["duckdb"][1], seen["legacy"][1])
+    assert seen["duckdb"][2] == seen["legacy"][2] == seen["legacy"][0]["open"].iloc[-1]
+    assert seen["legacy"][0].index[-1].date() == dt.date(2024, 2, 6)
+    assert seen["legacy"][1].index[-1].date() == dt.date(2024, 2, 2), "an int timeshift is days"
+
+
+def test_todays_forming_bar_is_never_recorded(yahoo, clock, store_dir) -> None:
+    """Mid-session, Yahoo's answer ends with today's unfinished bar: legacy keeps it, ours leaves it out."""
+    clock.set("2024-04-10 12:00")
+    legacy = fetch(make_source("legacy", store_dir, end=dt.datetime(2024, 4, 10)), "AAA")
+    source = make_source("duckdb", store_dir, end=dt.datetime(2024, 4, 10))
+    ours = fetch(source, "AAA")
+    assert legacy.index[-1].date() == dt.date(2024, 4, 10) and ours.index[-1].date() == dt.date(2024, 4, 9)
+    pd.testing.assert_frame_equal(ours, legacy.iloc[:-1])
+    assert source.store.coverage(key())[-1].end == pd.Timestamp("2024-04-10", tz=NY)
+    clock.set("2024-04-11 12:00")  # the next day, Apr 10 is final and asked for
+    yahoo.reset()
+    later = fetch(make_source("duckdb", store_dir, end=dt.datetime(2024, 4, 11)), "AAA")
+    assert yahoo.count("history") == 1 and later.index[-1].date() == dt.date(2024, 4, 10)
+
+
+def test_info_failure_keeps_yahoo_stamps_and_is_asked_again(yahoo, store_dir) -> None:
+    yahoo.fail_info(symbol="AAA")
+    legacy = fetch(make_source("legacy", store_dir), "AAA")
+    ours = fetch(make_source("duckdb", store_dir), "AAA")
+    pd.testing.assert_frame_equal(ours, legacy)
+    assert (ours.index.hour == 0).all(), "without info Lumibot does not re-stamp"
+    yahoo.heal()
+    yahoo.reset()
+    again = fetch(make_source("duckdb", store_dir), "AAA")
+    assert (yahoo.count("history"), yahoo.count("info")) == (0, 1) and (again.index.hour == 16).all()
+
+
+# -- requests ----------------------------------------------------------------------------------------
+def test_info_is_asked_once_and_kept_in_the_store(yahoo, store_dir) -> None:
+    fetch(make_source("duckdb", store_dir), "AAA")
+    assert (yahoo.count("history"), yahoo.count("info")) == (1, 1)
+    yahoo.reset()
+    (store_dir / "bars").rename(store_dir / "bars-gone")  # only the bars are lost
+    fetch(make_source("duckdb", store_dir), "AAA")
+    assert (yahoo.count("history"), yahoo.count("info")) == (1, 0)
+
+
+def test_warm_rerun_asks_the_provider_nothing(yahoo, store_dir) -> None:
+    fetch(make_source("duckdb", store_dir), "AAA")
+    yahoo.reset()
+    for start, end in [(dt.datetime(2024, 1, 2), dt.datetime(2024, 3, 1)),
+                       (dt.datetime(2021, 1, 4), dt.datetime(2021, 6, 1)),
+                       (dt.datetime(2024, 3, 1), dt.datetime(2024, 4, 5))]:
+        assert fetch(make_source("duckdb", store_dir, start, end), "AAA") is not None
+    assert yahoo.count() == 0
+
+
+def test_a_later_day_asks_only_for_the_tail(yahoo, clock, store_dir) -> None:
+    source = make_source("duckdb", store_dir)
+    fetch(source, "AAA")
+    clock.set("2024-05-04 12:00")  # no dividend between Apr 6 and May 4
+    yahoo.reset()
+    later = (dt.datetime(2024, 4, 1), dt.datetime(2024, 5, 3))
+    ours = fetch(make_source("duckdb", store_dir, *later), "AAA")
+    [tail] = yahoo.history_requests()
+    assert tail.period is None and yahoo.requested_days() <= 40, tail
+    assert yahoo.count("info") == 0
+    yahoo.reset()
+    legacy = fetch(make_source("legacy", store_dir, *later), "AAA")
+    assert yahoo.history_requests()[0].period == "max", "legacy downloads the whole history again"
+    pd.testing.assert_frame_equal(ours, legacy)
+
+
+@pytest.mark.parametrize("event", ["dividend", "split"])
+def test_history_rewritten_by_yahoo_is_fetched_whole_again(market, clock, yahoo_cache, store_dir, event) -> None:
+    actions = {"AAA": {"2024-04-22": {"dividend": 1.5} if event == "dividend" else {"split": 4.0}}}
+    with serve_yahoo(market, fast=True, now=clock, actions=actions, quarterly_dividends=False) as yahoo:
+        fetch(make_source("duckdb", store_dir), "AAA")
+        clock.set("2024-05-04 12:00")
+        yahoo.reset()
+        later = (dt.datetime(2024, 4, 1), dt.datetime(2024, 5, 3))
+        ours = fetch(make_source("duckdb", store_dir, *later), "AAA")
+        assert [r.period for r in yahoo.history_requests()] == [None, "max"], "the tail, then everything"
+        legacy = fetch(make_source("legacy", store_dir, *later), "AAA")
+    pd.testing.assert_frame_equal(ours, legacy)
+    stored = make_source("duckdb", store_dir).store.read(key(), "2024-01-01", "2024-05-04")
+    assert stored.loc[stored.index < pd.Timestamp("2024-04-22", tz=NY), "adj_close" if event == "dividend"
+                      else "close"].iloc[-1] == legacy.loc[:"2024-04-19", "Adj Close" if event == "dividend"
+                                                           else "Close"].iloc[-1]
+
+
+def test_empty_answers_are_remembered(yahoo, store_dir) -> None:
+    yahoo.fail("empty", symbol="NONE")
+    assert fetch(make_source("legacy", store_dir), "NONE") is None
+    assert yahoo.count("history") == 3, "legacy asks three times, then gives up, and will ask again"
+    yahoo.reset()
+    assert fetch(make_source("duckdb", store_dir), "NONE") is None
+    assert (yahoo.count("history"), yahoo.count("info")) == (1, 0)
+    yahoo.reset()
+    source = make_source("duckdb", store_dir)
+    assert fetch(source, "NONE") is None and yahoo.count() == 0
+    assert source.store.coverage(key("NONE"))
+
+
+def test_malformed_answer_is_an_error_and_nothing_is_stored(yahoo, store_dir) -> None:
+    source = make_source("duckdb", store_dir)
+    yahoo.fail("malformed", symbol="AAA")
+    with pytest.raises(ProviderDataError, match="nothing was stored"):
+        fetch(source, "AAA")
+    assert source.store.coverage(key()) == []
+    # Through Lumibot the error is logged and the symbol has no data, as on the legacy path.
+    assert source.get_historical_prices(Asset("AAA"), 5, timestep="day") is None
+    yahoo.heal()
+    yahoo.reset()
+    frame = fetch(source, "AAA")
+    assert len(frame) > 1000 and yahoo.count("history") == 1
+
+
+def test_provider_error_is_raised_and_nothing_is_stored(yahoo, store_dir) -> None:
+    source = make_source("duckdb", store_dir)
+    yahoo.fail("error")
+    with pytest.raises(YFRateLimitError):
+        fetch(source, "AAA")
+    assert yahoo.count("history") == 1, "no blind retries without a pause"
+    assert source.store.coverage(key()) == []
+    yahoo.heal()
+    assert fetch(source, "AAA") is not None
+
+
+def test_damaged_store_file_is_fetched_again_transparently(yahoo, store_dir, caplog) -> None:
+    first = fetch(make_source("duckdb", store_dir), "AAA")
+    source = make_source("duckdb", store_dir)
+    damaged = source.store.files(key())[0].path
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    yahoo.reset()
+    again = fetch(source, "AAA")
+    pd.testing.assert_frame_equal(again, first)
+    assert (yahoo.count("history"), yahoo.count("info")) == (1, 0)
+    assert "damaged" in caplog.text and list((store_dir / ".quarantine").glob("*.parquet"))
+
+
+def test_no_sleeps_on_our_path(market, clock, yahoo_cache, store_dir, monkeypatch) -> None:
+    slept: list[str] = []
+    monkeypatch.setattr(YahooHelper, "sleep_and_get_proxy", staticmethod(lambda: slept.append("yahoo")))
+    with serve_yahoo(market, now=clock) as yahoo:
+        for symbol in ("AAA", "BBB"):
+            assert fetch(make_source("duckdb", store_dir), symbol) is not None
+        assert yahoo.count() == 4 and slept == []
+        fetch(make_source("legacy", store_dir), "CCC")
+    assert slept == ["yahoo", "yahoo"], "legacy sleeps 2-5 s before the history and before the info"
+
+
+# -- switches and failures ---------------------------------------------------------------------------
+def test_store_failure_falls_back_to_legacy_with_one_warning(yahoo, tmp_path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    source = make_source("duckdb", blocked / "store")
+    with pytest.warns(DuckDBFallbackWarning, match="legacy") as caught:
+        ours = source.get_historical_prices(Asset("AAA"), 5, timestep="day")
+        source.get_historical_prices(Asset("BBB"), 5, timestep="day")
+    assert len([w for w in caught if issubclass(w.category, DuckDBFallbackWarning)]) == 1
+    assert not source.use_duckdb and source.duckdb_stats.fallbacks == 1
+    legacy = make_source("legacy", tmp_path).get_historical_prices(Asset("AAA"), 5, timestep="day")
+    pd.testing.assert_frame_equal(ours.df, legacy.df)
+
+
+def test_strict_mode_raises_instead(yahoo, tmp_path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    source = make_source("duckdb", blocked / "store", strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DuckDBFallbackWarning)
+        with pytest.raises(StoreError, match="LUMIBOT_DUCKDB_CACHE_DIR"):
+            fetch(source, "AAA")
+
+
+def test_use_duckdb_false_is_lumibot_untouched(yahoo, yahoo_cache, store_dir) -> None:
+    ours = make_source("duckdb", store_dir, use_duckdb=False)
+    legacy = make_source("legacy", store_dir)
+    frames = [s.get_historical_prices(Asset("AAA"), 20, timestep="day").df for s in (ours, legacy)]
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert not store_dir.exists(), "the store is never opened"
+    assert (yahoo_cache / "AAA_1d.pickle").exists()
+    assert type(ours).__name__ == "YahooDataBacktesting" and ours.SOURCE == legacy.SOURCE == "YAHOO"
+
+
+def test_intraday_goes_to_lumibots_helper(market, yahoo_cache, store_dir) -> None:
+    """Yahoo serves 1m bars for the last days of real time only: nothing stored could serve a backtest."""
+    with serve_yahoo(market, fast=True) as yahoo:  # Yahoo's clock is the real one here
+        source = make_source("duckdb", store_dir)
+        ours = fetch(source, "AAA", interval="1m")
+        legacy = fetch(make_source("legacy", store_dir), "AAA", interval="1m")
+        assert yahoo.count("history") == 2, "never fresh on either path"
+    pd.testing.assert_frame_equal(ours, legacy)
+    assert len(ours) > 1000 and not store_dir.exists()
+
+
+# -- whole backtests -----------------------------------------------------------------------------------
+def _session(scenario: Scenario, workdir: Path, phases: tuple[str, ...]) -> list[Any]:
+    scenario = dataclasses.replace(scenario, source="yahoo")
+    return [run_here(scenario, variant, phase, workdir / variant, fast=True)
+            for variant in ("legacy", "duckdb") for phase in phases]
+
+
+@pytest.mark.backtest
+def test_backtest_buy_and_hold_over_a_dividend(tmp_path: Path) -> None:
+    results = _session(Scenario.buy_and_hold(start="2024-03-01", end="2024-03-29"), tmp_path, ("cold", "warm"))
+    for parity in compare(results):
+        assert parity.identical, f"{parity.phase}: {parity.detail}"
+    by = {(r.variant, r.phase): r for r in results}
+    assert len(by["legacy", "cold"].fills) == 1
+    assert by["duckdb", "cold"].requests == {"history": 1, "info": 1}
+    assert by["duckdb", "warm"].provider_requests == 0 == by["legacy", "warm"].provider_requests
+
+
+@pytest.mark.backtest
+def test_backtest_momentum_three_symbols(tmp_path: Path) -> None:
+    scenario = Scenario.momentum(symbols=("AAA", "BBB", "CCC"), start="2024-02-01", end="2024-03-29")
+    results = _session(dataclasses.replace(scenario, shift_days=14), tmp_path, ("cold", "warm", "shifted"))
+    for parity in compare(results):
+        assert parity.identical, f"{parity.phase}: {parity.detail}"
+    by = {(r.variant, r.phase): r for r in results}
+    assert len(by["legacy", "cold"].fills) > 8
+    assert by["duckdb", "cold"].requests == by["legacy", "cold"].requests == {"history": 3, "info": 3}
+    assert by["duckdb", "shifted"].provider_requests == 0
+    assert by["duckdb", "cold"].bytes_per_bar < by["legacy", "cold"].bytes_per_bar
+
+
+def test_kit_describes_the_source() -> None:
+    kit = YahooKit()
+    assert kit.legacy_class is LegacyYahoo and kit.duckdb_class is YahooDataBacktesting
+    assert kit.request_kinds == ("history", "info") and kit.timeframes == ("day",)
+    assert kit.data_layer() == [(YahooHelper, "get_symbol_data")]
