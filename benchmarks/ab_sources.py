@@ -52,7 +52,7 @@ def scenarios(source: str) -> list[Scenario]:
     if source in MINUTE_SOURCES:
         found.append(Scenario(tag + "minute SMA, 1 week", "minute_sma",
                               {"symbol": names[0], "fast": 10, "slow": 30, "quantity": 1, **extra},
-                              "2024-01-08", "2024-01-13", source=source, shift_days=30))
+                              "2024-01-08", "2024-01-13", source=source, shift_days=30, timestep="minute"))
     if "crypto" in k.asset_types and not crypto_only:
         found.append(Scenario(tag + "crypto buy-and-hold daily", "buy_and_hold",
                               {"symbol": "BTC", "asset_type": "crypto", "quote": "USD"},

@@ -45,6 +45,7 @@ class Scenario:
     budget: float = 100_000.0
     shift_days: int = 30
     market: str = ""  # "module:callable" returning a market; empty = SyntheticMarket(market_seed)
+    timestep: str = ""  # the bars the strategy trades on, for sources that must be told ("minute"; Alpaca)
 
     @classmethod
     def buy_and_hold(cls, symbol: str = "AAA", start: str = "2024-01-02", end: str = "2024-04-01") -> Scenario:
@@ -59,7 +60,7 @@ class Scenario:
     @classmethod
     def minute_sma(cls, symbol: str = "AAA", start: str = "2024-01-02", end: str = "2024-01-09") -> Scenario:
         return cls("minute SMA", "minute_sma", {"symbol": symbol, "fast": 10, "slow": 30, "quantity": 10},
-                   start, end, shift_days=7)
+                   start, end, shift_days=7, timestep="minute")
 
     def window(self, phase: str) -> tuple[dt.date, dt.date]:
         start, end = dt.date.fromisoformat(self.start), dt.date.fromisoformat(self.end)
@@ -192,7 +193,7 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
     from lumibot_duckdb.sample.strategies import STRATEGIES
 
     source = kit(scenario.source)
-    options: dict[str, Any] = dict(source.backtest_kwargs(variant))
+    options: dict[str, Any] = dict(source.backtest_kwargs(variant, scenario))
     if variant in ("legacy", REFERENCE):
         data_source = source.legacy_class
     elif variant == "duckdb":

@@ -70,7 +70,7 @@ def momentum(source: SourceKit) -> Scenario:
 def minute_sma(source: SourceKit) -> Scenario:
     return Scenario("minute SMA", "minute_sma", params(source, symbol=symbols(source)[0], fast=5, slow=20,
                                                        quantity=1),
-                    "2024-01-09", "2024-01-11", source=source.name, shift_days=1)
+                    "2024-01-08", "2024-01-12", source=source.name, shift_days=1, timestep="minute")
 
 
 def run(scenario: Scenario, variant: str, phase: str, workdir: Path, **kw: Any) -> RunResult:

@@ -70,8 +70,9 @@ class SourceKit(ABC):
         them, because users wait for them.
         """
 
-    def backtest_kwargs(self, variant: str) -> dict[str, Any]:
-        """Extra keyword arguments for ``run_backtest`` (credentials, exchange id...)."""
+    def backtest_kwargs(self, variant: str, scenario: Any = None) -> dict[str, Any]:
+        """Extra keyword arguments for ``run_backtest`` (credentials, exchange id...) for ``scenario``
+        (a :class:`lumibot_duckdb.ab.Scenario`, or None)."""
         return {}
 
     @abstractmethod

@@ -274,7 +274,7 @@ class PolygonKit(SourceKit):
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakePolygonHTTP]:
         return serve_polygon(market)
 
-    def backtest_kwargs(self, variant: str) -> dict[str, Any]:
+    def backtest_kwargs(self, variant: str, scenario: Any = None) -> dict[str, Any]:
         return {"polygon_api_key": "offline-key"}
 
     def data_layer(self) -> list[tuple[Any, str]]:

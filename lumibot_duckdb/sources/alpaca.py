@@ -1,0 +1,389 @@
+"""``AlpacaBacktesting`` on the shared store.
+
+Lumibot's class keeps everything above its provider seam: the explicit-config end-of-window rule,
+the in-memory ``_data_store`` keyed by ``_get_asset_key`` (asset, timestep, window dates),
+``get_historical_prices`` and its bar positions, the reach back before the start. What changes
+is below that key, where Lumibot would read or write one CSV per backtest window
+(``alpaca/{KEY}.csv``) and otherwise download the whole window through
+``tools/alpaca_history.fetch_alpaca_bars``:
+
+* ``_download_and_cache_ohlcv_data`` builds the same Alpaca request (``_history_request``), asks
+  the store for the raw bars of that range, fetching only what the store lacks of the *series*
+  (source ``alpaca``, symbol, timeframe, adjustment ``split``/``all``, quote for crypto), then
+  applies Lumibot's own trading-time reindex and forward fill (``_reindex_and_fill``) and window
+  filter to them. The in-memory frame is the one the legacy path builds on a cold cache.
+* ``_load_ohlcv_into_data_store`` never reads a per-window CSV for the series the store serves,
+  and no CSV is written.
+* ``_history_segment`` (history before the start) is served from the same series.
+
+Provider requests still go through Lumibot's ``_alpaca_request`` (its 180-a-minute pacing and
+HTTP 429 back-off), so a backtest the store answers makes no request and never waits.
+Native multi-minute timesteps (``"5minute"``…) are not a store timeframe and stay on the legacy path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from alpaca.data.requests import CryptoBarsRequest, OptionBarsRequest
+from lumibot.backtesting.alpaca_backtesting import AlpacaBacktesting as _LegacyAlpacaBacktesting
+from lumibot.backtesting.alpaca_backtesting import AlpacaOptionHistoryUnavailable
+from lumibot.entities import Asset
+
+from lumibot_duckdb.errors import ProviderDataError
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
+from lumibot_duckdb.store import Interval, SeriesKey, series_key
+from lumibot_duckdb.store.store import SeriesWriter
+
+SOURCE = "alpaca"
+SETTLE = pd.Timedelta(minutes=15)
+"""Bars are recorded once they ended this long ago (Lumibot's shared bar cache uses the same margin)."""
+SERVED_TIMESTEPS = ("day", "minute", "hour")
+OHLCV = ("open", "high", "low", "close", "volume")
+STORED = (*OHLCV, "vwap", "trade_count")
+OVERLAP_BARS = 3
+_DURATION = {"day": pd.Timedelta(days=1), "hour": pd.Timedelta(hours=1), "minute": pd.Timedelta(minutes=1)}
+_INCLUSIVE = pd.Timedelta(microseconds=1)
+_BAR_HOURS = pd.Timedelta(hours=20)  # stock bars of a session date start before 20:00 New York
+
+
+class AlpacaBacktesting(EnhancedDataSourceBacktesting, _LegacyAlpacaBacktesting):
+    """Lumibot's ``AlpacaBacktesting`` with the DuckDB store behind its Alpaca seam.
+
+    Same class name and ``SOURCE`` as Lumibot's (Lumibot keys fills and benchmarks on both).
+    Extra keyword arguments: ``use_duckdb``, ``cache_dir``, ``strict`` (see
+    :class:`EnhancedDataSourceBacktesting`).
+    """
+
+    def _stores(self, timestep: str | None) -> bool:
+        return self.use_duckdb and timestep in SERVED_TIMESTEPS
+
+    # -- the window frame ------------------------------------------------------------------------
+    def _download_and_cache_ohlcv_data(self, *, base_asset: Asset | None = None, quote_asset: Asset | None = None,
+                                       timestep: str | None = None, market: str | None = None, tzinfo: Any = None,
+                                       data_datetime_start: dt.datetime | None = None,
+                                       data_datetime_end: dt.datetime | None = None,
+                                       auto_adjust: bool | None = None) -> pd.DataFrame:
+        arguments = {"base_asset": base_asset, "quote_asset": quote_asset, "timestep": timestep, "market": market,
+                     "tzinfo": tzinfo, "data_datetime_start": data_datetime_start,
+                     "data_datetime_end": data_datetime_end, "auto_adjust": auto_adjust}
+
+        def legacy_call() -> pd.DataFrame:
+            return _LegacyAlpacaBacktesting._download_and_cache_ohlcv_data(self, **arguments)
+
+        if not self._stores(timestep) or None in arguments.values():
+            return legacy_call()  # (Lumibot's own argument checks raise there)
+        return self.via_store(lambda: self._window_from_store(**arguments), legacy_call)
+
+    def _window_from_store(self, *, base_asset: Asset, quote_asset: Asset, timestep: str, market: str, tzinfo: Any,
+                           data_datetime_start: dt.datetime, data_datetime_end: dt.datetime,
+                           auto_adjust: bool) -> pd.DataFrame:
+        """What Lumibot's ``_download_and_cache_ohlcv_data`` builds, from the store, without a CSV."""
+        key = self._get_asset_key(base_asset=base_asset, quote_asset=quote_asset, timestep=timestep, market=market,
+                                  tzinfo=tzinfo, data_datetime_start=data_datetime_start,
+                                  data_datetime_end=data_datetime_end, auto_adjust=auto_adjust)
+        client, request = self._history_request(base_asset=base_asset, quote_asset=quote_asset, timestep=timestep,
+                                                data_datetime_start=data_datetime_start,
+                                                data_datetime_end=data_datetime_end, auto_adjust=auto_adjust)
+        bars = self._serve_request(base_asset, quote_asset, timestep, client, request, what=key,
+                                   refresh=bool(getattr(self, "_refresh_cache", False)))
+        is_option = self._is_option(base_asset)
+        if bars.empty:
+            if is_option:
+                raise AlpacaOptionHistoryUnavailable(
+                    f"Alpaca returned no option bars for {self._occ_symbol(base_asset)} between "
+                    f"{data_datetime_start.date()} and {data_datetime_end.date()}. "
+                    f"{self.OPTION_HISTORY_START_HINT}, and a contract that never traded in the window "
+                    "has no bars. Its price is None for this backtest."
+                )
+            raise RuntimeError(f"No data fetched for {key}.")
+
+        df = legacy_rows(bars, tzinfo)
+        if is_option:
+            df = df.sort_values("timestamp")
+        elif timestep in ("day", "minute"):
+            trading_times = self._get_trading_times_for_timestep(pcal=self._trading_days, timestep=timestep)
+            df = self._reindex_and_fill(df=df, trading_times=trading_times, timestep=timestep)
+        else:
+            df.sort_values("timestamp", inplace=True)
+        df = df[(df["timestamp"] >= data_datetime_start) & (df["timestamp"] <= data_datetime_end)]
+        df.set_index("timestamp", inplace=True)
+        self._data_store[key] = df
+        return df
+
+    def _load_ohlcv_into_data_store(self, key: str) -> bool:
+        """Legacy: read ``alpaca/{key}.csv``. Here the store answers instead, so no per-window CSV is read."""
+        if self.use_duckdb and _key_timestep(key) in SERVED_TIMESTEPS:
+            return False
+        return bool(_LegacyAlpacaBacktesting._load_ohlcv_into_data_store(self, key))
+
+    # -- history before the window (history_before_start) ----------------------------------------
+    def _history_segment(self, asset: Asset, quote: Asset, source_timestep: str, segment_start: dt.datetime,
+                         segment_end: dt.datetime) -> pd.DataFrame:
+        def legacy_call() -> pd.DataFrame:
+            return _LegacyAlpacaBacktesting._history_segment(self, asset, quote, source_timestep, segment_start,
+                                                             segment_end)
+
+        if not self._stores(source_timestep):
+            return legacy_call()
+        return self.via_store(
+            lambda: self._history_from_store(asset, quote, source_timestep, segment_start, segment_end), legacy_call)
+
+    def _history_from_store(self, asset: Asset, quote: Asset, source_timestep: str, segment_start: dt.datetime,
+                            segment_end: dt.datetime) -> pd.DataFrame:
+        """Lumibot's ``_history_segment`` (real bars in ``[segment_start, segment_end)``), from the store."""
+        from types import SimpleNamespace
+
+        from lumibot.tools.helpers import get_trading_days
+
+        last_included = segment_end - dt.timedelta(seconds=1)
+        key = self._get_asset_key(base_asset=asset, quote_asset=quote, timestep=source_timestep,
+                                  data_datetime_start=segment_start, data_datetime_end=last_included) + "_HISTORY"
+        store = self._state("_data_store", dict)
+        refreshed = self._state("_refreshed_keys", dict)
+        refresh = bool(getattr(self, "_refresh_cache", False)) and key not in refreshed
+        if not refresh and key in store:
+            return store[key]
+        client, request = self._history_request(base_asset=asset, quote_asset=quote, timestep=source_timestep,
+                                                data_datetime_start=segment_start, data_datetime_end=last_included,
+                                                auto_adjust=self._auto_adjust, request_end=last_included)
+        bars = self._serve_request(asset, quote, source_timestep, client, request, what=key, refresh=refresh)
+        frame = bars.rename_axis("timestamp")
+        df = self._bars_to_frame(SimpleNamespace(df=frame) if not bars.empty else None)
+        if not df.empty and not self._is_option(asset) and source_timestep == "minute":
+            calendar = get_trading_days(self.market, segment_start, segment_end + dt.timedelta(days=1),
+                                        tzinfo=self.tzinfo)
+            session_minutes = self._get_trading_times_for_timestep(pcal=calendar, timestep="minute")
+            df = df[df["timestamp"].isin(session_minutes)]
+        df = df[(df["timestamp"] >= segment_start) & (df["timestamp"] < segment_end)].sort_values("timestamp")
+        df = df.set_index("timestamp")
+        store[key] = df
+        if refresh:
+            refreshed[key] = True
+        return df
+
+    # -- the store ---------------------------------------------------------------------------------
+    def _serve_request(self, asset: Asset, quote: Asset, timestep: str, client: Any, request: Any, *, what: str,
+                       refresh: bool) -> pd.DataFrame:
+        """Raw bars answering ``request`` (start and end inclusive, as Alpaca reads them), via the store."""
+        key = alpaca_series_key(asset, quote, timestep, request)
+        wanted = Interval(request.start, _utc(request.end) + _INCLUSIVE)
+        fetcher = AlpacaFetcher(self._alpaca_request, client, request, timestep=timestep,
+                                asset_type=key.asset_type, what=what)
+        return self.serve(key, wanted, fetcher, refresh=refresh, columns=OHLCV)
+
+
+def alpaca_series_key(asset: Asset, quote: Asset | None, timestep: str, request: Any) -> SeriesKey:
+    """The store series an Alpaca bars request reads: adjustment as asked for (stocks), quote for crypto."""
+    adjustment = getattr(request, "adjustment", None)
+    adjustment = str(getattr(adjustment, "value", adjustment) or "raw")
+    quote_symbol = quote.symbol if quote is not None else "USD"
+    return series_key(asset, SOURCE, timestep, quote=quote_symbol, adjustment=adjustment)
+
+
+def legacy_rows(bars: pd.DataFrame, tzinfo: Any) -> pd.DataFrame:
+    """Store bars → the rows Lumibot takes from a ``BarSet``: ``timestamp`` (ns, ``tzinfo``) and OHLCV."""
+    frame = pd.DataFrame({column: bars[column].to_numpy(dtype="float64") for column in OHLCV})
+    frame.insert(0, "timestamp", pd.DatetimeIndex(bars.index).as_unit("ns").tz_convert(tzinfo))
+    return frame
+
+
+class AlpacaFetcher:
+    """The Alpaca side of :meth:`EnhancedDataSourceBacktesting.serve` for one request template."""
+
+    max_workers = 4
+
+    def __init__(self, call: Callable[..., Any], client: Any, request: Any, *, timestep: str, asset_type: str,
+                 what: str) -> None:
+        self.call = call            # Lumibot's _alpaca_request: pacing and 429 back-off, as on the legacy path
+        self.client = client
+        self.request = request
+        self.timestep = timestep
+        self.asset_type = asset_type
+        self.what = what
+        raw = request.symbol_or_symbols
+        self.symbol = raw if isinstance(raw, str) else next(iter(raw))
+
+    # -- plan ------------------------------------------------------------------------------------
+    def plan(self, key: SeriesKey, missing: list[Interval]) -> list[FetchTask]:
+        horizon = self.settled_until()
+        tasks = []
+        for gap in missing:
+            gap = Interval(gap.start, min(gap.end, horizon))
+            if gap.empty:
+                continue
+            if self.asset_type != "crypto" and not _has_session(gap):
+                tasks.append(FetchTask(gap))  # a weekend or a holiday: no bars, no request
+                continue
+            tasks.append(FetchTask(gap, self._request(gap.start, gap.end - _INCLUSIVE)))
+        return tasks
+
+    def settled_until(self) -> pd.Timestamp:
+        """Bars starting before this are final (they ended 15 minutes ago); nothing later is recorded."""
+        return pd.Timestamp.now(tz="UTC") - _DURATION[self.timestep] - SETTLE
+
+    def _request(self, first: pd.Timestamp, last: pd.Timestamp) -> Any:
+        return self.request.model_copy(update={"start": first.to_pydatetime(), "end": last.to_pydatetime()})
+
+    # -- fetch -----------------------------------------------------------------------------------
+    def fetch(self, task: FetchTask) -> pd.DataFrame:
+        request = task.request
+        if isinstance(request, CryptoBarsRequest):
+            method = self.client.get_crypto_bars
+        elif isinstance(request, OptionBarsRequest):
+            method = self.client.get_option_bars
+        else:
+            method = self.client.get_stock_bars
+        try:
+            answer = self.call(method, request, what=self.what)
+        except Exception as exc:
+            raise RuntimeError(f"Failed to fetch data for {self.what}: {exc}") from exc
+        return barset_to_bars(answer, self.symbol,
+                              what=f"{self.symbol} {request.timeframe} bars {request.start}..{request.end}")
+
+    # -- revalidate: adjusted history can be re-written after a split or a dividend ----------------
+    def revalidate(self, key: SeriesKey, writer: SeriesWriter) -> None:
+        """Before adding bars to an adjusted series, check (once a day) that Alpaca did not re-adjust it.
+
+        Alpaca adjusts stock bars as of the day they are asked for. If the last stored bars no
+        longer match what Alpaca answers for them, stored and new bars would not line up: the
+        series is dropped and the wanted range fetched again (Lumibot's shared bar cache does the
+        same with a 3-bar overlap). Files written today cannot be stale, so they need no request.
+        """
+        if key.adjustment not in ("split", "all"):
+            return
+        files = writer.store.files(key)
+        if not files:
+            return
+        today = pd.Timestamp.now(tz="America/New_York").date()
+        if min(f.published for f in files).tz_convert("America/New_York").date() >= today:
+            return
+        meta = ("alpaca", "verified", f"{key.symbol}.{key.timeframe}.{key.adjustment}.json".replace("/", "_"))
+        record = writer.store.layout.read_json(*meta)
+        if isinstance(record, dict) and record.get("checked") == today.isoformat():
+            return
+        last = writer.coverage()[-1]
+        stored = writer.store.read(key, max(last.start, last.end - pd.Timedelta(days=10)), last.end,
+                                   columns=("open", "high", "low", "close")).tail(OVERLAP_BARS)
+        if not stored.empty:
+            fresh = self.fetch(FetchTask(Interval(stored.index[0], stored.index[-1] + _INCLUSIVE),
+                                         self._request(stored.index[0], stored.index[-1])))
+            if not _same_prices(stored, fresh):
+                writer.discard()
+        writer.store.layout.write_json({"series": key.as_dict(), "checked": today.isoformat()}, *meta)
+
+
+def barset_to_bars(answer: Any, symbol: str, *, what: str) -> pd.DataFrame:
+    """Bars (UTC index ``ts``, the store's columns) of ``symbol`` from what alpaca-py returned.
+
+    Accepts a ``BarSet`` (``.data``: symbol → ``Bar`` models) or the raw mapping a client made with
+    ``raw_data=True`` returns. Anything that is not complete OHLCV bars (missing or non-finite
+    prices, non-positive prices, high below low, negative volume, repeated timestamps) is a
+    :class:`ProviderDataError`, the same answers Lumibot's own Alpaca path rejects as ``InvalidBars``.
+    """
+    if isinstance(answer, dict):
+        rows = [_raw_row(bar) for bar in (answer.get(symbol) or [])]
+    elif isinstance(getattr(answer, "data", None), dict):
+        rows = [_model_row(bar) for bar in (answer.data.get(symbol) or [])]
+    else:
+        raise _bad_answer(what, f"a {type(answer).__name__}, not a BarSet")
+    columns = ("ts", *STORED)
+    raw = pd.DataFrame.from_records(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
+    stamps = pd.to_datetime(raw["ts"], utc=True, errors="coerce")
+    values = {c: pd.to_numeric(raw[c], errors="coerce").astype("float64") for c in STORED}
+    frame = pd.DataFrame(
+        {
+            **{c: values[c].to_numpy() for c in (*OHLCV, "vwap")},
+            "trade_count": pd.array(values["trade_count"].round(), dtype="Int64"),
+        },
+        index=pd.DatetimeIndex(stamps, name="ts"),
+    )
+    problem = _ohlcv_problem(frame)
+    if problem:
+        raise _bad_answer(what, problem)
+    return frame.sort_index()
+
+
+def _model_row(bar: Any) -> tuple[Any, ...]:
+    return (getattr(bar, "timestamp", None), *(getattr(bar, c, None) for c in STORED))
+
+
+def _raw_row(bar: Any) -> tuple[Any, ...]:
+    if not isinstance(bar, dict):
+        return (None,) * (1 + len(STORED))
+    return (bar.get("t"), bar.get("o"), bar.get("h"), bar.get("l"), bar.get("c"), bar.get("v"), bar.get("vw"),
+            bar.get("n"))
+
+
+def _ohlcv_problem(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return ""
+    prices = frame[["open", "high", "low", "close"]].to_numpy()
+    volume = frame["volume"].to_numpy()
+    checks = [
+        (np.asarray(frame.index.isna()), "a missing or unreadable timestamp"),
+        (np.asarray(frame.index.duplicated()), "a repeated timestamp"),
+        (~np.isfinite(prices).all(axis=1), "a missing or non-finite price"),
+        ((prices <= 0).any(axis=1), "a price at or below zero"),
+        ((frame["high"] < frame[["open", "close", "low"]].max(axis=1)).to_numpy(), "a high below open/close/low"),
+        ((frame["low"] > frame[["open", "close", "high"]].min(axis=1)).to_numpy(), "a low above open/close/high"),
+        (~np.isfinite(volume) | (volume < 0), "a missing or negative volume"),
+    ]
+    for bad, words in checks:
+        if bad.any():
+            position = int(np.flatnonzero(bad)[0])
+            example = {"t": str(frame.index[position]), **frame.iloc[position][list(OHLCV)].to_dict()}
+            return f"{int(bad.sum())} bar(s) with {words} (e.g. {example})"
+    return ""
+
+
+def _bad_answer(what: str, problem: str) -> ProviderDataError:
+    return ProviderDataError(f"Alpaca answered {what} with {problem}; nothing was stored, so the range is asked "
+                             "for again next time. If it persists, check the symbol, the feed your key may use, "
+                             "and Alpaca's status page.")
+
+
+def _same_prices(stored: pd.DataFrame, fresh: pd.DataFrame) -> bool:
+    common = stored.index.intersection(fresh.index)
+    if common.empty:
+        return len(fresh) == 0
+    columns = ["open", "high", "low", "close"]
+    return bool(np.allclose(stored.loc[common, columns].to_numpy(), fresh.loc[common, columns].to_numpy(),
+                            rtol=1e-6, atol=0.0))
+
+
+def _key_timestep(key: str) -> str | None:
+    """The timestep part of a ``_get_asset_key`` string (``…_NASDAQ_MINUTE_AMERICA-NEW-YORK_…``)."""
+    for part in key.split("_"):
+        if part.lower() in SERVED_TIMESTEPS:
+            return part.lower()
+    return None
+
+
+def _utc(value: Any) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+@functools.lru_cache(maxsize=1)
+def _nyse() -> Any:
+    import pandas_market_calendars as mcal
+
+    return mcal.get_calendar("NYSE")
+
+
+def _has_session(gap: Interval) -> bool:
+    """Whether ``gap`` can hold stock bars: Alpaca has them on NYSE session dates, from the daily bar at
+    00:00 New York to the last extended-hours minute before 20:00."""
+    first = gap.start.tz_convert("America/New_York").date()
+    last = (gap.end - _INCLUSIVE).tz_convert("America/New_York").date()
+    dates = _nyse().schedule(start_date=first, end_date=last).index
+    if dates.empty:
+        return False
+    day_start = pd.DatetimeIndex(dates).tz_localize("America/New_York").tz_convert("UTC")
+    return bool(((day_start < gap.end) & (day_start + _BAR_HOURS > gap.start)).any())
