@@ -1,0 +1,462 @@
+"""``CcxtBacktesting`` on the shared store.
+
+Lumibot's class decides *what* to load (the whole backtest window plus 300 bars, once per symbol
+and timeframe) and asks its cache, ``CcxtCacheDB.download_ohlcv(symbol, timeframe, start, end)``,
+for a frame. That method is where this class takes over: it is wrapped once, at import, by a
+router that passes every call straight through unless the cache belongs to an instance of this
+class with the DuckDB path on.
+
+On the DuckDB path:
+
+* the constructor does not call ``load_markets()`` (a network call in Lumibot's constructor);
+  markets are needed only to fetch, and the market entries used are kept in the store's
+  metadata, so a warm run never asks for them;
+* only the UTC days the store lacks are fetched, page by page at the exchange's own page size
+  (binance 1000), with no sleeps between pages; candles still forming are fetched when asked
+  for but never stored;
+* candles are stored as the exchange sent them, float64: Lumibot's cache keeps them in
+  ``DECIMAL(18,3)`` columns, which round every price and volume to 3 decimals (a coin at
+  0.0000123 becomes 0). That is the one intended difference from Lumibot's path;
+* the frame handed back is the one ``download_ohlcv`` returns: index ``datetime`` (UTC, naive),
+  ``open high low close volume missing``, the bars with ``start <= datetime <= end``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import functools
+import logging
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from lumibot.backtesting.ccxt_backtesting import CcxtBacktesting as _LegacyCcxtBacktesting
+from lumibot.tools import ccxt_data_store
+from lumibot.tools.ccxt_data_store import CcxtCacheDB
+from lumibot.tools.symbol_normalization import (
+    build_ccxt_crypto_symbol,
+    crypto_ccxt_symbol_candidates,
+    resolve_ccxt_market_symbol,
+)
+
+from lumibot_duckdb.errors import ProviderDataError
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
+from lumibot_duckdb.store import Interval, SeriesKey
+from lumibot_duckdb.store.store import SeriesWriter
+
+SOURCE = "ccxt"
+SETTLE = pd.Timedelta(minutes=15)
+STEPS = {"1m": pd.Timedelta(minutes=1), "1h": pd.Timedelta(hours=1), "1d": pd.Timedelta(days=1)}
+TIMEFRAMES = {"1m": "minute", "1h": "hour", "1d": "day"}
+DEFAULT_PAGE = 300
+"""Candles per ``fetch_ohlcv`` call when the exchange does not say (Lumibot's own page size)."""
+PAGES_PER_TASK = 10
+"""Pages fetched one after the other by one fetch task (and stored as one file)."""
+MARKETS_META = ("ccxt", "markets")
+
+_BUILDING: contextvars.ContextVar[CcxtBacktesting | None] = contextvars.ContextVar("lumibot_duckdb_ccxt",
+                                                                                     default=None)
+_ROUTE_LOCK = threading.Lock()
+_MARKETS_LOCK = threading.RLock()
+log = logging.getLogger("lumibot_duckdb")
+
+
+class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
+    """Lumibot's ``CcxtBacktesting`` with the DuckDB store behind its candle cache.
+
+    Same class name and ``SOURCE`` ("CCXT") as Lumibot's. Extra keyword arguments:
+    ``use_duckdb``, ``cache_dir``, ``strict`` (see :class:`EnhancedDataSourceBacktesting`);
+    ``exchange_id`` and ``max_data_download_limit`` as in Lumibot.
+    """
+
+    def __init__(self, datetime_start: Any, datetime_end: Any, **kwargs: Any) -> None:
+        token = _BUILDING.set(self)  # Lumibot's constructor builds the CcxtCacheDB: see _install_routes
+        try:
+            super().__init__(datetime_start, datetime_end, **kwargs)
+        finally:
+            _BUILDING.reset(token)
+
+    def _ccxt_ohlcv(self, cache_db: CcxtCacheDB, legacy: Callable[..., pd.DataFrame], symbol: str,
+                    timeframe: str, start: dt.datetime, end: dt.datetime | None,
+                    limit: int | None = None) -> pd.DataFrame:
+        """Stand-in for ``CcxtCacheDB.download_ohlcv`` (same arguments, same frame)."""
+
+        def from_store() -> pd.DataFrame:
+            return self._from_store(cache_db, symbol, timeframe, start, end)
+
+        def legacy_call() -> pd.DataFrame:
+            ensure_markets(cache_db)
+            return legacy(cache_db, symbol, timeframe, start, end, limit)
+
+        return self.via_store(from_store, legacy_call)
+
+    def _from_store(self, cache_db: CcxtCacheDB, symbol: str, timeframe: str, start: dt.datetime,
+                    end: dt.datetime | None) -> pd.DataFrame:
+        if timeframe not in STEPS:
+            raise ValueError(f"Unsupported CCXT timeframe {timeframe!r}; expected one of {sorted(STEPS)}")
+        exchange_id = cache_db.exchange_id
+        symbol = build_ccxt_crypto_symbol(symbol, exchange_id=exchange_id) or symbol
+        first_day, last_instant = cache_db._normalize_download_window(start, end)
+        if first_day > last_instant:  # the window starts after the exchange's present
+            return _empty_legacy_frame(cache_db)
+        key = ccxt_series_key(symbol, timeframe, exchange_id)
+        wanted = Interval(_utc(first_day), _utc(last_instant) + pd.Timedelta(microseconds=1))
+        provider = CcxtFetcher(cache_db, symbol, timeframe, markets=MarketBook(self.store.layout, exchange_id))
+        bars = self.serve(key, wanted, provider, columns=("open", "high", "low", "close", "volume"))
+        horizon = provider.horizon
+        if wanted.end > horizon:  # candles still forming: fetched every time, never stored
+            tail = provider.fetch(provider.task(Interval(max(horizon, wanted.start), wanted.end)))
+            tail = tail[(tail.index >= horizon) & (tail.index < wanted.end)]
+            bars = pd.concat([bars[bars.index < horizon], tail[list(bars.columns)]])
+        return legacy_frame(bars, cache_db._to_utc_naive(start), cache_db._to_utc_naive(end or last_instant),
+                            cache_db)
+
+
+def ccxt_series_key(symbol: str, timeframe: str, exchange_id: str) -> SeriesKey:
+    """The store's key of ``BASE/QUOTE`` candles of one exchange (``timeframe`` in ccxt's ``1m``/``1h``/``1d``)."""
+    base, _, quote = symbol.partition("/")
+    return SeriesKey(source=SOURCE, symbol=base, timeframe=TIMEFRAMES.get(timeframe, timeframe),
+                     asset_type="crypto", quote=quote, exchange=exchange_id)
+
+
+class MarketBook:
+    """The exchange's market entries this store has used, so that resolving a symbol needs no network.
+
+    ``load_markets()`` downloads every market of an exchange (thousands on binance); only the
+    entries of symbols actually fetched are kept, in the store's metadata folder. A symbol not
+    kept yet loads the markets once, like Lumibot's constructor does on every run.
+    """
+
+    def __init__(self, layout: Any, exchange_id: str) -> None:
+        self.layout = layout
+        self.exchange_id = exchange_id
+        self.parts = (*MARKETS_META, f"{exchange_id}.json")
+
+    def kept(self) -> dict[str, dict[str, Any]]:
+        try:
+            document = self.layout.read_json(*self.parts)
+        except OSError:
+            return {}
+        markets = document.get("markets") if isinstance(document, dict) else None
+        return markets if isinstance(markets, dict) else {}
+
+    def keep(self, symbol: str, entry: dict[str, Any]) -> None:
+        """Add one market entry (a failure costs one more ``load_markets()`` later, nothing else)."""
+        markets = self.kept()
+        markets[symbol] = entry
+        try:
+            self.layout.write_json({"exchange": self.exchange_id, "markets": markets}, *self.parts)
+        except (OSError, TypeError, ValueError) as exc:
+            log.warning("Could not keep the %s market entry of %s: %s", self.exchange_id, symbol, exc)
+
+    def resolve(self, cache_db: CcxtCacheDB, symbol: str) -> str:
+        """The exchange's unified symbol for ``symbol``; the exchange object can then fetch it.
+
+        Raises ``ValueError`` (Lumibot's error) when the exchange has no such market.
+        """
+        with _MARKETS_LOCK:  # Lumibot fetches several symbols at once (get_bars' thread pool)
+            return self._resolve(cache_db, symbol)
+
+    def _resolve(self, cache_db: CcxtCacheDB, symbol: str) -> str:
+        api = cache_db.api
+        kept = self.kept()
+        resolved = resolve_ccxt_market_symbol(kept, symbol, exchange_id=self.exchange_id)
+        if getattr(cache_db, "_lumibot_duckdb_markets_loaded", False):
+            resolved = None  # every market is at hand: resolve against all of them
+        elif resolved is not None:
+            markets = dict(getattr(api, "markets", None) or {})
+            if resolved not in markets:
+                markets.update(kept)
+                try:
+                    api.set_markets(markets)
+                except Exception:  # noqa: BLE001 - an entry ccxt cannot use: load the real ones
+                    resolved = None
+            if resolved is not None:
+                return resolved
+        ensure_markets(cache_db)
+        resolved = _resolve_or_raise(api.markets, symbol, self.exchange_id)
+        entry = api.markets.get(resolved)
+        if isinstance(entry, dict) and resolved not in kept:
+            self.keep(resolved, entry)
+        return resolved
+
+
+def ensure_markets(cache_db: CcxtCacheDB) -> None:
+    """``load_markets()`` as Lumibot's constructor does it (3 tries), once per cache."""
+    if getattr(cache_db, "_lumibot_duckdb_markets_loaded", True):
+        return
+    last_error: Exception | None = None
+    for attempt in range(3):
+        try:
+            cache_db.api.load_markets(reload=True)
+            last_error = None
+            break
+        except Exception as exc:  # noqa: BLE001 - re-raised after the last try, as Lumibot does
+            last_error = exc
+            if attempt < 2:
+                ccxt_data_store.time.sleep(1 + attempt)
+    if last_error is not None:
+        raise last_error
+    cache_db._lumibot_duckdb_markets_loaded = True
+
+
+def _resolve_or_raise(markets: Any, symbol: str, exchange_id: str) -> str:
+    resolved = resolve_ccxt_market_symbol(markets, symbol, exchange_id=exchange_id)
+    if resolved is None:
+        tried = crypto_ccxt_symbol_candidates(symbol, exchange_id=exchange_id)
+        raise ValueError(
+            f"CCXT market not found for {symbol!r} on {exchange_id}. "
+            f"Tried {tried}. Use BASE/QUOTE (e.g. BTC/USD) rather than BTC-USD or BTC-USD/USD."
+        )
+    return resolved
+
+
+class CcxtFetcher:
+    """The CCXT side of :meth:`EnhancedDataSourceBacktesting.serve` for one symbol and timeframe."""
+
+    max_workers = 4
+
+    def __init__(self, cache_db: CcxtCacheDB, symbol: str, timeframe: str, *, markets: MarketBook) -> None:
+        self.cache_db = cache_db
+        self.symbol = symbol
+        self.timeframe = timeframe
+        self.step = STEPS[timeframe]
+        self.markets = markets
+        self.page = page_limit(cache_db.api)
+        self.horizon = self.settled_until()
+        """Fixed for this fetcher's life, so the stored part and the forming tail meet exactly."""
+        self._market_symbol: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def market_symbol(self) -> str:
+        with self._lock:
+            if self._market_symbol is None:
+                self._market_symbol = self.markets.resolve(self.cache_db, self.symbol)
+            return self._market_symbol
+
+    # -- plan: the missing settled ranges, in tasks of PAGES_PER_TASK pages --------------------------
+    def plan(self, key: SeriesKey, missing: list[Interval]) -> list[FetchTask]:
+        horizon = self.horizon
+        span = self.step * self.page * PAGES_PER_TASK
+        tasks = []
+        for gap in missing:
+            gap = Interval(gap.start, min(gap.end, horizon))
+            cursor = gap.start
+            while cursor < gap.end:
+                stop = min(gap.end, cursor + span)
+                tasks.append(self.task(Interval(cursor, stop)))
+                cursor = stop
+        if tasks:
+            _ = self.market_symbol  # resolve once, before the pages are fetched in parallel
+        return tasks
+
+    def task(self, covers: Interval) -> FetchTask:
+        first = _ceil(covers.start, self.step)
+        return FetchTask(covers, (first, covers.end))
+
+    def settled_until(self) -> pd.Timestamp:
+        """Candles that start before this are final: closed for at least 15 minutes.
+
+        Nothing later is recorded as covered, so a backtest reaching today asks the exchange
+        again for what was still forming (Lumibot's shared bar cache uses the same 15 minutes).
+        """
+        return _floor(pd.Timestamp.now(tz="UTC") - SETTLE, self.step)
+
+    # -- fetch: fetch_ohlcv page after page, no sleeps -------------------------------------------
+    def fetch(self, task: FetchTask) -> pd.DataFrame:
+        first, stop = task.request
+        api = self.cache_db.api
+        step_ms = int(self.step / pd.Timedelta(milliseconds=1))
+        since, end_ms = _ms(first), _ms(stop)
+        pages: list[pd.DataFrame] = []
+        while since < end_ms:
+            count = min(self.page, math.ceil((end_ms - since) / step_ms))
+            rows = api.fetch_ohlcv(self.market_symbol, self.timeframe, since=since, limit=count, params={})
+            what = (f"{self.market_symbol} {self.timeframe} candles from "
+                    f"{pd.Timestamp(since, unit='ms', tz='UTC')} (limit {count})")
+            bars = ohlcv_to_bars(rows, what=what)
+            if bars.empty:
+                since += count * step_ms
+                continue
+            pages.append(bars)
+            since = max(_ms(bars.index[-1]) + step_ms, since + step_ms)
+        if not pages:
+            return ohlcv_to_bars([], what="")
+        frame = pd.concat(pages) if len(pages) > 1 else pages[0]
+        return frame[~frame.index.duplicated(keep="last")].sort_index()
+
+    def revalidate(self, key: SeriesKey, writer: SeriesWriter) -> None:
+        """Exchange candles are never re-adjusted: stored ones stay valid."""
+
+
+def page_limit(api: Any) -> int:
+    """The most candles one ``fetch_ohlcv`` call of this exchange returns (ccxt's ``features``)."""
+    features = getattr(api, "features", None) or {}
+    for market_type in ("spot", "swap", "future"):
+        section = features.get(market_type) if isinstance(features, dict) else None
+        if isinstance(section, dict):
+            section = section.get("linear", section) if "fetchOHLCV" not in section else section
+            ohlcv = section.get("fetchOHLCV") if isinstance(section, dict) else None
+            limit = ohlcv.get("limit") if isinstance(ohlcv, dict) else None
+            if isinstance(limit, int) and limit > 0:
+                return limit
+    return DEFAULT_PAGE
+
+
+def ohlcv_to_bars(rows: Any, *, what: str) -> pd.DataFrame:
+    """Bars (UTC index ``ts``, float64 as sent) from what ``fetch_ohlcv`` returned.
+
+    A list of ``[timestamp_ms, open, high, low, close, volume]`` rows is expected; a missing
+    volume counts as 0 (as Lumibot's cache does). Anything else is a :class:`ProviderDataError`:
+    nothing of it is stored.
+    """
+    if not isinstance(rows, (list, tuple)):
+        raise _bad_answer(what, f"a {type(rows).__name__}, not a list of candles")
+    stamps = np.empty(len(rows), dtype="int64")
+    values = np.empty((len(rows), 5), dtype="float64")
+    for i, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)) or len(row) < 6:
+            raise _bad_answer(what, f"candle #{i} {row!r}: not [timestamp, open, high, low, close, volume]")
+        stamp, *numbers = row[:6]
+        if isinstance(stamp, bool) or (not isinstance(stamp, (int, np.integer)) and not (
+                isinstance(stamp, float) and stamp.is_integer())):
+            raise _bad_answer(what, f"candle #{i} {row!r}: the timestamp is not whole milliseconds")
+        if numbers[4] is None:
+            numbers[4] = 0.0
+        if not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in numbers):
+            raise _bad_answer(what, f"candle #{i} {row!r}: a price or volume is not a number")
+        stamps[i] = int(stamp)
+        values[i] = numbers
+    if not np.isfinite(values[:, :4]).all():
+        bad = int((~np.isfinite(values[:, :4])).any(axis=1).sum())
+        raise _bad_answer(what, f"{bad} candle(s) without a finite open/high/low/close")
+    index = pd.DatetimeIndex(pd.to_datetime(stamps, unit="ms", utc=True), name="ts")
+    frame = pd.DataFrame(values, columns=["open", "high", "low", "close", "volume"], index=index)
+    if not (index.is_monotonic_increasing and index.is_unique):
+        frame = frame.sort_index(kind="stable")
+        frame = frame[~frame.index.duplicated(keep="last")]
+    return frame
+
+
+def _bad_answer(what: str, problem: str) -> ProviderDataError:
+    return ProviderDataError(f"The exchange answered {what} with {problem}; nothing was stored, so the range is "
+                             "asked for again next time. If it persists, check the symbol, the timeframe and the "
+                             "exchange's status.")
+
+
+def legacy_frame(bars: pd.DataFrame, start: dt.datetime, end: dt.datetime, cache_db: CcxtCacheDB) -> pd.DataFrame:
+    """Store bars → the frame ``CcxtCacheDB.download_ohlcv`` returns for ``start``..``end`` (naive UTC, inclusive).
+
+    Index ``datetime`` (naive UTC, DuckDB's timestamp unit), columns ``open high low close
+    volume`` (float64) and ``missing`` (int64, always 0).
+    """
+    index = bars.index.tz_convert("UTC").tz_localize(None)
+    inside = (index >= pd.Timestamp(start)) & (index <= pd.Timestamp(end))
+    if not inside.any():
+        return _empty_legacy_frame(cache_db)
+    chosen = bars[inside]
+    frame = pd.DataFrame(
+        {name: chosen[name].to_numpy(dtype="float64") for name in ("open", "high", "low", "close")}
+        | {"volume": np.nan_to_num(chosen["volume"].to_numpy(dtype="float64"), nan=0.0),
+           "missing": np.zeros(len(chosen), dtype="int64")},
+        index=pd.DatetimeIndex(index[inside]).as_unit(_duckdb_timestamp_unit()).rename("datetime"),
+    )
+    return frame
+
+
+def _empty_legacy_frame(cache_db: CcxtCacheDB) -> pd.DataFrame:
+    return cache_db._empty_ohlcv_frame().set_index("datetime")
+
+
+@functools.lru_cache(maxsize=1)
+def _duckdb_timestamp_unit() -> str:
+    """The unit of a TIMESTAMP column in DuckDB's ``fetch_df`` (Lumibot's cache reads through it): us or ns."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        frame = con.execute("SELECT TIMESTAMP '2024-01-01 00:00:00' AS t").fetch_df()
+    finally:
+        con.close()
+    return str(np.datetime_data(frame["t"].dtype)[0])
+
+
+def _utc(value: dt.datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _floor(stamp: pd.Timestamp, step: pd.Timedelta) -> pd.Timestamp:
+    epoch = pd.Timestamp(0, tz="UTC")
+    return epoch + ((stamp - epoch) // step) * step
+
+
+def _ceil(stamp: pd.Timestamp, step: pd.Timedelta) -> pd.Timestamp:
+    floor = _floor(stamp, step)
+    return floor if floor == stamp else floor + step
+
+
+def _ms(stamp: pd.Timestamp) -> int:
+    return int(stamp.value // 1_000_000)
+
+
+# -- the routes ------------------------------------------------------------------------------------
+def _init_without_markets(cache_db: CcxtCacheDB, exchange_id: str, max_download_limit: int | None,
+                          source: CcxtBacktesting) -> None:
+    """``CcxtCacheDB.__init__`` without its ``load_markets()``: markets are loaded when first needed."""
+    import ccxt
+    from lumibot.tools.ccxt_partner_ids import apply_partner_config
+    from lumibot.tools.lumibot_logger import get_logger
+
+    cache_db.logger = get_logger(CcxtCacheDB.__name__)
+    exchange_class = getattr(ccxt, exchange_id, None)
+    if not isinstance(exchange_class, type):
+        raise Exception(  # Lumibot's error, word for word
+            f"Could not find exchange named '{exchange_id}'. Are you sure you are spelling the exchange_id correctly?")
+    cache_db.exchange_id = exchange_id
+    cache_db.api = exchange_class()
+    apply_partner_config(cache_db.api)
+    cache_db.api.enableRateLimit = True  # the exchange's own pace when the store has to fetch
+    cache_db.max_download_limit = 50000 if max_download_limit is None else max_download_limit
+    cache_db._lumibot_duckdb_markets_loaded = False
+    cache_db._lumibot_duckdb_source = source
+
+
+def _install_routes() -> None:
+    """Wrap ``CcxtCacheDB.__init__`` and ``download_ohlcv`` once with pass-through routers."""
+    with _ROUTE_LOCK:
+        current_download = CcxtCacheDB.download_ohlcv
+        if getattr(current_download, "_lumibot_duckdb_router", False):
+            return
+        current_init = CcxtCacheDB.__init__
+
+        @functools.wraps(current_init)
+        def __init__(self: CcxtCacheDB, exchange_id: str, max_download_limit: int | None = None) -> None:
+            source = _BUILDING.get()
+            if source is None or not source.use_duckdb:
+                current_init(self, exchange_id, max_download_limit)
+            else:
+                _init_without_markets(self, exchange_id, max_download_limit, source)
+
+        @functools.wraps(current_download)
+        def download_ohlcv(self: CcxtCacheDB, symbol: str, timeframe: str, start: dt.datetime,
+                           end: dt.datetime, limit: int | None = None) -> pd.DataFrame:
+            source = getattr(self, "_lumibot_duckdb_source", None)
+            if source is None:
+                return current_download(self, symbol, timeframe, start, end, limit)
+            if not source.use_duckdb:  # fell back to the legacy path
+                ensure_markets(self)
+                return current_download(self, symbol, timeframe, start, end, limit)
+            return source._ccxt_ohlcv(self, current_download, symbol, timeframe, start, end, limit)
+
+        download_ohlcv._lumibot_duckdb_router = True  # type: ignore[attr-defined]
+        CcxtCacheDB.__init__ = __init__
+        CcxtCacheDB.download_ohlcv = download_ohlcv
+
+
+_install_routes()
