@@ -3,6 +3,9 @@
 >>> from lumibot_duckdb import PolygonDataBacktesting              # doctest: +SKIP
 >>> MyStrategy.backtest(PolygonDataBacktesting, start, end, use_duckdb=True)  # doctest: +SKIP
 
+``YahooDataBacktesting``, ``AlpacaBacktesting`` and ``CcxtBacktesting`` work the same way, on the
+same store.
+
 Importing this package is cheap; the data-source classes import Lumibot on first access.
 """
 
@@ -26,7 +29,9 @@ from lumibot_duckdb.store import DataStorageInterface, DuckDBDataStorage, Interv
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlpacaBacktesting",
     "BarsValidationError",
+    "CcxtBacktesting",
     "ConfigError",
     "CorruptFileError",
     "DataStorageInterface",
@@ -40,6 +45,7 @@ __all__ = [
     "Settings",
     "StoreError",
     "StoreLockTimeout",
+    "YahooDataBacktesting",
     "__version__",
     "install",
     "uninstall",
@@ -47,6 +53,9 @@ __all__ = [
 
 _LAZY = {
     "PolygonDataBacktesting": "lumibot_duckdb.sources.polygon",
+    "YahooDataBacktesting": "lumibot_duckdb.sources.yahoo",
+    "AlpacaBacktesting": "lumibot_duckdb.sources.alpaca",
+    "CcxtBacktesting": "lumibot_duckdb.sources.ccxt",
     "EnhancedDataSourceBacktesting": "lumibot_duckdb.sources.base",
 }
 

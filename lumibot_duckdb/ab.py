@@ -455,7 +455,7 @@ def render(results: Sequence[RunResult], *, title: str = "A/B: Lumibot legacy vs
             verdict = f"identical ({parity.fills} fills, final value {parity.duckdb_value:,.2f})"
         elif parity.declared:
             verdict = (f"declared difference: legacy {parity.legacy_value:,.2f}, DuckDB {parity.duckdb_value:,.2f} "
-                       f"= legacy on an empty cache {parity.reference_value:,.2f}. {parity.detail}")
+                       f"= legacy with its declared defects fixed {parity.reference_value:,.2f}. {parity.detail}")
         else:
             verdict = f"DIFFERENT: {parity.detail}"
         console.print(f"parity {parity.scenario} / {parity.phase}: {verdict}")

@@ -1,10 +1,11 @@
 """One call to make Lumibot build the DuckDB-backed classes wherever it builds its own.
 
-After :func:`install`, ``BACKTESTING_DATA_SOURCE=polygon`` builds
-:class:`lumibot_duckdb.PolygonDataBacktesting`, and so does
-``from lumibot.backtesting import PolygonDataBacktesting``. Lumibot picks the class by name from
-``lumibot.strategies._strategy`` (and compares ``type(data_source)`` with that same name for its
-benchmark), so both names are pointed at our class. :func:`uninstall` puts Lumibot's back.
+After :func:`install`, ``BACKTESTING_DATA_SOURCE=polygon`` (``yahoo``, ``alpaca``, ``ccxt``) builds
+:class:`lumibot_duckdb.PolygonDataBacktesting` (``YahooDataBacktesting``, ``AlpacaBacktesting``,
+``CcxtBacktesting``), and so does ``from lumibot.backtesting import PolygonDataBacktesting``.
+Lumibot picks the class by name from ``lumibot.strategies._strategy`` (and compares
+``type(data_source)`` with that same name for its benchmark), so both names are pointed at our class.
+:func:`uninstall` puts Lumibot's back.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import Any
 
 _SOURCES = {
     "polygon": ("PolygonDataBacktesting", "lumibot_duckdb.sources.polygon"),
+    "yahoo": ("YahooDataBacktesting", "lumibot_duckdb.sources.yahoo"),
+    "alpaca": ("AlpacaBacktesting", "lumibot_duckdb.sources.alpaca"),
+    "ccxt": ("CcxtBacktesting", "lumibot_duckdb.sources.ccxt"),
 }
 _saved: dict[tuple[str, str], Any] = {}
 _lock = threading.Lock()

@@ -25,14 +25,26 @@ def test_install_points_lumibot_names_at_our_class(installed) -> None:
     import lumibot.backtesting
     import lumibot.strategies._strategy as strategy_module
 
-    assert installed == ["PolygonDataBacktesting"]
-    assert lumibot.backtesting.PolygonDataBacktesting is lumibot_duckdb.PolygonDataBacktesting
-    assert strategy_module._get_backtesting_class("PolygonDataBacktesting") is lumibot_duckdb.PolygonDataBacktesting
+    assert installed == ["PolygonDataBacktesting", "YahooDataBacktesting", "AlpacaBacktesting", "CcxtBacktesting"]
+    for name in installed:
+        assert getattr(lumibot.backtesting, name) is getattr(lumibot_duckdb, name)
+        assert strategy_module._get_backtesting_class(name) is getattr(lumibot_duckdb, name)
     lumibot_duckdb.install()  # twice is harmless
     lumibot_duckdb.uninstall()
-    assert lumibot.backtesting.PolygonDataBacktesting is not lumibot_duckdb.PolygonDataBacktesting
-    assert strategy_module._get_backtesting_class("PolygonDataBacktesting").__module__ == \
-        "lumibot.backtesting.polygon_backtesting"
+    for name in installed:
+        assert getattr(lumibot.backtesting, name) is not getattr(lumibot_duckdb, name)
+        assert strategy_module._get_backtesting_class(name).__module__.startswith("lumibot.backtesting.")
+
+
+def test_install_one_source_leaves_the_others_alone() -> None:
+    import lumibot.backtesting
+
+    try:
+        assert lumibot_duckdb.install("yahoo") == ["YahooDataBacktesting"]
+        assert lumibot.backtesting.YahooDataBacktesting is lumibot_duckdb.YahooDataBacktesting
+        assert lumibot.backtesting.PolygonDataBacktesting is not lumibot_duckdb.PolygonDataBacktesting
+    finally:
+        lumibot_duckdb.uninstall()
 
 
 def test_unknown_source_is_refused() -> None:

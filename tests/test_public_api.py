@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import lumibot_duckdb
 
 
@@ -30,9 +32,12 @@ def test_import_is_light() -> None:
     assert out[0] == "False", "importing lumibot_duckdb must not import Lumibot"
 
 
-def test_data_source_class_keeps_lumibots_name_and_source() -> None:
-    from lumibot.backtesting import PolygonDataBacktesting as Legacy
+@pytest.mark.parametrize("name", ["PolygonDataBacktesting", "YahooDataBacktesting", "AlpacaBacktesting",
+                                  "CcxtBacktesting"])
+def test_data_source_class_keeps_lumibots_name_and_source(name: str) -> None:
+    import lumibot.backtesting
 
-    ours = lumibot_duckdb.PolygonDataBacktesting
-    assert ours.__name__ == Legacy.__name__ and ours.SOURCE == Legacy.SOURCE and issubclass(ours, Legacy)
+    legacy = getattr(lumibot.backtesting, name)
+    ours = getattr(lumibot_duckdb, name)
+    assert ours.__name__ == legacy.__name__ and ours.SOURCE == legacy.SOURCE and issubclass(ours, legacy)
     assert issubclass(ours, lumibot_duckdb.EnhancedDataSourceBacktesting)
