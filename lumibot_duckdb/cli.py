@@ -23,6 +23,13 @@ def main() -> None:
     """One DuckDB + Parquet bar store behind Lumibot's backtesting data sources."""
 
 
+# -- ingest and export (lumibot_duckdb.ingest, lumibot_duckdb.export) ------------------------------
+
+
+# -- status, query, maintenance (lumibot_duckdb.query, lumibot_duckdb.maintenance) --------------------
+
+
+# -- demo -------------------------------------------------------------------------------------------
 @main.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the caches of the runs here (default: a temporary folder, removed afterwards).")

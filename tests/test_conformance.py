@@ -231,3 +231,43 @@ def _mentions_provider_error(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+# -- store failures --------------------------------------------------------------------------------
+def _block_store(workdir: Path) -> None:
+    """Make the store folder of ``run(..., "duckdb", ...)`` impossible to create (a file is in the way)."""
+    (workdir / "duckdb").mkdir(parents=True, exist_ok=True)
+    (workdir / "duckdb" / "duckdb").write_text("not a folder")
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_store_failure_falls_back_to_legacy_with_one_warning(name: str, tmp_path: Path) -> None:
+    from lumibot_duckdb.sources.base import DuckDBFallbackWarning
+
+    source = kit(name)
+    scenario = buy_and_hold(source, "2024-01-02", "2024-01-20")
+    _block_store(tmp_path)
+    with pytest.warns(DuckDBFallbackWarning, match="legacy data path") as caught:
+        ours = run(scenario, "duckdb", "cold", tmp_path)
+    assert len([w for w in caught if issubclass(w.category, DuckDBFallbackWarning)]) == 1
+    legacy = run(scenario, "legacy", "cold", tmp_path)
+    assert (ours.fills, ours.final_value) == (legacy.fills, legacy.final_value)
+    assert len(ours.fills) == 1
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_strict_mode_raises_the_store_failure(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lumibot_duckdb.errors import StoreError
+
+    source = kit(name)
+    _block_store(tmp_path)
+    monkeypatch.setenv("LUMIBOT_DUCKDB_STRICT", "1")
+    with pytest.raises(Exception) as raised:
+        run(buy_and_hold(source, "2024-01-02", "2024-01-20"), "duckdb", "cold", tmp_path)
+    chain: list[BaseException] = []
+    seen: BaseException | None = raised.value
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    assert any(isinstance(e, StoreError) or "LUMIBOT_DUCKDB_CACHE_DIR" in str(e) for e in chain), (
+        f"strict mode should surface the store failure, got {raised.value!r}")
