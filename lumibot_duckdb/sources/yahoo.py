@@ -341,7 +341,12 @@ def restamp(frame: pd.DataFrame, info: dict[str, Any] | None) -> pd.DataFrame:
         frame.index = frame.index.tz_localize(tz_name)
     else:
         frame.index = frame.index.tz_convert(tz_name)
-    frame.index = frame.index.map(lambda t: t.replace(hour=hour, minute=minute))
+    # Lumibot maps ``t.replace(hour=hour, minute=minute)`` over the index, one Timestamp at a time;
+    # the same wall-clock arithmetic, vectorised (seconds and below are kept, as replace keeps them).
+    index = pd.DatetimeIndex(frame.index)
+    wall = index.tz_localize(None)
+    wall = wall - pd.to_timedelta(wall.hour * 60 + wall.minute, unit="min") + pd.Timedelta(hours=hour, minutes=minute)
+    frame.index = pd.DatetimeIndex(wall.tz_localize(tz_name), name=index.name)
     return frame
 
 
