@@ -295,6 +295,8 @@ def _disk(source: Any, variant: str, workdir: Path) -> tuple[int, int]:
     if variant == "duckdb":
         from lumibot_duckdb.store import DuckDBDataStorage
 
+        if not (workdir / "duckdb").is_dir():  # never created (or not creatable: the run fell back to legacy)
+            return 0, 0
         with DuckDBDataStorage(workdir / "duckdb") as store:
             report = store.status()
         return sum(s.bytes for s in report), sum(s.rows for s in report)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from lumibot.backtesting.alpaca_backtesting import AlpacaBacktesting as LegacyAlpaca
 from lumibot.entities import Asset
 
-from lumibot_duckdb import ProviderDataError, StoreError
+from lumibot_duckdb import ProviderDataError
 from lumibot_duckdb.ab import REFERENCE, RunResult, Scenario, compare, run_here
 from lumibot_duckdb.sample.alpaca import AlpacaKit, FakeAlpaca, csv_precision_report, serve_alpaca
 from lumibot_duckdb.sources.alpaca import AlpacaBacktesting, alpaca_series_key
@@ -299,14 +298,6 @@ def test_store_failure_falls_back_to_legacy_with_one_warning(alpaca, lumibot_cac
     pd.testing.assert_frame_equal(ours_aaa, legacy, check_exact=False, rtol=1e-15)
 
 
-def test_strict_mode_raises_instead(alpaca, tmp_path) -> None:
-    blocked = tmp_path / "a-file"
-    blocked.write_text("not a folder")
-    source = make_source("duckdb", blocked / "store", strict=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DuckDBFallbackWarning)
-        with pytest.raises(StoreError, match="LUMIBOT_DUCKDB_CACHE_DIR"):
-            window(source)
 
 
 def test_use_duckdb_false_is_lumibot_untouched(alpaca, lumibot_cache, store_dir) -> None:

@@ -20,7 +20,7 @@ from lumibot.backtesting import CcxtBacktesting as LegacyCcxt
 from lumibot.entities import Asset
 from lumibot.tools import ccxt_data_store
 
-from lumibot_duckdb import ProviderDataError, StoreError
+from lumibot_duckdb import ProviderDataError
 from lumibot_duckdb.ab import REFERENCE, Scenario, compare, run_here
 from lumibot_duckdb.sample.ccxt import CcxtKit, fix_decimal_cache, fix_duplicate_candles, serve_ccxt
 from lumibot_duckdb.sources.base import DuckDBFallbackWarning
@@ -272,12 +272,6 @@ def test_store_failure_falls_back_to_legacy_with_one_warning(exchange, tmp_path)
                                                  utc(2024, 1, 1), utc(2024, 1, 20)))
 
 
-def test_strict_mode_raises_instead(exchange, tmp_path) -> None:
-    blocked = tmp_path / "a-file"
-    blocked.write_text("not a folder")
-    source = make_source("duckdb", blocked / "store", strict=True)
-    with pytest.raises(StoreError, match="LUMIBOT_DUCKDB_CACHE_DIR"):
-        download(source, "BTC/USDT", "1d", utc(2024, 1, 1), utc(2024, 1, 20))
 
 
 def test_use_duckdb_false_is_lumibot_untouched(exchange, legacy_cache, store_dir) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from lumibot.entities import Asset
 from lumibot.tools.yahoo_helper import YahooHelper
 from yfinance.exceptions import YFRateLimitError
 
-from lumibot_duckdb import ProviderDataError, StoreError
+from lumibot_duckdb import ProviderDataError
 from lumibot_duckdb.ab import Scenario, compare, run_here
 from lumibot_duckdb.sample.yahoo import YahooKit, serve_yahoo
 from lumibot_duckdb.sources import yahoo as yahoo_source
@@ -294,14 +293,6 @@ def test_store_failure_falls_back_to_legacy_with_one_warning(yahoo, tmp_path) ->
     pd.testing.assert_frame_equal(ours.df, legacy.df)
 
 
-def test_strict_mode_raises_instead(yahoo, tmp_path) -> None:
-    blocked = tmp_path / "a-file"
-    blocked.write_text("not a folder")
-    source = make_source("duckdb", blocked / "store", strict=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DuckDBFallbackWarning)
-        with pytest.raises(StoreError, match="LUMIBOT_DUCKDB_CACHE_DIR"):
-            fetch(source, "AAA")
 
 
 def test_use_duckdb_false_is_lumibot_untouched(yahoo, yahoo_cache, store_dir) -> None:

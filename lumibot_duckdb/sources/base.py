@@ -120,6 +120,7 @@ class EnhancedDataSourceBacktesting:
         self.duckdb_settings = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict)
         self.duckdb_stats = DataLayerStats()
         self._duckdb_failure: BaseException | None = None
+        self.duckdb_strict_error: BaseException | None = None
         self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.cache_dir))
         super().__init__(*args, **kwargs)
 
@@ -143,6 +144,7 @@ class EnhancedDataSourceBacktesting:
             return store_call()
         except (StoreError, duckdb.Error) as exc:
             if self.duckdb_settings.strict:
+                self.duckdb_strict_error = exc  # for callers above a Lumibot layer that swallows errors
                 raise
             self._fall_back(exc)
             return legacy_call()

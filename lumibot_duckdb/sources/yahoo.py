@@ -88,9 +88,15 @@ class YahooDataBacktesting(EnhancedDataSourceBacktesting, _LegacyYahooDataBackte
             return super()._get_source_symbol_data(asset, timestep)
         token = _ROUTE.set((self, asset if isinstance(asset, Asset) else Asset(symbol=str(asset))))
         try:
-            return super()._get_source_symbol_data(asset, timestep)
+            data = super()._get_source_symbol_data(asset, timestep)
         finally:
             _ROUTE.reset(token)
+        # Lumibot turns any error of the Yahoo helper into "no data" (a logged warning); in strict
+        # mode a store failure must stop the backtest instead.
+        error, self.duckdb_strict_error = self.duckdb_strict_error, None
+        if error is not None:
+            raise error
+        return data
 
     def _yahoo_symbol_data(self, legacy: Any, asset: Asset, symbol: str, interval: str = "1d", caching: bool = True,
                            auto_adjust: bool = False, last_needed_datetime: Any = None) -> pd.DataFrame | None:
