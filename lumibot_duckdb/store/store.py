@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 COMPACT_AFTER_FILES = 8
 """A partition with more published files than this is rewritten as one file per covered run."""
 
-_READ_ATTEMPTS = 3
+_READ_ATTEMPTS = 25
 _TOKEN_OF_FILENAME = r"regexp_extract(filename, '_([0-9a-f]+)\.parquet$', 1)"
 _BAR_STEP = {"minute": pd.Timedelta(minutes=1), "hour": pd.Timedelta(hours=1), "day": pd.Timedelta(days=1)}
 
@@ -202,8 +203,11 @@ class DuckDBDataStorage(DataStorageInterface):
             try:
                 return self._query_files(files, wanted, names)
             except duckdb.IOException as exc:
-                if attempt + 1 < _READ_ATTEMPTS and not all(f.path.exists() for f in files):
-                    continue  # a compaction replaced files between listing and reading: list again
+                if not all(f.path.exists() for f in files):
+                    # Another process compacted the series between listing and reading: its new files
+                    # are already published, so listing again finds them. Under heavy churn, back off.
+                    time.sleep(min(0.05, 0.002 * attempt))
+                    continue
                 self._raise_for_damage(files, exc)
             except duckdb.Error as exc:
                 self._raise_for_damage(files, exc)
