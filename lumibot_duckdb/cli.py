@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lumibot_duckdb.errors import LumibotDuckDBError
+
+if TYPE_CHECKING:
+    from lumibot_duckdb.store import DuckDBDataStorage
+
+STORE_OPTION = click.option(
+    "--store", "store_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Store folder (default: LUMIBOT_DUCKDB_CACHE_DIR, else <Lumibot cache>/duckdb).")
 
 
 class _Group(click.Group):
@@ -26,7 +34,415 @@ def main() -> None:
 # -- ingest and export (lumibot_duckdb.ingest, lumibot_duckdb.export) ------------------------------
 
 
+@main.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--source", default="ingest", show_default=True, help="Source name of the series written.")
+@click.option("--symbol", default=None, help="Symbol (default: a symbol column, else the file name: SPY_1d.csv).")
+@click.option("--timeframe", default=None, help="minute, hour or day (default: file name, else bar spacing).")
+@click.option("--asset-type", default="stock", show_default=True, help="stock, crypto, future, index, forex…")
+@click.option("--quote", default="USD", show_default=True, help="Quote currency of the series.")
+@click.option("--tz", "timezone", default=None,
+              help="Time zone of naive timestamps (default: America/New_York; UTC for crypto).")
+@click.option("--layout", type=click.Choice(["auto", "yahoo", "polygon", "alpaca", "generic"]), default="auto",
+              show_default=True, help="Column layout; auto reads it from the header.")
+@click.option("--repair", is_flag=True, help="Drop invalid rows, sort and de-duplicate instead of rejecting the file.")
+@STORE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def ingest_command(paths: tuple[Path, ...], source: str, symbol: str | None, timeframe: str | None,
+                   asset_type: str, quote: str, timezone: str | None, layout: str, repair: bool,
+                   store_dir: Path | None, as_json: bool, progress: bool | None) -> None:
+    """Load CSV, zstd-compressed CSV (.csv.zst) or Parquet bar files (or folders of them) into the store.
+
+    Yahoo, Polygon, Alpaca and generic timestamp,open,high,low,close,volume layouts are read from
+    the header. Invalid rows (unparseable, missing or negative values, high/low not bracketing
+    open/close, future bars, duplicates, unsorted rows) reject the file unless --repair is given.
+    Ingesting a file again adds nothing; where a file overlaps stored bars, the stored bars win.
+
+    Example: lumibot-duckdb ingest data/SPY_1d_2019.csv data/TLT_1d_2019.csv --store ./bars
+
+    Then backtest offline, without an API key (Python):
+
+    \b
+        from lumibot.backtesting import PandasDataBacktesting
+        from lumibot_duckdb.offline_data import pandas_data
+        MyStrategy.backtest(PandasDataBacktesting, datetime(2019, 2, 1), datetime(2019, 12, 31),
+                            pandas_data=pandas_data("./bars", ["SPY", "TLT"], timeframe="day"))
+    """
+    import json
+
+    from lumibot_duckdb.ingest import ingest
+
+    report = ingest(store_dir, list(paths), source=source, symbol=symbol, timeframe=timeframe,
+                    asset_type=asset_type, quote=quote, timezone=timezone, layout=layout,
+                    on_invalid="repair" if repair else "reject", progress=progress)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Ingest into {report.store}")
+    for name in ("file", "layout", "series", "read", "added", "present", "conflicts", "repairs", "status"):
+        table.add_column(name, justify="right" if name in ("read", "added", "present", "conflicts") else "left")
+    for item in report.files:
+        table.add_row(Path(item.path).name, item.layout, "\n".join(item.series), f"{item.rows_read:,}",
+                      f"{item.rows_added:,}", f"{item.rows_present:,}", f"{item.conflicts:,}",
+                      "\n".join(f"{k} ({v:,})" for k, v in item.repairs.items()) or "-", item.status)
+    console = Console(width=160)
+    console.print(table)
+    console.print(f"{len(report.files)} file(s), {report.rows_read:,} rows read, {report.rows_added:,} added, "
+                  f"{report.rows_present:,} already stored, {report.conflicts:,} conflicting (stored kept), "
+                  f"{report.seconds:.2f} s")
+
+
+@main.command("export")
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--symbol", default=None, help="Export this series (with --source, --timeframe…).")
+@click.option("--query", default=None, help="Export the result of one SELECT over market_data, symbols…")
+@click.option("--source", default="ingest", show_default=True)
+@click.option("--timeframe", default="day", show_default=True)
+@click.option("--asset-type", default="stock", show_default=True)
+@click.option("--quote", default="USD", show_default=True)
+@click.option("--exchange", default="", help="Venue of the series (CCXT exchange id), if any.")
+@click.option("--adjustment", default="raw", show_default=True)
+@click.option("--start", default=None, help="First time exported (series only; naive = UTC).")
+@click.option("--end", default=None, help="Export bars before this time (series only; naive = UTC).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default=None,
+              help="Default: from the file extension.")
+@STORE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def export_command(output: Path, symbol: str | None, query: str | None, source: str, timeframe: str,
+                   asset_type: str, quote: str, exchange: str, adjustment: str, start: str | None, end: str | None,
+                   fmt: str | None, store_dir: Path | None, as_json: bool) -> None:
+    """Write a stored series, or a SQL query's result, to a CSV or Parquet file (whole or not at all).
+
+    Example: lumibot-duckdb export spy.csv --symbol SPY --timeframe day --store ./bars
+
+    Example: lumibot-duckdb export counts.parquet --query "SELECT symbol, count(*) FROM market_data GROUP BY 1"
+    """
+    import dataclasses
+    import json
+
+    from lumibot_duckdb.errors import ConfigError
+    from lumibot_duckdb.export import export
+    from lumibot_duckdb.store import SeriesKey
+
+    if (symbol is None) == (query is None):
+        raise ConfigError("Pass either --symbol (a series) or --query (one SELECT), not both and not neither.")
+    what = query if query is not None else SeriesKey(source, symbol or "", timeframe, asset_type, quote, exchange,
+                                                      adjustment)
+    result = export(store_dir, what, output, format=fmt, start=start, end=end)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(result)))
+    else:
+        click.echo(f"{result.rows:,} rows written to {result.path} ({result.format}, {result.bytes:,} bytes)")
+
+
 # -- status, query, maintenance (lumibot_duckdb.query, lumibot_duckdb.maintenance) --------------------
+
+
+def _existing_store(store_dir: Path | None) -> DuckDBDataStorage:
+    """The store to inspect or maintain; a folder that does not exist is an error, not a new empty store."""
+    from lumibot_duckdb.config import Settings
+    from lumibot_duckdb.errors import ConfigError
+    from lumibot_duckdb.store import DuckDBDataStorage
+
+    root = Settings.resolve(cache_dir=store_dir, use_duckdb=True).cache_dir
+    if not (root / "bars").is_dir():
+        raise ConfigError(f"No store at {root} (no bars/ folder). Pass --store DIR or set LUMIBOT_DUCKDB_CACHE_DIR.")
+    return DuckDBDataStorage(root)
+
+
+def _console() -> Any:
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} GB"
+
+
+def _when(ts: Any) -> str:
+    if ts is None:
+        return "-"
+    text = ts.isoformat()
+    return text[:10] if text.endswith("T00:00:00+00:00") else text[:16].replace("T", " ")
+
+
+@main.command("db-status")
+@STORE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON (coverage and gaps included).")
+@click.option("--source", default=None, help="Only series of this source.")
+@click.option("--symbol", default=None, help="Only series of this symbol.")
+def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol: str | None) -> None:
+    """What the store holds: per source and per series, the covered range, gaps, bars, files, bytes
+    on disk and bytes per bar; quarantined (damaged) and leftover temporary files.
+
+    Read from file names and Parquet footers only: fast on large stores.
+
+    Example: lumibot-duckdb db-status --store ./bars
+
+    Example: lumibot-duckdb db-status --json | jq '.series[] | select(.gaps != [])'
+    """
+    import dataclasses
+    import json
+
+    from rich.table import Table
+
+    from lumibot_duckdb.maintenance import status
+
+    with _existing_store(store_dir) as store:
+        report = status(store)
+    if source or symbol:
+        keep = [s for s in report.series if (source is None or s.key.source == source.lower())
+                and (symbol is None or s.key.symbol.upper() == symbol.upper())]
+        report = dataclasses.replace(report, series=keep)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+        return
+    console = _console()
+    per_bar = f"{report.bytes / report.rows:.1f} B/bar" if report.rows else "-"
+    console.print(f"[bold]{report.root}[/bold]: {len(report.series)} series, {report.rows:,} bars, "
+                  f"{report.files:,} files, {_size(report.bytes)} ({per_bar})")
+    if not report.series:
+        console.print("The store is empty. Load bars with `lumibot-duckdb ingest FILE…` or run a backtest.")
+    else:
+        sources = Table(title="Sources")
+        for name in ("source", "series", "symbols", "files", "bars", "on disk", "B/bar", "from", "to"):
+            sources.add_column(name, justify="left" if name in ("source", "from", "to") else "right")
+        for row in report.sources():
+            sources.add_row(row["source"], str(row["series"]), str(row["symbols"]), f"{row['files']:,}",
+                            f"{row['rows']:,}", _size(row["bytes"]),
+                            "-" if row["bytes_per_bar"] is None else f"{row['bytes_per_bar']:.1f}",
+                            _when(row["covered_from"]), _when(row["covered_to"]))
+        console.print(sources)
+        series = Table(title="Series")
+        for name in ("source", "symbol", "type", "timeframe", "adj", "covered from", "covered to", "gaps",
+                     "bars", "files", "on disk", "B/bar"):
+            series.add_column(name, justify="right" if name in ("gaps", "bars", "files", "on disk", "B/bar")
+                              else "left")
+        for s in report.series:
+            pair = f"{s.key.symbol}/{s.key.quote}" if s.key.asset_type == "crypto" and s.key.quote else s.key.symbol
+            venue = f"@{s.key.exchange}" if s.key.exchange else ""
+            series.add_row(s.key.source, pair + venue, s.key.asset_type, s.key.timeframe, s.key.adjustment,
+                           _when(s.coverage[0].start) if s.coverage else "-",
+                           _when(s.coverage[-1].end) if s.coverage else "-", str(len(s.gaps)), f"{s.rows:,}",
+                           str(s.files), _size(s.bytes),
+                           "-" if s.bytes_per_bar is None else f"{s.bytes_per_bar:.1f}")
+        console.print(series)
+    if report.quarantined:
+        console.print(f"[yellow]{len(report.quarantined)} quarantined file(s)[/yellow] in "
+                      f"{report.root / '.quarantine'} (damaged, set aside; their ranges are fetched again).")
+    stale = [f for f in report.temporary if f.age_seconds >= 3600]
+    if stale:
+        console.print(f"[yellow]{len(stale)} leftover temporary file(s)[/yellow] "
+                      f"({_size(sum(f.bytes for f in stale))}); remove them with `lumibot-duckdb maintain clean-tmp`.")
+
+
+@main.command("db-query")
+@click.argument("sql", required=False)
+@click.option("--file", "sql_file", type=click.File("r"), default=None, help="Read the SQL from a file ('-' = stdin).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True, help="Output format.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file (required for parquet; csv/json print to stdout without it).")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="At most this many rows (default: 50 for table output, all otherwise; 0 = all).")
+@STORE_OPTION
+def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limit: int | None,
+             store_dir: Path | None) -> None:
+    """Run one read-only SQL statement (a SELECT) over the store.
+
+    \b
+    Views: market_data (one row per bar: ts, source, symbol, asset_type, quote,
+           exchange, timeframe, adjustment, open, high, low, close, volume, vwap,
+           trade_count, adj_close, dividend, split_ratio, metadata), symbols,
+           data_sources, coverage, files.
+    Analytics (table macros; options tf := 'day'|'hour'|'minute', src := 'yahoo',
+    as_of := TIMESTAMPTZ '…' (no bar after it is used), since := …):
+      sma(sym, n)  ema(sym, n [, sma_seed := true])  bollinger(sym, n [, k := 2])
+      rsi(sym, n)  vwap(sym [, tz := 'America/New_York'])
+      volatility(sym, n [, annualize := 252])  rolling_corr(sym_a, sym_b, n)
+      asof_align(['SPY', 'TLT'])         (sym NULL = every symbol of the timeframe)
+
+    Anything that would change the store or touch other files (INSERT, CREATE, COPY, ATTACH,
+    INSTALL, SET, PRAGMA, several statements…) is refused; only files of the store can be read.
+
+    \b
+    Examples:
+      lumibot-duckdb db-query "SELECT * FROM symbols"
+      lumibot-duckdb db-query "SELECT ts, rsi FROM rsi('SPY', 14) ORDER BY ts DESC" --limit 5
+      lumibot-duckdb db-query "FROM market_data WHERE symbol = 'SPY'" --format parquet -o spy.parquet
+    """
+    from lumibot_duckdb.errors import ConfigError
+    from lumibot_duckdb.query import TABLE_LIMIT, query, write_result
+
+    if (sql is None) == (sql_file is None):
+        raise ConfigError("Give the SQL as an argument or with --file, not both and not neither. "
+                          "Example: lumibot-duckdb db-query \"SELECT * FROM symbols\"")
+    text = sql if sql is not None else sql_file.read()
+    if fmt == "table" and output is not None:
+        raise ConfigError("--output needs --format csv, json or parquet.")
+    wanted = (TABLE_LIMIT if fmt == "table" else 0) if limit is None else limit
+    with _existing_store(store_dir) as store:
+        result = query(store, text, limit=wanted or None)
+    if fmt != "table":
+        written = write_result(result.table, fmt=fmt, output=output)
+        if written is not None:
+            click.echo(written, nl=False)
+        else:
+            click.echo(f"{result.table.num_rows:,} rows written to {output} ({fmt})", err=True)
+        if result.truncated:
+            click.echo(f"(only the first {wanted:,} rows: --limit)", err=True)
+        return
+    import pyarrow.types as kinds
+    from rich.table import Table
+
+    table = Table()
+    for field in result.table.schema:
+        numeric = kinds.is_integer(field.type) or kinds.is_floating(field.type) or kinds.is_decimal(field.type)
+        table.add_column(field.name, overflow="fold", justify="right" if numeric else "left")
+    for row in result.table.to_pylist():
+        table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+    console = _console()
+    console.print(table)
+    more = f"; more exist (--limit {wanted * 10} or --limit 0 for all)" if result.truncated else ""
+    console.print(f"{result.table.num_rows:,} row(s){more}")
+
+
+@main.group("maintain", cls=_Group)
+def maintain() -> None:
+    """Keep the store tidy and sound: compact, clean-tmp, prune, verify.
+
+    Safe while backtests read the store: rewrites take the series' lock, publish the new file
+    before removing the old ones, and readers retry. Commands that delete have --dry-run.
+
+    Example: lumibot-duckdb maintain verify --store ./bars
+    """
+
+
+def _selection(function: Any) -> Any:
+    for option in reversed([
+        click.option("--source", default=None, help="Only series of this source (polygon, yahoo, ingest…)."),
+        click.option("--symbol", default=None, help="Only series of this symbol."),
+        click.option("--timeframe", default=None, help="Only series of this timeframe (minute, hour, day)."),
+    ]):
+        function = option(function)
+    return function
+
+
+@maintain.command("compact")
+@_selection
+@click.option("--dry-run", is_flag=True, help="Only say which series would be rewritten.")
+@STORE_OPTION
+def maintain_compact(source: str | None, symbol: str | None, timeframe: str | None, dry_run: bool,
+                     store_dir: Path | None) -> None:
+    """Rewrite fragmented or overlapping partitions as one sorted file per covered range.
+
+    Every bar is kept; where two files overlap, the newer file's bars win (as on every read).
+
+    Example: lumibot-duckdb maintain compact --source polygon --store ./bars
+    """
+    from lumibot_duckdb.maintenance import compact
+
+    with _existing_store(store_dir) as store:
+        report = compact(store, source=source, symbol=symbol, timeframe=timeframe, dry_run=dry_run)
+    verb = "would rewrite" if dry_run else "rewrote"
+    click.echo(f"{report.series} series checked, {verb} {len(report.rewritten)}: "
+               f"{report.files_before:,} files before, {report.files_after:,} after.")
+    for name in report.rewritten:
+        click.echo(f"  {name}")
+
+
+@maintain.command("clean-tmp")
+@click.option("--older-than", default="1h", show_default=True,
+              help="Remove temporary files not modified for this long (30m, 2h, 1d); younger ones may be live.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@STORE_OPTION
+def maintain_clean_tmp(older_than: str, dry_run: bool, store_dir: Path | None) -> None:
+    """Remove files a stopped writer left in the store's .tmp/ folder.
+
+    Example: lumibot-duckdb maintain clean-tmp --older-than 2h --dry-run
+    """
+    from lumibot_duckdb.maintenance import clean_tmp, parse_age
+
+    age = parse_age(older_than)
+    with _existing_store(store_dir) as store:
+        report = clean_tmp(store, older_than=age, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(report.removed)} temporary file(s) ({_size(report.bytes)}); "
+               f"kept {report.kept_fresh} younger than {older_than}.")
+    for path in report.removed:
+        click.echo(f"  {path}")
+
+
+@maintain.command("prune")
+@click.option("--before", default=None, help="Remove bars before this date/time (naive = UTC), e.g. 2020-01-01.")
+@_selection
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@STORE_OPTION
+def maintain_prune(before: str | None, source: str | None, symbol: str | None, timeframe: str | None,
+                   dry_run: bool, yes: bool, store_dir: Path | None) -> None:
+    """Remove old bars (before a date) or whole series (of a source, symbol or timeframe).
+
+    The coverage of removed time goes with the bars, so a backtest that asks for it fetches it
+    again. A file that straddles --before is rewritten to keep the later bars.
+
+    Example: lumibot-duckdb maintain prune --before 2020-01-01 --source polygon --dry-run
+    """
+    from lumibot_duckdb.maintenance import prune
+
+    with _existing_store(store_dir) as store:
+        plan = prune(store, before=before, source=source, symbol=symbol, timeframe=timeframe, dry_run=True)
+        if dry_run or plan.series == 0 or (plan.files_removed + plan.files_rewritten) == 0:
+            click.echo(f"{plan.series} series selected: would remove {plan.files_removed} file(s), rewrite "
+                       f"{plan.files_rewritten}, {plan.bars_removed:,} bar(s).")
+            for line in plan.details:
+                click.echo(f"  {line}")
+            return
+        if not yes:
+            click.confirm(f"Remove {plan.bars_removed:,} bar(s) from {plan.series} series?", abort=True)
+        report = prune(store, before=before, source=source, symbol=symbol, timeframe=timeframe)
+    click.echo(f"{report.series} series: removed {report.files_removed} file(s), rewrote {report.files_rewritten}, "
+               f"{report.bars_removed:,} bar(s) gone.")
+
+
+@maintain.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@STORE_OPTION
+def maintain_verify(as_json: bool, store_dir: Path | None) -> None:
+    """Read every file and check the store: names, partitions, schema, series, covered ranges,
+    overlapping files that disagree. Changes nothing. Exits 1 when an error is found (warnings:
+    quarantined files, leftover temporary files, overlaps that agree, do not fail).
+
+    Example: lumibot-duckdb maintain verify --store ./bars && echo sound
+    """
+    import json
+
+    from lumibot_duckdb.maintenance import verify
+
+    with _existing_store(store_dir) as store:
+        report = verify(store)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        for problem in report.problems:
+            click.echo(f"{problem.severity.upper():7} {problem.kind:<20} {problem.path}\n        {problem.message}")
+        click.echo(f"{report.files_checked:,} file(s) of {report.series_checked} series checked: "
+                   f"{len(report.errors)} error(s), {len(report.problems) - len(report.errors)} warning(s).")
+    if not report.ok:
+        raise SystemExit(1)
+
+
 
 
 # -- demo -------------------------------------------------------------------------------------------

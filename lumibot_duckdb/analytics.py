@@ -1,0 +1,314 @@
+"""Technical indicators and cross-asset alignment in SQL, over the store, without look-ahead.
+
+Two ways in, one implementation (DuckDB table macros, registered by :func:`register` on every
+connection :mod:`lumibot_duckdb.query` makes):
+
+* SQL, e.g. in ``lumibot-duckdb db-query``::
+
+      SELECT * FROM rsi('SPY', 14, tf := 'minute', as_of := TIMESTAMPTZ '2024-03-01 15:00+00')
+
+* Python, a pandas DataFrame indexed by UTC ``ts``::
+
+      rsi(store, "SPY", 14, timeframe="minute", as_of=strategy.get_datetime())
+
+  Each call on a store opens a read-only connection (~50 ms: views and macros); for many calls,
+  open one with :func:`lumibot_duckdb.query.connect` and pass it instead of the store.
+
+**No look-ahead.** Every macro and function takes ``as_of`` and uses only bars with
+``ts <= as_of`` (``ts`` is the bar's start; pass ``as_of = now - one bar`` for completed bars
+only). Every window is trailing, so a value at ``t`` never changes when later bars are added
+(tested). ``since`` (``start``) drops earlier bars before computing: the recursive indicators
+(EMA, RSI) then seed at ``since``.
+
+Conventions (all match an independent pandas computation; ``tests/test_analytics.py`` reports the
+max absolute difference on real data):
+
+========================  ===================================================================
+``sma(sym, n)``           ``close.rolling(n).mean()`` (null until n bars)
+``ema(sym, n)``           ``close.ewm(span=n, adjust=False).mean()`` (seeded with the first
+                          close); ``sma_seed := true``: pandas-ta-classic / TA-Lib, seeded with
+                          the SMA of the first n closes, null before
+``bollinger(sym, n, k)``  mid = SMA(n), upper/lower = mid ± k·σ with ``σ = rolling(n).std(ddof=0)``
+                          (pandas-ta-classic's default; ``ddof := 1`` for the sample σ)
+``rsi(sym, n)``           Wilder: gains/losses of ``close.diff()``, each smoothed with
+                          ``ewm(alpha=1/n, adjust=False)`` seeded with the mean of the first n
+                          (pandas-ta-classic ``rsi``, TA-Lib, Wilder 1978); null for the first n bars
+``vwap(sym)``             per session day: ``cumsum(hlc3·volume) / cumsum(volume)``, the day taken
+                          in ``tz`` (default America/New_York; UTC for crypto) — pandas-ta ``vwap``
+``volatility(sym, n)``    ``log(close).diff().rolling(n).std(ddof=1)``, × √``annualize`` if given
+``rolling_corr(a, b, n)`` ``ra.rolling(n).corr(rb)``: log returns of a and b on the timestamps both have
+``asof_align(syms)``      one row per (timestamp of any symbol, symbol): the symbol's last bar at or
+                          before it (ASOF JOIN), with ``bar_ts`` and ``staleness_seconds``
+========================  ===================================================================
+
+**EMA and RSI in SQL.** The recursion ``y[i] = a·y[i-1] + c[i]`` (``a = 1-α``) is
+``y[i] = Σ_{j≤i} a^(i-j)·c[j]``. Written as one running sum it overflows (``a^-i``), so rows are cut
+in blocks of ``M = ⌈ln(1e-18)/ln a⌉`` rows (415 for span 20, 560 for Wilder 14): within a block,
+``a^-(j mod M)`` stays below 1e18, and ``y[i] = a^(i mod M)·P[i] + a^(i mod M + M)·T[block-1]``
+where ``P`` is the running sum inside the block and ``T`` the previous block's total. Terms from
+older blocks weigh less than ``a^M ≤ 1e-18`` in total and are dropped, so the result equals the
+recursion to double precision (measured against pandas on real minute bars, prices ~3,000:
+max difference 5.5e-12, i.e. ~2e-15 relative). Cost: O(n) — one running-sum window, one
+GROUP BY and one hash join per smoothed column, all vectorized; a recursive CTE would need one
+iteration (one join) per bar. ``benchmarks/bench_analytics.py`` times it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from lumibot_duckdb.errors import ConfigError
+from lumibot_duckdb.store.coverage import canonical_timeframe, utc
+from lumibot_duckdb.store.store import DuckDBDataStorage
+
+Target = DuckDBDataStorage | duckdb.DuckDBPyConnection
+"""A store (a connection is opened and closed per call, ~50 ms) or a connection from
+:func:`lumibot_duckdb.query.connect` reused across calls (it sees the files of the store as they
+were when it was made: reconnect to see bars written since)."""
+
+_KEY = "source, symbol, asset_type, quote, exchange, timeframe, adjustment"
+_COMMON = "tf := 'day', src := NULL, as_of := NULL, since := NULL"
+_BARS = "_lbd_bars(sym, tf, src, as_of, since, n)"
+_WINDOW = f"PARTITION BY {_KEY} ORDER BY ts"
+_ROWS = f"({_WINDOW} ROWS BETWEEN CAST(n AS BIGINT) - 1 PRECEDING AND CURRENT ROW)"
+_DEPTH = "CASE WHEN (1 - {alpha}) <= 0 THEN 1 ELSE greatest(1, ceil(ln(1e-18) / ln(1 - ({alpha}))))::BIGINT END"
+
+MACROS = ("sma", "ema", "bollinger", "rsi", "vwap", "volatility", "rolling_corr", "asof_align")
+
+
+def _ewm(source: str, columns: dict[str, tuple[str, str, str]], *, alpha: str, keep: str) -> str:
+    """SQL computing ``ewm(alpha, adjust=False)`` of several columns of ``source`` (exact to double precision).
+
+    ``columns``: output name → (value expression, seed index expression, seed value expression);
+    ``source`` has the key columns, ``ts`` and ``i`` (0-based row number of the series). Rows
+    before the seed index get NULL. ``keep``: columns of ``source`` to carry to the output.
+    """
+    depth = _DEPTH.format(alpha=alpha)
+    u = ", ".join(
+        f"(CASE WHEN i < ({k}) THEN 0 WHEN i = ({k}) THEN ({seed}) ELSE ({alpha}) * ({value}) END)"
+        f" * pow(1 - ({alpha}), -(i % m)) AS u_{name}"
+        for name, (value, k, seed) in columns.items())
+    p = ", ".join(f"sum(u_{name}) OVER (PARTITION BY {_KEY}, g ORDER BY i ROWS UNBOUNDED PRECEDING) AS p_{name}"
+                  for name in columns)
+    t = ", ".join(f"sum(u_{name}) AS t_{name}" for name in columns)
+    y = ", ".join(
+        f"CASE WHEN i >= ({k}) THEN pow(1 - ({alpha}), i % m) * p_{name} "
+        f"+ coalesce(pow(1 - ({alpha}), i % m + m) * t_{name}, 0) END AS {name}"
+        for name, (_, k, _) in columns.items())
+    return f"""
+      _e1 AS (SELECT *, i // m AS g, {u} FROM (SELECT *, {depth} AS m FROM {source})),
+      _e2 AS (SELECT *, {p} FROM _e1),
+      _e3 AS (SELECT {_KEY}, g + 1 AS g, {t} FROM _e1 GROUP BY ALL)
+      SELECT {keep}, {y} FROM _e2 LEFT JOIN _e3 USING ({_KEY}, g)"""
+
+
+def _macros() -> list[str]:
+    return [
+        f"""CREATE OR REPLACE TEMP MACRO _lbd_bars(sym, tf, src, as_of, since, n) AS TABLE
+            SELECT {_KEY}, ts, open, high, low, close, volume FROM market_data
+            WHERE CASE WHEN n IS NULL OR n < 1 THEN error('n (the window length) must be 1 or more') ELSE true END
+              AND (sym IS NULL OR symbol = sym) AND timeframe = tf AND (src IS NULL OR source = src)
+              AND (as_of IS NULL OR ts <= CAST(as_of AS TIMESTAMPTZ))
+              AND (since IS NULL OR ts >= CAST(since AS TIMESTAMPTZ))""",
+        # One series per symbol where two symbols are put side by side.
+        """CREATE OR REPLACE TEMP MACRO _lbd_one_series(sym, tf, src, as_of, since) AS TABLE
+            SELECT ts, close, CASE WHEN count(DISTINCT (source, asset_type, quote, exchange, adjustment)) OVER () > 1
+                   THEN error('symbol ' || sym || ' is held by several series (sources or adjustments); '
+                              || 'pass src := ''<source>''') END AS _ambiguous
+            FROM _lbd_bars(sym, tf, src, as_of, since, 2)""",
+        f"""CREATE OR REPLACE TEMP MACRO sma(sym, n, {_COMMON}) AS TABLE
+            SELECT {_KEY}, ts, close,
+                   CASE WHEN count(close) OVER w = n THEN avg(close) OVER w END AS sma
+            FROM {_BARS} WINDOW w AS {_ROWS}""",
+        f"""CREATE OR REPLACE TEMP MACRO bollinger(sym, n, k := 2.0, ddof := 0, {_COMMON}) AS TABLE
+            WITH s AS (
+                SELECT {_KEY}, ts, close, count(close) OVER w AS c, avg(close) OVER w AS mid,
+                       CASE WHEN ddof = 0 THEN stddev_pop(close) OVER w ELSE stddev_samp(close) OVER w END AS sd
+                FROM {_BARS} WINDOW w AS {_ROWS})
+            SELECT {_KEY}, ts, close, CASE WHEN c = n THEN mid - k * sd END AS lower,
+                   CASE WHEN c = n THEN mid END AS mid, CASE WHEN c = n THEN mid + k * sd END AS upper,
+                   CASE WHEN c = n THEN sd END AS stddev
+            FROM s""",
+        f"""CREATE OR REPLACE TEMP MACRO ema(sym, n, sma_seed := false, {_COMMON}) AS TABLE
+            WITH _s AS (
+                SELECT {_KEY}, ts, close, row_number() OVER ({_WINDOW}) - 1 AS i,
+                       avg(close) OVER {_ROWS} AS _sma
+                FROM {_BARS}),
+            {_ewm("_s", {"ema": ("close", "CASE WHEN sma_seed THEN n - 1 ELSE 0 END",
+                                  "CASE WHEN sma_seed THEN _sma ELSE close END")},
+                  alpha="2.0 / (n + 1)", keep=f"{_KEY}, ts, close")}""",
+        f"""CREATE OR REPLACE TEMP MACRO rsi(sym, n, {_COMMON}) AS TABLE
+            WITH _d AS (
+                SELECT {_KEY}, ts, close, close - lag(close) OVER ({_WINDOW}) AS d,
+                       row_number() OVER ({_WINDOW}) - 2 AS i
+                FROM {_BARS}),
+            _s AS (
+                SELECT *, greatest(d, 0) AS gain, greatest(-d, 0) AS loss,
+                       avg(greatest(d, 0)) OVER {_ROWS} AS _sg, avg(greatest(-d, 0)) OVER {_ROWS} AS _sl
+                FROM _d),
+            _r AS (WITH {_ewm("_s", {"avg_gain": ("gain", "n - 1", "_sg"), "avg_loss": ("loss", "n - 1", "_sl")},
+                         alpha="1.0 / n", keep=f"{_KEY}, ts, close")})
+            SELECT *, 100 * avg_gain / nullif(avg_gain + avg_loss, 0) AS rsi FROM _r""",
+        f"""CREATE OR REPLACE TEMP MACRO vwap(sym, tz := NULL, {_COMMON}) AS TABLE
+            WITH s AS (
+                SELECT *, CAST(timezone(coalesce(tz, CASE WHEN asset_type = 'crypto' THEN 'UTC'
+                                                        ELSE 'America/New_York' END), ts) AS DATE) AS session
+                FROM _lbd_bars(sym, tf, src, as_of, since, 1))
+            SELECT {_KEY}, ts, close, volume, session,
+                   sum((high + low + close) / 3 * volume) OVER w / nullif(sum(volume) OVER w, 0) AS vwap
+            FROM s WINDOW w AS (PARTITION BY {_KEY}, session ORDER BY ts ROWS UNBOUNDED PRECEDING)""",
+        f"""CREATE OR REPLACE TEMP MACRO volatility(sym, n, annualize := NULL, {_COMMON}) AS TABLE
+            WITH r AS (SELECT {_KEY}, ts, close, ln(close / lag(close) OVER ({_WINDOW})) AS log_return
+                       FROM {_BARS})
+            SELECT {_KEY}, ts, close, log_return,
+                   CASE WHEN count(log_return) OVER w = n
+                        THEN stddev_samp(log_return) OVER w * sqrt(coalesce(annualize, 1)) END AS volatility
+            FROM r WINDOW w AS {_ROWS}""",
+        """CREATE OR REPLACE TEMP MACRO rolling_corr(sym_a, sym_b, n, tf := 'day', src := NULL, as_of := NULL,
+                                                     since := NULL) AS TABLE
+            WITH a AS (SELECT ts, close AS close_a FROM _lbd_one_series(sym_a, tf, src, as_of, since)
+                       WHERE _ambiguous IS NULL),
+                 b AS (SELECT ts, close AS close_b FROM _lbd_one_series(sym_b, tf, src, as_of, since)
+                       WHERE _ambiguous IS NULL),
+                 j AS (SELECT ts, close_a, close_b, ln(close_a / lag(close_a) OVER (ORDER BY ts)) AS return_a,
+                              ln(close_b / lag(close_b) OVER (ORDER BY ts)) AS return_b
+                       FROM a JOIN b USING (ts)
+                       WHERE CASE WHEN n IS NULL OR n < 2 THEN error('n must be 2 or more') ELSE true END)
+            SELECT ts, close_a, close_b, return_a, return_b,
+                   CASE WHEN count(return_a) OVER w = n THEN corr(return_a, return_b) OVER w END AS corr
+            FROM j WINDOW w AS (ORDER BY ts ROWS BETWEEN CAST(n AS BIGINT) - 1 PRECEDING AND CURRENT ROW)""",
+        """CREATE OR REPLACE TEMP MACRO asof_align(syms, tf := 'day', src := NULL, as_of := NULL, since := NULL,
+                                                   base := NULL) AS TABLE
+            WITH b AS (SELECT * FROM _lbd_bars(NULL, tf, src, as_of, since, 1) WHERE list_contains(syms, symbol)),
+                 checked AS (SELECT * FROM (
+                                SELECT *, CASE WHEN count(DISTINCT (source, asset_type, quote, exchange, adjustment))
+                                                    OVER (PARTITION BY symbol) > 1
+                                          THEN error('a symbol is held by several series; pass src := ''<source>''')
+                                          END AS _ambiguous FROM b) WHERE _ambiguous IS NULL),
+                 t AS (SELECT DISTINCT ts FROM b WHERE base IS NULL OR symbol = base),
+                 grid AS (SELECT t.ts, s.symbol FROM t CROSS JOIN (SELECT DISTINCT unnest(syms) AS symbol) s)
+            SELECT grid.ts, grid.symbol, checked.ts AS bar_ts,
+                   epoch(grid.ts) - epoch(checked.ts) AS staleness_seconds,
+                   checked.open, checked.high, checked.low, checked.close, checked.volume
+            FROM grid ASOF LEFT JOIN checked ON grid.symbol = checked.symbol AND grid.ts >= checked.ts
+            ORDER BY grid.ts, grid.symbol""",
+    ]
+
+
+def register(con: duckdb.DuckDBPyConnection, /) -> None:
+    """Create the analytics macros on ``con`` (which must have the ``market_data`` view)."""
+    for statement in _macros():
+        con.execute(statement)
+
+
+# -- Python API --------------------------------------------------------------------------------------
+def sma(store: Target, symbol: str, n: int, /, **options: Any) -> pd.DataFrame:
+    """Simple moving average of ``close`` over ``n`` bars: columns ``close, sma``.
+
+    Options of every function here: ``timeframe`` (default ``'day'``), ``source``, ``as_of``
+    (only bars with ``ts <= as_of`` are used) and ``start`` (bars before it are ignored).
+    """
+    return _series(store, "sma", [symbol, _n(n)], {}, options)
+
+
+def ema(store: Target, symbol: str, n: int, /, *, sma_seed: bool = False, **options: Any) -> pd.DataFrame:
+    """Exponential moving average: ``ewm(span=n, adjust=False)``, or seeded with an SMA (pandas-ta) with
+    ``sma_seed=True``. Columns ``close, ema``."""
+    return _series(store, "ema", [symbol, _n(n)], {"sma_seed": bool(sma_seed)}, options)
+
+
+def bollinger(store: Target, symbol: str, n: int = 20, /, *, k: float = 2.0, ddof: int = 0,
+              **options: Any) -> pd.DataFrame:
+    """Bollinger bands: columns ``close, lower, mid, upper, stddev`` (σ with ``ddof``, 0 as pandas-ta)."""
+    if ddof not in (0, 1):
+        raise ConfigError(f"ddof={ddof} must be 0 (population σ) or 1 (sample σ).")
+    return _series(store, "bollinger", [symbol, _n(n)], {"k": float(k), "ddof": int(ddof)}, options)
+
+
+def rsi(store: Target, symbol: str, n: int = 14, /, **options: Any) -> pd.DataFrame:
+    """Wilder's RSI (0–100): columns ``close, avg_gain, avg_loss, rsi``."""
+    return _series(store, "rsi", [symbol, _n(n)], {}, options)
+
+
+def vwap(store: Target, symbol: str, /, *, tz: str | None = None, **options: Any) -> pd.DataFrame:
+    """Session VWAP (reset each day in ``tz``): columns ``close, volume, session, vwap``."""
+    return _series(store, "vwap", [symbol], {"tz": tz}, options)
+
+
+def volatility(store: Target, symbol: str, n: int, /, *, annualize: float | None = None,
+               **options: Any) -> pd.DataFrame:
+    """Rolling σ of log returns over ``n`` bars (× √annualize): columns ``close, log_return, volatility``."""
+    return _series(store, "volatility", [symbol, _n(n)], {"annualize": annualize}, options)
+
+
+def rolling_corr(store: Target, symbol_a: str, symbol_b: str, n: int, /, **options: Any) -> pd.DataFrame:
+    """Rolling correlation of the two symbols' log returns over ``n`` common bars:
+    columns ``close_a, close_b, return_a, return_b, corr``."""
+    if _n(n) < 2:
+        raise ConfigError("n must be 2 or more for a correlation.")
+    return _frame(store, "rolling_corr", [symbol_a, symbol_b, n], {}, options)
+
+
+def asof_align(store: Target, symbols: Sequence[str], /, *, column: str = "close",
+               base: str | None = None, **options: Any) -> pd.DataFrame:
+    """Several symbols on one timeline (every timestamp any of them has, or ``base``'s): a wide frame,
+    one column per symbol holding ``column`` of its last bar at or before each timestamp."""
+    names = [str(s) for s in symbols]
+    if not names:
+        raise ConfigError("asof_align needs at least one symbol.")
+    if column not in ("open", "high", "low", "close", "volume", "bar_ts", "staleness_seconds"):
+        raise ConfigError(f"column={column!r}: use open, high, low, close, volume, bar_ts or staleness_seconds.")
+    long = _frame(store, "asof_align", [names], {"base": base}, options, keep_key=True)
+    wide = long.pivot(columns="symbol", values=column) if len(long) else pd.DataFrame(index=long.index)
+    return wide.reindex(columns=names)
+
+
+def _n(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n={n!r} must be a whole number of bars, 1 or more.")
+    return n
+
+
+def _series(store: Target, macro: str, args: list[Any], named: dict[str, Any],
+            options: dict[str, Any]) -> pd.DataFrame:
+    frame = _frame(store, macro, args, named, options, keep_key=True)
+    series = frame[["source", "adjustment", "asset_type", "quote", "exchange"]].drop_duplicates()
+    if len(series) > 1:
+        listed = ", ".join(f"{r.source}/{r.adjustment}" for r in series.itertuples())
+        raise ConfigError(f"{args[0]!r} is held by several series ({listed}); pass source=.")
+    return frame.drop(columns=[c for c in _KEY.split(", ") if c in frame.columns])
+
+
+def _frame(store: Target, macro: str, args: list[Any], named: dict[str, Any], options: dict[str, Any],
+           *, keep_key: bool = False) -> pd.DataFrame:
+    from lumibot_duckdb.query import connection
+
+    unknown = set(options) - {"timeframe", "source", "as_of", "start"}
+    if unknown:
+        raise ConfigError(f"Unknown option(s) {sorted(unknown)}; use timeframe, source, as_of, start.")
+    named = {**named,
+             "tf": canonical_timeframe(options.get("timeframe", "day")),
+             "src": None if options.get("source") is None else str(options["source"]).strip().lower(),
+             "as_of": None if options.get("as_of") is None else utc(options["as_of"]).to_pydatetime(),
+             "since": None if options.get("start") is None else utc(options["start"]).to_pydatetime()}
+    placeholders = ", ".join(["?"] * len(args) + [f"{name} := ?" for name in named])
+    sql = f"SELECT * FROM {macro}({placeholders}) ORDER BY ts"
+    with contextlib.ExitStack() as stack:
+        con = store if isinstance(store, duckdb.DuckDBPyConnection) else stack.enter_context(connection(store))
+        try:
+            frame = con.execute(sql, [*args, *named.values()]).df()
+        except duckdb.Error as exc:
+            message = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"{macro}: {message}") from exc
+    frame = frame.drop(columns=[c for c in ("_ambiguous",) if c in frame.columns])
+    if "ts" in frame.columns:
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+        frame = frame.set_index("ts")
+    if not keep_key:
+        frame = frame.drop(columns=[c for c in _KEY.split(", ") if c in frame.columns])
+    return frame
