@@ -26,7 +26,9 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".lumibot-duckdb-installed"
 DUCKDB_15 = VENV / "duckdb-1.5"  # a second DuckDB beside the venv's, put first on PYTHONPATH
 # The store is also checked on DuckDB 1.5 (the last series with offline extension wheels).
-DUCKDB_15_TESTS = ["tests/test_store.py", "tests/test_polygon.py", "tests/test_coverage.py"]
+DUCKDB_15_TESTS = ["tests/test_store.py", "tests/test_polygon.py", "tests/test_coverage.py", "tests/test_query.py",
+                   "tests/test_maintenance.py", "tests/test_analytics.py", "tests/test_ingest.py",
+                   "tests/test_export.py"]
 
 
 def run(*command: object, env: dict[str, str] | None = None) -> int:
