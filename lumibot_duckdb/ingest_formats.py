@@ -1,0 +1,367 @@
+"""Reading bar files for :mod:`lumibot_duckdb.ingest`: what a file holds and how its cells read as bars.
+
+Format detection (CSV, zstd CSV, Parquet) by file name, block-wise reading (:func:`_read_blocks`), layout and
+column detection from the header (:func:`_columns`), and parsing of raw cells: times to UTC (:func:`_times`,
+:func:`_epoch`, :func:`_daily_stamps`), numbers with masks of missing and unreadable cells (:func:`_numbers`),
+and the series hints a file gives (its name, its bars' spacing). Nothing here touches the store or judges bars:
+validation, coverage and writing are :mod:`lumibot_duckdb.ingest`'s. The rules are in that module's docstring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from lumibot_duckdb.errors import BarsValidationError, ConfigError
+from lumibot_duckdb.store.coverage import canonical_timeframe
+
+EXTENSIONS = (".csv", ".csv.zst", ".parquet")
+LAYOUTS = ("auto", "yahoo", "polygon", "alpaca", "generic")
+_TIME_NAMES = ("timestamp", "datetime", "date", "time", "ts", "t")
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "open": ("open", "o"), "high": ("high", "h"), "low": ("low", "l"), "close": ("close", "c"),
+    "volume": ("volume", "v", "vol"), "vwap": ("vwap", "vw"), "trade_count": ("trade_count", "transactions", "n"),
+    "adj_close": ("adj close", "adj_close", "adjclose", "adjusted_close"), "dividend": ("dividends", "dividend"),
+    "split_ratio": ("stock splits", "split_ratio", "splits"), "symbol": ("symbol", "ticker", "T"),
+}
+_LAYOUT_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "yahoo": {"ts": ("date", "datetime"), "open": ("open",), "high": ("high",), "low": ("low",),
+              "close": ("close",), "volume": ("volume",), "adj_close": ("adj close",), "dividend": ("dividends",),
+              "split_ratio": ("stock splits",)},
+    "polygon": {"ts": ("t", "timestamp"), "open": ("o", "open"), "high": ("h", "high"), "low": ("l", "low"),
+                "close": ("c", "close"), "volume": ("v", "volume"), "vwap": ("vw", "vwap"),
+                "trade_count": ("n", "transactions"), "symbol": ("T", "symbol", "ticker")},
+    "alpaca": {"ts": ("timestamp",), "open": ("open",), "high": ("high",), "low": ("low",), "close": ("close",),
+               "volume": ("volume",), "trade_count": ("trade_count",), "vwap": ("vwap",), "symbol": ("symbol",)},
+}
+_PRICES = ("open", "high", "low", "close")
+_NUMBERS = ("open", "high", "low", "close", "volume", "vwap", "trade_count", "adj_close", "dividend", "split_ratio")
+_OFFSET = re.compile(r"[T ]\d{1,2}:\d{2}.*(?:Z|[+-]\d{2}:?\d{2})$")
+
+
+# -- format ------------------------------------------------------------------------------------
+def _format_of(path: Path) -> str:
+    name = path.name.lower()
+    for ext in (".csv.zst", ".csv.zstd", ".csv", ".parquet", ".pq"):
+        if name.endswith(ext):
+            return {".csv.zstd": "csv.zst", ".pq": "parquet"}.get(ext, ext[1:])
+    return ""
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _read_blocks(path: Path, fmt: str, chunk_bytes: int,
+                 advance: Callable[[int], object]) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+    """Column names and record batches of a file (CSV columns as strings: values are parsed later)."""
+    if fmt == "parquet":
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise BarsValidationError(f"{path} is not a readable Parquet file ({exc}).") from exc
+        size, total = path.stat().st_size, max(parquet.metadata.num_rows, 1)
+
+        def parquet_batches() -> Iterator[pa.RecordBatch]:
+            for batch in parquet.iter_batches(batch_size=max(1024, chunk_bytes // 80)):
+                advance(size * batch.num_rows // total)
+                yield batch
+
+        return list(parquet.schema_arrow.names), parquet_batches()
+    raw: BinaryIO = open(path, "rb")
+    try:
+        stream = pa.input_stream(raw, compression="zstd" if fmt == "csv.zst" else None)
+        head = stream.read(1 << 16)
+    except (pa.ArrowException, OSError) as exc:
+        raw.close()
+        raise BarsValidationError(f"{path} cannot be read as {fmt} ({exc}); is it really a "
+                                  f"{'zstd-compressed ' if fmt == 'csv.zst' else ''}CSV file?") from exc
+    if not head.strip():
+        raw.close()
+        raise BarsValidationError(f"{path} is empty: no header, no rows.")
+    if b"\x00" in head:
+        raw.close()
+        raise BarsValidationError(f"{path} holds binary data, not CSV text.")
+    first = head.splitlines()[0].decode("utf-8", errors="replace").lstrip("\ufeff")
+    delimiter = max(",;\t|", key=first.count)
+    if first.count(delimiter) == 0:
+        delimiter = ","
+    names = [n.strip().strip('"').strip() for n in first.split(delimiter)]
+    raw.close()
+    raw = open(path, "rb")
+    stream = pa.input_stream(raw, compression="zstd" if fmt == "csv.zst" else None)
+    try:
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(block_size=chunk_bytes, use_threads=True),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                 strings_can_be_null=True),
+        )
+    except (pa.ArrowException, OSError) as exc:
+        raw.close()
+        raise BarsValidationError(f"{path} is not CSV that can be read ({_arrow_message(exc)}); {_CSV_HINT}") from exc
+
+    def csv_batches() -> Iterator[pa.RecordBatch]:
+        position = 0
+        try:
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except (pa.ArrowException, OSError) as exc:
+                    raise BarsValidationError(f"{path} is not CSV that can be read ({_arrow_message(exc)}); "
+                                              f"{_CSV_HINT}") from exc
+                now = raw.tell()
+                advance(now - position)
+                position = now
+                yield batch
+        finally:
+            raw.close()
+
+    return [str(c) for c in reader.schema.names], csv_batches()
+
+
+_CSV_HINT = ("check that it is UTF-8 text (iconv -f latin1 -t utf-8 converts it), the delimiter, and that "
+             "every row has as many fields as the header.")
+
+
+def _arrow_message(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:300]
+
+
+def _columns(names: list[str], layout: str, path: Path) -> tuple[str, dict[str, str]]:
+    """The layout of a header and the file column of each bar field."""
+    clean = [n.strip().lstrip("\ufeff").strip() for n in names]
+    twice = sorted({n for n in clean if clean.count(n) > 1})
+    if twice:
+        raise BarsValidationError(f"{path}: column(s) {twice} appear more than once in the header; rename or drop "
+                                  "the extra one(s).")
+    exact = dict(zip(clean, names))
+    lower = {c.lower(): n for c, n in zip(clean, names) if len(c) > 1}
+    lowered = {c.lower() for c in clean}
+    auto = layout == "auto"
+    if auto:  # the label only: auto-detected files are read with every known column name
+        if "adj close" in lowered or {"dividends", "stock splits"} <= lowered:
+            layout = "yahoo"
+        elif {"t", "o", "h", "l", "c"} <= set(exact) or "transactions" in lowered:
+            layout = "polygon"
+        elif {"timestamp", "trade_count"} <= lowered:
+            layout = "alpaca"
+        else:
+            layout = "generic"
+
+    def pick(candidates: Iterable[str]) -> str | None:
+        for candidate in candidates:
+            if len(candidate) == 1 and candidate in exact:  # Polygon's t/o/h/l/c/v/n/T: case matters
+                return candidate
+            if len(candidate) > 1 and candidate.lower() in lower:
+                return lower[candidate.lower()]
+        return None
+
+    table: dict[str, tuple[str, ...]] = {"ts": _TIME_NAMES, **_ALIASES}
+    if not auto:
+        table = _LAYOUT_COLUMNS.get(layout, table)
+    mapping: dict[str, str] = {}
+    for name, candidates in table.items():
+        column = pick(candidates)
+        if column is not None:
+            mapping[name] = column
+    if layout in _LAYOUT_COLUMNS and "symbol" not in mapping and (column := pick(_ALIASES["symbol"])):
+        mapping["symbol"] = column
+    missing = [n for n in ("ts", *_PRICES) if n not in mapping]
+    if missing:
+        wanted = ", ".join("time column (timestamp/datetime/date/time)" if n == "ts" else n for n in missing)
+        hint = ""
+        if len(names) == 1 and any(d in names[0] for d in ",;\t| "):
+            hint = " The header has one column only: is the delimiter one of , ; tab |?"
+        raise BarsValidationError(f"{path}: the header {names[:12]} has no {wanted} (layout {layout}). Rename "
+                                  f"the columns or pass layout= one of {', '.join(LAYOUTS[1:])}.{hint}")
+    return layout, mapping
+
+
+# -- parsing -----------------------------------------------------------------------------------
+def _as_strings(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return pc.utf8_trim_whitespace(array.cast(pa.string()))
+
+
+def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values as float64, and masks of missing and of unparseable (or infinite) cells."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        text = _as_strings(column)
+        missing = pc.or_kleene(pc.is_null(text), pc.equal(text, "")).fill_null(True).to_numpy(zero_copy_only=False)
+        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+        try:
+            values = pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:
+            values = pd.to_numeric(pd.Series(text.to_pandas()), errors="coerce").to_numpy(dtype="float64")
+        values = np.where(missing, np.nan, values)
+        missing = missing | (np.isnan(values) & ~missing & _nan_literal(text))
+    else:
+        try:
+            values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = pd.to_numeric(pd.Series(column.to_pandas()), errors="coerce").to_numpy(dtype="float64")
+        missing = np.isnan(values)
+    bad = ~missing & ~np.isfinite(values)
+    return values, missing, bad
+
+
+def _nan_literal(text: pa.Array) -> np.ndarray:
+    lowered = pc.utf8_lower(text)
+    return pc.is_in(lowered, pa.array(["nan", "na", "n/a", "null", "none", "-"])).fill_null(False).to_numpy(
+        zero_copy_only=False)
+
+
+def _times(column: pa.Array, tz: str, notes: set[str]) -> np.ndarray:
+    """UTC nanoseconds since the epoch as datetime64[ns] (NaT where a value is not a time)."""
+    kind = column.type
+    if pa.types.is_timestamp(kind):
+        index = pd.DatetimeIndex(column.to_pandas())
+        return _to_utc(index, tz, notes)
+    if pa.types.is_date(kind):
+        return _to_utc(pd.DatetimeIndex(pd.to_datetime(column.to_pandas())), tz, notes)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return _epoch(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), notes)
+    text = _as_strings(column)
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    numeric = pc.match_substring_regex(text, r"^-?\d+(\.\d*)?$")
+    if len(text) and pc.all(pc.or_kleene(numeric, pc.is_null(text))).as_py() and text.null_count < len(text):
+        if pc.all(pc.or_kleene(pc.match_substring_regex(text, r"^(19|20)\d{2}(0[1-9]|1[0-2])([0-2]\d|3[01])$"),
+                               pc.is_null(text))).as_py():
+            notes.add("dates as YYYYMMDD")
+            parsed = pd.to_datetime(pd.Series(text.to_pandas()), format="%Y%m%d", errors="coerce")
+            return _to_utc(pd.DatetimeIndex(parsed), tz, notes)
+        return _epoch(pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False), notes)
+    with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _to_utc(pd.DatetimeIndex(pc.cast(text, pa.timestamp("ns")).to_pandas()), tz, notes)
+    with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        aware = pc.cast(text, pa.timestamp("ns", tz="UTC")).to_pandas()
+        notes.add("offset timestamps honoured")
+        return pd.DatetimeIndex(aware).tz_convert("UTC").tz_localize(None).to_numpy()
+    # Mixed or partly unparseable: naive values in tz, values with an offset converted, the rest NaT.
+    values = pd.Series(text.to_pandas(), dtype=object).str.replace(r"\s*(?:UTC|GMT)$", "+00:00", regex=True)
+    has_offset = values.str.contains(_OFFSET, na=False).to_numpy()
+    # A zone abbreviation (EST, CET, IST…) is ambiguous and pandas would silently drop it: not a time.
+    named = values.str.contains(r"\d\s*[A-Za-z]{2,5}$", na=False).to_numpy() & ~has_offset
+    if named.any():
+        notes.add("times with a zone abbreviation (EST, CET…) are not read: write an offset (-05:00) instead")
+    if values.str.contains(r"^\d{1,2}/\d{1,2}/\d{2,4}", na=False).any():
+        notes.add("dates written like 01/02/2024 read month first")
+    out = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
+    if has_offset.any():
+        parsed = pd.to_datetime(values[has_offset], utc=True, errors="coerce", format="mixed")
+        out[has_offset] = pd.DatetimeIndex(parsed).tz_localize(None).to_numpy()
+        notes.add("offset timestamps honoured")
+    naive = ~has_offset & ~named
+    if naive.any():
+        parsed = pd.to_datetime(values[naive], errors="coerce", format="mixed")
+        out[naive] = _to_utc(pd.DatetimeIndex(parsed), tz, notes)
+    if has_offset.any() and (naive & values.notna().to_numpy()).any():
+        notes.add(f"file mixes timestamps with and without an offset; those without are in {tz}")
+    return out
+
+
+def _as_ns(ts: np.ndarray) -> np.ndarray:
+    """Times as datetime64[ns]; those outside its range (1678–2261) become NaT instead of wrapping around."""
+    if ts.dtype == np.dtype("datetime64[ns]"):
+        return ts
+    inside = (ts >= np.datetime64("1678-01-01")) & (ts <= np.datetime64("2261-12-31"))
+    return np.where(inside, ts, np.datetime64("NaT")).astype("datetime64[ns]")
+
+
+def _epoch(values: np.ndarray, notes: set[str]) -> np.ndarray:
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
+    magnitude = float(np.median(np.abs(finite)))
+    unit, scale = next((u, s) for limit, u, s in ((1e11, "s", 1e9), (1e14, "ms", 1e6), (1e17, "us", 1e3),
+                                                  (float("inf"), "ns", 1.0)) if magnitude < limit)
+    notes.add(f"epoch timestamps in {unit}")
+    ns = values * scale
+    ok = np.isfinite(ns) & (np.abs(ns) < 9.2e18)
+    out = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
+    out[ok] = ns[ok].astype("int64").view("datetime64[ns]")
+    return out
+
+
+def _to_utc(index: pd.DatetimeIndex, tz: str, notes: set[str]) -> np.ndarray:
+    if index.tz is not None:
+        return index.tz_convert("UTC").tz_localize(None).to_numpy()
+    try:
+        local = index.tz_localize(tz, ambiguous="infer", nonexistent="NaT")
+    except (ValueError, TypeError):  # ambiguous times that cannot be inferred (unsorted, or a lone hour)
+        local = index.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+    notes.add(f"naive timestamps read in {tz}")
+    return local.tz_convert("UTC").tz_localize(None).to_numpy()
+
+
+def _daily_stamps(ts: np.ndarray, tz: str, notes: set[str]) -> np.ndarray:
+    """Daily bars at 00:00 of their date in ``tz`` (the store's convention for daily series)."""
+    ok = ~np.isnat(ts)
+    if not ok.any():
+        return ts
+    utc_index = pd.DatetimeIndex(ts[ok]).tz_localize("UTC")
+    local = utc_index.tz_convert(tz)
+    if (local == local.normalize()).all():
+        return ts
+    if (utc_index == utc_index.normalize()).all():
+        dates = utc_index.tz_localize(None)
+        notes.add(f"daily bars stamped at 00:00 UTC read as that date, restamped at 00:00 {tz}")
+    else:
+        dates = local.normalize().tz_localize(None)
+        notes.add(f"daily bars restamped at 00:00 {tz} of their local date")
+    out = ts.copy()
+    out[ok] = dates.tz_localize(tz, ambiguous=True, nonexistent="shift_forward").tz_convert("UTC").tz_localize(
+        None).to_numpy()
+    return out
+
+
+def _infer_timeframe(ts: np.ndarray, tz: str) -> str | None:
+    valid = np.sort(ts[~np.isnat(ts)])
+    if len(valid) < 2:
+        return None
+    diffs = np.diff(valid.astype("int64"))
+    diffs = diffs[diffs > 0]
+    if not diffs.size:
+        return None
+    values, counts = np.unique(diffs, return_counts=True)
+    common = int(values[np.argmax(counts)])
+    if common == 60 * 10**9:
+        return "minute"
+    if common == 3600 * 10**9:
+        return "hour"
+    local = pd.DatetimeIndex(valid).tz_localize("UTC").tz_convert(tz)
+    if 23 * 3600 * 10**9 <= common <= 25 * 3600 * 10**9 and (local == local.normalize()).all():
+        return "day"
+    return None
+
+
+def _name_parts(path: Path) -> tuple[str | None, str | None]:
+    """Symbol and timeframe from a file name like ``SPY_1d_2019.csv`` (either may be None)."""
+    stem = path.name
+    for ext in (".csv.zstd", ".csv.zst", ".csv", ".parquet", ".pq"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    parts = [p for p in re.split(r"[_\s]+", stem) if p]
+    timeframe = None
+    for part in parts[1:]:
+        with contextlib.suppress(ConfigError):
+            timeframe = canonical_timeframe(part)
+            break
+    # The first part names the symbol when it looks like one: written in capitals (AAPL.csv, BTC-USD_2020.csv)
+    # or followed by a timeframe (spy_1d.csv). "data.csv" or "export.csv" name no symbol.
+    first = parts[0] if parts else ""
+    looks = bool(re.fullmatch(r"[A-Za-z0-9.\-^=]+", first)) and not first.isdigit()
+    symbol = first.upper() if looks and (first == first.upper() or timeframe is not None) else None
+    return symbol, timeframe
