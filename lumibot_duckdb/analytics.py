@@ -51,6 +51,11 @@ recursion to double precision (measured against pandas on real minute bars, pric
 max difference 5.5e-12, i.e. ~2e-15 relative). Cost: O(n) — one running-sum window, one
 GROUP BY and one hash join per smoothed column, all vectorized; a recursive CTE would need one
 iteration (one join) per bar. ``benchmarks/bench_analytics.py`` times it.
+
+**Speed.** Windows partition by ``sid``, a small integer per series (joined in from the few rows of
+``files``), not by the seven text key columns: sorting on those made every window 2-3x slower.
+The one-series-per-symbol checks use a GROUP BY rather than a window over every bar, and RSI's
+seeds (the mean of the first n gains/losses) are summed by the EMA's own running sum.
 """
 
 from __future__ import annotations
@@ -74,26 +79,32 @@ were when it was made: reconnect to see bars written since)."""
 _KEY = "source, symbol, asset_type, quote, exchange, timeframe, adjustment"
 _COMMON = "tf := 'day', src := NULL, as_of := NULL, since := NULL"
 _BARS = "_lbd_bars(sym, tf, src, as_of, since, n)"
-_WINDOW = f"PARTITION BY {_KEY} ORDER BY ts"
+_WINDOW = "PARTITION BY sid ORDER BY ts"
 _ROWS = f"({_WINDOW} ROWS BETWEEN CAST(n AS BIGINT) - 1 PRECEDING AND CURRENT ROW)"
 _DEPTH = "CASE WHEN (1 - {alpha}) <= 0 THEN 1 ELSE greatest(1, ceil(ln(1e-18) / ln(1 - ({alpha}))))::BIGINT END"
 
 MACROS = ("sma", "ema", "bollinger", "rsi", "vwap", "volatility", "rolling_corr", "asof_align")
 
 
-def _ewm(source: str, columns: dict[str, tuple[str, str, str]], *, alpha: str, keep: str) -> str:
+def _ewm(source: str, columns: dict[str, tuple[str, str, str | None]], *, alpha: str, keep: str) -> str:
     """SQL computing ``ewm(alpha, adjust=False)`` of several columns of ``source`` (exact to double precision).
 
     ``columns``: output name → (value expression, seed index expression, seed value expression);
     ``source`` has the key columns, ``ts`` and ``i`` (0-based row number of the series). Rows
     before the seed index get NULL. ``keep``: columns of ``source`` to carry to the output.
+    Seed value None: the mean of the value over rows ``0..k``, summed by the block's running sum
+    itself (each row adds value / (k+1), scaled as row k; k < M always), which saves a window pass.
     """
     depth = _DEPTH.format(alpha=alpha)
-    u = ", ".join(
-        f"(CASE WHEN i < ({k}) THEN 0 WHEN i = ({k}) THEN ({seed}) ELSE ({alpha}) * ({value}) END)"
-        f" * pow(1 - ({alpha}), -(i % m)) AS u_{name}"
-        for name, (value, k, seed) in columns.items())
-    p = ", ".join(f"sum(u_{name}) OVER (PARTITION BY {_KEY}, g ORDER BY i ROWS UNBOUNDED PRECEDING) AS p_{name}"
+
+    def term(value: str, k: str, seed: str | None) -> str:
+        if seed is not None:
+            return (f"(CASE WHEN i < ({k}) THEN 0 WHEN i = ({k}) THEN ({seed}) ELSE ({alpha}) * ({value}) END)"
+                    f" * pow(1 - ({alpha}), -(i % m))")
+        return (f"CASE WHEN i < 0 THEN 0 WHEN i <= ({k}) THEN ({value}) / (({k}) + 1)"
+                f" * pow(1 - ({alpha}), -(({k}) % m)) ELSE (({alpha}) * ({value})) * pow(1 - ({alpha}), -(i % m)) END")
+    u = ", ".join(f"{term(value, k, seed)} AS u_{name}" for name, (value, k, seed) in columns.items())
+    p = ", ".join(f"sum(u_{name}) OVER (PARTITION BY sid, g ORDER BY i ROWS UNBOUNDED PRECEDING) AS p_{name}"
                   for name in columns)
     t = ", ".join(f"sum(u_{name}) AS t_{name}" for name in columns)
     y = ", ".join(
@@ -103,24 +114,29 @@ def _ewm(source: str, columns: dict[str, tuple[str, str, str]], *, alpha: str, k
     return f"""
       _e1 AS (SELECT *, i // m AS g, {u} FROM (SELECT *, {depth} AS m FROM {source})),
       _e2 AS (SELECT *, {p} FROM _e1),
-      _e3 AS (SELECT {_KEY}, g + 1 AS g, {t} FROM _e1 GROUP BY ALL)
-      SELECT {keep}, {y} FROM _e2 LEFT JOIN _e3 USING ({_KEY}, g)"""
+      _e3 AS (SELECT sid, g + 1 AS g, {t} FROM _e1 GROUP BY ALL)
+      SELECT {keep}, {y} FROM _e2 LEFT JOIN _e3 USING (sid, g)"""
 
 
 def _macros() -> list[str]:
     return [
         f"""CREATE OR REPLACE TEMP MACRO _lbd_bars(sym, tf, src, as_of, since, n) AS TABLE
-            SELECT {_KEY}, ts, open, high, low, close, volume FROM market_data
+            SELECT {_KEY}, sid, ts, open, high, low, close, volume
+            FROM market_data
+                 -- sid: a small integer per series, numbered the same way on every evaluation
+                 JOIN (SELECT *, row_number() OVER (ORDER BY {_KEY}) AS sid FROM (SELECT DISTINCT {_KEY} FROM files))
+                 USING ({_KEY})
             WHERE CASE WHEN n IS NULL OR n < 1 THEN error('n (the window length) must be 1 or more') ELSE true END
               AND (sym IS NULL OR symbol = sym) AND timeframe = tf AND (src IS NULL OR source = src)
               AND (as_of IS NULL OR ts <= CAST(as_of AS TIMESTAMPTZ))
               AND (since IS NULL OR ts >= CAST(since AS TIMESTAMPTZ))""",
         # One series per symbol where two symbols are put side by side.
         """CREATE OR REPLACE TEMP MACRO _lbd_one_series(sym, tf, src, as_of, since) AS TABLE
-            SELECT ts, close, CASE WHEN count(DISTINCT (source, asset_type, quote, exchange, adjustment)) OVER () > 1
+            WITH b AS (SELECT sid, ts, close FROM _lbd_bars(sym, tf, src, as_of, since, 2))
+            SELECT ts, close, CASE WHEN c > 1
                    THEN error('symbol ' || sym || ' is held by several series (sources or adjustments); '
                               || 'pass src := ''<source>''') END AS _ambiguous
-            FROM _lbd_bars(sym, tf, src, as_of, since, 2)""",
+            FROM b CROSS JOIN (SELECT count(DISTINCT sid) AS c FROM b)""",
         f"""CREATE OR REPLACE TEMP MACRO sma(sym, n, {_COMMON}) AS TABLE
             SELECT {_KEY}, ts, close,
                    CASE WHEN count(close) OVER w = n THEN avg(close) OVER w END AS sma
@@ -136,7 +152,7 @@ def _macros() -> list[str]:
             FROM s""",
         f"""CREATE OR REPLACE TEMP MACRO ema(sym, n, sma_seed := false, {_COMMON}) AS TABLE
             WITH _s AS (
-                SELECT {_KEY}, ts, close, row_number() OVER ({_WINDOW}) - 1 AS i,
+                SELECT {_KEY}, sid, ts, close, row_number() OVER ({_WINDOW}) - 1 AS i,
                        avg(close) OVER {_ROWS} AS _sma
                 FROM {_BARS}),
             {_ewm("_s", {"ema": ("close", "CASE WHEN sma_seed THEN n - 1 ELSE 0 END",
@@ -144,14 +160,12 @@ def _macros() -> list[str]:
                   alpha="2.0 / (n + 1)", keep=f"{_KEY}, ts, close")}""",
         f"""CREATE OR REPLACE TEMP MACRO rsi(sym, n, {_COMMON}) AS TABLE
             WITH _d AS (
-                SELECT {_KEY}, ts, close, close - lag(close) OVER ({_WINDOW}) AS d,
+                SELECT {_KEY}, sid, ts, close, close - lag(close) OVER ({_WINDOW}) AS d,
                        row_number() OVER ({_WINDOW}) - 2 AS i
                 FROM {_BARS}),
             _s AS (
-                SELECT *, greatest(d, 0) AS gain, greatest(-d, 0) AS loss,
-                       avg(greatest(d, 0)) OVER {_ROWS} AS _sg, avg(greatest(-d, 0)) OVER {_ROWS} AS _sl
-                FROM _d),
-            _r AS (WITH {_ewm("_s", {"avg_gain": ("gain", "n - 1", "_sg"), "avg_loss": ("loss", "n - 1", "_sl")},
+                SELECT *, greatest(d, 0) AS gain, greatest(-d, 0) AS loss FROM _d),
+            _r AS (WITH {_ewm("_s", {"avg_gain": ("gain", "n - 1", None), "avg_loss": ("loss", "n - 1", None)},
                          alpha="1.0 / n", keep=f"{_KEY}, ts, close")})
             SELECT *, 100 * avg_gain / nullif(avg_gain + avg_loss, 0) AS rsi FROM _r""",
         f"""CREATE OR REPLACE TEMP MACRO vwap(sym, tz := NULL, {_COMMON}) AS TABLE
@@ -161,9 +175,9 @@ def _macros() -> list[str]:
                 FROM _lbd_bars(sym, tf, src, as_of, since, 1))
             SELECT {_KEY}, ts, close, volume, session,
                    sum((high + low + close) / 3 * volume) OVER w / nullif(sum(volume) OVER w, 0) AS vwap
-            FROM s WINDOW w AS (PARTITION BY {_KEY}, session ORDER BY ts ROWS UNBOUNDED PRECEDING)""",
+            FROM s WINDOW w AS (PARTITION BY sid, session ORDER BY ts ROWS UNBOUNDED PRECEDING)""",
         f"""CREATE OR REPLACE TEMP MACRO volatility(sym, n, annualize := NULL, {_COMMON}) AS TABLE
-            WITH r AS (SELECT {_KEY}, ts, close, ln(close / lag(close) OVER ({_WINDOW})) AS log_return
+            WITH r AS (SELECT {_KEY}, sid, ts, close, ln(close / lag(close) OVER ({_WINDOW})) AS log_return
                        FROM {_BARS})
             SELECT {_KEY}, ts, close, log_return,
                    CASE WHEN count(log_return) OVER w = n
@@ -185,11 +199,12 @@ def _macros() -> list[str]:
         """CREATE OR REPLACE TEMP MACRO asof_align(syms, tf := 'day', src := NULL, as_of := NULL, since := NULL,
                                                    base := NULL) AS TABLE
             WITH b AS (SELECT * FROM _lbd_bars(NULL, tf, src, as_of, since, 1) WHERE list_contains(syms, symbol)),
-                 checked AS (SELECT * FROM (
-                                SELECT *, CASE WHEN count(DISTINCT (source, asset_type, quote, exchange, adjustment))
-                                                    OVER (PARTITION BY symbol) > 1
-                                          THEN error('a symbol is held by several series; pass src := ''<source>''')
-                                          END AS _ambiguous FROM b) WHERE _ambiguous IS NULL),
+                 -- One series per symbol: a GROUP BY (a window over every bar took seconds).
+                 series AS (SELECT max(c) AS c FROM (SELECT count(DISTINCT sid) AS c FROM b GROUP BY symbol)),
+                 checked AS (SELECT b.* FROM b CROSS JOIN series
+                             WHERE CASE WHEN series.c > 1
+                                        THEN error('a symbol is held by several series; pass src := ''<source>''')
+                                        ELSE true END),
                  t AS (SELECT DISTINCT ts FROM b WHERE base IS NULL OR symbol = base),
                  grid AS (SELECT t.ts, s.symbol FROM t CROSS JOIN (SELECT DISTINCT unnest(syms) AS symbol) s)
             SELECT grid.ts, grid.symbol, checked.ts AS bar_ts,
