@@ -277,3 +277,16 @@ def test_strict_mode_raises_the_store_failure(name: str, tmp_path: Path, monkeyp
         seen = seen.__cause__ or seen.__context__
     assert any(isinstance(e, StoreError) for e in chain), (
         f"strict mode should surface the store failure, got {raised.value!r}")
+
+
+def test_one_store_folder_serves_all_four_sources_at_once(tmp_path: Path) -> None:
+    """The source is part of every series key: four sources fill one folder side by side, and rerun warm."""
+    for name in SOURCES:
+        run(buy_and_hold(kit(name), "2024-01-02", "2024-01-20"), "duckdb", "cold", tmp_path)
+    with DuckDBDataStorage(tmp_path / "duckdb" / "duckdb") as store:
+        assert {k.source for k in store.series()} == set(SOURCES)
+        sources = store.sql("SELECT source, bars FROM data_sources WHERE bars > 0")
+    assert set(sources["source"]) == set(SOURCES)
+    for name in SOURCES:
+        again = run(buy_and_hold(kit(name), "2024-01-02", "2024-01-20"), "duckdb", "warm", tmp_path)
+        assert again.provider_requests == 0, f"{name} asked again in a shared store: {again.requests}"
