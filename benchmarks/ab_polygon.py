@@ -132,11 +132,16 @@ def main() -> int:
             sessions.append(runs)
             print(f"rep {rep + 1}/{args.repeat} {name}: " + ", ".join(
                 f"{r.variant}/{r.phase} {r.wall_seconds:.1f}s" for r in runs), file=sys.stderr, flush=True)
-    report = machine() + "\n\n" + summarize(sessions)
+    return publish(sessions, args.out, machine())
+
+
+def publish(sessions: list[list[RunResult]], out: Path, header: str) -> int:
+    """Print the summary, write ``out``.md and .json; exit status 1 if a difference is not declared."""
+    report = header + "\n\n" + summarize(sessions)
     print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps([[compact(r) for r in runs] for runs in sessions], indent=1))
-    args.out.with_suffix(".md").write_text(report + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps([[compact(r) for r in runs] for runs in sessions], indent=1))
+    out.with_suffix(".md").write_text(report + "\n")
     undeclared = [p for runs in sessions for p in compare(runs) if not (p.identical or p.declared)]
     return 1 if undeclared else 0
 

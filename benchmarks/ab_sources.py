@@ -22,14 +22,13 @@ Results go to ``benchmarks/results/ab_sources.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from ab_polygon import compact, machine, summarize
+from ab_polygon import machine, publish
 
-from lumibot_duckdb.ab import RunResult, Scenario, compare, run_session
+from lumibot_duckdb.ab import RunResult, Scenario, run_session
 from lumibot_duckdb.sample.kits import KITS, kit
 
 MINUTE_SOURCES = ("polygon", "alpaca", "ccxt")  # Yahoo keeps 7 wall-clock days of minute bars only
@@ -77,15 +76,8 @@ def main() -> int:
                 print(f"rep {rep + 1}/{args.repeat} {scenario.name}: " + ", ".join(
                     f"{r.variant}/{r.phase} {r.wall_seconds:.1f}s {r.provider_requests}req" for r in runs),
                     file=sys.stderr, flush=True)
-    report = machine().replace("Polygon emulated at its HTTP seam", "every provider emulated at its seam")
-    report += "\n\n" + summarize(sessions)
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps([[compact(r) for r in runs] for runs in sessions], indent=1))
-    args.out.with_suffix(".md").write_text(report + "\n")
-    undeclared = [p for runs in sessions for p in compare(runs) if not (p.identical or p.declared)]
-    return 1 if undeclared else 0
-
+    return publish(sessions, args.out,
+                   machine().replace("Polygon emulated at its HTTP seam", "every provider emulated at its seam"))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -317,17 +317,8 @@ class AlpacaKit(SourceKit):
     """``timestep`` passed to the data source when the scenario does not name one (None: Lumibot's
     explicit-config default, "day")."""
 
-    @property
-    def legacy_class(self) -> type:
-        from lumibot.backtesting import alpaca_backtesting
-
-        return alpaca_backtesting.AlpacaBacktesting
-
-    @property
-    def duckdb_class(self) -> type:
-        from lumibot_duckdb.sources.alpaca import AlpacaBacktesting
-
-        return AlpacaBacktesting
+    legacy = "lumibot.backtesting.alpaca_backtesting:AlpacaBacktesting"
+    ours = "lumibot_duckdb.sources.alpaca:AlpacaBacktesting"
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeAlpaca]:
         return serve_alpaca(market, fast=fast)

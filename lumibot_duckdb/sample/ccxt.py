@@ -217,17 +217,8 @@ class CcxtKit(SourceKit):
     default_quote = "USDT"
     exchange_id = "binance"
 
-    @property
-    def legacy_class(self) -> type:
-        from lumibot.backtesting import ccxt_backtesting
-
-        return ccxt_backtesting.CcxtBacktesting
-
-    @property
-    def duckdb_class(self) -> type:
-        from lumibot_duckdb.sources.ccxt import CcxtBacktesting
-
-        return CcxtBacktesting
+    legacy = "lumibot.backtesting.ccxt_backtesting:CcxtBacktesting"
+    ours = "lumibot_duckdb.sources.ccxt:CcxtBacktesting"
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeCcxt]:
         return serve_ccxt(market, fast=fast, exchange_id=self.exchange_id)

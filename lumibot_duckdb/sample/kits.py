@@ -52,15 +52,20 @@ class SourceKit(ABC):
     default_quote: ClassVar[str | None] = None
     """Quote asset symbol strategies pass for crypto (e.g. "USDT" on CCXT); None = Lumibot's default."""
 
-    @property
-    @abstractmethod
-    def legacy_class(self) -> type:
-        """Lumibot's own data source class."""
+    legacy: ClassVar[str]
+    """Lumibot's own data source class, as ``"module:Class"`` (imported when first asked for)."""
+    ours: ClassVar[str]
+    """lumibot-duckdb's drop-in class of the same name, as ``"module:Class"``."""
 
     @property
-    @abstractmethod
+    def legacy_class(self) -> type:
+        """Lumibot's own data source class."""
+        return _load(self.legacy)
+
+    @property
     def duckdb_class(self) -> type:
         """lumibot-duckdb's drop-in class of the same name."""
+        return _load(self.ours)
 
     @abstractmethod
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeProvider]:
@@ -110,13 +115,16 @@ KITS = {
 }
 
 
+def _load(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def kit(source: str) -> SourceKit:
     """The kit of ``source`` ("polygon", "yahoo", "alpaca", "ccxt")."""
-    try:
-        module, _, name = KITS[source].partition(":")
-    except KeyError:
-        raise ValueError(f"unknown source {source!r}; kits exist for {sorted(KITS)}") from None
-    return getattr(importlib.import_module(module), name)()
+    if source not in KITS:
+        raise ValueError(f"unknown source {source!r}; kits exist for {sorted(KITS)}")
+    return _load(KITS[source])()
 
 
 @contextlib.contextmanager

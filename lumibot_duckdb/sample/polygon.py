@@ -259,17 +259,8 @@ class PolygonKit(SourceKit):
     timeframes = ("day", "minute")
     request_kinds = ("aggs", "splits", "contracts")
 
-    @property
-    def legacy_class(self) -> type:
-        from lumibot.backtesting import polygon_backtesting
-
-        return polygon_backtesting.PolygonDataBacktesting
-
-    @property
-    def duckdb_class(self) -> type:
-        from lumibot_duckdb.sources.polygon import PolygonDataBacktesting
-
-        return PolygonDataBacktesting
+    legacy = "lumibot.backtesting.polygon_backtesting:PolygonDataBacktesting"
+    ours = "lumibot_duckdb.sources.polygon:PolygonDataBacktesting"
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakePolygonHTTP]:
         return serve_polygon(market)

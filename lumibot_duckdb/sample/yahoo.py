@@ -332,17 +332,8 @@ class YahooKit(SourceKit):
     timeframes = ("day",)
     request_kinds = ("history", "info")
 
-    @property
-    def legacy_class(self) -> type:
-        from lumibot.backtesting import yahoo_backtesting
-
-        return yahoo_backtesting.YahooDataBacktesting
-
-    @property
-    def duckdb_class(self) -> type:
-        from lumibot_duckdb.sources.yahoo import YahooDataBacktesting
-
-        return YahooDataBacktesting
+    legacy = "lumibot.backtesting.yahoo_backtesting:YahooDataBacktesting"
+    ours = "lumibot_duckdb.sources.yahoo:YahooDataBacktesting"
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeYahoo]:
         return serve_yahoo(market, fast=fast)
