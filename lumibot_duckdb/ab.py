@@ -127,18 +127,24 @@ def child_environment(workdir: Path) -> dict[str, str]:
     return {**isolated_environment(workdir), "PYTHONWARNINGS": "ignore"}
 
 
-def run_subprocess(scenario: Scenario, variant: str, phase: str, workdir: Path, *, timeout: float = 3600) -> RunResult:
-    """Run one backtest in a fresh interpreter and return what it measured."""
-    return finish(spawn(scenario, variant, phase, workdir), timeout=timeout)
+def run_subprocess(scenario: Scenario, variant: str, phase: str, workdir: Path, *, timeout: float = 3600,
+                   fast: bool = False, env: dict[str, str] | None = None) -> RunResult:
+    """Run one backtest in a fresh interpreter and return what it measured (``fast``: see :func:`run_here`)."""
+    return finish(spawn(scenario, variant, phase, workdir, fast=fast, env=env), timeout=timeout)
 
 
-def spawn(scenario: Scenario, variant: str, phase: str, workdir: Path) -> subprocess.Popen[str]:
-    """Start one backtest in a fresh interpreter (see :func:`finish`); several may run at once."""
+def spawn(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fast: bool = False,
+          env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start one backtest in a fresh interpreter (see :func:`finish`); several may run at once.
+
+    ``env`` adds variables to the run's isolated environment (e.g. a memory budget).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     spec = json.dumps({"scenario": dataclasses.asdict(scenario), "variant": variant, "phase": phase,
-                       "workdir": str(workdir)})
+                       "workdir": str(workdir), "fast": fast})
     return subprocess.Popen([sys.executable, "-m", "lumibot_duckdb.ab", spec], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=child_environment(workdir), cwd=workdir)
+                            stderr=subprocess.PIPE, text=True, env={**child_environment(workdir), **(env or {})},
+                            cwd=workdir)
 
 
 def finish(process: subprocess.Popen[str], *, timeout: float = 3600) -> RunResult:
@@ -477,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Child entry: ``python -m lumibot_duckdb.ab '<json spec>'`` prints one RunResult as JSON."""
     spec = json.loads((argv or sys.argv[1:])[0])
     scenario = Scenario(**spec["scenario"])
-    result = run_here(scenario, spec["variant"], spec["phase"], Path(spec["workdir"]))
+    result = run_here(scenario, spec["variant"], spec["phase"], Path(spec["workdir"]), fast=spec.get("fast", False))
     print(json.dumps(dataclasses.asdict(result)), flush=True)
     return 0
 

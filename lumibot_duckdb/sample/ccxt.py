@@ -32,7 +32,10 @@ STEP_MS = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
 TIMEFRAMES = {"1m": "minute", "1h": "hour", "1d": "day"}
 QUOTES = ("USDT", "USDC", "USD", "BTC", "EUR")
 BASES = ("BTC", "ETH", "SOL", "XRP", "ADA", "DOGE", "SHIB", "PEPE", "AAA", "BBB", "CCC", "DDD")
-"""What the fake exchange lists by default: every base in every quote."""
+UNIVERSE = tuple(f"U{i:03d}" for i in range(200))
+"""Synthetic coins for universe benchmarks (listed in USDT only)."""
+LISTED = frozenset({f"{b}/{q}" for b in BASES for q in QUOTES} | {f"{u}/USDT" for u in UNIVERSE})
+"""What the fake exchange lists by default: every base in every quote, and the universe in USDT."""
 
 
 class Market(Protocol):
@@ -59,7 +62,7 @@ class FakeCcxt:
                  scale: dict[str, float] | None = None) -> None:
         self.market = market
         self.exchange_id = exchange_id
-        self.listed = set(listed) if listed is not None else {f"{b}/{q}" for b in BASES for q in QUOTES}
+        self.listed = set(listed) if listed is not None else set(LISTED)
         self.max_limit = max_limit
         self.default_limit = default_limit
         self.scale = dict(scale or {})

@@ -1,4 +1,4 @@
-"""Three small Lumibot strategies the A/B harness runs on both data paths.
+"""Four small Lumibot strategies the A/B harness runs on both data paths.
 
 They exercise what differs between data paths: daily and minute history requests, several
 symbols per iteration, ``get_last_price`` for sizing, and market orders filled by the broker
@@ -127,8 +127,54 @@ class MinuteSMA(_Assets, Strategy):
             self.order(params["symbol"], quantity, "sell")
 
 
+class DailyMinuteScan(_Assets, Strategy):
+    """Once a day, read the last ``bars`` minute bars of every symbol and hold the ``top`` with the best
+    return over them (equal weight), rebalancing every ``period`` days.
+
+    The shape of a universe scan on intraday data: many symbols, a day of minute bars each, one
+    decision a day.
+    """
+
+    parameters = {"symbols": ["SPY", "TLT", "GLD"], "bars": 390, "top": 1, "period": 1}
+
+    def initialize(self) -> None:
+        self.sleeptime = "1D"
+        self.vars.day = 0
+
+    def on_trading_iteration(self) -> None:
+        params: dict[str, Any] = self.parameters
+        self.vars.day += 1
+        scores = {}
+        for symbol in params["symbols"]:
+            bars = self.prices(symbol, params["bars"], "minute")
+            if bars is None or len(bars.df) < 2:
+                continue
+            frame = bars.df
+            scores[symbol] = frame["close"].iloc[-1] / frame["open"].iloc[0] - 1.0
+        if not scores or (self.vars.day - 1) % params["period"]:
+            return
+        chosen = sorted(scores, key=lambda s: (-scores[s], s))[: params["top"]]
+        for symbol in params["symbols"]:
+            current = self.held(symbol)
+            if symbol not in chosen and current > 0:
+                self.order(symbol, current, "sell")
+        budget = self.get_portfolio_value() / len(chosen)
+        for symbol in chosen:
+            price = self.price(symbol)
+            if not price:
+                continue
+            current = self.held(symbol)
+            target = int(budget * 0.98 // price) if params.get("asset_type") != "crypto" else \
+                round(budget * 0.98 / price, 4)
+            if target > current:
+                self.order(symbol, target - current, "buy")
+            elif target < current:
+                self.order(symbol, current - target, "sell")
+
+
 STRATEGIES = {
     "buy_and_hold": BuyAndHold,
     "momentum": MomentumRebalance,
     "minute_sma": MinuteSMA,
+    "minute_scan": DailyMinuteScan,
 }

@@ -25,6 +25,7 @@ import pandas as pd
 
 from lumibot_duckdb.config import Settings
 from lumibot_duckdb.errors import CorruptFileError, StoreError
+from lumibot_duckdb.sources.window import WindowBook
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
 
@@ -113,11 +114,24 @@ class EnhancedDataSourceBacktesting:
     ``strict``
         Raise store failures instead of falling back to the legacy path; default
         ``LUMIBOT_DUCKDB_STRICT`` (off).
+    ``max_memory``
+        Budget in bytes (or ``"512MB"``, ``"2GiB"``) for the bars held in memory, across series;
+        default ``LUMIBOT_DUCKDB_MAX_MEMORY`` (none: each series is still held only as a window
+        around the clock, see :mod:`lumibot_duckdb.sources.window`).
     """
 
+    LEGACY_TAKES_MAX_MEMORY = False
+    """True where Lumibot's own class has a ``max_memory`` keyword (handed to it on the legacy path)."""
+
     def __init__(self, *args: Any, use_duckdb: bool | str | None = None, cache_dir: Any = None,
-                 strict: bool | str | None = None, **kwargs: Any) -> None:
-        self.duckdb_settings = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict)
+                 strict: bool | str | None = None, max_memory: Any = None, **kwargs: Any) -> None:
+        enabled = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict).use_duckdb
+        if not enabled and self.LEGACY_TAKES_MAX_MEMORY:
+            kwargs["max_memory"] = max_memory  # the legacy path gets Lumibot's own behaviour, whatever it is
+            max_memory = None
+        self.duckdb_settings = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict,
+                                                max_memory=max_memory if enabled else None)
+        self.duckdb_windows = WindowBook(budget=self.duckdb_settings.max_memory)
         self.duckdb_stats = DataLayerStats()
         self._duckdb_failure: BaseException | None = None
         self.duckdb_strict_error: BaseException | None = None

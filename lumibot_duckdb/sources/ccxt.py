@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from lumibot.backtesting.ccxt_backtesting import CcxtBacktesting as _LegacyCcxtBacktesting
+from lumibot.constants import LUMIBOT_DEFAULT_PYTZ
 from lumibot.tools import ccxt_data_store
 from lumibot.tools.ccxt_data_store import CcxtCacheDB
 from lumibot.tools.symbol_normalization import (
@@ -45,6 +46,7 @@ from lumibot.tools.symbol_normalization import (
 
 from lumibot_duckdb.errors import ProviderDataError
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
+from lumibot_duckdb.sources.window import ROW_MARGIN, frame_bytes
 from lumibot_duckdb.store import Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
 
@@ -94,8 +96,87 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
 
         return self.via_store(from_store, legacy_call)
 
+    # -- the window of each series (bounded memory) ---------------------------------------------
+    def _pull_source_symbol_bars(self, asset: Any, length: int | None = None, timestep: str = "minute",
+                                 timeshift: Any = None, quote: Any = None, exchange: Any = None,
+                                 include_after_hours: bool = True) -> pd.DataFrame | None:
+        """Lumibot's slice (``index + bar <= now - timeshift``, last ``length`` bars) of a window of the series.
+
+        Lumibot holds the whole backtest (plus 300 bars) of every symbol and masks it on every call;
+        here the series is held from the longest lookback seen to a chunk ahead of the clock, and
+        sliced by binary search. ``length=None`` (everything so far) keeps Lumibot's path.
+        """
+        if not self.use_duckdb or length is None:
+            return super()._pull_source_symbol_bars(asset, length, timestep, timeshift, quote, exchange,
+                                                    include_after_hours)
+        if exchange is not None:
+            log.warning("the exchange parameter is not implemented for CcxtData, but %s was passed", exchange)
+        if isinstance(asset, tuple):
+            symbol = f"{asset[0].symbol.upper()}/{asset[1].symbol.upper()}"
+        elif quote is not None:
+            symbol = f"{asset.symbol.upper()}/{quote.symbol.upper()}"
+        else:
+            symbol = asset
+        timeframe = self._parse_source_timestep(timestep, reverse=True)
+        key = f"{symbol}_{timeframe}"
+        end = self.get_datetime()
+        if timeshift:
+            end = end - timeshift
+        end = self.to_default_timezone(end)
+        bar, _ = self.convert_timestep_str_to_timedelta(timestep)
+        limit = pd.Timestamp(end - bar)
+        window = self.duckdb_windows.need(key, bar * (int(length) + ROW_MARGIN), int(length) + 1)
+        self.duckdb_windows.touch(key)
+        data = self._data_store.get(key)
+        if data is None or window.due(limit) or self._too_short(data, window, limit):
+            data = self._read_window(key, symbol, timeframe, limit)
+            if data is None:
+                log.error("%s did not return data for asset %s. Make sure this symbol is valid.", self.SOURCE, symbol)
+                return None
+        stop = int(data.index.searchsorted(limit, side="right"))
+        return data.iloc[max(0, stop - int(length)):stop].copy()
+
+    @staticmethod
+    def _too_short(data: pd.DataFrame, window: Any, limit: pd.Timestamp) -> bool:
+        if window.start is None or window.first is None or window.start <= window.first:
+            return False
+        return int(data.index.searchsorted(limit, side="right")) < window.rows + ROW_MARGIN
+
+    def _read_window(self, key: str, symbol: str, timeframe: str, limit: pd.Timestamp) -> pd.DataFrame | None:
+        """Read (or roll) the window of ``key`` around ``limit`` from the store; None if the series has no bars."""
+        window = self.duckdb_windows.window(key)
+        first = self._to_utc_timezone(self.datetime_start) - self._prebuffer(timeframe)
+        last = self._to_utc_timezone(self.datetime_end)
+        window.first, window.last, window.timestep = _utc(first), _utc(last), TIMEFRAMES[timeframe]
+        start, stop = window.bounds(limit)
+        while True:
+            frame = self.via_store(
+                lambda: self._from_store(self.cache_db, symbol, timeframe, first, last,
+                                         read=Interval(start, stop + pd.Timedelta(microseconds=1))),
+                lambda: self.cache_db.download_ohlcv(symbol, timeframe, first, last))
+            if frame is None or frame.empty:
+                self._data_store.pop(key, None)
+                self.duckdb_windows.dropped(key)
+                return None
+            frame.index = frame.index.tz_localize("UTC").tz_convert(LUMIBOT_DEFAULT_PYTZ)
+            behind = int(frame.index.searchsorted(limit, side="right"))
+            if start <= window.first or not self.use_duckdb or behind >= window.rows + ROW_MARGIN:
+                break
+            start = window.further_back(start, limit)
+        data = self._append_data(key, frame)
+        if not self.use_duckdb:  # fell back to Lumibot's cache: it returned the whole range
+            start, stop = window.first, window.last
+        for other in self.duckdb_windows.loaded(key, start, stop, frame_bytes(data)):
+            self._data_store.pop(other, None)
+        return data
+
+    def _prebuffer(self, timeframe: str) -> dt.timedelta:
+        unit = {"1d": "days", "1h": "hours"}.get(timeframe, "minutes")
+        return dt.timedelta(**{unit: self._download_start_dt_prebuffer})
+
+    # -- the seam ------------------------------------------------------------------------------------
     def _from_store(self, cache_db: CcxtCacheDB, symbol: str, timeframe: str, start: dt.datetime,
-                    end: dt.datetime | None) -> pd.DataFrame:
+                    end: dt.datetime | None, read: Interval | None = None) -> pd.DataFrame:
         if timeframe not in STEPS:
             raise ValueError(f"Unsupported CCXT timeframe {timeframe!r}; expected one of {sorted(STEPS)}")
         exchange_id = cache_db.exchange_id
@@ -106,7 +187,7 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         key = ccxt_series_key(symbol, timeframe, exchange_id)
         wanted = Interval(_utc(first_day), _utc(last_instant) + pd.Timedelta(microseconds=1))
         provider = CcxtFetcher(cache_db, symbol, timeframe, markets=MarketBook(self.store.layout, exchange_id))
-        bars = self.serve(key, wanted, provider, columns=("open", "high", "low", "close", "volume"))
+        bars = self.serve(key, wanted, provider, columns=("open", "high", "low", "close", "volume"), read=read)
         horizon = provider.horizon
         if wanted.end > horizon:  # candles still forming: fetched every time, never stored
             tail = provider.fetch(provider.task(Interval(max(horizon, wanted.start), wanted.end)))

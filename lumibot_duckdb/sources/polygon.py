@@ -19,17 +19,23 @@ import datetime as dt
 import functools
 import json
 import threading
+import types
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from lumibot.backtesting.polygon_backtesting import PolygonDataBacktesting as _LegacyPolygonDataBacktesting
 from lumibot.constants import LUMIBOT_DEFAULT_PYTZ
-from lumibot.entities import Asset
+from lumibot.backtesting.polygon_backtesting import START_BUFFER
+from lumibot.entities import Asset, Data
+from lumibot.entities import data as _data_module
+from lumibot.entities.dataline import Dataline
 from lumibot.tools import polygon_helper
+from lumibot.tools.helpers import parse_timestep_qty_and_unit
 
 from lumibot_duckdb.errors import ProviderDataError
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
+from lumibot_duckdb.sources.window import ROW_MARGIN, frame_bytes
 from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.store import SeriesWriter
 
@@ -40,7 +46,11 @@ POLYGON_COLUMNS = ("open", "high", "low", "close", "volume", "vwap", "trade_coun
 
 _ROUTE: contextvars.ContextVar[PolygonDataBacktesting | None] = contextvars.ContextVar("lumibot_duckdb_polygon",
                                                                                           default=None)
+_WINDOWED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("lumibot_duckdb_polygon_window",
+                                                                      default=None)
+"""True inside a backtest's request (the seam returns a window); False for a range asked whole."""
 _ROUTE_LOCK = threading.Lock()
+_PREPARE_LOCK = threading.Lock()
 
 
 class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBacktesting):
@@ -48,35 +58,246 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
 
     Same class name and ``SOURCE`` as Lumibot's (Lumibot keys behaviour on both). Extra keyword
     arguments: ``use_duckdb``, ``cache_dir``, ``strict`` (see :class:`EnhancedDataSourceBacktesting`).
+
+    On the DuckDB path each series is held as a window of bars around the clock (a Lumibot ``Data``
+    over that window, rolled as the clock advances; :mod:`lumibot_duckdb.sources.window`), not as
+    the whole range. ``max_memory`` (Lumibot's keyword, also filled from ``POLYGON_MAX_MEMORY_BYTES``
+    by Lumibot's ``run_backtest``) is the budget of those windows; on the legacy path it is handed
+    to Lumibot's class unchanged.
     """
 
-    def _update_pandas_data(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.use_duckdb:
-            return super()._update_pandas_data(*args, **kwargs)
-        token = _ROUTE.set(self)
-        try:
-            return super()._update_pandas_data(*args, **kwargs)
-        finally:
-            _ROUTE.reset(token)
+    LEGACY_TAKES_MAX_MEMORY = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lookbacks: dict[tuple[int, str], tuple[pd.Timedelta, int]] = {}
+        self._data_seen: dict[Any, int] = {}
+        self._next_roll: pd.Timestamp | None = None
+        super().__init__(*args, **kwargs)
+
+    # -- the window of each series -----------------------------------------------------------------
+    def _update_pandas_data(self, asset: Any, quote: Any, length: Any, timestep: Any, start_dt: Any = None) -> Any:
+        if not self.use_duckdb:
+            return super()._update_pandas_data(asset, quote, length, timestep, start_dt)
+        key = _data_key(asset, quote)
+        now = self.get_datetime()
+        span, rows = self._lookback(length, timestep)
+        window = self.duckdb_windows.need(key, span, rows)
+        self.duckdb_windows.touch(key)
+        if window.first is not None and (window.due(_ts(now)) or key not in self.pandas_data):
+            self._read_window(key, _ts(now))
+        token = _ROUTE.set(self)
+        windowed = _WINDOWED.set(True) if _WINDOWED.get() is None else None
+        try:
+            return super()._update_pandas_data(asset, quote, length, timestep, start_dt)
+        finally:
+            if windowed is not None:
+                _WINDOWED.reset(windowed)
+            _ROUTE.reset(token)
+            self._adopt(key)
+
+    def _lookback(self, length: Any, timestep: Any) -> tuple[pd.Timedelta, int]:
+        """How far back (time, and bars of a minute series) a request reaches, as Lumibot computes it."""
+        memo = (length, timestep)
+        found = self._lookbacks.get(memo)
+        if found is None:
+            anchor = self.datetime_start
+            try:
+                start, unit = self.get_start_datetime_and_ts_unit(length, timestep, anchor, start_buffer=START_BUFFER)
+                quantity, _ = parse_timestep_qty_and_unit(timestep)
+                # bars of the series the request slices: minute bars for minute and hour requests (hours
+                # are resampled from minutes); day requests reach back in time (``span`` covers them)
+                per_bar = 60 if unit == "hour" else 1
+                found = (pd.Timedelta(anchor - start), int(length or 1) * int(quantity) * per_bar)
+            except Exception:  # noqa: BLE001 - Lumibot raises its own error for this request just after
+                found = (pd.Timedelta(0), 0)
+            self._lookbacks[memo] = found
+        return found
+
+    def _adopt(self, key: Any) -> None:
+        """After Lumibot (re)built the ``Data`` of ``key`` from the seam: account for it, drop others if over budget."""
+        data = self.pandas_data.get(key)
+        if data is None or self._data_seen.get(key) == id(data):
+            return
+        self._data_seen[key] = id(data)
+        window = self.duckdb_windows.window(key)
+        if window.first is None or window.start is None:  # not from the store (e.g. pandas_data=): left alone
+            return
+        self._held(key, data)
+
+    def _held(self, key: Any, data: Any) -> None:
+        _prepare(data)
+        window = self.duckdb_windows.window(key)
+        assert window.start is not None and window.end is not None
+        for other in self.duckdb_windows.loaded(key, window.start, window.end, _data_bytes(data)):
+            self.pandas_data.pop(other, None)
+            self._data_seen.pop(other, None)
+        self._next_roll = self.duckdb_windows.next_roll()
+
+    def _read_window(self, key: Any, now: pd.Timestamp) -> None:
+        """(Re)build the ``Data`` of ``key`` over the window around ``now``, from the store."""
+        asset, quote = key
+        window = self.duckdb_windows.window(key)
+        start, end = window.bounds(now)
+        series = polygon_series_key(asset, quote, window.timestep)
+        while True:
+            bars = self.store.read(series, start, end + pd.Timedelta(microseconds=1), columns=POLYGON_COLUMNS)
+            frame = legacy_filter(legacy_frame(bars), window.request_start, self.datetime_end, window.timestep)
+            behind = int(frame.index.searchsorted(now, side="right"))
+            if start <= window.first or (behind >= window.rows + ROW_MARGIN and behind > 0):
+                break
+            start = window.further_back(start, now)
+        self.duckdb_stats.add(bars_served=len(bars))
+        if frame.empty:  # nothing in the whole range: Lumibot would hold no Data either
+            self.pandas_data.pop(key, None)
+            self.duckdb_windows.dropped(key)
+            return
+        window.start, window.end = start, end
+        data = Data(asset, frame, timestep=window.timestep, quote=quote)
+        self.pandas_data[key] = data
+        self._data_seen[key] = id(data)
+        self._held(key, data)
+
+    def _update_datetime(self, new_datetime: Any, *args: Any, **kwargs: Any) -> Any:
+        result = super()._update_datetime(new_datetime, *args, **kwargs)
+        if self._next_roll is not None and self.use_duckdb and _ts(new_datetime) >= self._next_roll:
+            now = _ts(new_datetime)
+            for key, window in list(self.duckdb_windows.windows.items()):
+                if window.held and window.due(now) and key in self.pandas_data:
+                    self._read_window(key, now)
+            self._next_roll = self.duckdb_windows.next_roll()
+        return result
+
+    def get_quote(self, asset: Any, quote: Any = None, exchange: Any = None) -> Any:
+        if self.use_duckdb:
+            key = _data_key(asset, quote)
+            window = self.duckdb_windows.windows.get(key)
+            if window is not None and window.first is not None and key not in self.pandas_data:
+                self._read_window(key, _ts(self.get_datetime()))  # dropped by the budget: read it again
+        return super().get_quote(asset, quote=quote, exchange=exchange)
+
+    def get_historical_prices_between_dates(self, asset: Any, timestep: str = "minute", quote: Any = None,
+                                            exchange: Any = None, include_after_hours: bool = True,
+                                            start_date: Any = None, end_date: Any = None) -> Any:
+        """A range, not a window: the series is read whole for this call (and then held like any window)."""
+        if not self.use_duckdb:
+            return super().get_historical_prices_between_dates(asset, timestep, quote, exchange, include_after_hours,
+                                                               start_date, end_date)
+        whole = _WINDOWED.set(False)
+        try:
+            key = _data_key(asset, quote)
+            window = self.duckdb_windows.windows.get(key)
+            if window is not None and window.held and not (window.start <= window.first and window.complete()):
+                self.pandas_data.pop(key, None)  # Lumibot reads the range again through the seam, whole
+                self.duckdb_windows.dropped(key)
+            return super().get_historical_prices_between_dates(asset, timestep, quote, exchange, include_after_hours,
+                                                               start_date, end_date)
+        finally:
+            _WINDOWED.reset(whole)
+
+    # -- the seam ------------------------------------------------------------------------------------
     def _polygon_prices(self, legacy: Any, api_key: str, asset: Asset, start: dt.datetime, end: dt.datetime,
                         timespan: str = "minute", quote_asset: Asset | None = None,
                         force_cache_update: bool = False, max_workers: int = 10) -> pd.DataFrame | None:
-        """Stand-in for ``polygon_helper.get_price_data_from_polygon`` (same arguments, same frame)."""
+        """Stand-in for ``polygon_helper.get_price_data_from_polygon`` (same arguments, same frame).
+
+        The whole range is made present in the store (only what it lacks is fetched); what is
+        returned is the window of it around the clock.
+        """
 
         def from_store() -> pd.DataFrame:
             key = polygon_series_key(asset, quote_asset, timespan)
             day_tz = _day_timezone(asset)
             wanted = Interval(_day_start(start.date(), day_tz), _day_start(end.date() + dt.timedelta(days=1), day_tz))
             provider = PolygonFetcher(api_key, asset, quote_asset, timespan, max_workers=max_workers)
-            bars = self.serve(key, wanted, provider, refresh=force_cache_update, columns=POLYGON_COLUMNS)
-            return legacy_filter(legacy_frame(bars), start, end, timespan)
+            window = self.duckdb_windows.window(_data_key(asset, quote_asset))
+            window.first, window.last = wanted.start, wanted.end
+            window.request_start, window.timestep = start, timespan
+            now = _ts(self.get_datetime())
+            read_start, read_end = window.bounds(now) if _WINDOWED.get() else (wanted.start, wanted.end)
+            while True:
+                bars = self.serve(key, wanted, provider, refresh=force_cache_update, columns=POLYGON_COLUMNS,
+                                  read=Interval(read_start, read_end + pd.Timedelta(microseconds=1)))
+                frame = legacy_filter(legacy_frame(bars), start, end, timespan)
+                behind = int(frame.index.searchsorted(now, side="right"))
+                if read_start <= wanted.start or (behind >= window.rows + ROW_MARGIN and behind > 0):
+                    break
+                read_start = window.further_back(read_start, now)
+                wanted = Interval(wanted.start, wanted.start)  # filled already: only read further back
+            window.start, window.end = read_start, read_end
+            return frame
 
         def legacy_call() -> pd.DataFrame | None:
             return legacy(api_key, asset, start, end, timespan=timespan, quote_asset=quote_asset,
                           force_cache_update=force_cache_update, max_workers=max_workers)
 
         return self.via_store(from_store, legacy_call)
+
+
+def _data_key(asset: Any, quote: Any) -> tuple[Any, Any]:
+    """The key of ``pandas_data`` for a request, as Lumibot's ``_update_pandas_data`` builds it."""
+    if isinstance(asset, tuple):
+        return asset[0], asset[1]
+    return asset, quote if quote is not None else Asset("USD", "forex")
+
+
+def _ts(value: Any) -> pd.Timestamp:
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize(LUMIBOT_DEFAULT_PYTZ) if stamp.tzinfo is None else stamp
+
+
+def _prepare(data: Data) -> None:
+    """Finish a window's ``Data`` now (Lumibot would on first use) without two per-bar Python objects.
+
+    * Lumibot keeps a dict of every timestamp for frames up to 50,000 rows and looks larger frames
+      up by binary search instead; windows take the second way, which answers the same.
+    * Its ``datetime`` data line is the index as an object array (one ``Timestamp`` object per bar,
+      ~20x the bar's own size, and most of the cost of building a ``Data``). Lumibot only ever reads
+      single elements of it, so a window's line reads them from the index on demand.
+    """
+    if getattr(data, "iter_index_dict", None) is not None:
+        return
+    data.to_datalines = types.MethodType(_window_datalines, data)  # type: ignore[method-assign]
+    with _PREPARE_LOCK:
+        saved = _data_module._ITER_INDEX_DICT_MAX_ROWS
+        _data_module._ITER_INDEX_DICT_MAX_ROWS = -1
+        try:
+            data.repair_times_and_fill(data.df.index)
+        finally:
+            _data_module._ITER_INDEX_DICT_MAX_ROWS = saved
+
+
+class IndexLine:
+    """Reads like the object array of a ``DatetimeIndex`` (``line[i]`` is a ``Timestamp``), holds nothing."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: pd.DatetimeIndex) -> None:
+        self.index = index
+
+    def __getitem__(self, position: Any) -> Any:
+        return self.index[position]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def _window_datalines(data: Data) -> None:
+    """``Data.to_datalines`` (Lumibot 4.6) with the ``datetime`` line read from the index on demand."""
+    line = IndexLine(data.df.index)
+    data.datalines["datetime"] = Dataline(data.asset, "datetime", line, data.df.index.dtype)
+    data.datetime = line
+    for column in data.df.columns:
+        values = data.df[column].to_numpy()
+        data.datalines[column] = Dataline(data.asset, column, values, data.df[column].dtype)
+        setattr(data, column, values)
+    data._quote_required_cols_present = all(c in data.datalines for c in _data_module._DATA_REQUIRED_PRICE_COLS)
+    data._quote_missing_cols = [c for c in _data_module._DATA_QUOTE_COLS if c not in data.datalines]
+    data._quote_presence_logged = False
+
+
+def _data_bytes(data: Data) -> int:
+    """Bytes a ``Data`` holds: its frame (the per-column arrays and the bars view share its memory)."""
+    return frame_bytes(data.df)
 
 
 def polygon_series_key(asset: Asset, quote: Asset | None, timespan: str) -> SeriesKey:

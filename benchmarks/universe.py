@@ -1,0 +1,199 @@
+"""Universe benchmarks: memory and wall time of many symbols, Lumibot's legacy path beside the DuckDB path.
+
+Three workloads on one year (2023), each run in fresh processes, offline (providers emulated at their
+network seams by ``lumibot_duckdb.sample``), on a warm cache (filled once by a cold run per variant):
+
+* ``polygon-daily10`` / ``polygon-daily50``: a plain daily momentum strategy over 10 / 50 symbols
+  (20-day lookback, rebalance every 5 days, ``get_last_price`` to size orders). Lumibot's Polygon source
+  prices assets from minute bars, so its legacy path holds every symbol's minute bars for the year.
+* ``polygon-minute50``: 50 symbols, a daily-cadence strategy reading the last 390 minute bars of every
+  symbol each day.
+* ``ccxt-minute50``: the same on CCXT, 24/7 minute candles (the last 1,440 each day), over two months
+  (January and February 2023): filling Lumibot's CCXT cache with a year of 50 symbols takes hours here.
+
+Reported per run: peak RSS, data-held memory (peak minus the RSS right after importing Lumibot and the
+data source), wall time of the backtest; DuckDB / legacy ratios (median of per-repetition ratios); fills
+and final value compared for every repetition.
+
+Reproduce (the first run of a scenario fills its caches: Polygon 50 symbols takes about 20 minutes on
+the legacy path; warm repetitions are then a few minutes each)::
+
+    python3 dev.py bench benchmarks/universe.py --scenario all --repeat 3
+    python3 dev.py bench benchmarks/universe.py --scenario polygon-daily10 --repeat 1
+    python3 dev.py bench benchmarks/universe.py --scenario polygon-daily50 --variant duckdb \\
+        --env LUMIBOT_DUCKDB_MAX_MEMORY=256MB                # a memory budget for the DuckDB path
+
+Caches live in ``--workdir`` (default ``$TMPDIR/lumibot-duckdb-universe``) and are reused across calls;
+results go to ``benchmarks/results/universe.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from lumibot_duckdb.ab import RunResult, Scenario, compare, run_subprocess
+
+START, END = "2023-01-03", "2024-01-01"
+UNIVERSE = tuple(f"U{i:03d}" for i in range(200))
+
+
+def _momentum(count: int) -> Scenario:
+    return Scenario(f"polygon daily momentum x{count}", "momentum",
+                    {"symbols": list(UNIVERSE[:count]), "lookback": 20, "top": 5, "period": 5}, START, END)
+
+
+def _scan(source: str, count: int, bars: int, end: str = END, **crypto: str) -> Scenario:
+    return Scenario(f"{source} minute scan x{count}", "minute_scan",
+                    {"symbols": list(UNIVERSE[:count]), "bars": bars, "top": 5, "period": 5, **crypto},
+                    START, end, source=source)
+
+
+SCENARIOS = {
+    "polygon-daily10": _momentum(10),
+    "polygon-daily50": _momentum(50),
+    "polygon-minute50": _scan("polygon", 50, 390),
+    # two months: Lumibot's CCXT cache takes hours to fill a year of 50 symbols' minute candles here
+    "ccxt-minute50": _scan("ccxt", 50, 1440, end="2023-03-01", asset_type="crypto", quote="USDT"),
+}
+FILLED_BY = {  # the cold run that fills a source's cache folder (a superset serves the smaller runs)
+    "polygon": ("polygon-daily50", "polygon-minute50"),
+    "ccxt": ("ccxt-minute50",),
+}
+
+
+def cache_folder(workdir: Path, scenario: Scenario, variant: str) -> Path:
+    return workdir / scenario.source / variant
+
+
+def ensure_filled(workdir: Path, scenario: Scenario, variant: str, progress: bool = True) -> None:
+    """One cold run per scenario and variant on the shared cache folder (``fast``: no provider sleeps)."""
+    folder = cache_folder(workdir, scenario, variant)
+    marker = folder / f".filled-{scenario.strategy}-{len(scenario.parameters['symbols'])}"
+    if marker.exists():
+        return
+    if progress:
+        print(f"filling {folder} with a cold run of {scenario.name} ({variant}) ...", flush=True)
+    result = run_subprocess(scenario, variant, "cold", folder, fast=True, timeout=4 * 3600)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(dataclasses.asdict(result)["wall_seconds"]))
+    if progress:
+        print(f"  filled in {result.wall_seconds:.0f} s, peak RSS {result.peak_rss_mb:.0f} MB", flush=True)
+
+
+def held_mb(result: RunResult) -> float:
+    return result.peak_rss_mb - result.rss_after_import_mb
+
+
+def run(names: list[str], variants: list[str], repeat: int, workdir: Path, env: dict[str, str]) -> list[RunResult]:
+    results = []
+    for name in names:
+        scenario = SCENARIOS[name]
+        for variant in variants:
+            for filler in FILLED_BY[scenario.source]:
+                if filler in SCENARIOS and SCENARIOS[filler].source == scenario.source:
+                    ensure_filled(workdir, SCENARIOS[filler], variant)
+        for _ in range(repeat):
+            for variant in variants:
+                result = run_subprocess(scenario, variant, "warm", cache_folder(workdir, scenario, variant),
+                                        env=env if variant == "duckdb" else None, timeout=4 * 3600)
+                results.append(result)
+                print(f"{result.scenario:32} {variant:7} wall {result.wall_seconds:7.1f} s  peak "
+                      f"{result.peak_rss_mb:6.0f} MB  held {held_mb(result):6.0f} MB  fills {len(result.fills)}  "
+                      f"final {result.final_value:,.2f}", flush=True)
+    return results
+
+
+def summarize(results: list[RunResult]) -> str:
+    by: dict[tuple[str, str], list[RunResult]] = {}
+    for r in results:
+        by.setdefault((r.scenario, r.variant), []).append(r)
+    figures = {"peak RSS MB": lambda r: r.peak_rss_mb, "data-held MB": held_mb,
+               "RSS after import MB": lambda r: r.rss_after_import_mb, "wall s": lambda r: r.wall_seconds}
+    lines = ["| scenario | variant | n | " + " | ".join(figures) + " | fills | final value |",
+             "|---|---|---|" + "---|" * (len(figures) + 2)]
+    for (scenario, variant), runs in by.items():
+        cells = []
+        for get in figures.values():
+            values = [get(r) for r in runs]
+            cells.append(f"{statistics.median(values):.1f} [{min(values):.1f}–{max(values):.1f}]")
+        lines.append(f"| {scenario} | {variant} | {len(runs)} | " + " | ".join(cells)
+                     + f" | {len(runs[0].fills)} | {runs[0].final_value:,.2f} |")
+    lines += ["", "Ratios DuckDB / legacy (median of per-repetition ratios, min–max):", ""]
+    for scenario in dict.fromkeys(r.scenario for r in results):
+        pairs = list(zip(by.get((scenario, "legacy"), []), by.get((scenario, "duckdb"), [])))
+        if not pairs:
+            continue
+        parts = []
+        for label, get in figures.items():
+            if label.startswith("RSS after"):
+                continue
+            ratios = [get(b) / get(a) for a, b in pairs if get(a)]
+            parts.append(f"{label} {statistics.median(ratios):.3f}x [{min(ratios):.3f}–{max(ratios):.3f}]")
+        lines.append(f"- {scenario}: " + "; ".join(parts))
+    lines += ["", "Parity (every repetition):", ""]
+    for parity in compare_all(results):
+        lines.append(f"- {parity}")
+    return "\n".join(lines)
+
+
+def compare_all(results: list[RunResult]) -> list[str]:
+    out = []
+    legacy = [r for r in results if r.variant == "legacy"]
+    duckdb = [r for r in results if r.variant == "duckdb"]
+    for a, b in zip(legacy, duckdb):
+        (parity,) = compare([a, b])
+        verdict = "identical" if parity.identical else f"DIFFERENT: {parity.detail}"
+        out.append(f"{a.scenario}: {verdict} ({parity.fills} fills, final value legacy "
+                   f"{parity.legacy_value:,.2f} / DuckDB {parity.duckdb_value:,.2f})")
+    return out
+
+
+def machine() -> str:
+    import duckdb
+    import lumibot
+    import pandas
+
+    return (f"{datetime.date.today()} on {os.cpu_count()} CPUs, {platform.machine()}, Python "
+            f"{platform.python_version()}, lumibot {getattr(lumibot, '__version__', '?')}, duckdb "
+            f"{duckdb.__version__}, pandas {pandas.__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", default="all", choices=[*SCENARIOS, "all"])
+    parser.add_argument("--variant", default="both", choices=["legacy", "duckdb", "both"])
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lumibot-duckdb-universe")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the DuckDB runs")
+    parser.add_argument("--fill-only", action="store_true", help="fill the caches and stop")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "universe")
+    args = parser.parse_args(argv)
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    variants = ["legacy", "duckdb"] if args.variant == "both" else [args.variant]
+    env = dict(item.split("=", 1) for item in args.env)
+    if args.fill_only:
+        for name in names:
+            for variant in variants:
+                for filler in FILLED_BY[SCENARIOS[name].source]:
+                    ensure_filled(args.workdir, SCENARIOS[filler], variant)
+        return 0
+    results = run(names, variants, args.repeat, args.workdir, env)
+    text = f"Measured {machine()}; offline, providers emulated at their seams; warm caches.\n\n{summarize(results)}\n"
+    print(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".md").write_text(text)
+    args.output.with_suffix(".json").write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
