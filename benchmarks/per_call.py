@@ -1,0 +1,116 @@
+"""Per-call cost of ``get_historical_prices`` and ``get_last_price``: Lumibot's legacy path beside the DuckDB path.
+
+One data source per variant, built directly (no strategy, no broker), on the same emulated provider data
+(the first pass fills the caches and is not timed). The clock then steps one trading day at a time through
+2023 at 10:00 New York (CCXT: 00:00 UTC, every day), and each call is timed on its own; the DuckDB path
+pays its window rolls inside these calls. Reported: median and mean µs per call, and the slowest call.
+
+Reproduce::
+
+    python3 dev.py bench benchmarks/per_call.py              # about 5 minutes on 2 cores
+
+Results go to ``benchmarks/results/per_call.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CALLS = {
+    "polygon": [("get_historical_prices(20, 'day')", "bars", 20, "day"),
+                ("get_historical_prices(390, 'minute')", "bars", 390, "minute"),
+                ("get_last_price", "price", None, None)],
+    "ccxt": [("get_historical_prices(1440, 'minute')", "bars", 1440, "minute"),
+             ("get_last_price", "price", None, None)],
+}
+
+
+def measure(source_name: str, variant: str, workdir: Path, symbols: int = 5) -> list[str]:
+    import pandas as pd
+    from lumibot.entities import Asset
+
+    from lumibot_duckdb.ab import Scenario
+    from lumibot_duckdb.sample.kits import kit
+    from lumibot_duckdb.sample.market import SyntheticMarket
+    from lumibot_duckdb.sample.offline import offline
+
+    source = kit(source_name)
+    crypto = source_name == "ccxt"
+    scenario = Scenario("per call", "momentum", {}, "2023-01-03", "2024-01-01", source=source_name)
+    options = dict(source.backtest_kwargs(variant, scenario))
+    cls = source.legacy_class if variant == "legacy" else source.duckdb_class
+    if variant == "duckdb":
+        options.update(use_duckdb=True, cache_dir=str(workdir / "duckdb"))
+    quote = Asset("USDT", "crypto") if crypto else None
+    assets = [Asset(f"U{i:03d}", "crypto" if crypto else "stock") for i in range(symbols)]
+    start, end = dt.datetime(2023, 1, 3), dt.datetime(2024, 1, 1)
+    if crypto:
+        clocks = pd.date_range("2023-01-04", "2023-12-30", freq="D", tz="America/New_York")
+    else:
+        import pandas_market_calendars as mcal
+
+        days = mcal.get_calendar("NYSE").valid_days("2023-01-04", "2023-12-29")
+        clocks = [pd.Timestamp(d.date()).tz_localize("America/New_York") + pd.Timedelta(hours=10) for d in days]
+    lines = []
+    with source.legacy_cache_folder(workdir / "lumibot-cache"), offline(), \
+            source.serve(SyntheticMarket(1), fast=True):
+        for timed in (False, True):
+            data_source = cls(datetime_start=start, datetime_end=end, **options)
+            costs: dict[str, list[float]] = {label: [] for label, *_ in CALLS[source_name]}
+            for clock in clocks:
+                data_source._datetime = clock.to_pydatetime()
+                for asset in assets:
+                    for label, kind, length, timestep in CALLS[source_name]:
+                        extra = {"quote": quote} if quote is not None else {}
+                        began = time.perf_counter()
+                        if kind == "bars":
+                            data_source.get_historical_prices(asset, length, timestep, **extra)
+                        else:
+                            data_source.get_last_price(asset, **extra)
+                        costs[label].append(time.perf_counter() - began)
+            if timed:
+                for label, values in costs.items():
+                    micro = [v * 1e6 for v in values]
+                    lines.append(f"| {source_name} | {label} | {variant} | {len(micro)} | "
+                                 f"{statistics.median(micro):,.0f} | {statistics.fmean(micro):,.0f} | "
+                                 f"{max(micro) / 1000:,.1f} |")
+    return lines
+
+
+def main() -> int:
+    if os.environ.get("LUMIBOT_DUCKDB_PER_CALL_CHILD") != "1":
+        from lumibot_duckdb.ab import child_environment
+
+        workdir = Path(tempfile.mkdtemp(prefix="per-call-"))
+        rows = []
+        for source_name in CALLS:
+            for variant in ("legacy", "duckdb"):
+                env = {**child_environment(workdir / variant), "LUMIBOT_DUCKDB_PER_CALL_CHILD": "1"}
+                done = subprocess.run([sys.executable, __file__, source_name, variant, str(workdir / variant)],
+                                      env=env, capture_output=True, text=True, cwd=workdir, check=False)
+                if done.returncode:
+                    print(done.stderr[-3000:])
+                    return done.returncode
+                rows += [ln for ln in done.stdout.splitlines() if ln.startswith("|")]
+                print("\n".join(rows[-len(CALLS[source_name]):]), flush=True)
+        text = ("Per-call cost, µs (5 symbols, one call per symbol per trading day of 2023; the DuckDB path's "
+                "window rolls are inside its calls).\n\n| source | call | variant | calls | median µs | mean µs | "
+                "slowest ms |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        out = Path(__file__).parent / "results" / "per_call.md"
+        out.write_text(text)
+        print(text)
+        return 0
+    source_name, variant, workdir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    print("\n".join(measure(source_name, variant, workdir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
