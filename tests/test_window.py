@@ -132,8 +132,8 @@ def test_polygon_windows_roll_and_evict_with_identical_fills(tmp_path: Path, mon
 
 
 @pytest.mark.backtest
-def test_polygon_daily_strategy_holds_weeks_of_minute_bars_not_the_whole_range(tmp_path: Path,
-                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_polygon_daily_strategy_holds_weeks_of_minute_bars_not_the_whole_range(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A daily strategy prices assets from minute bars (Lumibot's Polygon ``get_last_price``): held as windows."""
     scenario = Scenario("momentum", "momentum", {"symbols": ["AAA", "BBB"], "lookback": 5, "top": 1, "period": 3},
                         "2024-01-02", "2024-04-30")

@@ -42,6 +42,25 @@ class _Assets:
         return self.submit_order(  # type: ignore[attr-defined]
             self.create_order(self.asset(symbol), quantity, side, **extra))  # type: ignore[attr-defined]
 
+    def rebalance(self, scores: dict[str, float], symbols: list[str], top: int, *, fractional: bool = False) -> None:
+        """Hold the ``top`` best-scored symbols, equal weight (98 % of the portfolio); sell the others."""
+        chosen = sorted(scores, key=lambda s: (-scores[s], s))[:top]
+        for symbol in symbols:
+            current = self.held(symbol)
+            if symbol not in chosen and current > 0:
+                self.order(symbol, current, "sell")
+        budget = self.get_portfolio_value() / len(chosen)  # type: ignore[attr-defined]
+        for symbol in chosen:
+            price = self.price(symbol)
+            if not price:
+                continue
+            current = self.held(symbol)
+            target = round(budget * 0.98 / price, 4) if fractional else int(budget * 0.98 // price)
+            if target > current:
+                self.order(symbol, target - current, "buy")
+            elif target < current:
+                self.order(symbol, current - target, "sell")
+
     def held(self, symbol: str) -> float:
         position = self.get_position(self.asset(symbol))  # type: ignore[attr-defined]
         return float(position.quantity) if position else 0.0
@@ -87,22 +106,7 @@ class MomentumRebalance(_Assets, Strategy):
             scores[symbol] = closes.iloc[-1] / closes.iloc[0] - 1.0
         if not scores:
             return
-        chosen = sorted(scores, key=lambda s: (-scores[s], s))[: params["top"]]
-        for symbol in params["symbols"]:
-            current = self.held(symbol)
-            if symbol not in chosen and current > 0:
-                self.order(symbol, current, "sell")
-        budget = self.get_portfolio_value() / len(chosen)
-        for symbol in chosen:
-            price = self.price(symbol)
-            if not price:
-                continue
-            current = self.held(symbol)
-            target = int(budget * 0.98 // price)
-            if target > current:
-                self.order(symbol, target - current, "buy")
-            elif target < current:
-                self.order(symbol, current - target, "sell")
+        self.rebalance(scores, params["symbols"], params["top"])
 
 
 class MinuteSMA(_Assets, Strategy):
@@ -153,23 +157,7 @@ class DailyMinuteScan(_Assets, Strategy):
             scores[symbol] = frame["close"].iloc[-1] / frame["open"].iloc[0] - 1.0
         if not scores or (self.vars.day - 1) % params["period"]:
             return
-        chosen = sorted(scores, key=lambda s: (-scores[s], s))[: params["top"]]
-        for symbol in params["symbols"]:
-            current = self.held(symbol)
-            if symbol not in chosen and current > 0:
-                self.order(symbol, current, "sell")
-        budget = self.get_portfolio_value() / len(chosen)
-        for symbol in chosen:
-            price = self.price(symbol)
-            if not price:
-                continue
-            current = self.held(symbol)
-            target = int(budget * 0.98 // price) if params.get("asset_type") != "crypto" else \
-                round(budget * 0.98 / price, 4)
-            if target > current:
-                self.order(symbol, target - current, "buy")
-            elif target < current:
-                self.order(symbol, current - target, "sell")
+        self.rebalance(scores, params["symbols"], params["top"], fractional=params.get("asset_type") == "crypto")
 
 
 STRATEGIES = {

@@ -150,9 +150,9 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         window.first, window.last, window.timestep = _utc(first), _utc(last), TIMEFRAMES[timeframe]
         start, stop = window.bounds(limit)
         while True:
+            read = Interval(start, stop + pd.Timedelta(microseconds=1))
             frame = self.via_store(
-                lambda: self._from_store(self.cache_db, symbol, timeframe, first, last,
-                                         read=Interval(start, stop + pd.Timedelta(microseconds=1))),
+                lambda read=read: self._from_store(self.cache_db, symbol, timeframe, first, last, read=read),
                 lambda: self.cache_db.download_ohlcv(symbol, timeframe, first, last))
             if frame is None or frame.empty:
                 self._data_store.pop(key, None)

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from lumibot.backtesting.polygon_backtesting import START_BUFFER
 from lumibot.backtesting.polygon_backtesting import PolygonDataBacktesting as _LegacyPolygonDataBacktesting
 from lumibot.constants import LUMIBOT_DEFAULT_PYTZ
-from lumibot.backtesting.polygon_backtesting import START_BUFFER
 from lumibot.entities import Asset, Data
 from lumibot.entities import data as _data_module
 from lumibot.entities.dataline import Dataline

@@ -47,7 +47,7 @@ class Window:
     start: pd.Timestamp | None = None
     end: pd.Timestamp | None = None
     """Held: bars in ``[start, end]``; ``end >= last`` means nothing is left to roll into."""
-    span: pd.Timedelta = pd.Timedelta(0)
+    span: pd.Timedelta = field(default_factory=lambda: pd.Timedelta(0))
     rows: int = 0
     """The longest lookback seen, in time and in bars."""
     timestep: str = "minute"
