@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -175,4 +174,3 @@ def test_polygon_max_memory_works_on_the_duckdb_path_and_stays_lumibots_on_the_l
     assert legacy.MAX_STORAGE_BYTES == 123  # handed to Lumibot's class unchanged (which then misbehaves, its own bug)
     with pytest.raises(ConfigError, match="max_memory"):
         PolygonDataBacktesting(start, end, api_key="k", use_duckdb=True, cache_dir=tmp_path, max_memory="plenty")
-    assert os.environ.get(ENV_MAX_MEMORY) is None

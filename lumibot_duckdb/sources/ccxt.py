@@ -149,20 +149,20 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         last = self._to_utc_timezone(self.datetime_end)
         window.first, window.last, window.timestep = _utc(first), _utc(last), TIMEFRAMES[timeframe]
         start, stop = window.bounds(limit)
-        while True:
-            read = Interval(start, stop + pd.Timedelta(microseconds=1))
+        def read(since: pd.Timestamp) -> pd.DataFrame:
             frame = self.via_store(
-                lambda read=read: self._from_store(self.cache_db, symbol, timeframe, first, last, read=read),
+                lambda: self._from_store(self.cache_db, symbol, timeframe, first, last,
+                                         read=Interval(since, stop + pd.Timedelta(microseconds=1))),
                 lambda: self.cache_db.download_ohlcv(symbol, timeframe, first, last))
-            if frame is None or frame.empty:
-                self._data_store.pop(key, None)
-                self.duckdb_windows.dropped(key)
-                return None
-            frame.index = frame.index.tz_localize("UTC").tz_convert(LUMIBOT_DEFAULT_PYTZ)
-            behind = int(frame.index.searchsorted(limit, side="right"))
-            if start <= window.first or not self.use_duckdb or behind >= window.rows + ROW_MARGIN:
-                break
-            start = window.further_back(start, limit)
+            if frame is not None and not frame.empty:
+                frame.index = frame.index.tz_localize("UTC").tz_convert(LUMIBOT_DEFAULT_PYTZ)
+            return frame if frame is not None else pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC"))
+
+        frame, start = window.read(start, limit, read)
+        if frame.empty:
+            self._data_store.pop(key, None)
+            self.duckdb_windows.dropped(key)
+            return None
         data = self._append_data(key, frame)
         if not self.use_duckdb:  # fell back to Lumibot's cache: it returned the whole range
             start, stop = window.first, window.last

@@ -35,7 +35,7 @@ from lumibot.tools.helpers import parse_timestep_qty_and_unit
 
 from lumibot_duckdb.errors import ProviderDataError
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
-from lumibot_duckdb.sources.window import ROW_MARGIN, frame_bytes
+from lumibot_duckdb.sources.window import frame_bytes
 from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.store import SeriesWriter
 
@@ -139,14 +139,12 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         window = self.duckdb_windows.window(key)
         start, end = window.bounds(now)
         series = polygon_series_key(asset, quote, window.timestep)
-        while True:
-            bars = self.store.read(series, start, end + pd.Timedelta(microseconds=1), columns=POLYGON_COLUMNS)
-            frame = legacy_filter(legacy_frame(bars), window.request_start, self.datetime_end, window.timestep)
-            behind = int(frame.index.searchsorted(now, side="right"))
-            if start <= window.first or (behind >= window.rows + ROW_MARGIN and behind > 0):
-                break
-            start = window.further_back(start, now)
-        self.duckdb_stats.add(bars_served=len(bars))
+        def read(since: pd.Timestamp) -> pd.DataFrame:
+            bars = self.store.read(series, since, end + pd.Timedelta(microseconds=1), columns=POLYGON_COLUMNS)
+            self.duckdb_stats.add(bars_served=len(bars))
+            return legacy_filter(legacy_frame(bars), window.request_start, self.datetime_end, window.timestep)
+
+        frame, start = window.read(start, now, read)
         if frame.empty:  # nothing in the whole range: Lumibot would hold no Data either
             self.pandas_data.pop(key, None)
             self.duckdb_windows.dropped(key)
@@ -214,15 +212,18 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             window.request_start, window.timestep = start, timespan
             now = _ts(self.get_datetime())
             read_start, read_end = window.bounds(now) if _WINDOWED.get() else (wanted.start, wanted.end)
-            while True:
-                bars = self.serve(key, wanted, provider, refresh=force_cache_update, columns=POLYGON_COLUMNS,
-                                  read=Interval(read_start, read_end + pd.Timedelta(microseconds=1)))
-                frame = legacy_filter(legacy_frame(bars), start, end, timespan)
-                behind = int(frame.index.searchsorted(now, side="right"))
-                if read_start <= wanted.start or (behind >= window.rows + ROW_MARGIN and behind > 0):
-                    break
-                read_start = window.further_back(read_start, now)
-                wanted = Interval(wanted.start, wanted.start)  # filled already: only read further back
+            filled = False
+
+            def read(since: pd.Timestamp) -> pd.DataFrame:
+                nonlocal filled  # the whole range is filled by the first read; later ones only read further back
+                fill = Interval(wanted.start, wanted.start) if filled else wanted
+                until = read_end + pd.Timedelta(microseconds=1)
+                bars = self.serve(key, fill, provider, refresh=force_cache_update and not filled,
+                                  columns=POLYGON_COLUMNS, read=Interval(since, until))
+                filled = True
+                return legacy_filter(legacy_frame(bars), start, end, timespan)
+
+            frame, read_start = window.read(read_start, now, read)
             window.start, window.end = read_start, read_end
             return frame
 
@@ -237,7 +238,10 @@ def _data_key(asset: Any, quote: Any) -> tuple[Any, Any]:
     """The key of ``pandas_data`` for a request, as Lumibot's ``_update_pandas_data`` builds it."""
     if isinstance(asset, tuple):
         return asset[0], asset[1]
-    return asset, quote if quote is not None else Asset("USD", "forex")
+    return asset, quote if quote is not None else _USD
+
+
+_USD = Asset("USD", "forex")
 
 
 def _ts(value: Any) -> pd.Timestamp:

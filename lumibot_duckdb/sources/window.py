@@ -19,7 +19,7 @@ what a window is made of (a Lumibot ``Data``, a DataFrame) and how to build it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -55,7 +55,6 @@ class Window:
     """The source's own start argument of the request that made the window (for its range filter)."""
     nbytes: int = 0
     used: int = 0
-    loads: int = 0
 
     @property
     def held(self) -> bool:
@@ -79,10 +78,22 @@ class Window:
         end = min(self.last, now + max(AHEAD.get(self.timestep, AHEAD["minute"]), GUARD * 2))
         return start, max(start, end)
 
-    def further_back(self, start: pd.Timestamp, now: pd.Timestamp) -> pd.Timestamp:
-        """A start twice as far behind ``now`` (for when ``start`` left too few bars behind the clock)."""
-        assert self.first is not None
-        return max(self.first, now - max(now - start, pd.Timedelta(days=1)) * 2)
+    def read(self, start: pd.Timestamp, now: pd.Timestamp,
+             read: Callable[[pd.Timestamp], pd.DataFrame]) -> tuple[pd.DataFrame, pd.Timestamp]:
+        """``read(start)``, from further back until the frame holds the longest lookback in bars behind ``now``.
+
+        A lookback in time can leave too few bars (a halted or sparse series); the legacy path, which
+        holds everything from ``first``, would still give them. Returns the frame and where it starts.
+        """
+        assert self.first is not None, "a window is read after its range is known"
+        while True:
+            frame = read(start)
+            if start <= self.first or frame.empty:
+                return frame, start
+            behind = int(frame.index.searchsorted(now, side="right"))
+            if behind > 0 and behind >= self.rows + ROW_MARGIN:
+                return frame, start
+            start = max(self.first, now - max(now - start, pd.Timedelta(days=1)) * 2)
 
 
 @dataclass
@@ -130,7 +141,6 @@ class WindowBook:
         with self._lock:
             found = self.windows[key]
             found.start, found.end, found.nbytes = start, end, nbytes
-            found.loads += 1
             self.loads += 1
             self.clock += 1
             found.used = self.clock
