@@ -86,8 +86,11 @@ def test_real_daily_data_rebalance_declares_placeholder_rows(tmp_path: Path, sha
     ours = [r for r in results if r.variant == "duckdb"]
     fixed = [r for r in results if r.variant == REFERENCE]
     assert ours[0].fills == ours[1].fills and len(ours[0].fills) > 5
-    # With the defects patched, Lumibot even asks Polygon for exactly what the store asks for.
-    assert [r.requests["aggs"] for r in fixed] == [r.requests["aggs"] for r in ours]
+    # With the defects patched, Lumibot asks Polygon for at least what the store asks for: more by the
+    # corporate-action check's year of daily bars before the start, which the DuckDB path need not ask
+    # (Polygon bars carry no dividend or split column; see PolygonDataBacktesting._no_corporate_actions).
+    lumibot, store = ([r.requests["aggs"] for r in runs] for runs in (fixed, ours))  # [cold, warm] each
+    assert 0 < store[0] <= lumibot[0] and store[1] == lumibot[1] == 0, (lumibot, store)
 
 
 def test_real_minute_data_sma(tmp_path: Path, shared_data: Path) -> None:

@@ -39,9 +39,12 @@ def test_the_keyword_wins_over_the_environment() -> None:
 
 
 # -- the bookkeeping -------------------------------------------------------------------------------
-def window(**kw: Any) -> Window:
+def window(span: pd.Timedelta | None = None, **kw: Any) -> Window:
     values = {"first": T0 - pd.Timedelta(days=60), "last": T0 + pd.Timedelta(days=300), "timestep": "minute"}
-    return Window(**(values | kw))
+    made = Window(**(values | kw))
+    if span is not None:
+        made.ask(span, 0)
+    return made
 
 
 def test_a_window_reaches_back_past_the_longest_lookback_and_a_chunk_ahead() -> None:
@@ -49,6 +52,34 @@ def test_a_window_reaches_back_past_the_longest_lookback_and_a_chunk_ahead() -> 
     start, end = w.bounds(T0)
     assert start == T0 - pd.Timedelta(days=10) - MARGIN
     assert end == T0 + AHEAD["minute"]
+
+
+def test_a_lookback_asked_once_stops_widening_the_window_two_reads_later() -> None:
+    """Lumibot's corporate-action check asks a year of daily bars on the first day, and never again."""
+    book = WindowBook()
+    book.window("a").first = T0 - pd.Timedelta(days=900)
+    book.need("a", pd.Timedelta(days=600), 373)
+    book.need("a", pd.Timedelta(days=30), 20)
+    sized_for = []
+    for _ in range(3):  # each read is sized for the window's span at the time; then the strategy asks again
+        sized_for.append((book.windows["a"].span, book.windows["a"].rows))
+        book.loaded("a", T0, T0, 1)
+        book.need("a", pd.Timedelta(days=30), 20)  # the strategy's own lookback, every day
+    year, month = (pd.Timedelta(days=600), 373), (pd.Timedelta(days=30), 20)
+    assert sized_for == [year, year, month]
+    book.need("a", pd.Timedelta(days=90), 60)  # a longer request later sizes the next read at once
+    assert book.windows["a"].span == pd.Timedelta(days=90)
+
+
+def test_lookbacks_read_in_daily_bars_do_not_size_a_window_of_minute_bars() -> None:
+    w = window(timestep="day")
+    w.ask(pd.Timedelta(days=600), 373)
+    w.sized()
+    w.retime("day")  # same bars: still sized for the year
+    assert w.span == pd.Timedelta(days=600)
+    w.ask(pd.Timedelta(minutes=2), 1)
+    w.retime("minute")
+    assert (w.span, w.rows, w.timestep) == (pd.Timedelta(minutes=2), 1, "minute")
 
 
 def test_a_window_never_reaches_outside_the_series_range() -> None:
@@ -142,9 +173,12 @@ def test_polygon_daily_strategy_holds_weeks_of_minute_bars_not_the_whole_range(
     book = sources[0].duckdb_windows
     minute = [w for w in book.windows.values() if w.timestep == "minute" and w.held]
     assert minute
-    for held in minute:  # the longest lookback (Lumibot's own dividend check asks 67 days) + a chunk ahead
-        assert held.end - held.start <= held.span + MARGIN + AHEAD["minute"] + pd.Timedelta(days=1), held
+    for held in minute:  # the strategy's lookback (5 days) + a margin + a chunk ahead, not Lumibot's
+        # corporate-action check (a year of daily bars on the first day, served from minute bars)
+        assert held.end - held.start <= pd.Timedelta(days=5 * 7 / 5 + 5) + MARGIN + AHEAD["minute"], held
         assert held.end - held.start < held.last - held.first, held
+    for cache in (sources[0]._dividend_cache, sources[0]._stock_split_cache):  # checked, and "none" as on legacy
+        assert {asset.symbol: found for asset, found in cache.items()} == {"AAA": {}, "BBB": {}}
 
 
 @pytest.mark.backtest
@@ -174,3 +208,24 @@ def test_polygon_max_memory_works_on_the_duckdb_path_and_stays_lumibots_on_the_l
     assert legacy.MAX_STORAGE_BYTES == 123  # handed to Lumibot's class unchanged (which then misbehaves, its own bug)
     with pytest.raises(ConfigError, match="max_memory"):
         PolygonDataBacktesting(start, end, api_key="k", use_duckdb=True, cache_dir=tmp_path, max_memory="plenty")
+
+
+def test_assets_given_with_dividends_keep_lumibots_corporate_action_check() -> None:
+    """Only bars that cannot carry the column skip Lumibot's year-long request (its answer would be "none")."""
+    from types import SimpleNamespace
+
+    from lumibot.entities import Asset
+
+    from lumibot_duckdb.sources.polygon import PolygonDataBacktesting
+
+    given, stored = Asset("GIVEN"), Asset("STORED")
+    usd = Asset("USD", "forex")
+    frame = pd.DataFrame({"close": [1.0], "dividend": [0.5]}, index=pd.DatetimeIndex([T0]))
+    source = SimpleNamespace(use_duckdb=True, _datetime=T0, pandas_data={(given, usd): SimpleNamespace(df=frame)})
+    cache: dict[Any, Any] = {}
+    PolygonDataBacktesting._no_corporate_actions(source, [given, stored], None, "dividend", cache)
+    assert cache == {stored: {}}
+    source.use_duckdb = False
+    cache.clear()
+    PolygonDataBacktesting._no_corporate_actions(source, [given, stored], None, "dividend", cache)
+    assert cache == {}

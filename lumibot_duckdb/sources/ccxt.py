@@ -148,6 +148,7 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         first = self._to_utc_timezone(self.datetime_start) - self._prebuffer(timeframe)
         last = self._to_utc_timezone(self.datetime_end)
         window.first, window.last, window.timestep = _utc(first), _utc(last), TIMEFRAMES[timeframe]
+        window.margin = pd.Timedelta(0)  # a request reaches back an exact number of bars (and ROW_MARGIN more)
         start, stop = window.bounds(limit)
         def read(since: pd.Timestamp) -> pd.DataFrame:
             frame = self.via_store(

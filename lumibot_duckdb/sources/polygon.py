@@ -81,19 +81,32 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         key = _data_key(asset, quote)
         now = self.get_datetime()
         span, rows = self._lookback(length, timestep)
-        window = self.duckdb_windows.need(key, span, rows)
+        window = self.duckdb_windows.need(key, span, rows, kind=(length, timestep))
         self.duckdb_windows.touch(key)
-        if window.first is not None and (window.due(_ts(now)) or key not in self.pandas_data):
-            self._read_window(key, _ts(now))
         token = _ROUTE.set(self)
         windowed = _WINDOWED.set(True) if _WINDOWED.get() is None else None
         try:
+            if window.first is not None and (window.due(_ts(now)) or key not in self.pandas_data):
+                self._read_window(key, _ts(now))
             return super()._update_pandas_data(asset, quote, length, timestep, start_dt)
         finally:
+            window.reach = None
             if windowed is not None:
                 _WINDOWED.reset(windowed)
             _ROUTE.reset(token)
             self._adopt(key)
+
+    def _pull_source_symbol_bars(self, asset: Any, length: Any, timestep: Any = "day", timeshift: Any = None,
+                                 quote: Any = None, exchange: Any = None, include_after_hours: bool = True) -> Any:
+        bars = super()._pull_source_symbol_bars(asset, length, timestep, timeshift, quote, exchange,
+                                                include_after_hours)
+        if self.use_duckdb:  # a request asked for the first time may have widened the window: shrink it back
+            key = _data_key(asset, quote)
+            window = self.duckdb_windows.windows.get(key)
+            now = _ts(self.get_datetime())
+            if window is not None and key in self.pandas_data and window.oversized(now):
+                self._read_window(key, now)
+        return bars
 
     def _lookback(self, length: Any, timestep: Any) -> tuple[pd.Timedelta, int]:
         """How far back (time, and bars of a minute series) a request reaches, as Lumibot computes it."""
@@ -165,6 +178,32 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             self._next_roll = self.duckdb_windows.next_roll()
         return result
 
+    # -- corporate actions -----------------------------------------------------------------------------
+    def get_yesterday_dividends(self, assets: Any, quote: Any = None) -> Any:
+        self._no_corporate_actions(assets, quote, "dividend", self._dividend_cache)
+        return super().get_yesterday_dividends(assets, quote=quote)
+
+    def get_yesterday_stock_splits(self, assets: Any, quote: Any = None) -> Any:
+        self._no_corporate_actions(assets, quote, "stock_splits", self._stock_split_cache)
+        return super().get_yesterday_stock_splits(assets, quote=quote)
+
+    def _no_corporate_actions(self, assets: Any, quote: Any, column: str, cache: dict[Any, Any]) -> None:
+        """Record "none" for assets whose bars cannot carry ``column``, before Lumibot asks for a year of them.
+
+        Lumibot fills these caches on an asset's first day with ``get_bars(<backtest length>, "day")``
+        and reads only the ``dividend`` / ``stock_splits`` column of the answer. Polygon's bars (ours
+        and Lumibot's) have no such column, so the answer is always "none"; but on this source the
+        request is served from minute bars once the asset has them, a year and a half of them, which
+        the legacy path then keeps. The DuckDB path records the same "none" without the request.
+        Assets whose data was given with that column (``pandas_data=``) keep Lumibot's path.
+        """
+        if not self.use_duckdb or not getattr(self, "_datetime", None):
+            return
+        for asset in assets:
+            data = self.pandas_data.get(_data_key(asset, quote)) if self.pandas_data else None
+            if asset not in cache and (data is None or column not in data.df.columns):
+                cache[asset] = {}
+
     def get_quote(self, asset: Any, quote: Any = None, exchange: Any = None) -> Any:
         if self.use_duckdb:
             key = _data_key(asset, quote)
@@ -209,7 +248,8 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             provider = PolygonFetcher(api_key, asset, quote_asset, timespan, max_workers=max_workers)
             window = self.duckdb_windows.window(_data_key(asset, quote_asset))
             window.first, window.last = wanted.start, wanted.end
-            window.request_start, window.timestep = start, timespan
+            window.request_start = start
+            window.retime(timespan)
             now = _ts(self.get_datetime())
             read_start, read_end = window.bounds(now) if _WINDOWED.get() else (wanted.start, wanted.end)
             filled = False

@@ -3,8 +3,8 @@
 Lumibot's sources load a series from the first request to the end of the backtest and keep it.
 On the DuckDB path a data source holds, per series, only
 
-* the history its requests reach back to (the longest lookback seen for that series, in time and
-  in bars, plus a margin), and
+* the history its requests reach back to (the longest lookback asked lately for that series, in
+  time and in bars, plus a margin), and
 * a chunk ahead of the clock, so the per-bar loop slices memory and never queries DuckDB;
 
 and when the clock nears the end of a window, the window is read again from the store, further on
@@ -30,6 +30,8 @@ AHEAD = {"minute": pd.Timedelta(days=21), "hour": pd.Timedelta(days=120), "day":
 GUARD = pd.Timedelta(days=6)
 """A window is rolled when the clock is this close to its end: more than the longest gap between two
 iterations of a daily strategy (a long weekend), so the broker's fills never run past a window."""
+SHRINK = pd.Timedelta(days=60)
+"""A window holding this much more history than its lookbacks need is read again, smaller."""
 MARGIN = pd.Timedelta(days=7)
 """Extra history kept behind the longest lookback seen."""
 ROW_MARGIN = 2
@@ -47,14 +49,62 @@ class Window:
     start: pd.Timestamp | None = None
     end: pd.Timestamp | None = None
     """Held: bars in ``[start, end]``; ``end >= last`` means nothing is left to roll into."""
-    span: pd.Timedelta = field(default_factory=lambda: pd.Timedelta(0))
-    rows: int = 0
-    """The longest lookback seen, in time and in bars."""
+    asked_span: pd.Timedelta = field(default_factory=lambda: pd.Timedelta(0))
+    asked_rows: int = 0
+    """The longest lookback asked since the window was last read, in time and in bars."""
+    before_span: pd.Timedelta = field(default_factory=lambda: pd.Timedelta(0))
+    before_rows: int = 0
+    """The same, for the reads before the last one (what the window was last sized for)."""
+    margin: pd.Timedelta = MARGIN
+    """History kept behind the lookback in time (a source whose lookbacks are exact in bars needs none)."""
+    reach: tuple[pd.Timedelta, int] | None = None
+    """The lookback of a request being served that was never asked before (see :meth:`WindowBook.need`)."""
+    asked_kinds: set[Hashable] = field(default_factory=set)
     timestep: str = "minute"
     request_start: object = None
     """The source's own start argument of the request that made the window (for its range filter)."""
     nbytes: int = 0
     used: int = 0
+
+    @property
+    def span(self) -> pd.Timedelta:
+        """The lookback in time the window is sized for: the longest asked since the read before the last.
+
+        A lookback asked once (Lumibot's corporate-action check asks a year of daily bars on the first
+        day) stops widening the window two reads later; a request that reaches further than the window
+        holds makes the source read it again, further back, so what it gets never changes.
+        """
+        reach = self.reach[0] if self.reach else pd.Timedelta(0)
+        return max(self.asked_span, self.before_span, reach)
+
+    @property
+    def rows(self) -> int:
+        """The lookback in bars the window is sized for (as :attr:`span`)."""
+        return max(self.asked_rows, self.before_rows, self.reach[1] if self.reach else 0)
+
+    def oversized(self, now: pd.Timestamp) -> bool:
+        """True when the window holds far more history than its lookbacks need (a one-off request widened it)."""
+        return self.held and self.first is not None and self.start is not None and \
+            self.start < self.bounds(now)[0] - SHRINK
+
+    def ask(self, span: pd.Timedelta, rows: int) -> None:
+        self.asked_span = max(self.asked_span, span)
+        self.asked_rows = max(self.asked_rows, rows)
+
+    def sized(self) -> None:
+        """The window was just read: the lookbacks asked so far become what it was sized for."""
+        self.before_span, self.before_rows = self.asked_span, self.asked_rows
+        self.asked_span, self.asked_rows = pd.Timedelta(0), 0
+
+    def retime(self, timestep: str) -> None:
+        """The series is now held in bars of ``timestep``: what earlier reads were sized for no longer applies.
+
+        (On Polygon a year of daily bars asked once is cheap in daily bars; when the series turns to
+        minute bars, held for pricing, it must not size a year of those. Asked again, it sizes the next read.)
+        """
+        if timestep != self.timestep:
+            self.timestep = timestep
+            self.before_span, self.before_rows = pd.Timedelta(0), 0
 
     @property
     def held(self) -> bool:
@@ -74,7 +124,7 @@ class Window:
     def bounds(self, now: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
         """Where to read from and to, for the clock at ``now``."""
         assert self.first is not None and self.last is not None, "a window is read after its range is known"
-        start = max(self.first, min(now, now - self.span - MARGIN))
+        start = max(self.first, min(now, now - self.span - self.margin))
         end = min(self.last, now + max(AHEAD.get(self.timestep, AHEAD["minute"]), GUARD * 2))
         return start, max(start, end)
 
@@ -115,13 +165,21 @@ class WindowBook:
                 found = self.windows.setdefault(key, Window())
         return found
 
-    def need(self, key: Hashable, span: pd.Timedelta, rows: int) -> Window:
-        """Record a request's lookback for ``key`` (a window keeps the longest one)."""
+    def need(self, key: Hashable, span: pd.Timedelta, rows: int, kind: Hashable = None) -> Window:
+        """Record a request's lookback for ``key`` (the window is sized for the longest asked lately).
+
+        With ``kind`` (what identifies a request: its length and timestep), a kind asked for the first
+        time only *reaches* (the window covers it while it is served, see :attr:`Window.reach`; the
+        source clears it after) and sizes the window only when asked again. Lumibot's own one-off
+        requests (a year of daily bars for corporate actions, on the first day) then do not keep a
+        year of minute bars in memory.
+        """
         found = self.window(key)
-        if span > found.span:
-            found.span = span
-        if rows > found.rows:
-            found.rows = rows
+        if kind is None or kind in found.asked_kinds:
+            found.ask(span, rows)
+        else:
+            found.asked_kinds.add(kind)
+            found.reach = (span, rows)
         return found
 
     def next_roll(self) -> pd.Timestamp | None:
@@ -141,6 +199,7 @@ class WindowBook:
         with self._lock:
             found = self.windows[key]
             found.start, found.end, found.nbytes = start, end, nbytes
+            found.sized()
             self.loads += 1
             self.clock += 1
             found.used = self.clock
