@@ -11,7 +11,7 @@ shorter than twice the roll guard (12 days), so shorter settings are the same as
 
 Reproduce (uses and fills the universe benchmark's DuckDB cache folder)::
 
-    python3 dev.py bench benchmarks/window_policy.py --symbols 10 --ahead 12 21 60 --repeat 2
+    python3 dev.py bench benchmarks/window_policy.py --symbols 10 --ahead 21 40 60 --repeat 1
 
 Results go to ``benchmarks/results/window_policy.md``.
 """
@@ -54,7 +54,7 @@ def run(scenario: universe.Scenario, folder: Path, ahead: float) -> RunResult:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--symbols", type=int, default=10)
-    parser.add_argument("--ahead", type=float, nargs="+", default=[12, 21, 60], help="days")
+    parser.add_argument("--ahead", type=float, nargs="+", default=[21, 40, 60], help="days")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lumibot-duckdb-universe")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "window_policy.md")

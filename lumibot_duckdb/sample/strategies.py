@@ -42,6 +42,17 @@ class _Assets:
         return self.submit_order(  # type: ignore[attr-defined]
             self.create_order(self.asset(symbol), quantity, side, **extra))  # type: ignore[attr-defined]
 
+    def returns(self, symbols: list[str], length: int, timestep: str, *, since: str = "close") -> dict[str, float]:
+        """Each symbol's return over its last ``length`` bars: the last close over the first bar's ``since``."""
+        scores = {}
+        for symbol in symbols:
+            bars = self.prices(symbol, length, timestep)
+            if bars is None or len(bars.df) < 2:
+                continue
+            frame = bars.df
+            scores[symbol] = frame["close"].iloc[-1] / frame[since].iloc[0] - 1.0
+        return scores
+
     def rebalance(self, scores: dict[str, float], symbols: list[str], top: int, *, fractional: bool = False) -> None:
         """Hold the ``top`` best-scored symbols, equal weight (98 % of the portfolio); sell the others."""
         chosen = sorted(scores, key=lambda s: (-scores[s], s))[:top]
@@ -83,27 +94,28 @@ class BuyAndHold(_Assets, Strategy):
                 self.order(symbol, quantity, "buy")
 
 
-class MomentumRebalance(_Assets, Strategy):
+class _Daily(_Assets):
+    """One iteration a day, counted; a rebalance every ``period`` days, the first day included."""
+
+    def initialize(self) -> None:
+        self.sleeptime = "1D"
+        self.vars.day = 0  # type: ignore[attr-defined]
+
+    def rebalance_day(self) -> bool:
+        self.vars.day += 1  # type: ignore[attr-defined]
+        return (self.vars.day - 1) % self.parameters["period"] == 0  # type: ignore[attr-defined]
+
+
+class MomentumRebalance(_Daily, Strategy):
     """Every ``period`` days hold the ``top`` symbols with the best ``lookback``-day return, equal weight."""
 
     parameters = {"symbols": ["SPY", "TLT", "GLD"], "lookback": 20, "top": 1, "period": 5}
 
-    def initialize(self) -> None:
-        self.sleeptime = "1D"
-        self.vars.day = 0
-
     def on_trading_iteration(self) -> None:
         params: dict[str, Any] = self.parameters
-        self.vars.day += 1
-        if (self.vars.day - 1) % params["period"]:
+        if not self.rebalance_day():
             return
-        scores = {}
-        for symbol in params["symbols"]:
-            bars = self.prices(symbol, params["lookback"] + 1, "day")
-            if bars is None or len(bars.df) < 2:
-                continue
-            closes = bars.df["close"]
-            scores[symbol] = closes.iloc[-1] / closes.iloc[0] - 1.0
+        scores = self.returns(params["symbols"], params["lookback"] + 1, "day")
         if not scores:
             return
         self.rebalance(scores, params["symbols"], params["top"])
@@ -131,7 +143,7 @@ class MinuteSMA(_Assets, Strategy):
             self.order(params["symbol"], quantity, "sell")
 
 
-class DailyMinuteScan(_Assets, Strategy):
+class DailyMinuteScan(_Daily, Strategy):
     """Once a day, read the last ``bars`` minute bars of every symbol and hold the ``top`` with the best
     return over them (equal weight), rebalancing every ``period`` days.
 
@@ -141,21 +153,11 @@ class DailyMinuteScan(_Assets, Strategy):
 
     parameters = {"symbols": ["SPY", "TLT", "GLD"], "bars": 390, "top": 1, "period": 1}
 
-    def initialize(self) -> None:
-        self.sleeptime = "1D"
-        self.vars.day = 0
-
     def on_trading_iteration(self) -> None:
         params: dict[str, Any] = self.parameters
-        self.vars.day += 1
-        scores = {}
-        for symbol in params["symbols"]:
-            bars = self.prices(symbol, params["bars"], "minute")
-            if bars is None or len(bars.df) < 2:
-                continue
-            frame = bars.df
-            scores[symbol] = frame["close"].iloc[-1] / frame["open"].iloc[0] - 1.0
-        if not scores or (self.vars.day - 1) % params["period"]:
+        rebalance = self.rebalance_day()
+        scores = self.returns(params["symbols"], params["bars"], "minute", since="open")  # read every day
+        if not scores or not rebalance:
             return
         self.rebalance(scores, params["symbols"], params["top"], fractional=params.get("asset_type") == "crypto")
 
