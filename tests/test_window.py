@@ -182,7 +182,7 @@ def test_polygon_daily_strategy_holds_weeks_of_minute_bars_not_the_whole_range(
 
 
 @pytest.mark.backtest
-@pytest.mark.parametrize("budget", [None, "2MB"], ids=["windows", "windows+budget"])
+@pytest.mark.parametrize("budget", [None, "300KB"], ids=["windows", "windows+budget"])  # (~740 KB held without)
 def test_ccxt_windows_roll_and_evict_and_equal_legacy_without_its_rounding(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch,
                                                                            budget: str | None) -> None:

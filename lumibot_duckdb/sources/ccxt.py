@@ -54,6 +54,11 @@ SOURCE = "ccxt"
 SETTLE = pd.Timedelta(minutes=15)
 STEPS = {"1m": pd.Timedelta(minutes=1), "1h": pd.Timedelta(hours=1), "1d": pd.Timedelta(days=1)}
 TIMEFRAMES = {"1m": "minute", "1h": "hour", "1d": "day"}
+AHEAD = {"minute": pd.Timedelta(days=3), "hour": pd.Timedelta(days=90)}
+"""How far past the clock a CCXT window is read (daily candles: to the end). Short, because every call
+checks its window (a roll is due only when a request reaches past it) and a roll reads a DataFrame,
+with no Lumibot ``Data`` to build: on the 50-symbol minute scan, 3 days held and ran less than the
+Polygon default of 40 (``benchmarks/results/universe.md``)."""
 DEFAULT_PAGE = 300
 """Candles per ``fetch_ohlcv`` call when the exchange does not say (Lumibot's own page size)."""
 PAGES_PER_TASK = 10
@@ -149,6 +154,7 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         last = self._to_utc_timezone(self.datetime_end)
         window.first, window.last, window.timestep = _utc(first), _utc(last), TIMEFRAMES[timeframe]
         window.margin = pd.Timedelta(0)  # a request reaches back an exact number of bars (and ROW_MARGIN more)
+        window.ahead, window.guard = AHEAD.get(window.timestep), pd.Timedelta(0)  # every call checks the window
         start, stop = window.bounds(limit)
         def read(since: pd.Timestamp) -> pd.DataFrame:
             frame = self.via_store(

@@ -71,6 +71,8 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         self._lookbacks: dict[tuple[int, str], tuple[pd.Timedelta, int]] = {}
         self._data_seen: dict[Any, int] = {}
         self._next_roll: pd.Timestamp | None = None
+        self._widened: set[Any] = set()
+        self._clock: tuple[Any, pd.Timestamp] | None = None
         super().__init__(*args, **kwargs)
 
     # -- the window of each series -----------------------------------------------------------------
@@ -78,18 +80,20 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         if not self.use_duckdb:
             return super()._update_pandas_data(asset, quote, length, timestep, start_dt)
         key = _data_key(asset, quote)
-        now = self.get_datetime()
+        now = self._now()
         span, rows = self._lookback(length, timestep)
         window = self.duckdb_windows.need(key, span, rows, kind=(length, timestep))
         self.duckdb_windows.touch(key)
         token = _ROUTE.set(self)
         windowed = _WINDOWED.set(True) if _WINDOWED.get() is None else None
         try:
-            if window.first is not None and (window.due(_ts(now)) or key not in self.pandas_data):
-                self._read_window(key, _ts(now))
+            if window.first is not None and (window.due(now) or key not in self.pandas_data):
+                self._read_window(key, now)
             return super()._update_pandas_data(asset, quote, length, timestep, start_dt)
         finally:
-            window.reach = None
+            if window.reach is not None:  # served a request asked for the first time: shrink after it
+                self._widened.add(key)
+                window.reach = None
             if windowed is not None:
                 _WINDOWED.reset(windowed)
             _ROUTE.reset(token)
@@ -99,13 +103,23 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
                                  quote: Any = None, exchange: Any = None, include_after_hours: bool = True) -> Any:
         bars = super()._pull_source_symbol_bars(asset, length, timestep, timeshift, quote, exchange,
                                                 include_after_hours)
-        if self.use_duckdb:  # a request asked for the first time may have widened the window: shrink it back
+        if self._widened and self.use_duckdb:  # a request asked for the first time may have widened the window
             key = _data_key(asset, quote)
-            window = self.duckdb_windows.windows.get(key)
-            now = _ts(self.get_datetime())
-            if window is not None and key in self.pandas_data and window.oversized(now):
-                self._read_window(key, now)
+            if key in self._widened:
+                self._widened.discard(key)
+                window = self.duckdb_windows.windows.get(key)
+                now = self._now()
+                if window is not None and key in self.pandas_data and window.oversized(now):
+                    self._read_window(key, now)  # shrink it back
         return bars
+
+    def _now(self) -> pd.Timestamp:
+        """The clock as a zoned ``Timestamp`` (made once per clock step: requests ask for it many times)."""
+        current = self.get_datetime()
+        cached = self._clock
+        if cached is None or cached[0] is not current:
+            cached = self._clock = (current, _ts(current))
+        return cached[1]
 
     def _lookback(self, length: Any, timestep: Any) -> tuple[pd.Timedelta, int]:
         """How far back (time, and bars of a minute series) a request reaches, as Lumibot computes it."""
@@ -208,7 +222,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             key = _data_key(asset, quote)
             window = self.duckdb_windows.windows.get(key)
             if window is not None and window.first is not None and key not in self.pandas_data:
-                self._read_window(key, _ts(self.get_datetime()))  # dropped by the budget: read it again
+                self._read_window(key, self._now())  # dropped by the budget: read it again
         return super().get_quote(asset, quote=quote, exchange=exchange)
 
     def get_historical_prices_between_dates(self, asset: Any, timestep: str = "minute", quote: Any = None,
@@ -249,7 +263,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             window.first, window.last = wanted.start, wanted.end
             window.request_start = start
             window.retime(timespan)
-            now = _ts(self.get_datetime())
+            now = self._now()
             read_start, read_end = window.bounds(now) if _WINDOWED.get() else (wanted.start, wanted.end)
             filled = False
 

@@ -59,6 +59,11 @@ class Window:
     """The same, for the reads before the last one (what the window was last sized for)."""
     margin: pd.Timedelta = MARGIN
     """History kept behind the lookback in time (a source whose lookbacks are exact in bars needs none)."""
+    ahead: pd.Timedelta | None = None
+    """How far past the clock the window is read (default: :data:`AHEAD` for its timestep)."""
+    guard: pd.Timedelta = GUARD
+    """How close the clock may come to the window's end before it rolls (:data:`GUARD`; a source that
+    checks its windows at every call, not once per iteration, can roll later)."""
     reach: tuple[pd.Timedelta, int] | None = None
     """The lookback of a request being served that was never asked before (see :meth:`WindowBook.need`)."""
     asked_kinds: set[Hashable] = field(default_factory=set)
@@ -121,13 +126,14 @@ class Window:
             return True
         if now < self.start:
             return True
-        return not self.complete() and now + GUARD >= self.end
+        return not self.complete() and now + self.guard >= self.end
 
     def bounds(self, now: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
         """Where to read from and to, for the clock at ``now``."""
         assert self.first is not None and self.last is not None, "a window is read after its range is known"
         start = max(self.first, min(now, now - self.span - self.margin))
-        end = min(self.last, now + max(AHEAD.get(self.timestep, AHEAD["minute"]), GUARD * 2))
+        ahead = self.ahead if self.ahead is not None else AHEAD.get(self.timestep, AHEAD["minute"])
+        end = min(self.last, now + max(ahead, self.guard * 2))
         return start, max(start, end)
 
     def read(self, start: pd.Timestamp, now: pd.Timestamp,
@@ -186,7 +192,7 @@ class WindowBook:
 
     def next_roll(self) -> pd.Timestamp | None:
         """The earliest clock at which some held window is due to roll."""
-        ends = [w.end - GUARD for w in self.windows.values() if w.held and not w.complete() and w.end is not None]
+        ends = [w.end - w.guard for w in self.windows.values() if w.held and not w.complete() and w.end is not None]
         return min(ends) if ends else None
 
     def touch(self, key: Hashable) -> Window | None:
