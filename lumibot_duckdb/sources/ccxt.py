@@ -131,7 +131,6 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         bar, _ = self.convert_timestep_str_to_timedelta(timestep)
         limit = pd.Timestamp(end - bar)
         window = self.duckdb_windows.need(key, bar * (int(length) + ROW_MARGIN), int(length) + 1)
-        self.duckdb_windows.touch(key)
         data = self._data_store.get(key)
         if data is None or window.due(limit) or self._too_short(data, window, limit):
             data = self._read_window(key, symbol, timeframe, limit)

@@ -69,7 +69,6 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lookbacks: dict[tuple[int, str], tuple[pd.Timedelta, int]] = {}
-        self._data_seen: dict[Any, int] = {}
         self._next_roll: pd.Timestamp | None = None
         self._widened: set[Any] = set()
         self._clock: tuple[Any, pd.Timestamp] | None = None
@@ -83,7 +82,6 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         now = self._now()
         span, rows = self._lookback(length, timestep)
         window = self.duckdb_windows.need(key, span, rows, kind=(length, timestep))
-        self.duckdb_windows.touch(key)
         token = _ROUTE.set(self)
         windowed = _WINDOWED.set(True) if _WINDOWED.get() is None else None
         try:
@@ -97,7 +95,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             if windowed is not None:
                 _WINDOWED.reset(windowed)
             _ROUTE.reset(token)
-            self._adopt(key)
+            self._adopt(key, window)
 
     def _pull_source_symbol_bars(self, asset: Any, length: Any, timestep: Any = "day", timeshift: Any = None,
                                  quote: Any = None, exchange: Any = None, include_after_hours: bool = True) -> Any:
@@ -139,24 +137,21 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             self._lookbacks[memo] = found
         return found
 
-    def _adopt(self, key: Any) -> None:
+    def _adopt(self, key: Any, window: Any) -> None:
         """After Lumibot (re)built the ``Data`` of ``key`` from the seam: account for it, drop others if over budget."""
         data = self.pandas_data.get(key)
-        if data is None or self._data_seen.get(key) == id(data):
+        if data is None or window.data_id == id(data):
             return
-        self._data_seen[key] = id(data)
-        window = self.duckdb_windows.window(key)
+        window.data_id = id(data)
         if window.first is None or window.start is None:  # not from the store (e.g. pandas_data=): left alone
             return
-        self._held(key, data)
+        self._held(key, data, window)
 
-    def _held(self, key: Any, data: Any) -> None:
+    def _held(self, key: Any, data: Any, window: Any) -> None:
         _prepare(data)
-        window = self.duckdb_windows.window(key)
         assert window.start is not None and window.end is not None
         for other in self.duckdb_windows.loaded(key, window.start, window.end, _data_bytes(data)):
             self.pandas_data.pop(other, None)
-            self._data_seen.pop(other, None)
         self._next_roll = self.duckdb_windows.next_roll()
 
     def _read_window(self, key: Any, now: pd.Timestamp) -> None:
@@ -178,8 +173,8 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         window.start, window.end = start, end
         data = WindowData(asset, frame, timestep=window.timestep, quote=quote)
         self.pandas_data[key] = data
-        self._data_seen[key] = id(data)
-        self._held(key, data)
+        window.data_id = id(data)
+        self._held(key, data, window)
 
     def _update_datetime(self, new_datetime: Any, *args: Any, **kwargs: Any) -> Any:
         result = super()._update_datetime(new_datetime, *args, **kwargs)

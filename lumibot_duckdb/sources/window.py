@@ -72,6 +72,8 @@ class Window:
     """The source's own start argument of the request that made the window (for its range filter)."""
     nbytes: int = 0
     used: int = 0
+    data_id: int = 0
+    """``id()`` of the in-memory object the source built over the window (0: none), to notice a new one."""
 
     @property
     def span(self) -> pd.Timedelta:
@@ -174,7 +176,7 @@ class WindowBook:
         return found
 
     def need(self, key: Hashable, span: pd.Timedelta, rows: int, kind: Hashable = None) -> Window:
-        """Record a request's lookback for ``key`` (the window is sized for the longest asked lately).
+        """Record a request's lookback for ``key`` (the window is sized for the longest asked lately); mark it used.
 
         With ``kind`` (what identifies a request: its length and timestep), a kind asked for the first
         time only *reaches* (the window covers it while it is served, see :attr:`Window.reach`; the
@@ -188,6 +190,8 @@ class WindowBook:
         else:
             found.asked_kinds.add(kind)
             found.reach = (span, rows)
+        self.clock += 1  # and it is in use (see touch)
+        found.used = self.clock
         return found
 
     def next_roll(self) -> pd.Timestamp | None:
@@ -231,7 +235,7 @@ class WindowBook:
         found = self.windows.get(key)
         if found is not None and found.held:
             found.start = found.end = None
-            found.nbytes = 0
+            found.nbytes = found.data_id = 0
             self.evictions += 1
 
     def held_bytes(self) -> int:
