@@ -229,3 +229,13 @@ def test_assets_given_with_dividends_keep_lumibots_corporate_action_check() -> N
     cache.clear()
     PolygonDataBacktesting._no_corporate_actions(source, [given, stored], None, "dividend", cache)
     assert cache == {}
+
+
+def test_a_window_datetime_line_reads_like_lumibots_object_array() -> None:
+    from lumibot_duckdb.sources.polygon import IndexLine
+
+    index = pd.date_range("2024-01-02 09:30", periods=50, freq="min", tz="America/New_York")
+    line, objects = IndexLine(index), index.to_numpy(dtype=object)
+    for position in (0, 7, 7, -1, 49, 7, 0):
+        assert line[position] == objects[position]
+    assert list(line[3:6]) == list(objects[3:6]) and len(line) == len(objects)

@@ -44,7 +44,7 @@ from lumibot.tools.symbol_normalization import (
     resolve_ccxt_market_symbol,
 )
 
-from lumibot_duckdb.errors import ProviderDataError
+from lumibot_duckdb.errors import CorruptFileError, ProviderDataError
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
 from lumibot_duckdb.sources.window import ROW_MARGIN, frame_bytes
 from lumibot_duckdb.store import Interval, SeriesKey
@@ -59,6 +59,7 @@ AHEAD = {"minute": pd.Timedelta(days=3), "hour": pd.Timedelta(days=90)}
 checks its window (a roll is due only when a request reaches past it) and a roll reads a DataFrame,
 with no Lumibot ``Data`` to build: on the 50-symbol minute scan, 3 days held and ran less than the
 Polygon default of 40 (``benchmarks/results/universe.md``)."""
+CANDLES = ("open", "high", "low", "close", "volume")
 DEFAULT_PAGE = 300
 """Candles per ``fetch_ohlcv`` call when the exchange does not say (Lumibot's own page size)."""
 PAGES_PER_TASK = 10
@@ -81,6 +82,7 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
     """
 
     def __init__(self, datetime_start: Any, datetime_end: Any, **kwargs: Any) -> None:
+        self._served: dict[SeriesKey, tuple[Interval, pd.Timestamp]] = {}
         token = _BUILDING.set(self)  # Lumibot's constructor builds the CcxtCacheDB: see _install_routes
         try:
             super().__init__(datetime_start, datetime_end, **kwargs)
@@ -192,15 +194,25 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
             return _empty_legacy_frame(cache_db)
         key = ccxt_series_key(symbol, timeframe, exchange_id)
         wanted = Interval(_utc(first_day), _utc(last_instant) + pd.Timedelta(microseconds=1))
+        legacy_range = cache_db._to_utc_naive(start), cache_db._to_utc_naive(end or last_instant)
+        served = self._served.get(key)
+        if read is not None and served is not None and served[0].start <= wanted.start \
+                and wanted.end <= min(served[0].end, served[1]):
+            try:  # a window roll: this process already made the whole range present (and all of it final)
+                bars = self.store.read(key, read.start, read.end, columns=CANDLES)
+                self.duckdb_stats.add(bars_served=len(bars))
+                return legacy_frame(bars, *legacy_range, cache_db)
+            except CorruptFileError:  # set aside by the read: fill that range again below
+                self._served.pop(key, None)
         provider = CcxtFetcher(cache_db, symbol, timeframe, markets=MarketBook(self.store.layout, exchange_id))
-        bars = self.serve(key, wanted, provider, columns=("open", "high", "low", "close", "volume"), read=read)
+        bars = self.serve(key, wanted, provider, columns=CANDLES, read=read)
         horizon = provider.horizon
+        self._served[key] = (wanted, horizon)
         if wanted.end > horizon:  # candles still forming: fetched every time, never stored
             tail = provider.fetch(provider.task(Interval(max(horizon, wanted.start), wanted.end)))
             tail = tail[(tail.index >= horizon) & (tail.index < wanted.end)]
             bars = pd.concat([bars[bars.index < horizon], tail[list(bars.columns)]])
-        return legacy_frame(bars, cache_db._to_utc_naive(start), cache_db._to_utc_naive(end or last_instant),
-                            cache_db)
+        return legacy_frame(bars, *legacy_range, cache_db)
 
 
 def ccxt_series_key(symbol: str, timeframe: str, exchange_id: str) -> SeriesKey:

@@ -357,15 +357,25 @@ def _prepare(data: Data) -> None:
 
 
 class IndexLine:
-    """Reads like the object array of a ``DatetimeIndex`` (``line[i]`` is a ``Timestamp``), holds nothing."""
+    """Reads like the object array of a ``DatetimeIndex`` (``line[i]`` is a ``Timestamp``), holds nothing.
 
-    __slots__ = ("index",)
+    The last element read is kept: the calls of one clock step read the same bar again and again.
+    """
+
+    __slots__ = ("_last", "index")
 
     def __init__(self, index: pd.DatetimeIndex) -> None:
         self.index = index
+        self._last: tuple[Any, Any] = (None, None)  # (position, value), one attribute: safe across threads
 
     def __getitem__(self, position: Any) -> Any:
-        return self.index[position]
+        last = self._last
+        if position.__class__ is int and position == last[0]:
+            return last[1]
+        value = self.index[position]
+        if position.__class__ is int:
+            self._last = (position, value)
+        return value
 
     def __len__(self) -> int:
         return len(self.index)
