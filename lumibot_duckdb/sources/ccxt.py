@@ -57,8 +57,9 @@ TIMEFRAMES = {"1m": "minute", "1h": "hour", "1d": "day"}
 AHEAD = {"minute": pd.Timedelta(days=3), "hour": pd.Timedelta(days=90)}
 """How far past the clock a CCXT window is read (daily candles: to the end). Short, because every call
 checks its window (a roll is due only when a request reaches past it) and a roll reads a DataFrame,
-with no Lumibot ``Data`` to build: on the 50-symbol minute scan, 3 days held and ran less than the
-Polygon default of 40 (``benchmarks/results/universe.md``)."""
+with no Lumibot ``Data`` to build. On the 50-symbol minute scan over two months (n=2 each), 3 days held
+about half what 40 days held (data-held 0.44x of legacy's, against 0.82x) for a little more wall time
+(0.91x of legacy's, against 0.86x; ``benchmarks/universe.py``)."""
 CANDLES = ("open", "high", "low", "close", "volume")
 DEFAULT_PAGE = 300
 """Candles per ``fetch_ohlcv`` call when the exchange does not say (Lumibot's own page size)."""
