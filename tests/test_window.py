@@ -102,7 +102,7 @@ def test_the_budget_drops_the_least_recently_used_windows_first() -> None:
         book.window(key).first = T0
     book.loaded("a", T0, T0, 100)
     book.loaded("b", T0, T0, 100)
-    book.touch("a")  # a is used again: b is now the least recent
+    book.need("a", pd.Timedelta(0), 0)  # a is asked for again: b is now the least recent
     assert book.loaded("c", T0, T0, 100) == ["b"]
     assert book.held_bytes() == 200
     assert not book.windows["b"].held and book.windows["b"].span == pd.Timedelta(0)

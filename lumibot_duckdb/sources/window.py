@@ -190,7 +190,7 @@ class WindowBook:
         else:
             found.asked_kinds.add(kind)
             found.reach = (span, rows)
-        self.clock += 1  # and it is in use (see touch)
+        self.clock += 1  # and it is in use: the budget drops the least recently used first
         found.used = self.clock
         return found
 
@@ -198,13 +198,6 @@ class WindowBook:
         """The earliest clock at which some held window is due to roll."""
         ends = [w.end - w.guard for w in self.windows.values() if w.held and not w.complete() and w.end is not None]
         return min(ends) if ends else None
-
-    def touch(self, key: Hashable) -> Window | None:
-        found = self.windows.get(key)
-        if found is not None:
-            self.clock += 1
-            found.used = self.clock
-        return found
 
     def loaded(self, key: Hashable, start: pd.Timestamp, end: pd.Timestamp, nbytes: int) -> list[Hashable]:
         """Record a (re)read window; return the keys to drop to stay within the budget (least recently used)."""
@@ -233,9 +226,12 @@ class WindowBook:
     def dropped(self, key: Hashable) -> None:
         """The window of ``key`` left memory (evicted, or replaced by the source itself)."""
         found = self.windows.get(key)
-        if found is not None and found.held:
+        if found is None:
+            return
+        found.data_id = 0  # whatever it held is gone, held or not (its id may be reused)
+        if found.held:
             found.start = found.end = None
-            found.nbytes = found.data_id = 0
+            found.nbytes = 0
             self.evictions += 1
 
     def held_bytes(self) -> int:
