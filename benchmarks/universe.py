@@ -10,8 +10,9 @@ network seams by ``lumibot_duckdb.sample``), on a warm cache (filled once by a c
   symbol each day.
 * ``polygon-daily200``: the daily momentum over 200 symbols, DuckDB path only (the legacy path would
   need about 18 GB here); its first run fills the store with the 150 symbols more.
-* ``ccxt-minute50``: the same on CCXT, 24/7 minute candles (the last 1,440 each day), over two months
-  (January and February 2023): filling Lumibot's CCXT cache with a year of 50 symbols takes hours here.
+* ``ccxt-minute50``: the same on CCXT, 24/7 minute candles (the last 1,440 each day), over the year;
+  ``ccxt-minute50-2m`` over January and February 2023 only (its cold fills take minutes, not the year's
+  half hour per variant).
 
 Reported per run: peak RSS, data-held memory (peak minus the RSS right after importing Lumibot and the
 data source), wall time of the backtest; DuckDB / legacy ratios (median of per-repetition ratios); fills
@@ -57,8 +58,8 @@ def _momentum(count: int) -> Scenario:
                     {"symbols": list(UNIVERSE[:count]), "lookback": 20, "top": 5, "period": 5}, START, END)
 
 
-def _scan(source: str, count: int, bars: int, end: str = END, **crypto: str) -> Scenario:
-    return Scenario(f"{source} minute scan x{count}", "minute_scan",
+def _scan(source: str, count: int, bars: int, end: str = END, label: str = "", **crypto: str) -> Scenario:
+    return Scenario(f"{source} minute scan x{count}{label}", "minute_scan",
                     {"symbols": list(UNIVERSE[:count]), "bars": bars, "top": 5, "period": 5, **crypto},
                     START, end, source=source)
 
@@ -69,14 +70,12 @@ SCENARIOS = {
     "polygon-minute50": _scan("polygon", 50, 390),
     # DuckDB only: on the legacy path this would need ~18 GB (peak RSS grows ~84 MB a symbol here)
     "polygon-daily200": _momentum(200),
-    # two months: Lumibot's CCXT cache takes hours to fill a year of 50 symbols' minute candles here
-    "ccxt-minute50": _scan("ccxt", 50, 1440, end="2023-03-01", asset_type="crypto", quote="USDT"),
+    "ccxt-minute50": _scan("ccxt", 50, 1440, label=", year", asset_type="crypto", quote="USDT"),
+    "ccxt-minute50-2m": _scan("ccxt", 50, 1440, end="2023-03-01", asset_type="crypto", quote="USDT"),
 }
 DUCKDB_ONLY = {"polygon-daily200"}
-FILLED_BY = {  # the cold run that fills a source's cache folder (a superset serves the smaller runs)
-    "polygon": ("polygon-daily50", "polygon-minute50"),
-    "ccxt": ("ccxt-minute50",),
-}
+POLYGON_FILLERS = ("polygon-daily50", "polygon-minute50")
+"""The cold runs that fill the Polygon folders; a superset serves the smaller runs."""
 
 
 def cache_folder(workdir: Path, scenario: Scenario, variant: str) -> Path:
@@ -89,7 +88,8 @@ def ensure_filled(workdir: Path, scenario: Scenario, variant: str, progress: boo
     Returns that run's result when the marker kept it (markers of older versions kept only its wall time).
     """
     folder = cache_folder(workdir, scenario, variant)
-    marker = folder / f".filled-{scenario.strategy}-{len(scenario.parameters['symbols'])}"
+    marker = folder / (f".filled-{scenario.strategy}-{len(scenario.parameters['symbols'])}-{scenario.start}-"
+                       f"{scenario.end}")
     if not marker.exists():
         if progress:
             print(f"filling {folder} with a cold run of {scenario.name} ({variant}) ...", flush=True)
@@ -122,7 +122,8 @@ def fill(workdir: Path, name: str, variants: list[str]) -> list[str]:
     """Fill the caches ``name`` reads, for the variants it runs on (returned)."""
     chosen = ["duckdb"] if name in DUCKDB_ONLY else variants
     for variant in chosen:
-        for filler in (name,) if name in DUCKDB_ONLY else FILLED_BY[SCENARIOS[name].source]:
+        polygon = SCENARIOS[name].source == "polygon" and name not in DUCKDB_ONLY
+        for filler in POLYGON_FILLERS if polygon else (name,):
             ensure_filled(workdir, SCENARIOS[filler], variant)
     return chosen
 

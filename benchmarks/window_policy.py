@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "window_policy.md")
     args = parser.parse_args(argv)
     scenario = universe._scan("polygon", args.symbols, 390)
-    for filler in universe.FILLED_BY["polygon"]:
+    for filler in universe.POLYGON_FILLERS:
         universe.ensure_filled(args.workdir, universe.SCENARIOS[filler], "duckdb")
     folder = universe.cache_folder(args.workdir, scenario, "duckdb")
     results: dict[float, list[RunResult]] = {ahead: [] for ahead in args.ahead}
