@@ -350,3 +350,39 @@ def test_disk_full_mid_backtest_falls_back_and_keeps_what_was_stored(polygon, lu
         source._update_pandas_data(Asset("BBB"), USD, 5, "day", ny(2024, 2, 1, 10))
     assert (Asset("BBB"), USD) in source.pandas_data, "served by the legacy path"
     assert source.store.coverage(polygon_series_key(Asset("AAA"), USD, "day")) == stored
+
+
+
+def test_per_call_answers_follow_the_clock_and_lumibots_check_is_skipped_only_when_it_would_pass(
+        polygon, lumibot_cache, store_dir, monkeypatch) -> None:
+    """Every request of a run, answered by the DuckDB path exactly as by legacy, across window rolls.
+
+    Lumibot's ``_update_pandas_data`` checks, per request, that the held ``Data`` starts early enough;
+    the DuckDB path skips that check for a request kind once it passed on the same ``Data`` (it only
+    gets easier as the clock advances) and runs it again after every roll.
+    """
+    checks: list[Any] = []
+    original = LegacyPolygon._update_pandas_data
+    monkeypatch.setattr(LegacyPolygon, "_update_pandas_data",
+                        lambda self, *a, **k: (checks.append(a[:4]), original(self, *a, **k))[1])
+    days = pd.bdate_range("2024-01-03", "2024-04-26")
+    answers, counted = {}, {}
+    for kind in ("legacy", "duckdb"):
+        checks.clear()
+        source = make_source(kind, store_dir, end=dt.datetime(2024, 5, 1))
+        got = answers[kind] = []
+        for day in days:
+            for minute in (0, 0, 121):  # the same clock twice, then later that day
+                source._datetime = ny(day.year, day.month, day.day, 10, 0) + dt.timedelta(minutes=minute)
+                for asset in (Asset("AAA"), Asset("BBB")):
+                    got.append(source.get_last_price(asset))
+                    bars = source.get_historical_prices(asset, 30, "minute").df
+                    got.append(bars[["open", "close", "volume"]].reset_index().to_numpy().tolist())
+                    got.append(source.get_historical_prices(asset, 3, "day").df["close"].tolist())
+        counted[kind] = len(checks)
+        if kind == "duckdb":
+            assert source.duckdb_windows.loads > 4, source.duckdb_windows.stats()  # the windows rolled
+    assert answers["duckdb"] == answers["legacy"]
+    requests = len(days) * 3 * 2 * 3
+    assert counted["legacy"] >= requests  # Lumibot checks every request
+    assert counted["duckdb"] < requests / 3, counted

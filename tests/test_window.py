@@ -7,6 +7,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lumibot_duckdb.ab import REFERENCE, Scenario, compare, run_here
 from lumibot_duckdb.config import ENV_MAX_MEMORY, Settings, parse_bytes
@@ -239,3 +241,38 @@ def test_a_window_datetime_line_reads_like_lumibots_object_array() -> None:
     for position in (0, 7, 7, -1, 49, 7, 0):
         assert line[position] == objects[position]
     assert list(line[3:6]) == list(objects[3:6]) and len(line) == len(objects)
+
+
+@settings(max_examples=60, deadline=None)
+@given(gaps=st.lists(st.integers(1, 900), min_size=1, max_size=60),
+       clocks=st.lists(st.tuples(st.integers(-1, 61), st.sampled_from([-60, -1, 0, 0, 1, 59]), st.booleans()),
+                       max_size=40))
+def test_a_window_finds_the_bar_at_the_clock_as_lumibots_data_does(gaps: list[int],
+                                                                    clocks: list[tuple[int, int, bool]]) -> None:
+    """Binary search (windows) against Lumibot's timestamp dict and its cursor walk, for clocks in any order
+    (at a bar, a second or a minute around it, before the first, after the last)."""
+    from lumibot.entities import Asset, Data
+    from lumibot.entities import data as data_module
+
+    from lumibot_duckdb.sources.polygon import WindowData, _prepare
+
+    first = pd.Timestamp("2024-01-02 09:30", tz="America/New_York")
+    index = first + pd.to_timedelta(pd.Series(gaps).cumsum() - gaps[0], unit="min")
+    frame = pd.DataFrame({"open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1},
+                         index=pd.DatetimeIndex(index))
+    by_dict = Data(Asset("AAA"), frame.copy(), timestep="minute")
+    by_cursor = Data(Asset("AAA"), frame.copy(), timestep="minute")
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(data_module, "_ITER_INDEX_DICT_MAX_ROWS", -1)  # Lumibot's way for frames over 50,000 rows
+    by_cursor.repair_times_and_fill(by_cursor.df.index)
+    monkey.undo()
+    window = Data(Asset("AAA"), frame.copy(), timestep="minute")
+    _prepare(window)
+    assert isinstance(window, WindowData) and not window.iter_index_dict
+    for position, seconds, as_timestamp in clocks:
+        clock = frame.index[min(max(position, 0), len(frame) - 1)] + pd.Timedelta(seconds=seconds)
+        when = clock if as_timestamp else clock.to_pydatetime()
+        expected = by_dict.get_iter_count(when)
+        assert by_cursor.get_iter_count(when) == expected
+        assert window.get_iter_count(when) == expected, (clock, list(frame.index))
+        assert window.get_iter_count(when) == expected  # asked again at the same clock

@@ -38,6 +38,7 @@ MARGIN = pd.Timedelta(days=7)
 """Extra history kept behind the longest lookback seen."""
 ROW_MARGIN = 2
 """Extra bars kept behind the longest lookback in bars (the first bar's return needs the one before)."""
+_FOREVER = 2**63 - 1
 
 
 @dataclass
@@ -73,7 +74,13 @@ class Window:
     nbytes: int = 0
     used: int = 0
     data_id: int = 0
-    """``id()`` of the in-memory object the source built over the window (0: none), to notice a new one."""
+    """``id()`` of the in-memory object the source built over the window (0: none), to notice a new one
+    (set it with :meth:`holds`)."""
+    enough: dict[Hashable, int] = field(default_factory=dict)
+    """Per request kind, the earliest clock (ns) from which the source's own check found that object
+    enough for the request: the check only gets easier as the clock advances, so later requests of the
+    kind may skip it. Forgotten when the object changes."""
+    _live: tuple[object, object, object, int, int] = field(default=(None, None, None, 0, 0), repr=False)
 
     @property
     def span(self) -> pd.Timedelta:
@@ -115,6 +122,11 @@ class Window:
             self.timestep = timestep
             self.before_span, self.before_rows = pd.Timedelta(0), 0
 
+    def holds(self, data_id: int) -> None:
+        """The window's in-memory object is now the one with ``id()`` ``data_id`` (0: none)."""
+        self.data_id = data_id
+        self.enough.clear()
+
     @property
     def held(self) -> bool:
         return self.start is not None
@@ -123,12 +135,22 @@ class Window:
         return self.end is not None and self.last is not None and self.end >= self.last
 
     def due(self, now: pd.Timestamp) -> bool:
-        """True when the window must be (re)read before bars at ``now`` are asked for."""
-        if self.start is None or self.end is None:
-            return True
-        if now < self.start:
-            return True
-        return not self.complete() and now + self.guard >= self.end
+        """True when the window must be (re)read before bars at ``now`` are asked for.
+
+        Asked on every request: it compares nanoseconds, worked out again only when the window changed.
+        """
+        live = self._live
+        if live[0] is not self.start or live[1] is not self.end or live[2] is not self.last:
+            live = self._live = self._live_span()
+        return not live[3] <= now.value < live[4]
+
+    def _live_span(self) -> tuple[object, object, object, int, int]:
+        """``(start, end, last, from_ns, until_ns)``: the window serves a clock in ``[from_ns, until_ns)``."""
+        start, end, last = self.start, self.end, self.last
+        if start is None or end is None:
+            return start, end, last, 0, 0
+        until = _FOREVER if self.complete() else (end - self.guard).value
+        return start, end, last, start.value, until
 
     def bounds(self, now: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
         """Where to read from and to, for the clock at ``now``."""
@@ -228,7 +250,7 @@ class WindowBook:
         found = self.windows.get(key)
         if found is None:
             return
-        found.data_id = 0  # whatever it held is gone, held or not (its id may be reused)
+        found.holds(0)  # whatever it held is gone, held or not (its id may be reused)
         if found.held:
             found.start = found.end = None
             found.nbytes = 0
