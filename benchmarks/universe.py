@@ -8,8 +8,9 @@ network seams by ``lumibot_duckdb.sample``), on a warm cache (filled once by a c
   prices assets from minute bars, so its legacy path holds every symbol's minute bars for the year.
 * ``polygon-minute50``: 50 symbols, a daily-cadence strategy reading the last 390 minute bars of every
   symbol each day.
-* ``polygon-daily200``: the daily momentum over 200 symbols, DuckDB path only (the legacy path would
-  need about 18 GB here); its first run fills the store with the 150 symbols more.
+* ``polygon-daily200`` / ``polygon-minute200``: the daily momentum / the minute scan over 200 symbols,
+  DuckDB path only (the legacy path would need about 18 GB / 26 GB here); the first run of the daily
+  one fills the store with the 150 symbols more (a year of their minute bars), which the scan reads.
 * ``ccxt-minute50``: the same on CCXT, 24/7 minute candles (the last 1,440 each day), over the year;
   ``ccxt-minute50-2m`` over January and February 2023 only (its cold fills take minutes, not the year's
   half hour per variant).
@@ -68,12 +69,15 @@ SCENARIOS = {
     "polygon-daily10": _momentum(10),
     "polygon-daily50": _momentum(50),
     "polygon-minute50": _scan("polygon", 50, 390),
-    # DuckDB only: on the legacy path this would need ~18 GB (peak RSS grows ~84 MB a symbol here)
+    # DuckDB only: on the legacy path these would need ~18 GB and ~26 GB (peak RSS grows ~84 MB and
+    # ~130 MB a symbol on the legacy path here); the first fills the store the second reads
     "polygon-daily200": _momentum(200),
+    "polygon-minute200": _scan("polygon", 200, 390),
     "ccxt-minute50": _scan("ccxt", 50, 1440, label=", year", asset_type="crypto", quote="USDT"),
-    "ccxt-minute50-2m": _scan("ccxt", 50, 1440, end="2023-03-01", asset_type="crypto", quote="USDT"),
+    "ccxt-minute50-2m": _scan("ccxt", 50, 1440, end="2023-03-01", label=", Jan-Feb", asset_type="crypto",
+                              quote="USDT"),
 }
-DUCKDB_ONLY = {"polygon-daily200"}
+DUCKDB_ONLY = {"polygon-daily200", "polygon-minute200"}
 POLYGON_FILLERS = ("polygon-daily50", "polygon-minute50")
 """The cold runs that fill the Polygon folders; a superset serves the smaller runs."""
 
