@@ -8,7 +8,7 @@ Reported: median and mean µs per call, and the slowest call.
 
 Reproduce::
 
-    python3 dev.py bench benchmarks/per_call.py              # about 5 minutes on 2 cores
+    python3 dev.py bench benchmarks/per_call.py --repeat 3   # about 5 minutes a repetition on 2 cores
 
 Results go to ``benchmarks/results/per_call.md``.
 """
@@ -89,26 +89,61 @@ def measure(source_name: str, variant: str, workdir: Path, symbols: int = 5) -> 
     return lines
 
 
+def spread(values: list[float]) -> str:
+    """``median [min–max]`` (just the median for one value)."""
+    middle = statistics.median(values)
+    return f"{middle:,.0f}" if len(values) == 1 else f"{middle:,.0f} [{min(values):,.0f}–{max(values):,.0f}]"
+
+
+def report(runs: dict[tuple[str, str, str], list[tuple[float, float, float, int]]], repeat: int) -> str:
+    """Per call and variant: the median of the runs' medians [min–max], of their means, the slowest call;
+    and DuckDB / legacy as the median of per-run ratios of medians [min–max]."""
+    lines = [f"Per-call cost, µs (5 symbols, one call per symbol per trading day of 2023; the DuckDB path's "
+             f"window rolls are inside its calls and clock steps). {repeat} run(s) per variant, legacy and DuckDB "
+             f"alternating; median of the runs' medians [min–max].", "",
+             "| source | call | calls | legacy median µs | DuckDB median µs | ratio (median of runs) | "
+             "legacy mean µs | DuckDB mean µs | slowest ms legacy / DuckDB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (source_name, label, variant), legacy in runs.items():
+        if variant != "legacy" or (source_name, label, "duckdb") not in runs:
+            continue
+        ours = runs[(source_name, label, "duckdb")]
+        ratios = [b[0] / a[0] for a, b in zip(legacy, ours)]
+        lines.append(f"| {source_name} | {label} | {legacy[0][3]} | {spread([r[0] for r in legacy])} | "
+                     f"{spread([r[0] for r in ours])} | {statistics.median(ratios):.2f}x "
+                     f"[{min(ratios):.2f}–{max(ratios):.2f}] | {statistics.median([r[1] for r in legacy]):,.0f} | "
+                     f"{statistics.median([r[1] for r in ours]):,.0f} | {max(r[2] for r in legacy):,.1f} / "
+                     f"{max(r[2] for r in ours):,.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     if os.environ.get("LUMIBOT_DUCKDB_PER_CALL_CHILD") != "1":
+        import argparse
+
         from lumibot_duckdb.ab import child_environment
 
+        parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--repeat", type=int, default=1, help="runs per variant (legacy and DuckDB alternate)")
+        args = parser.parse_args()
         workdir = Path(tempfile.mkdtemp(prefix="per-call-"))
-        rows = []
-        for source_name in CALLS:
-            for variant in ("legacy", "duckdb"):
-                env = {**child_environment(workdir / variant), "LUMIBOT_DUCKDB_PER_CALL_CHILD": "1"}
-                done = subprocess.run([sys.executable, __file__, source_name, variant, str(workdir / variant)],
-                                      env=env, capture_output=True, text=True, cwd=workdir, check=False)
-                if done.returncode:
-                    print(done.stderr[-3000:])
-                    return done.returncode
-                rows += [ln for ln in done.stdout.splitlines() if ln.startswith("|")]
-                print("\n".join(rows[-len(CALLS[source_name]) - 1:]), flush=True)  # its calls and the clock step
-        text = ("Per-call cost, µs (5 symbols, one call per symbol per trading day of 2023; the DuckDB path's "
-                "window rolls are inside its calls and clock steps).\n\n"
-                "| source | call | variant | calls | median µs | mean µs | slowest ms |\n"
-                "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+        runs: dict[tuple[str, str, str], list[tuple[float, float, float, int]]] = {}
+        for _ in range(args.repeat):
+            for source_name in CALLS:
+                for variant in ("legacy", "duckdb"):
+                    env = {**child_environment(workdir / variant), "LUMIBOT_DUCKDB_PER_CALL_CHILD": "1"}
+                    done = subprocess.run([sys.executable, __file__, source_name, variant, str(workdir / variant)],
+                                          env=env, capture_output=True, text=True, cwd=workdir, check=False)
+                    if done.returncode:
+                        print(done.stderr[-3000:])
+                        return done.returncode
+                    for line in done.stdout.splitlines():
+                        if line.startswith("|"):
+                            cells = [c.strip().replace(",", "") for c in line.strip("|").split("|")]
+                            runs.setdefault((cells[0], cells[1], cells[2]), []).append(
+                                (float(cells[4]), float(cells[5]), float(cells[6]), int(cells[3])))
+                            print(line, flush=True)
+        text = report(runs, args.repeat)
         out = Path(__file__).parent / "results" / "per_call.md"
         out.write_text(text)
         print(text)
