@@ -72,10 +72,8 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         self._next_roll: pd.Timestamp | None = None
         self._widened: set[Any] = set()
         self._clock: tuple[Any, pd.Timestamp] | None = None
-        self._seamed = False
-        """Set when Lumibot loaded bars through the seam (``_polygon_prices``): it then builds a new ``Data``."""
         self._seams = 0
-        """Calls of the seam so far."""
+        """Calls of the seam (``_polygon_prices``) so far: after one, Lumibot builds a new ``Data``."""
         super().__init__(*args, **kwargs)
 
     # -- the window of each series -----------------------------------------------------------------
@@ -94,11 +92,11 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
                 return None  # Lumibot's check below found this Data enough, from an earlier clock: it still is
         token = _ROUTE.set(self)
         windowed = _WINDOWED.set(True) if _WINDOWED.get() is None else None
+        seams = self._seams
         try:
             # (a window that holds no Data was dropped by the budget: read again)
             if window.first is not None and (window.due(now) or not window.data_id):
                 self._read_window(key, now)
-            seams = self._seams
             result = super()._update_pandas_data(asset, quote, length, timestep, start_dt)
             if self._seams == seams and window.data_id and base < window.enough.get(kind, _NEVER):
                 # Lumibot kept the Data it holds (its check: the Data starts early enough for this
@@ -112,8 +110,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             if windowed is not None:
                 _WINDOWED.reset(windowed)
             _ROUTE.reset(token)
-            if self._seamed:  # Lumibot loaded through the seam: it built a new Data
-                self._seamed = False
+            if self._seams != seams:  # Lumibot loaded through the seam: it built a new Data
                 self._adopt(key, window)
 
     def _pull_source_symbol_bars(self, asset: Any, length: Any, timestep: Any = "day", timeshift: Any = None,
@@ -255,9 +252,10 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         if not self.use_duckdb:
             return super().get_historical_prices_between_dates(asset, timestep, quote, exchange, include_after_hours,
                                                                start_date, end_date)
+        key = _data_key(asset, quote)
         whole = _WINDOWED.set(False)
+        seams = self._seams
         try:
-            key = _data_key(asset, quote)
             window = self.duckdb_windows.windows.get(key)
             if window is not None and window.held and not (window.start <= window.first and window.complete()):
                 self.pandas_data.pop(key, None)  # Lumibot reads the range again through the seam, whole
@@ -266,8 +264,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
                                                                start_date, end_date)
         finally:
             _WINDOWED.reset(whole)
-            if self._seamed:
-                self._seamed = False
+            if self._seams != seams:
                 self._adopt(key, self.duckdb_windows.window(key))
 
     # -- the seam ------------------------------------------------------------------------------------
@@ -306,7 +303,6 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
 
             frame, read_start = window.read(read_start, now, read)
             window.start, window.end = read_start, read_end
-            self._seamed = True
             return frame
 
         def legacy_call() -> pd.DataFrame | None:
