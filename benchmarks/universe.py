@@ -194,10 +194,11 @@ def summarize(results: list[RunResult]) -> str:
 
 def compare_all(results: list[RunResult]) -> list[str]:
     out = []
-    legacy = [r for r in results if r.variant == "legacy"]
-    duckdb = [r for r in results if r.variant == "duckdb"]
     fixed = {r.scenario: r for r in results if r.variant == REFERENCE}
-    for a, b in zip(legacy, duckdb):
+    pairs = [pair for scenario in dict.fromkeys(r.scenario for r in results)  # repetition by repetition
+             for pair in zip([r for r in results if r.scenario == scenario and r.variant == "legacy"],
+                             [r for r in results if r.scenario == scenario and r.variant == "duckdb"])]
+    for a, b in pairs:
         (parity,) = compare([a, b])
         values = (f"{parity.fills} fills, final value legacy {parity.legacy_value:,.2f} / "
                   f"DuckDB {parity.duckdb_value:,.2f}")
@@ -247,12 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     if kept.exists():  # the scenarios not run this time keep their last figures
         ran = {r.scenario for r in results}
         results = [r for r in (RunResult(**d) for d in json.loads(kept.read_text())) if r.scenario not in ran] + results
+    args.output.parent.mkdir(parents=True, exist_ok=True)  # kept before the summary is worked out
+    args.output.with_suffix(".json").write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
     text = (f"Measured {machine()}; offline, providers emulated at their seams; warm caches (legacy-fixed: "
             f"the cold run that filled its cache).\n\n{summarize(results)}\n")
     print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".md").write_text(text)
-    args.output.with_suffix(".json").write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
     return 0
 
 
