@@ -98,7 +98,8 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             if window.first is not None and (window.due(now) or not window.data_id):
                 self._read_window(key, now)
             result = super()._update_pandas_data(asset, quote, length, timestep, start_dt)
-            if self._seams == seams and window.data_id and base < window.enough.get(kind, _NEVER):
+            known = window.enough.get(kind)
+            if self._seams == seams and window.data_id and (known is None or base < known):
                 # Lumibot kept the Data it holds (its check: the Data starts early enough for this
                 # request, which only gets easier as ``start_dt`` advances); it will again from here on
                 window.enough[kind] = base
@@ -320,7 +321,6 @@ def _data_key(asset: Any, quote: Any) -> tuple[Any, Any]:
 
 
 _USD = Asset("USD", "forex")
-_NEVER = 2**63 - 1
 
 
 def _ts(value: Any) -> pd.Timestamp:
