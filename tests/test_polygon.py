@@ -352,7 +352,6 @@ def test_disk_full_mid_backtest_falls_back_and_keeps_what_was_stored(polygon, lu
     assert source.store.coverage(polygon_series_key(Asset("AAA"), USD, "day")) == stored
 
 
-
 def test_per_call_answers_follow_the_clock_and_lumibots_check_is_skipped_only_when_it_would_pass(
         polygon, lumibot_cache, store_dir, monkeypatch) -> None:
     """Every request of a run, answered by the DuckDB path exactly as by legacy, across window rolls.

@@ -262,10 +262,11 @@ def test_a_window_finds_the_bar_at_the_clock_as_lumibots_data_does(gaps: list[in
                          index=pd.DatetimeIndex(index))
     by_dict = Data(Asset("AAA"), frame.copy(), timestep="minute")
     by_cursor = Data(Asset("AAA"), frame.copy(), timestep="minute")
-    monkey = pytest.MonkeyPatch()
-    monkey.setattr(data_module, "_ITER_INDEX_DICT_MAX_ROWS", -1)  # Lumibot's way for frames over 50,000 rows
-    by_cursor.repair_times_and_fill(by_cursor.df.index)
-    monkey.undo()
+    with pytest.MonkeyPatch.context() as monkey:  # Lumibot's way for frames over 50,000 rows
+        monkey.setattr(data_module, "_ITER_INDEX_DICT_MAX_ROWS", -1)
+        by_cursor.repair_times_and_fill(by_cursor.df.index)
+    by_dict.repair_times_and_fill(by_dict.df.index)  # (what Lumibot does on first use)
+    assert by_dict.iter_index_dict and not by_cursor.iter_index_dict  # the two ways Lumibot finds a bar
     window = Data(Asset("AAA"), frame.copy(), timestep="minute")
     _prepare(window)
     assert isinstance(window, WindowData) and not window.iter_index_dict
