@@ -1,7 +1,7 @@
 """A/B benchmark: Lumibot's Polygon path beside the DuckDB path, same strategy, same provider data.
 
 Each run is a fresh Python process, offline (Polygon is emulated at its HTTP seam by
-``lumibot_duckdb.sample``). For every repetition a new pair of empty cache folders is used and the
+``lumibot_duckdb.testing``). For every repetition a new pair of empty cache folders is used and the
 runs go cold → warm → shifted (window moved later) on each variant; fills and final portfolio
 value are compared for every phase. Reported per (scenario, phase, variant): median and min–max
 over the repetitions of backtest wall time, data-layer time (time inside Lumibot's Polygon seam,
@@ -31,7 +31,7 @@ import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from lumibot_duckdb.ab import RunResult, Scenario, compare, run_session
+from lumibot_duckdb.ab.harness import RunResult, Scenario, compare, run_session
 
 SYMBOLS_20 = tuple(f"S{i:02d}" for i in range(20))
 SCENARIOS = {

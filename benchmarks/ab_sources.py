@@ -3,7 +3,7 @@
 For each source (Polygon, Yahoo, Alpaca, CCXT) and each strategy it supports — daily buy-and-hold,
 daily momentum over 5 symbols, a minute SMA, and crypto where the source trades it — the runs go
 cold → warm → shifted by a month, each in a fresh Python process, offline (every provider is
-emulated at its network seam by ``lumibot_duckdb.sample``). Legacy runs keep Lumibot's own provider
+emulated at its network seam by ``lumibot_duckdb.testing``). Legacy runs keep Lumibot's own provider
 sleeps (Yahoo's 2–5 s before each download, CCXT's 1 s every 10 pages): that is what users wait for.
 
 Reported per (source, scenario, phase, variant): wall time, data-layer time, provider requests,
@@ -28,8 +28,9 @@ from pathlib import Path
 
 from ab_polygon import machine, publish
 
-from lumibot_duckdb.ab import RunResult, Scenario, run_session
-from lumibot_duckdb.sample.kits import KITS, kit
+from lumibot_duckdb.ab.harness import RunResult, Scenario, run_session
+from lumibot_duckdb.registry import SOURCES
+from lumibot_duckdb.testing.kits import kit
 
 MINUTE_SOURCES = ("polygon", "alpaca", "ccxt")  # Yahoo keeps 7 wall-clock days of minute bars only
 
@@ -61,11 +62,11 @@ def scenarios(source: str) -> list[Scenario]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", choices=[*KITS, "all"], default="all")
+    parser.add_argument("--source", choices=[*SOURCES, "all"], default="all")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ab_sources")
     args = parser.parse_args()
-    sources = list(KITS) if args.source == "all" else [args.source]
+    sources = list(SOURCES) if args.source == "all" else [args.source]
     sessions: list[list[RunResult]] = []
     for rep in range(args.repeat):
         for source in sources:

@@ -1,11 +1,11 @@
 """Indicators for many symbols at once: the SQL macros beside a pandas loop over symbols.
 
 A temporary store gets ``--symbols`` US stocks × one year of minute bars (extended hours, from
-:class:`lumibot_duckdb.sample.market.SyntheticMarket`; 50 × 2023 ≈ 7.4M bars). Each round, for
+:class:`lumibot_duckdb.testing.market.SyntheticMarket`; 50 × 2023 ≈ 7.4M bars). Each round, for
 each indicator, both sides start from the store and end with pandas objects holding every value:
 
 * **SQL**: one query over all symbols (``SELECT symbol, ts, <value> FROM sma(NULL, 20, tf := 'minute')``)
-  on a fresh read-only connection (:func:`lumibot_duckdb.query.connect`, views and macros
+  on a fresh read-only connection (:func:`lumibot_duckdb.sql.query.connect`, views and macros
   included), fetched as Arrow and converted to one pandas DataFrame (symbol as a category).
 * **pandas**: per symbol, ``store.read`` of the year, then the pandas expression the indicator is
   checked against in ``tests/test_analytics.py`` (pandas-ta-classic's ``rsi``; ``ewm``,
@@ -38,9 +38,9 @@ import numpy as np
 import pandas as pd
 import pandas_ta_classic as ta
 
-from lumibot_duckdb.query import connect
-from lumibot_duckdb.sample.market import SyntheticMarket
+from lumibot_duckdb.sql.query import connect
 from lumibot_duckdb.store import DuckDBDataStorage, SeriesKey
+from lumibot_duckdb.testing.market import SyntheticMarket
 
 START, END = "2023-01-01", "2024-01-01"  # --months shortens END (smoke runs)
 

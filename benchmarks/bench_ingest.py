@@ -37,7 +37,7 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 _CHILD = r"""
 import json, resource, sys, time
-from lumibot_duckdb.ingest import ingest
+from lumibot_duckdb.ingest.load import ingest
 from lumibot_duckdb.store import DuckDBDataStorage
 store, paths, options = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 runs = []

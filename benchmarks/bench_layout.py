@@ -25,10 +25,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lumibot_duckdb.sample.market import SyntheticMarket
 from lumibot_duckdb.store.coverage import SeriesKey
-from lumibot_duckdb.store.layout import COLUMN_ENCODINGS, DICTIONARY_COLUMNS
+from lumibot_duckdb.store.local import COLUMN_ENCODINGS, DICTIONARY_COLUMNS
 from lumibot_duckdb.store.schema import normalize_bars, to_arrow
+from lumibot_duckdb.testing.market import SyntheticMarket
 
 QUERIES = {"1 day": ("2021-06-15", "2021-06-16"), "1 month": ("2021-06-01", "2021-07-01"),
            "1 year": ("2021-01-01", "2022-01-01")}

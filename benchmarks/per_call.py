@@ -38,10 +38,10 @@ def measure(source_name: str, variant: str, workdir: Path, symbols: int = 5) -> 
     import pandas as pd
     from lumibot.entities import Asset
 
-    from lumibot_duckdb.ab import Scenario
-    from lumibot_duckdb.sample.kits import kit
-    from lumibot_duckdb.sample.market import SyntheticMarket
-    from lumibot_duckdb.sample.offline import offline
+    from lumibot_duckdb.ab.harness import Scenario
+    from lumibot_duckdb.testing.kits import kit
+    from lumibot_duckdb.testing.market import SyntheticMarket
+    from lumibot_duckdb.testing.offline import offline
 
     source = kit(source_name)
     crypto = source_name == "ccxt"
@@ -121,7 +121,7 @@ def main() -> int:
     if os.environ.get("LUMIBOT_DUCKDB_PER_CALL_CHILD") != "1":
         import argparse
 
-        from lumibot_duckdb.ab import child_environment
+        from lumibot_duckdb.ab.harness import child_environment
 
         parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("--repeat", type=int, default=1, help="runs per variant (legacy and DuckDB alternate)")

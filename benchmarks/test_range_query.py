@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from lumibot_duckdb import DuckDBDataStorage, SeriesKey
-from lumibot_duckdb.sample.market import SyntheticMarket
+from lumibot_duckdb.testing.market import SyntheticMarket
 
 KEY = SeriesKey("polygon", "AAA", "minute", quote="USD", adjustment="split")
 WINDOWS = {"1 day": ("2021-06-15", "2021-06-16"), "1 month": ("2021-06-01", "2021-07-01"),

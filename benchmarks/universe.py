@@ -1,7 +1,7 @@
 """Universe benchmarks: memory and wall time of many symbols, Lumibot's legacy path beside the DuckDB path.
 
 Three workloads on one year (2023), each run in fresh processes, offline (providers emulated at their
-network seams by ``lumibot_duckdb.sample``), on a warm cache (filled once by a cold run per variant):
+network seams by ``lumibot_duckdb.testing``), on a warm cache (filled once by a cold run per variant):
 
 * ``polygon-daily10`` / ``polygon-daily50``: a plain daily momentum strategy over 10 / 50 symbols
   (20-day lookback, rebalance every 5 days, ``get_last_price`` to size orders). Lumibot's Polygon source
@@ -47,8 +47,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lumibot_duckdb.ab import REFERENCE, RunResult, Scenario, compare, run_subprocess
-from lumibot_duckdb.sample.kits import kit
+from lumibot_duckdb.ab.harness import REFERENCE, RunResult, Scenario, compare, run_subprocess
+from lumibot_duckdb.testing.kits import kit
 
 START, END = "2023-01-03", "2024-01-01"
 UNIVERSE = tuple(f"U{i:03d}" for i in range(200))

@@ -31,14 +31,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import universe
 
-from lumibot_duckdb.ab import RunResult, child_environment, finish
+from lumibot_duckdb.ab.harness import RunResult, child_environment, finish
 
 CHILD = """
 import sys
 import pandas as pd
 from lumibot_duckdb.sources import window
 window.AHEAD["minute"] = pd.Timedelta(days=float(sys.argv[1]))
-from lumibot_duckdb.ab import main
+from lumibot_duckdb.ab.harness import main
 sys.exit(main([sys.argv[2]]))
 """
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lumibot_duckdb import _moved
 from lumibot_duckdb.config import Settings
 from lumibot_duckdb.errors import (
     BarsValidationError,
@@ -23,11 +24,14 @@ from lumibot_duckdb.errors import (
     StoreError,
     StoreLockTimeout,
 )
-from lumibot_duckdb.install import install, uninstall
+from lumibot_duckdb.registry import SOURCES
+from lumibot_duckdb.sources.install import install, uninstall
 from lumibot_duckdb.store import DataStorageInterface, DuckDBDataStorage, Interval, SeriesKey
 
 __version__ = "0.1.0"
 
+# The public surface (tests/test_public_api.py checks it): the drop-in class of every source of
+# lumibot_duckdb.registry.SOURCES, the store, the settings, the errors and install()/uninstall().
 __all__ = [
     "AlpacaBacktesting",
     "BarsValidationError",
@@ -51,11 +55,10 @@ __all__ = [
     "uninstall",
 ]
 
+_moved.install()
+
 _LAZY = {
-    "PolygonDataBacktesting": "lumibot_duckdb.sources.polygon",
-    "YahooDataBacktesting": "lumibot_duckdb.sources.yahoo",
-    "AlpacaBacktesting": "lumibot_duckdb.sources.alpaca",
-    "CcxtBacktesting": "lumibot_duckdb.sources.ccxt",
+    **{spec.class_name: spec.module for spec in SOURCES.values()},
     "EnhancedDataSourceBacktesting": "lumibot_duckdb.sources.base",
 }
 

@@ -31,7 +31,7 @@ def main() -> None:
     """One DuckDB + Parquet bar store behind Lumibot's backtesting data sources."""
 
 
-# -- ingest and export (lumibot_duckdb.ingest, lumibot_duckdb.export) ------------------------------
+# -- ingest and export (lumibot_duckdb.ingest.load, lumibot_duckdb.sql.export) ------------------------------
 
 
 @main.command("ingest")
@@ -65,13 +65,13 @@ def ingest_command(paths: tuple[Path, ...], source: str, symbol: str | None, tim
 
     \b
         from lumibot.backtesting import PandasDataBacktesting
-        from lumibot_duckdb.offline_data import pandas_data
+        from lumibot_duckdb.sources.pandas_data import pandas_data
         MyStrategy.backtest(PandasDataBacktesting, datetime(2019, 2, 1), datetime(2019, 12, 31),
                             pandas_data=pandas_data("./bars", ["SPY", "TLT"], timeframe="day"))
     """
     import json
 
-    from lumibot_duckdb.ingest import ingest
+    from lumibot_duckdb.ingest.load import ingest
 
     report = ingest(store_dir, list(paths), source=source, symbol=symbol, timeframe=timeframe,
                     asset_type=asset_type, quote=quote, timezone=timezone, layout=layout,
@@ -125,7 +125,7 @@ def export_command(output: Path, symbol: str | None, query: str | None, source: 
     import json
 
     from lumibot_duckdb.errors import ConfigError
-    from lumibot_duckdb.export import export
+    from lumibot_duckdb.sql.export import export
     from lumibot_duckdb.store import SeriesKey
 
     if (symbol is None) == (query is None):
@@ -139,7 +139,7 @@ def export_command(output: Path, symbol: str | None, query: str | None, source: 
         click.echo(f"{result.rows:,} rows written to {result.path} ({result.format}, {result.bytes:,} bytes)")
 
 
-# -- status, query, maintenance (lumibot_duckdb.query, lumibot_duckdb.maintenance) --------------------
+# -- status, query, maintenance (lumibot_duckdb.sql.query, lumibot_duckdb.store.maintenance) --------------------
 
 
 def _existing_store(store_dir: Path | None) -> DuckDBDataStorage:
@@ -197,7 +197,7 @@ def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol:
 
     from rich.table import Table
 
-    from lumibot_duckdb.maintenance import status
+    from lumibot_duckdb.store.maintenance import status
 
     with _existing_store(store_dir) as store:
         report = status(store)
@@ -283,7 +283,7 @@ def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limi
       lumibot-duckdb db-query "FROM market_data WHERE symbol = 'SPY'" --format parquet -o spy.parquet
     """
     from lumibot_duckdb.errors import ConfigError
-    from lumibot_duckdb.query import TABLE_LIMIT, query, write_result
+    from lumibot_duckdb.sql.query import TABLE_LIMIT, query, write_result
 
     if (sql is None) == (sql_file is None):
         raise ConfigError("Give the SQL as an argument or with --file, not both and not neither. "
@@ -351,7 +351,7 @@ def maintain_compact(source: str | None, symbol: str | None, timeframe: str | No
 
     Example: lumibot-duckdb maintain compact --source polygon --store ./bars
     """
-    from lumibot_duckdb.maintenance import compact
+    from lumibot_duckdb.store.maintenance import compact
 
     with _existing_store(store_dir) as store:
         report = compact(store, source=source, symbol=symbol, timeframe=timeframe, dry_run=dry_run)
@@ -372,7 +372,7 @@ def maintain_clean_tmp(older_than: str, dry_run: bool, store_dir: Path | None) -
 
     Example: lumibot-duckdb maintain clean-tmp --older-than 2h --dry-run
     """
-    from lumibot_duckdb.maintenance import clean_tmp, parse_age
+    from lumibot_duckdb.store.maintenance import clean_tmp, parse_age
 
     age = parse_age(older_than)
     with _existing_store(store_dir) as store:
@@ -399,7 +399,7 @@ def maintain_prune(before: str | None, source: str | None, symbol: str | None, t
 
     Example: lumibot-duckdb maintain prune --before 2020-01-01 --source polygon --dry-run
     """
-    from lumibot_duckdb.maintenance import prune
+    from lumibot_duckdb.store.maintenance import prune
 
     with _existing_store(store_dir) as store:
         plan = prune(store, before=before, source=source, symbol=symbol, timeframe=timeframe, dry_run=True)
@@ -428,7 +428,7 @@ def maintain_verify(as_json: bool, store_dir: Path | None) -> None:
     """
     import json
 
-    from lumibot_duckdb.maintenance import verify
+    from lumibot_duckdb.store.maintenance import verify
 
     with _existing_store(store_dir) as store:
         report = verify(store)
@@ -464,8 +464,8 @@ def demo(workdir: Path | None, source: str) -> None:
     """
     import dataclasses
 
-    from lumibot_duckdb.ab import RunResult, Scenario, compare
-    from lumibot_duckdb.ab import demo as run_demo
+    from lumibot_duckdb.ab.harness import RunResult, Scenario, compare
+    from lumibot_duckdb.ab.harness import demo as run_demo
 
     scenario = Scenario.momentum()
     if source != "polygon":

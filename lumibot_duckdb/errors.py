@@ -49,5 +49,27 @@ class BarsValidationError(ValueError, LumibotDuckDBError):
 class ProviderDataError(ValueError, LumibotDuckDBError):
     """A data provider answered with something that is not a usable set of bars.
 
-    Nothing from that answer is stored, so the same range is fetched again next time.
+    Nothing from that answer is stored, so the same range is fetched again next time. ``source``,
+    ``series`` and ``interval`` say whose answer it was and for which range, once known (the fetch
+    path fills them in, see :func:`lumibot_duckdb.sources.base.bad_answer`).
     """
+
+    def __init__(self, message: str, *, source: str | None = None, series: object = None,
+                 interval: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.source = source
+        self.series = series
+        self.interval = interval
+
+    def locate(self, *, series: object, interval: object) -> ProviderDataError:
+        """Record the series and range the answer was for (kept if already known); returns ``self``."""
+        self.series = self.series if self.series is not None else series
+        self.interval = self.interval if self.interval is not None else interval
+        return self
+
+    def __str__(self) -> str:
+        where = [f"series {self.series}" if self.series is not None else "",
+                 f"range {self.interval}" if self.interval is not None else ""]
+        located = ", ".join(w for w in where if w)
+        return f"{self.message} ({located})" if located else self.message

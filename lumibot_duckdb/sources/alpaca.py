@@ -36,7 +36,7 @@ from lumibot.backtesting.alpaca_backtesting import AlpacaOptionHistoryUnavailabl
 from lumibot.entities import Asset
 
 from lumibot_duckdb.errors import ProviderDataError
-from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer
 from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.store import SeriesWriter
 
@@ -211,12 +211,8 @@ class AlpacaFetcher:
 
     # -- plan ------------------------------------------------------------------------------------
     def plan(self, key: SeriesKey, missing: list[Interval]) -> list[FetchTask]:
-        horizon = self.settled_until()
         tasks = []
         for gap in missing:
-            gap = Interval(gap.start, min(gap.end, horizon))
-            if gap.empty:
-                continue
             if self.asset_type != "crypto" and not _has_session(gap):
                 tasks.append(FetchTask(gap))  # a weekend or a holiday: no bars, no request
                 continue
@@ -257,15 +253,13 @@ class AlpacaFetcher:
         """
         if key.adjustment not in ("split", "all"):
             return
-        files = writer.store.files(key)
+        files = writer.files()
         if not files:
             return
         today = pd.Timestamp.now(tz="America/New_York").date()
         if min(f.published for f in files).tz_convert("America/New_York").date() >= today:
             return
-        meta = ("alpaca", "verified", f"{key.symbol}.{key.timeframe}.{key.adjustment}.json".replace("/", "_"))
-        record = writer.store.layout.read_json(*meta)
-        if isinstance(record, dict) and record.get("checked") == today.isoformat():
+        if writer.checked_on("verified") == today:
             return
         last = writer.coverage()[-1]
         stored = writer.store.read(key, max(last.start, last.end - pd.Timedelta(days=10)), last.end,
@@ -275,7 +269,7 @@ class AlpacaFetcher:
                                          self._request(stored.index[0], stored.index[-1])))
             if not _same_prices(stored, fresh):
                 writer.discard()
-        writer.store.layout.write_json({"series": key.as_dict(), "checked": today.isoformat()}, *meta)
+        writer.mark_checked("verified", today)
 
 
 def barset_to_bars(answer: Any, symbol: str, *, what: str) -> pd.DataFrame:
@@ -343,9 +337,8 @@ def _ohlcv_problem(frame: pd.DataFrame) -> str:
 
 
 def _bad_answer(what: str, problem: str) -> ProviderDataError:
-    return ProviderDataError(f"Alpaca answered {what} with {problem}; nothing was stored, so the range is asked "
-                             "for again next time. If it persists, check the symbol, the feed your key may use, "
-                             "and Alpaca's status page.")
+    return bad_answer("Alpaca", what, problem,
+                      advice="check the symbol, the feed your key may use, and Alpaca's status page.")
 
 
 def _same_prices(stored: pd.DataFrame, fresh: pd.DataFrame) -> bool:

@@ -5,12 +5,34 @@ A vendor module subclasses Lumibot's backtesting class with this mixin first::
     class PolygonDataBacktesting(EnhancedDataSourceBacktesting, lumibot_polygon.PolygonDataBacktesting): ...
 
 and routes its provider seam through :meth:`EnhancedDataSourceBacktesting.serve`: ask the store
-what is missing, fetch only that from the provider, store it, and read the range back from the
-store. With ``use_duckdb=False`` nothing of this runs and the class is Lumibot's own.
+what is missing, fetch only that from the provider (a :class:`Provider`), store it, and read the
+range back from the store. With ``use_duckdb=False`` nothing of this runs and the class is Lumibot's
+own.
+
+**The seam of each vendor.** Each diverts one Lumibot function at import time with :func:`route`
+(a pass-through unless the call comes from one of our instances on the DuckDB path):
+
+=========  ===============================================================  ===========================
+vendor     Lumibot function diverted                                         what is held in memory
+=========  ===============================================================  ===========================
+polygon    ``polygon_helper.get_price_data_from_polygon``                    a window (``Data``)
+yahoo      ``YahooHelper.get_symbol_data``                                   the whole daily history
+alpaca     none: its own methods ``_download_and_cache_ohlcv_data``,         Lumibot's window frames
+           ``_load_ohlcv_into_data_store``, ``_history_segment`` (overridden)
+ccxt       ``CcxtCacheDB.__init__`` (no ``load_markets``) and                a window (DataFrame)
+           ``CcxtCacheDB.download_ohlcv``
+=========  ===============================================================  ===========================
+
+**The sections of every vendor module**, in this order: constants; the data source class (its
+overrides of Lumibot's methods, then the seam method the router calls); the provider (a
+:class:`Provider`: ``plan``, ``fetch``, ``revalidate``, ``settled_until``); the answer parser (provider
+answer -> store bars, malformed answers -> :func:`bad_answer`); the legacy frame (store bars -> the
+exact frame Lumibot's helper returns); small helpers; the route, installed last.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -24,8 +46,8 @@ import duckdb
 import pandas as pd
 
 from lumibot_duckdb.config import Settings
-from lumibot_duckdb.errors import CorruptFileError, StoreError
-from lumibot_duckdb.sources.window import WindowBook
+from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
+from lumibot_duckdb.sources.window import DEFAULT_POLICY, WindowBook, WindowPolicy
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
 
@@ -62,6 +84,11 @@ class Provider(Protocol):
 
     def revalidate(self, key: SeriesKey, writer: SeriesWriter) -> None:
         """Before new bars join stored ones: drop the stored ones if the provider re-wrote history."""
+
+    def settled_until(self) -> pd.Timestamp:
+        """Bars before this instant are final. Nothing later is asked for or recorded as covered (the
+        shared path clips every missing range to it before :meth:`plan`), so a backtest reaching today
+        asks again for what was still forming."""
 
 
 @dataclass
@@ -122,6 +149,8 @@ class EnhancedDataSourceBacktesting:
 
     LEGACY_TAKES_MAX_MEMORY = False
     """True where Lumibot's own class has a ``max_memory`` keyword (handed to it on the legacy path)."""
+    WINDOW_POLICY: WindowPolicy = DEFAULT_POLICY
+    """How this source sizes the windows it holds (:mod:`lumibot_duckdb.sources.window`)."""
 
     def __init__(self, *args: Any, use_duckdb: bool | str | None = None, cache_dir: Any = None,
                  strict: bool | str | None = None, max_memory: Any = None, **kwargs: Any) -> None:
@@ -131,7 +160,7 @@ class EnhancedDataSourceBacktesting:
             max_memory = None
         self.duckdb_settings = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict,
                                                 max_memory=max_memory if enabled else None)
-        self.duckdb_windows = WindowBook(budget=self.duckdb_settings.max_memory)
+        self.duckdb_windows = WindowBook(budget=self.duckdb_settings.max_memory, policy=self.WINDOW_POLICY)
         self.duckdb_stats = DataLayerStats()
         self._duckdb_failure: BaseException | None = None
         self.duckdb_strict_error: BaseException | None = None
@@ -210,6 +239,10 @@ class EnhancedDataSourceBacktesting:
             if writer.coverage():
                 provider.revalidate(key, writer)
                 missing = [wanted] if refresh else writer.missing(wanted)
+            horizon = provider.settled_until()
+            missing = [Interval(gap.start, min(gap.end, horizon)) for gap in missing if gap.start < horizon]
+            if not missing:
+                return
             tasks = provider.plan(key, missing)
             asked = [t for t in tasks if t.request is not None]
             for task in tasks:
@@ -225,6 +258,9 @@ class EnhancedDataSourceBacktesting:
                     task = futures[future]
                     try:
                         bars = future.result()
+                    except ProviderDataError as exc:
+                        errors.append(exc.locate(series=key, interval=task.covers))
+                        continue
                     except Exception as exc:  # noqa: BLE001 - re-raised below, after the others are stored
                         errors.append(exc)
                         continue
@@ -233,6 +269,37 @@ class EnhancedDataSourceBacktesting:
                     self.duckdb_stats.add(provider_requests=1, bars_fetched=len(inside))
             if errors:
                 raise errors[0]
+
+
+def bad_answer(source: str, what: str, problem: str, *, advice: str) -> ProviderDataError:
+    """The error for a provider answer that is not usable bars: who answered what, with what, and what to do.
+
+    ``source`` is the provider's name as users know it ("Polygon", "The exchange"...). The fetch path
+    adds the series and the range (:meth:`ProviderDataError.locate`) before the error leaves it.
+    """
+    return ProviderDataError(f"{source} answered {what} with {problem}; nothing was stored, so the range is asked "
+                             f"for again next time. If it persists, {advice}", source=source)
+
+
+_ROUTE_LOCK = threading.Lock()
+
+
+def route(owner: Any, attribute: str, divert: Callable[[Callable[..., Any]], Callable[..., Any]], *,
+          static: bool = False) -> None:
+    """Replace ``owner.attribute`` once with ``divert(original)``, Lumibot's function wrapped by a router.
+
+    The router a vendor writes passes every call straight to ``original`` unless it comes from one of
+    our data sources with the DuckDB path on (each vendor knows that from a context variable it sets
+    around Lumibot's call, so threads and other data sources are unaffected). Importing a vendor module
+    twice, or reloading it, wraps nothing twice. ``static=True`` for a ``staticmethod`` of a class.
+    """
+    with _ROUTE_LOCK:
+        current = getattr(owner, attribute)
+        if getattr(current, "_lumibot_duckdb_router", False):
+            return
+        router = functools.wraps(current)(divert(current))
+        router._lumibot_duckdb_router = True  # type: ignore[attr-defined]
+        setattr(owner, attribute, staticmethod(router) if static else router)
 
 
 def _no_bars() -> pd.DataFrame:

@@ -44,10 +44,10 @@ from lumibot.tools.symbol_normalization import (
     resolve_ccxt_market_symbol,
 )
 
-from lumibot_duckdb.errors import CorruptFileError, ProviderDataError
-from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
-from lumibot_duckdb.sources.window import ROW_MARGIN, frame_bytes
-from lumibot_duckdb.store import Interval, SeriesKey
+from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
+from lumibot_duckdb.sources.window import ROW_MARGIN, WindowPolicy, frame_bytes
+from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
 
 SOURCE = "ccxt"
@@ -69,7 +69,6 @@ MARKETS_META = ("ccxt", "markets")
 
 _BUILDING: contextvars.ContextVar[CcxtBacktesting | None] = contextvars.ContextVar("lumibot_duckdb_ccxt",
                                                                                      default=None)
-_ROUTE_LOCK = threading.Lock()
 _MARKETS_LOCK = threading.RLock()
 log = logging.getLogger("lumibot_duckdb")
 
@@ -82,9 +81,13 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
     ``exchange_id`` and ``max_data_download_limit`` as in Lumibot.
     """
 
+    WINDOW_POLICY = WindowPolicy(margin=pd.Timedelta(0), guard=pd.Timedelta(0), ahead=AHEAD)
+    """A request reaches back an exact number of bars (and ``ROW_MARGIN`` more): no margin in time.
+    Every call checks its window, so a window rolls only when a request reaches past its end."""
+
     def __init__(self, datetime_start: Any, datetime_end: Any, **kwargs: Any) -> None:
         self._served: dict[SeriesKey, tuple[Interval, pd.Timestamp]] = {}
-        token = _BUILDING.set(self)  # Lumibot's constructor builds the CcxtCacheDB: see _install_routes
+        token = _BUILDING.set(self)  # Lumibot's constructor builds the CcxtCacheDB: see _init_router
         try:
             super().__init__(datetime_start, datetime_end, **kwargs)
         finally:
@@ -154,9 +157,7 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         window = self.duckdb_windows.window(key)
         first = self._to_utc_timezone(self.datetime_start) - self._prebuffer(timeframe)
         last = self._to_utc_timezone(self.datetime_end)
-        window.first, window.last, window.timestep = _utc(first), _utc(last), TIMEFRAMES[timeframe]
-        window.margin = pd.Timedelta(0)  # a request reaches back an exact number of bars (and ROW_MARGIN more)
-        window.ahead, window.guard = AHEAD.get(window.timestep), pd.Timedelta(0)  # every call checks the window
+        window.place(_utc(first), _utc(last), TIMEFRAMES[timeframe])
         start, stop = window.bounds(limit)
         def read(since: pd.Timestamp) -> pd.DataFrame:
             frame = self.via_store(
@@ -205,7 +206,7 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
                 return legacy_frame(bars, *legacy_range, cache_db)
             except CorruptFileError:  # set aside by the read: fill that range again below
                 self._served.pop(key, None)
-        provider = CcxtFetcher(cache_db, symbol, timeframe, markets=MarketBook(self.store.layout, exchange_id))
+        provider = CcxtFetcher(cache_db, symbol, timeframe, markets=MarketBook(self.store, exchange_id))
         bars = self.serve(key, wanted, provider, columns=CANDLES, read=read)
         horizon = provider.horizon
         self._served[key] = (wanted, horizon)
@@ -231,15 +232,15 @@ class MarketBook:
     kept yet loads the markets once, like Lumibot's constructor does on every run.
     """
 
-    def __init__(self, layout: Any, exchange_id: str) -> None:
-        self.layout = layout
+    def __init__(self, store: DuckDBDataStorage, exchange_id: str) -> None:
+        self.store = store
         self.exchange_id = exchange_id
         self.parts = (*MARKETS_META, f"{exchange_id}.json")
 
     def kept(self) -> dict[str, dict[str, Any]]:
         try:
-            document = self.layout.read_json(*self.parts)
-        except OSError:
+            document = self.store.read_note(*self.parts)
+        except StoreError:
             return {}
         markets = document.get("markets") if isinstance(document, dict) else None
         return markets if isinstance(markets, dict) else {}
@@ -249,8 +250,8 @@ class MarketBook:
         markets = self.kept()
         markets[symbol] = entry
         try:
-            self.layout.write_json({"exchange": self.exchange_id, "markets": markets}, *self.parts)
-        except (OSError, TypeError, ValueError) as exc:
+            self.store.write_note({"exchange": self.exchange_id, "markets": markets}, *self.parts)
+        except (StoreError, TypeError, ValueError) as exc:
             log.warning("Could not keep the %s market entry of %s: %s", self.exchange_id, symbol, exc)
 
     def resolve(self, cache_db: CcxtCacheDB, symbol: str) -> str:
@@ -327,7 +328,7 @@ class CcxtFetcher:
         self.step = STEPS[timeframe]
         self.markets = markets
         self.page = page_limit(cache_db.api)
-        self.horizon = self.settled_until()
+        self.horizon = _floor(pd.Timestamp.now(tz="UTC") - SETTLE, self.step)
         """Fixed for this fetcher's life, so the stored part and the forming tail meet exactly."""
         self._market_symbol: str | None = None
         self._lock = threading.Lock()
@@ -341,11 +342,9 @@ class CcxtFetcher:
 
     # -- plan: the missing settled ranges, in tasks of PAGES_PER_TASK pages --------------------------
     def plan(self, key: SeriesKey, missing: list[Interval]) -> list[FetchTask]:
-        horizon = self.horizon
         span = self.step * self.page * PAGES_PER_TASK
         tasks = []
         for gap in missing:
-            gap = Interval(gap.start, min(gap.end, horizon))
             cursor = gap.start
             while cursor < gap.end:
                 stop = min(gap.end, cursor + span)
@@ -360,12 +359,12 @@ class CcxtFetcher:
         return FetchTask(covers, (first, covers.end))
 
     def settled_until(self) -> pd.Timestamp:
-        """Candles that start before this are final: closed for at least 15 minutes.
+        """Candles that start before this are final: closed for at least 15 minutes (:attr:`horizon`).
 
         Nothing later is recorded as covered, so a backtest reaching today asks the exchange
         again for what was still forming (Lumibot's shared bar cache uses the same 15 minutes).
         """
-        return _floor(pd.Timestamp.now(tz="UTC") - SETTLE, self.step)
+        return self.horizon
 
     # -- fetch: fetch_ohlcv page after page, no sleeps -------------------------------------------
     def fetch(self, task: FetchTask) -> pd.DataFrame:
@@ -444,9 +443,8 @@ def ohlcv_to_bars(rows: Any, *, what: str) -> pd.DataFrame:
 
 
 def _bad_answer(what: str, problem: str) -> ProviderDataError:
-    return ProviderDataError(f"The exchange answered {what} with {problem}; nothing was stored, so the range is "
-                             "asked for again next time. If it persists, check the symbol, the timeframe and the "
-                             "exchange's status.")
+    return bad_answer("The exchange", what, problem,
+                      advice="check the symbol, the timeframe and the exchange's status.")
 
 
 def legacy_frame(bars: pd.DataFrame, start: dt.datetime, end: dt.datetime, cache_db: CcxtCacheDB) -> pd.DataFrame:
@@ -527,36 +525,30 @@ def _init_without_markets(cache_db: CcxtCacheDB, exchange_id: str, max_download_
     cache_db._lumibot_duckdb_source = source
 
 
-def _install_routes() -> None:
-    """Wrap ``CcxtCacheDB.__init__`` and ``download_ohlcv`` once with pass-through routers."""
-    with _ROUTE_LOCK:
-        current_download = CcxtCacheDB.download_ohlcv
-        if getattr(current_download, "_lumibot_duckdb_router", False):
-            return
-        current_init = CcxtCacheDB.__init__
+def _init_router(current: Any) -> Any:
+    def __init__(self: CcxtCacheDB, exchange_id: str, max_download_limit: int | None = None) -> None:
+        source = _BUILDING.get()
+        if source is None or not source.use_duckdb:
+            current(self, exchange_id, max_download_limit)
+        else:
+            _init_without_markets(self, exchange_id, max_download_limit, source)
 
-        @functools.wraps(current_init)
-        def __init__(self: CcxtCacheDB, exchange_id: str, max_download_limit: int | None = None) -> None:
-            source = _BUILDING.get()
-            if source is None or not source.use_duckdb:
-                current_init(self, exchange_id, max_download_limit)
-            else:
-                _init_without_markets(self, exchange_id, max_download_limit, source)
-
-        @functools.wraps(current_download)
-        def download_ohlcv(self: CcxtCacheDB, symbol: str, timeframe: str, start: dt.datetime,
-                           end: dt.datetime, limit: int | None = None) -> pd.DataFrame:
-            source = getattr(self, "_lumibot_duckdb_source", None)
-            if source is None:
-                return current_download(self, symbol, timeframe, start, end, limit)
-            if not source.use_duckdb:  # fell back to the legacy path
-                ensure_markets(self)
-                return current_download(self, symbol, timeframe, start, end, limit)
-            return source._ccxt_ohlcv(self, current_download, symbol, timeframe, start, end, limit)
-
-        download_ohlcv._lumibot_duckdb_router = True  # type: ignore[attr-defined]
-        CcxtCacheDB.__init__ = __init__
-        CcxtCacheDB.download_ohlcv = download_ohlcv
+    return __init__
 
 
-_install_routes()
+def _download_router(current: Any) -> Any:
+    def download_ohlcv(self: CcxtCacheDB, symbol: str, timeframe: str, start: dt.datetime,
+                       end: dt.datetime, limit: int | None = None) -> pd.DataFrame:
+        source = getattr(self, "_lumibot_duckdb_source", None)
+        if source is None:
+            return current(self, symbol, timeframe, start, end, limit)
+        if not source.use_duckdb:  # fell back to the legacy path
+            ensure_markets(self)
+            return current(self, symbol, timeframe, start, end, limit)
+        return source._ccxt_ohlcv(self, current, symbol, timeframe, start, end, limit)
+
+    return download_ohlcv
+
+
+route(CcxtCacheDB, "__init__", _init_router)
+route(CcxtCacheDB, "download_ohlcv", _download_router)

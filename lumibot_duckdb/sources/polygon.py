@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
-import functools
 import json
-import threading
 from typing import Any
 
 import numpy as np
@@ -26,15 +24,13 @@ import pandas as pd
 from lumibot.backtesting.polygon_backtesting import START_BUFFER
 from lumibot.backtesting.polygon_backtesting import PolygonDataBacktesting as _LegacyPolygonDataBacktesting
 from lumibot.constants import LUMIBOT_DEFAULT_PYTZ
-from lumibot.entities import Asset, Data
-from lumibot.entities import data as _data_module
-from lumibot.entities.dataline import Dataline
+from lumibot.entities import Asset
 from lumibot.tools import polygon_helper
 from lumibot.tools.helpers import parse_timestep_qty_and_unit
 
 from lumibot_duckdb.errors import ProviderDataError
-from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
-from lumibot_duckdb.sources.window import frame_bytes
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
+from lumibot_duckdb.sources.lumibot_data import WindowData, data_bytes, prepare
 from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.store import SeriesWriter
 
@@ -48,8 +44,6 @@ _ROUTE: contextvars.ContextVar[PolygonDataBacktesting | None] = contextvars.Cont
 _WINDOWED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("lumibot_duckdb_polygon_window",
                                                                       default=None)
 """True inside a backtest's request (the seam returns a window); False for a range asked whole."""
-_ROUTE_LOCK = threading.Lock()
-_PREPARE_LOCK = threading.Lock()
 
 
 class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBacktesting):
@@ -174,9 +168,9 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         self._held(key, data, window)
 
     def _held(self, key: Any, data: Any, window: Any) -> None:
-        _prepare(data)
+        prepare(data)
         assert window.start is not None and window.end is not None
-        for other in self.duckdb_windows.loaded(key, window.start, window.end, _data_bytes(data)):
+        for other in self.duckdb_windows.loaded(key, window.start, window.end, data_bytes(data)):
             self.pandas_data.pop(other, None)
         self._next_roll = self.duckdb_windows.next_roll()
 
@@ -196,7 +190,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             self.pandas_data.pop(key, None)
             self.duckdb_windows.dropped(key)
             return
-        window.start, window.end = start, end
+        window.cover(start, end)
         data = WindowData(asset, frame, timestep=window.timestep, quote=quote)
         self.pandas_data[key] = data
         window.holds(id(data))
@@ -286,9 +280,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             wanted = Interval(_day_start(start.date(), day_tz), _day_start(end.date() + dt.timedelta(days=1), day_tz))
             provider = PolygonFetcher(api_key, asset, quote_asset, timespan, max_workers=max_workers)
             window = self.duckdb_windows.window(_data_key(asset, quote_asset))
-            window.first, window.last = wanted.start, wanted.end
-            window.request_start = start
-            window.retime(timespan)
+            window.place(wanted.start, wanted.end, timespan, request_start=start)
             now = self._now()
             read_start, read_end = window.bounds(now) if _WINDOWED.get() else (wanted.start, wanted.end)
             filled = False
@@ -303,7 +295,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
                 return legacy_filter(legacy_frame(bars), start, end, timespan)
 
             frame, read_start = window.read(read_start, now, read)
-            window.start, window.end = read_start, read_end
+            window.cover(read_start, read_end)
             return frame
 
         def legacy_call() -> pd.DataFrame | None:
@@ -326,115 +318,6 @@ _USD = Asset("USD", "forex")
 def _ts(value: Any) -> pd.Timestamp:
     stamp = pd.Timestamp(value)
     return stamp.tz_localize(LUMIBOT_DEFAULT_PYTZ) if stamp.tzinfo is None else stamp
-
-
-class WindowData(Data):
-    """Lumibot's ``Data`` over a window, cheaper to build (windows are built again at every roll).
-
-    * ``set_date_format`` skips ``pd.to_datetime`` over an index that already is a zoned
-      ``DatetimeIndex``: it returns the same index, after pandas has turned 10,000 of its entries into
-      ``Timestamp`` objects to decide whether to cache them (about 10 ms per build). Any other index
-      takes Lumibot's own path.
-    * ``to_datalines``: see :func:`_prepare`.
-    * ``get_iter_count`` finds the bar at the clock by binary search. Lumibot's own finds it in a
-      dict of every timestamp for frames up to 50,000 rows; above that (and for windows, which
-      skip the dict, see :func:`_prepare`) it walks a cursor forward one bar at a time in Python:
-      a day of minute bars, up to 960 steps and ~150 µs, at the first request of every clock step.
-      Same answer: the last bar at or before the clock, from the clock as Lumibot converts it.
-
-    Methods only, no state of its own: a ``Data`` Lumibot built over a window becomes one in place.
-    """
-
-    def set_date_format(self, df: pd.DataFrame) -> pd.DataFrame:
-        index = df.index
-        if not isinstance(index, pd.DatetimeIndex) or index.tz is None:
-            return super().set_date_format(df)
-        index.name = "datetime"
-        if index.tzinfo != LUMIBOT_DEFAULT_PYTZ:
-            df.index = index.tz_convert(LUMIBOT_DEFAULT_PYTZ)
-        return df
-
-    def get_iter_count(self, dt: Any) -> int:
-        index_ns = getattr(self, "_index_values_ns", None)
-        if index_ns is None or self.iter_index_dict:  # not prepared as a window: Lumibot's way
-            return super().get_iter_count(dt)
-        dt_key = dt.to_pydatetime() if isinstance(dt, pd.Timestamp) else dt
-        if dt_key == self._iter_count_last_dt_key and self._iter_count_cursor_i is not None:
-            return int(self._iter_count_cursor_i)
-        try:
-            dt_ns = int(dt_key.timestamp() * 1_000_000_000)  # exactly as Lumibot computes it
-        except Exception:  # noqa: BLE001 - Lumibot falls back to pandas for such a clock
-            return super().get_iter_count(dt)
-        i = int(np.searchsorted(index_ns, dt_ns, side="right")) - 1
-        self._iter_count_cursor_ns, self._iter_count_cursor_i, self._iter_count_last_dt_key = dt_ns, i, dt_key
-        return i
-
-    def to_datalines(self) -> None:
-        """``Data.to_datalines`` (Lumibot 4.6) with the ``datetime`` line read from the index on demand."""
-        line = IndexLine(self.df.index)
-        self.datalines["datetime"] = Dataline(self.asset, "datetime", line, self.df.index.dtype)
-        self.datetime = line
-        for column in self.df.columns:
-            values = self.df[column].to_numpy()
-            self.datalines[column] = Dataline(self.asset, column, values, self.df[column].dtype)
-            setattr(self, column, values)
-        self._quote_required_cols_present = all(c in self.datalines for c in _data_module._DATA_REQUIRED_PRICE_COLS)
-        self._quote_missing_cols = [c for c in _data_module._DATA_QUOTE_COLS if c not in self.datalines]
-        self._quote_presence_logged = False
-
-
-def _prepare(data: Data) -> None:
-    """Finish a window's ``Data`` now (Lumibot would on first use) without two per-bar Python objects.
-
-    * Lumibot keeps a dict of every timestamp for frames up to 50,000 rows and looks larger frames
-      up by binary search instead; windows take the second way, which answers the same.
-    * Its ``datetime`` data line is the index as an object array (one ``Timestamp`` object per bar,
-      ~20x the bar's own size, and most of the cost of building a ``Data``). Lumibot only ever reads
-      single elements of it, so a window's line reads them from the index on demand.
-    """
-    if getattr(data, "iter_index_dict", None) is not None:
-        return
-    if type(data) is Data:  # built by Lumibot from the seam's window: the same object, with WindowData's methods
-        data.__class__ = WindowData
-    if not isinstance(data, WindowData):
-        return
-    with _PREPARE_LOCK:
-        saved = _data_module._ITER_INDEX_DICT_MAX_ROWS
-        _data_module._ITER_INDEX_DICT_MAX_ROWS = -1
-        try:
-            data.repair_times_and_fill(data.df.index)
-        finally:
-            _data_module._ITER_INDEX_DICT_MAX_ROWS = saved
-
-
-class IndexLine:
-    """Reads like the object array of a ``DatetimeIndex`` (``line[i]`` is a ``Timestamp``), holds nothing.
-
-    The last element read is kept: the calls of one clock step read the same bar again and again.
-    """
-
-    __slots__ = ("_last", "index")
-
-    def __init__(self, index: pd.DatetimeIndex) -> None:
-        self.index = index
-        self._last: tuple[Any, Any] = (None, None)  # (position, value), one attribute: safe across threads
-
-    def __getitem__(self, position: Any) -> Any:
-        last = self._last
-        if position.__class__ is int and position == last[0]:
-            return last[1]
-        value = self.index[position]
-        if position.__class__ is int:
-            self._last = (position, value)
-        return value
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-
-def _data_bytes(data: Data) -> int:
-    """Bytes a ``Data`` holds: its frame (the per-column arrays and the bars view share its memory)."""
-    return frame_bytes(data.df)
 
 
 def polygon_series_key(asset: Asset, quote: Asset | None, timespan: str) -> SeriesKey:
@@ -465,11 +348,7 @@ class PolygonFetcher:
     # -- plan: trading dates of the missing ranges, in Lumibot's 31-day chunks -------------------
     def plan(self, key: SeriesKey, missing: list[Interval]) -> list[FetchTask]:
         tasks: list[FetchTask] = []
-        horizon = self.settled_until()
         for gap in missing:
-            gap = Interval(gap.start, min(gap.end, horizon))
-            if gap.empty:
-                continue
             first = gap.start.tz_convert(self.day_tz).date()
             last = (gap.end - pd.Timedelta(1, "us")).tz_convert(self.day_tz).date()
             dates = polygon_helper.get_trading_dates(self.asset, _as_datetime(first), _as_datetime(last))
@@ -519,13 +398,11 @@ class PolygonFetcher:
         """
         if self.asset.asset_type not in (Asset.AssetType.STOCK, Asset.AssetType.OPTION):
             return
-        files = writer.store.files(key)
+        files = writer.files()
         if not files:
             return
-        meta = ("polygon", "splits-checked", f"{key.symbol}.{key.timeframe}.json".replace("/", "_"))
         today = dt.date.today()
-        record = writer.store.layout.read_json(*meta)
-        if isinstance(record, dict) and record.get("checked") == today.isoformat():
+        if writer.checked_on("splits-checked") == today:
             return
         try:
             splits = list(self.client.list_splits(ticker=self.asset.symbol, sort="execution_date", order="asc"))
@@ -535,7 +412,7 @@ class PolygonFetcher:
         executed = [_execution_date(s) for s in splits]
         if any(day is not None and written < day <= today for day in executed):
             writer.discard()
-        writer.store.layout.write_json({"series": key.as_dict(), "checked": today.isoformat()}, *meta)
+        writer.mark_checked("splits-checked", today)
 
 
 def aggs_to_bars(answer: Any, *, what: str) -> pd.DataFrame:
@@ -564,8 +441,7 @@ def aggs_to_bars(answer: Any, *, what: str) -> pd.DataFrame:
 
 
 def _bad_answer(what: str, problem: str) -> ProviderDataError:
-    return ProviderDataError(f"Polygon answered {what} with {problem}; nothing was stored, so the range is asked "
-                             "for again next time. If it persists, check the symbol and your Polygon plan.")
+    return bad_answer("Polygon", what, problem, advice="check the symbol and your Polygon plan.")
 
 
 def _bars_frame(raw: pd.DataFrame, *, what: str = "") -> pd.DataFrame:
@@ -688,22 +564,14 @@ def _execution_date(split: Any) -> dt.date | None:
         return None
 
 
-def _install_route() -> None:
-    """Wrap ``polygon_helper.get_price_data_from_polygon`` once with the pass-through router."""
-    with _ROUTE_LOCK:
-        current = polygon_helper.get_price_data_from_polygon
-        if getattr(current, "_lumibot_duckdb_router", False):
-            return
+def _router(current: Any) -> Any:
+    def get_price_data_from_polygon(*args: Any, **kwargs: Any) -> Any:
+        source = _ROUTE.get()
+        if source is None or not source.use_duckdb:
+            return current(*args, **kwargs)
+        return source._polygon_prices(current, *args, **kwargs)
 
-        @functools.wraps(current)
-        def get_price_data_from_polygon(*args: Any, **kwargs: Any) -> Any:
-            source = _ROUTE.get()
-            if source is None or not source.use_duckdb:
-                return current(*args, **kwargs)
-            return source._polygon_prices(current, *args, **kwargs)
-
-        get_price_data_from_polygon._lumibot_duckdb_router = True  # type: ignore[attr-defined]
-        polygon_helper.get_price_data_from_polygon = get_price_data_from_polygon
+    return get_price_data_from_polygon
 
 
-_install_route()
+route(polygon_helper, "get_price_data_from_polygon", _router)

@@ -19,8 +19,9 @@ what a window is made of (a Lumibot ``Data``, a DataFrame) and how to build it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import pandas as pd
 
@@ -41,6 +42,25 @@ ROW_MARGIN = 2
 _FOREVER = 2**63 - 1
 
 
+@dataclass(frozen=True)
+class WindowPolicy:
+    """How a source sizes its windows (one per data source class; frozen, so no window changes another's)."""
+
+    margin: pd.Timedelta = MARGIN
+    """History kept behind the longest lookback in time (a source whose lookbacks are exact in bars needs none)."""
+    guard: pd.Timedelta = GUARD
+    """How close the clock may come to a window's end before it rolls (a source that checks its windows at
+    every call, not once per iteration, can roll later)."""
+    ahead: Mapping[str, pd.Timedelta] = field(default_factory=lambda: MappingProxyType(AHEAD))
+    """How far past the clock a window is read, per timestep (default :data:`AHEAD`)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ahead", MappingProxyType({**AHEAD, **self.ahead}))
+
+
+DEFAULT_POLICY = WindowPolicy()
+
+
 @dataclass
 class Window:
     """What one series has in memory, and what its requests need."""
@@ -58,13 +78,7 @@ class Window:
     before_span: pd.Timedelta = field(default_factory=lambda: pd.Timedelta(0))
     before_rows: int = 0
     """The same, for the reads before the last one (what the window was last sized for)."""
-    margin: pd.Timedelta = MARGIN
-    """History kept behind the lookback in time (a source whose lookbacks are exact in bars needs none)."""
-    ahead: pd.Timedelta | None = None
-    """How far past the clock the window is read (default: :data:`AHEAD` for its timestep)."""
-    guard: pd.Timedelta = GUARD
-    """How close the clock may come to the window's end before it rolls (:data:`GUARD`; a source that
-    checks its windows at every call, not once per iteration, can roll later)."""
+    policy: WindowPolicy = DEFAULT_POLICY
     reach: tuple[pd.Timedelta, int] | None = None
     """The lookback of a request being served that was never asked before (see :meth:`WindowBook.need`)."""
     asked_kinds: set[Hashable] = field(default_factory=set)
@@ -81,6 +95,21 @@ class Window:
     enough for the request: the check only gets easier as the clock advances, so later requests of the
     kind may skip it. Forgotten when the object changes."""
     _live: tuple[object, object, object, int, int] = field(default=(None, None, None, 0, 0), repr=False)
+
+    @property
+    def guard(self) -> pd.Timedelta:
+        return self.policy.guard
+
+    def place(self, first: pd.Timestamp, last: pd.Timestamp, timestep: str, *, request_start: object = None) -> None:
+        """The series' range is ``[first, last]`` in bars of ``timestep`` (what the legacy path would hold)."""
+        self.first, self.last = first, last
+        if request_start is not None:
+            self.request_start = request_start
+        self.retime(timestep)
+
+    def cover(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
+        """The source (re)built its in-memory object over ``[start, end]`` (recorded by :meth:`WindowBook.loaded`)."""
+        self.start, self.end = start, end
 
     @property
     def span(self) -> pd.Timedelta:
@@ -155,8 +184,8 @@ class Window:
     def bounds(self, now: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
         """Where to read from and to, for the clock at ``now``."""
         assert self.first is not None and self.last is not None, "a window is read after its range is known"
-        start = max(self.first, min(now, now - self.span - self.margin))
-        ahead = self.ahead if self.ahead is not None else AHEAD.get(self.timestep, AHEAD["minute"])
+        start = max(self.first, min(now, now - self.span - self.policy.margin))
+        ahead = self.policy.ahead.get(self.timestep, AHEAD["minute"])
         end = min(self.last, now + max(ahead, self.guard * 2))
         return start, max(start, end)
 
@@ -183,6 +212,7 @@ class WindowBook:
     """The windows of one data source, and the memory budget they share."""
 
     budget: int | None = None
+    policy: WindowPolicy = DEFAULT_POLICY
     windows: dict[Hashable, Window] = field(default_factory=dict)
     clock: int = 0
     evictions: int = 0
@@ -194,7 +224,7 @@ class WindowBook:
         found = self.windows.get(key)
         if found is None:
             with self._lock:
-                found = self.windows.setdefault(key, Window())
+                found = self.windows.setdefault(key, Window(policy=self.policy))
         return found
 
     def need(self, key: Hashable, span: pd.Timedelta, rows: int, kind: Hashable = None) -> Window:

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
-import functools
 import json
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -41,8 +39,8 @@ from lumibot.backtesting.yahoo_backtesting import YahooDataBacktesting as _Legac
 from lumibot.entities import Asset
 from lumibot.tools.yahoo_helper import YahooHelper
 
-from lumibot_duckdb.errors import ProviderDataError, StoreError
-from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
+from lumibot_duckdb.errors import ProviderDataError
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
 from lumibot_duckdb.store import Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
 
@@ -64,7 +62,6 @@ _STORE_TO_YAHOO = {v: k for k, v in _YAHOO_TO_STORE.items()}
 
 _ROUTE: contextvars.ContextVar[tuple[YahooDataBacktesting, Asset] | None] = contextvars.ContextVar(
     "lumibot_duckdb_yahoo", default=None)
-_ROUTE_LOCK = threading.Lock()
 
 
 def _now() -> pd.Timestamp:
@@ -127,7 +124,7 @@ class YahooDataBacktesting(EnhancedDataSourceBacktesting, _LegacyYahooDataBackte
         """``Ticker(symbol).info``, from the store once asked for (it decides Lumibot's re-stamping)."""
         parts = ("yahoo", "info", f"{quote(symbol, safe='')}.json")
         with self._yahoo_info_lock:
-            record = _store_io(f"read the Yahoo info of {symbol}", lambda: self.store.layout.read_json(*parts))
+            record = self.store.read_note(*parts)
             if isinstance(record, dict) and isinstance(record.get("info"), dict):
                 return record["info"]
             import yfinance as yf
@@ -141,18 +138,9 @@ class YahooDataBacktesting(EnhancedDataSourceBacktesting, _LegacyYahooDataBackte
                 self.duckdb_stats.add(provider_requests=1)
             if isinstance(info, dict):
                 document = {"symbol": symbol, "fetched": _now().isoformat(), "info": info}
-                _store_io(f"keep the Yahoo info of {symbol}", lambda: self.store.layout.write_json(document, *parts))
+                self.store.write_note(document, *parts)
                 return info
             return None
-
-
-def _store_io(action: str, call: Callable[[], T]) -> T:
-    """File-system failures of the store's ``meta/`` folder as :class:`StoreError` (so ``via_store`` falls back)."""
-    try:
-        return call()
-    except OSError as exc:
-        raise StoreError(f"Could not {action}: {exc}. Check free space and permissions of the store folder "
-                         "(LUMIBOT_DUCKDB_CACHE_DIR).") from exc
 
 
 def yahoo_series_key(symbol: str, asset: Asset | None = None) -> SeriesKey:
@@ -202,14 +190,17 @@ class YahooFetcher:
 
     # -- plan: one request from the first missing day to now -----------------------------------
     def plan(self, key: SeriesKey, missing: list[Interval]) -> list[FetchTask]:
-        gaps = [g for g in missing if g.start < self.horizon]
-        if not gaps:
+        if not missing:
             return []
-        start = gaps[0].start
+        start = missing[0].start
         covers = Interval(start, self.horizon)
         if self._prefetched is not None and self._prefetched[0] <= start:
             return [FetchTask(covers, ("prefetched", self._prefetched[1]))]
         return [FetchTask(covers, ("history", None if start <= HISTORY_START else start))]
+
+    def settled_until(self) -> pd.Timestamp:
+        """Daily bars before today (New York) are final (:func:`settled_until`, fixed for this request)."""
+        return self.horizon
 
     def fetch(self, task: FetchTask) -> pd.DataFrame:
         kind, value = task.request
@@ -291,9 +282,7 @@ def _extra_columns(frame: pd.DataFrame, extra: list[str]) -> Any:
 
 
 def _bad_answer(what: str, problem: str) -> ProviderDataError:
-    return ProviderDataError(f"Yahoo answered {what} with {problem}; nothing was stored, so the range is asked "
-                             "for again next time. If it persists, check the symbol on finance.yahoo.com and "
-                             "your yfinance version.")
+    return bad_answer("Yahoo", what, problem, advice="check the symbol on finance.yahoo.com and your yfinance version.")
 
 
 def _no_bars() -> pd.DataFrame:
@@ -356,23 +345,15 @@ def restamp(frame: pd.DataFrame, info: dict[str, Any] | None) -> pd.DataFrame:
     return frame
 
 
-def _install_route() -> None:
-    """Wrap ``YahooHelper.get_symbol_data`` once with the pass-through router."""
-    with _ROUTE_LOCK:
-        current = YahooHelper.__dict__["get_symbol_data"].__func__
-        if getattr(current, "_lumibot_duckdb_router", False):
-            return
+def _router(current: Any) -> Any:
+    def get_symbol_data(symbol: str, *args: Any, **kwargs: Any) -> Any:
+        found = _ROUTE.get()
+        if found is None or not found[0].use_duckdb:
+            return current(symbol, *args, **kwargs)
+        source, asset = found
+        return source._yahoo_symbol_data(current, asset, symbol, *args, **kwargs)
 
-        @functools.wraps(current)
-        def get_symbol_data(symbol: str, *args: Any, **kwargs: Any) -> Any:
-            route = _ROUTE.get()
-            if route is None or not route[0].use_duckdb:
-                return current(symbol, *args, **kwargs)
-            source, asset = route
-            return source._yahoo_symbol_data(current, asset, symbol, *args, **kwargs)
-
-        get_symbol_data._lumibot_duckdb_router = True  # type: ignore[attr-defined]
-        YahooHelper.get_symbol_data = staticmethod(get_symbol_data)
+    return get_symbol_data
 
 
-_install_route()
+route(YahooHelper, "get_symbol_data", _router, static=True)

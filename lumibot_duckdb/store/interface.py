@@ -1,10 +1,12 @@
-"""The storage contract every bar store of lumibot-duckdb fulfils."""
+"""The storage contracts: :class:`DataStorageInterface` (what callers use: the seed's API) and
+:class:`Backend` (what a place that holds the bytes implements: a folder today)."""
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -124,3 +126,53 @@ class DataStorageInterface(ABC):
     @abstractmethod
     def series(self) -> list[SeriesKey]:
         """Every series the store holds."""
+
+
+class Backend(Protocol):
+    """Where the bytes of a store live: the contract :class:`~lumibot_duckdb.store.store.DuckDBDataStorage`
+    runs on. :class:`~lumibot_duckdb.store.local.LocalFolder` (a folder) is the one implementation today; an
+    object store or a lakehouse catalog implements the same operations.
+
+    Invariants every backend keeps (the store and its tests rely on them):
+
+    * **Coverage is the list of published files.** A file answers for exactly the interval it was published
+      with (bars may be fewer, down to none: "the provider had nothing"); listing a series' files is how the
+      store knows what it holds. Nothing else records coverage.
+    * **Publishing is atomic and never overwrites.** A reader sees a file whole or not at all; two writers
+      publishing the same range make two files (readers keep the newest bar of a timestamp).
+    * **Files never change once published.** Compaction publishes the merged file first, then removes the old
+      ones; a reader that finds a file gone lists again.
+    * **One writer per series at a time,** across processes (and machines, for a shared backend), through
+      :meth:`lock`; readers take no lock.
+    * **Damage is set aside, never deleted:** :meth:`quarantine` moves a file out of the series with its reason.
+    """
+
+    root: Any
+
+    def ensure(self) -> None:
+        """Create what the backend needs to accept writes (idempotent)."""
+
+    def series(self) -> list[SeriesKey]:
+        """Every series with at least a folder (or prefix) in the store."""
+
+    def files(self, key: SeriesKey, within: Interval | None = None) -> list[Any]:
+        """The published files of ``key`` (``BarFile``: path, key, partition, interval, token), those overlapping
+        ``within`` if given, oldest first. Listing reads names only, never file contents."""
+
+    def publish(self, key: SeriesKey, partition: str, table: Any, interval: Interval) -> Any:
+        """Write ``table`` (Arrow, the store's schema) as the answer for ``interval`` and make it visible at once."""
+
+    def remove(self, files: list[Any]) -> None:
+        """Remove published files (after compaction, pruning or a provider re-writing history)."""
+
+    def quarantine(self, path: Any, reason: str) -> Any:
+        """Move a damaged file out of its series, with ``reason`` beside it; returns where it went."""
+
+    def lock(self, key: SeriesKey, timeout: float = 600.0) -> contextlib.AbstractContextManager[None]:
+        """Hold ``key`` for this process while it fills gaps or compacts; raises ``StoreLockTimeout``."""
+
+    def read_json(self, *parts: str) -> object | None:
+        """A small JSON note (None if absent or unreadable)."""
+
+    def write_json(self, document: object, *parts: str) -> None:
+        """Replace a small JSON note, whole."""

@@ -2,7 +2,7 @@
 
 No ``.duckdb`` database file is held open: every process (backtests, the CLI, maintenance)
 reads the same Parquet folder through its own in-memory DuckDB, so any number of processes can
-share one store. Writers of one series take that series' lock (:meth:`Layout.lock`) and publish
+share one store. Writers of one series take that series' lock (:meth:`LocalFolder.lock`) and publish
 whole files with one rename each. DuckDB is used at load time, to read the ranges a backtest
 needs; per-bar lookups stay in Lumibot's in-memory structures.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime as dt
 import functools
 import logging
 import os
@@ -31,7 +32,7 @@ from lumibot_duckdb.config import Settings
 from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreError
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, has_overlaps, missing_ranges, normalize
 from lumibot_duckdb.store.interface import DataStorageInterface
-from lumibot_duckdb.store.layout import BarFile, Layout, partitions_for, read_footer
+from lumibot_duckdb.store.local import BarFile, LocalFolder, partitions_for, read_footer
 from lumibot_duckdb.store.schema import VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
 from lumibot_duckdb.store.views import create_views
 
@@ -81,10 +82,10 @@ class DuckDBDataStorage(DataStorageInterface):
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None, /, *, lock_timeout: float = 600.0) -> None:
         self.root = Settings.resolve(cache_dir=cache_dir, use_duckdb=True).cache_dir
-        self.layout = Layout(self.root)
+        self.backend = LocalFolder(self.root)
         self.lock_timeout = lock_timeout
         try:
-            self.layout.ensure()
+            self.backend.ensure()
         except OSError as exc:
             raise StoreError(f"Cannot create the store folder {self.root}: {exc}. "
                              "Set LUMIBOT_DUCKDB_CACHE_DIR or cache_dir= to a writable folder.") from exc
@@ -127,13 +128,35 @@ class DuckDBDataStorage(DataStorageInterface):
 
     # -- coverage ------------------------------------------------------------------------------
     def series(self) -> list[SeriesKey]:
-        return self.layout.series()
+        return self.backend.series()
 
     def files(self, key: SeriesKey, /, within: Interval | None = None) -> list[BarFile]:
-        return self.layout.files(key, within)
+        return self.backend.files(key, within)
 
     def coverage(self, key: SeriesKey, /) -> list[Interval]:
-        return normalize(f.interval for f in self.layout.files(key))
+        return normalize(f.interval for f in self.backend.files(key))
+
+    def remove(self, files: Sequence[BarFile], /) -> None:
+        """Remove published files (their ranges are no longer covered). Callers hold the series' lock."""
+        with _as_store_error(f"remove {len(files)} file(s)"):
+            self.backend.remove(list(files))
+
+    # -- notes: small JSON documents beside the bars ---------------------------------------------
+    def read_note(self, *name: str) -> object | None:
+        """The note stored under ``name`` (e.g. ``("yahoo", "info", "SPY.json")``), None if there is none
+        or it cannot be parsed. Sources keep what they learned from a provider here (an exchange's
+        market entries, Yahoo's ``info``, when a series was last checked against its provider)."""
+        with _as_store_error(f"read the note {'/'.join(name)}"):
+            return self.backend.read_json(*name)
+
+    def write_note(self, document: object, *name: str) -> None:
+        """Replace the note ``name`` with ``document`` (JSON; written whole, in one rename)."""
+        with _as_store_error(f"write the note {'/'.join(name)}"):
+            self.backend.write_json(document, *name)
+
+    def add_views(self, con: duckdb.DuckDBPyConnection, /) -> None:
+        """Create the views of :mod:`lumibot_duckdb.store.views` on ``con``, over what the store holds now."""
+        create_views(con, self)
 
     # -- writing -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -155,7 +178,7 @@ class DuckDBDataStorage(DataStorageInterface):
 
     @contextlib.contextmanager
     def _series_lock(self, key: SeriesKey) -> Iterator[None]:
-        with _as_store_error(f"lock {key}"), self.layout.lock(key, timeout=self.lock_timeout):
+        with _as_store_error(f"lock {key}"), self.backend.lock(key, timeout=self.lock_timeout):
             yield
 
     def write(self, key: SeriesKey, data: pd.DataFrame, /, *, covered: tuple[Any, Any] | Interval | None = None) -> int:
@@ -183,7 +206,7 @@ class DuckDBDataStorage(DataStorageInterface):
         with _as_store_error(f"write bars of {key}"):
             for partition, piece in partitions_for(key.timeframe, covered_iv):
                 rows = bars[(bars.index >= piece.start) & (bars.index < piece.end)]
-                self.layout.publish(key, partition, to_arrow(rows, key), piece)
+                self.backend.publish(key, partition, to_arrow(rows, key), piece)
                 touched.add(partition)
         return len(bars), touched
 
@@ -197,7 +220,7 @@ class DuckDBDataStorage(DataStorageInterface):
         names = _value_columns(columns)
         for attempt in range(_READ_ATTEMPTS):
             with _as_store_error(f"list the files of {key}"):
-                files = self.layout.files(key, wanted)
+                files = self.backend.files(key, wanted)
             if not files:
                 return empty_bars()[names]
             try:
@@ -235,10 +258,10 @@ class DuckDBDataStorage(DataStorageInterface):
         moved: list[Path] = []
         for bar_file in damaged:
             with contextlib.suppress(FileNotFoundError):
-                moved.append(self.layout.quarantine(bar_file.path, f"unreadable: {exc}"))
+                moved.append(self.backend.quarantine(bar_file.path, f"unreadable: {exc}"))
         first = damaged[0]
         raise CorruptFileError(
-            f"{len(damaged)} damaged file(s) of {first.key} set aside in {self.layout.quarantine_dir} "
+            f"{len(damaged)} damaged file(s) of {first.key} set aside in {self.backend.quarantine_dir} "
             f"(first: {first.path.name}, covering {first.interval}). Every other file is intact; the "
             "range they covered is no longer marked as stored and is fetched again on the next request.",
             path=str(first.path),
@@ -260,7 +283,7 @@ class DuckDBDataStorage(DataStorageInterface):
 
     def _compact_locked(self, key: SeriesKey, *, partitions: set[str] | None, only_if_fragmented: bool) -> int:
         by_partition: dict[str, list[BarFile]] = {}
-        for bar_file in self.layout.files(key):
+        for bar_file in self.backend.files(key):
             by_partition.setdefault(bar_file.partition, []).append(bar_file)
         removed = 0
         for partition, files in by_partition.items():
@@ -278,8 +301,8 @@ class DuckDBDataStorage(DataStorageInterface):
                 self._raise_for_damage(files, exc)
             for run in runs:
                 rows = bars[(bars.index >= run.start) & (bars.index < run.end)]
-                self.layout.publish(key, partition, to_arrow(rows, key), run)
-            self.layout.remove(files)
+                self.backend.publish(key, partition, to_arrow(rows, key), run)
+            self.backend.remove(files)
             removed += len(files)
         return removed
 
@@ -287,7 +310,7 @@ class DuckDBDataStorage(DataStorageInterface):
         """One :class:`SeriesStatus` per series, read from file names and Parquet footers only."""
         report = []
         for key in self.series():
-            files = self.layout.files(key)
+            files = self.backend.files(key)
             rows = size = 0
             first = last = None
             for bar_file in files:
@@ -312,7 +335,7 @@ class DuckDBDataStorage(DataStorageInterface):
         with ``market_data``, ``symbols``, ``data_sources``, ``coverage`` and ``files`` over what the
         store holds now (see :mod:`lumibot_duckdb.store.views`). Close it when done."""
         con = _Engine.cursor()
-        create_views(con, self.layout)
+        self.add_views(con)
         return con
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> pd.DataFrame:
@@ -383,12 +406,32 @@ class SeriesWriter:
         self.touched |= partitions
         return count
 
+    def files(self) -> list[BarFile]:
+        """The series' published files, oldest first."""
+        return self.store.files(self.key)
+
     def discard(self) -> int:
         """Remove every file of the series (e.g. its provider re-adjusted history). Returns files removed."""
-        with _as_store_error(f"remove the files of {self.key}"):
-            files = self.store.layout.files(self.key)
-            self.store.layout.remove(files)
+        with _as_store_error(f"list the files of {self.key}"):
+            files = self.store.files(self.key)
+        self.store.remove(files)
         return len(files)
+
+    def checked_on(self, check: str) -> dt.date | None:
+        """The day the series last passed ``check`` (e.g. ``"splits-checked"``) against its provider."""
+        record = self.store.read_note(*self._check_note(check))
+        try:
+            return dt.date.fromisoformat(record["checked"]) if isinstance(record, dict) else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def mark_checked(self, check: str, day: dt.date) -> None:
+        """Record that the series passed ``check`` on ``day``."""
+        self.store.write_note({"series": self.key.as_dict(), "checked": day.isoformat()}, *self._check_note(check))
+
+    def _check_note(self, check: str) -> tuple[str, str, str]:
+        k = self.key
+        return k.source, check, f"{k.symbol}.{k.timeframe}.{k.adjustment}.json".replace("/", "_")
 
 
 @contextlib.contextmanager

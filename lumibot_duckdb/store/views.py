@@ -7,20 +7,16 @@ writes to the store.
 
 from __future__ import annotations
 
+from typing import Any
+
 import duckdb
 import pyarrow as pa
 
+from lumibot_duckdb.registry import STORE_SOURCES
 from lumibot_duckdb.store.coverage import has_overlaps, normalize
-from lumibot_duckdb.store.layout import BarFile, Layout, read_footer
+from lumibot_duckdb.store.local import BarFile, read_footer
 from lumibot_duckdb.store.schema import ARROW_SCHEMA, BAR_COLUMNS, KEY_COLUMNS
 
-KNOWN_SOURCES = {
-    "polygon": "Polygon.io aggregates (polygon-api-client get_aggs), split-adjusted",
-    "yahoo": "Yahoo Finance (yfinance Ticker.history), raw OHLC with Adj Close, dividends and splits",
-    "alpaca": "Alpaca market data (alpaca-py get_stock_bars / get_crypto_bars)",
-    "ccxt": "Crypto exchanges through CCXT (fetch_ohlcv), per exchange",
-    "ingest": "Files loaded with lumibot-duckdb ingest",
-}
 VIEWS = ("market_data", "symbols", "data_sources", "coverage", "files")
 
 
@@ -30,9 +26,9 @@ def file_rows(path: str) -> int | None:
     return None if footer is None else footer.num_rows
 
 
-def create_views(con: duckdb.DuckDBPyConnection, layout: Layout) -> None:
-    """Create the human-facing views on ``con`` from the files ``layout`` holds now."""
-    files: list[BarFile] = [f for key in layout.series() for f in layout.files(key)]
+def create_views(con: duckdb.DuckDBPyConnection, store: Any) -> None:
+    """Create the human-facing views on ``con`` from the files ``store`` (a :class:`DuckDBDataStorage`) holds now."""
+    files: list[BarFile] = [f for key in store.series() for f in store.files(key)]
     key_values: dict[str, list[object]] = {name: [f.key.as_dict()[name] for f in files] for name in KEY_COLUMNS}
     _table(con, "files", {
         **{name: (values, pa.string()) for name, values in key_values.items()},
@@ -77,8 +73,8 @@ def create_views(con: duckdb.DuckDBPyConnection, layout: Layout) -> None:
                min("start") AS covered_from, max("end") AS covered_to,
                sum("rows")::BIGINT AS bars, sum(bytes)::BIGINT AS bytes
         FROM files GROUP BY ALL ORDER BY ALL""")
-    _table(con, "_sources", {"source": (list(KNOWN_SOURCES), pa.string()),
-                             "description": (list(KNOWN_SOURCES.values()), pa.string())})
+    _table(con, "_sources", {"source": (list(STORE_SOURCES), pa.string()),
+                             "description": (list(STORE_SOURCES.values()), pa.string())})
     con.execute("""
         CREATE OR REPLACE TEMP VIEW data_sources AS
         WITH stats AS (

@@ -165,8 +165,9 @@ class BarFile:
             return 0
 
 
-class Layout:
-    """Paths and file operations of one store folder. Knows Parquet files, not DuckDB."""
+class LocalFolder:
+    """The folder backend (:class:`~lumibot_duckdb.store.interface.Backend`): paths and file operations of one
+    store folder. Knows Parquet files, not DuckDB."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)

@@ -1,12 +1,12 @@
 """Backtest offline from the store: stored series as Lumibot ``Data`` for its ``PandasDataBacktesting``.
 
 No API key and no network: the bars come from the store (typically from files loaded with
-:func:`lumibot_duckdb.ingest.ingest`) and go through Lumibot's own ``PandasData`` path::
+:func:`lumibot_duckdb.ingest.load.ingest`) and go through Lumibot's own ``PandasData`` path::
 
     from lumibot.backtesting import PandasDataBacktesting
     from lumibot_duckdb import DuckDBDataStorage
-    from lumibot_duckdb.ingest import ingest
-    from lumibot_duckdb.offline_data import pandas_data
+    from lumibot_duckdb.ingest.load import ingest
+    from lumibot_duckdb.sources.pandas_data import pandas_data
 
     store = DuckDBDataStorage("./bars")
     ingest(store, ["SPY_1d_2019.csv", "TLT_1d_2019.csv"])

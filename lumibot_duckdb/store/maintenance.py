@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from lumibot_duckdb.errors import ConfigError, StoreError
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, canonical_timeframe, has_overlaps, normalize, utc
-from lumibot_duckdb.store.layout import BarFile, parse_file_name, partition_interval, partition_scheme
+from lumibot_duckdb.store.local import BarFile, parse_file_name, partition_interval, partition_scheme
 from lumibot_duckdb.store.schema import ARROW_SCHEMA, KEY_COLUMNS, VALUE_COLUMNS
 from lumibot_duckdb.store.store import DuckDBDataStorage
 
@@ -178,13 +178,13 @@ def _loose(folder: Path) -> Iterable[tuple[Path, os.stat_result]]:
 
 def _temporary(store: DuckDBDataStorage) -> list[LooseFile]:
     now = time.time()
-    return [LooseFile(path, st.st_size, now - st.st_mtime) for path, st in _loose(store.layout.tmp)]
+    return [LooseFile(path, st.st_size, now - st.st_mtime) for path, st in _loose(store.backend.tmp)]
 
 
 def _quarantined(store: DuckDBDataStorage) -> list[LooseFile]:
     now = time.time()
     found = []
-    for path, st in _loose(store.layout.quarantine_dir):
+    for path, st in _loose(store.backend.quarantine_dir):
         if path.name.endswith(".reason.txt"):
             continue
         note = path.with_name(path.name + ".reason.txt")
@@ -310,7 +310,7 @@ def prune(store: DuckDBDataStorage, /, *, before: Any = None, source: str | None
             for run in kept:
                 writer.write(store.read(key, run.start, run.end), covered=run)
             with _store_error(f"remove pruned files of {key}"):
-                store.layout.remove(affected)
+                store.backend.remove(affected)
             rewritten = sum(1 for f in affected if f.interval.end > cut)
             report.files_rewritten += rewritten
             report.files_removed += len(affected) - rewritten
@@ -416,7 +416,7 @@ def verify(store: DuckDBDataStorage, /) -> VerifyReport:
 
 
 def _find_strays(store: DuckDBDataStorage, problems: list[Problem]) -> None:
-    bars_dir = store.layout.bars
+    bars_dir = store.backend.bars
     if not bars_dir.is_dir():
         return
     for folder, dirs, names in os.walk(bars_dir):

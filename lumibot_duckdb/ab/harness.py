@@ -2,7 +2,7 @@
 
 Each run happens in a fresh Python process (so peak memory is its own and no cache survives in
 memory), fully offline: the provider is emulated at its network seam by
-:mod:`lumibot_duckdb.sample`. A *session* is a sequence of runs on the same cache folders:
+:mod:`lumibot_duckdb.testing`. A *session* is a sequence of runs on the same cache folders:
 ``cold`` (empty caches), ``warm`` (same window again) and ``shifted`` (the window moved later),
 for each variant. :func:`compare` then checks that fills and final portfolio value are identical.
 
@@ -27,8 +27,9 @@ from typing import Any
 VARIANTS = ("legacy", "duckdb")
 PHASES = ("cold", "warm", "shifted")
 REFERENCE = "legacy-fixed"
-"""Lumibot's legacy path with its known cache defects patched (:data:`LEGACY_DEFECTS`): the reference
-that proves a difference between legacy and DuckDB comes from those defects and nothing else."""
+"""Lumibot's legacy path with its known cache defects patched (each kit's
+:meth:`~lumibot_duckdb.testing.kits.SourceKit.legacy_defects`): the reference that proves a difference
+between legacy and DuckDB comes from those defects and nothing else."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +123,7 @@ class Parity:
 # -- running ---------------------------------------------------------------------------------------
 def child_environment(workdir: Path) -> dict[str, str]:
     """Environment of a run: every Lumibot cache and artefact inside ``workdir``, nothing at home."""
-    from lumibot_duckdb.sample.offline import isolated_environment
+    from lumibot_duckdb.testing.offline import isolated_environment
 
     return {**isolated_environment(workdir), "PYTHONWARNINGS": "ignore"}
 
@@ -142,7 +143,7 @@ def spawn(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fast: 
     workdir.mkdir(parents=True, exist_ok=True)
     spec = json.dumps({"scenario": dataclasses.asdict(scenario), "variant": variant, "phase": phase,
                        "workdir": str(workdir), "fast": fast})
-    return subprocess.Popen([sys.executable, "-m", "lumibot_duckdb.ab", spec], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "lumibot_duckdb.ab.harness", spec], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**child_environment(workdir), **(env or {})},
                             cwd=workdir)
 
@@ -172,7 +173,7 @@ def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = 
             if progress:
                 progress(results[-1])
     if any(not p.identical for p in compare(results)):
-        from lumibot_duckdb.sample.kits import kit
+        from lumibot_duckdb.testing.kits import kit
 
         for phase in phases:
             reference = run_subprocess(scenario, REFERENCE, phase, workdir / REFERENCE)
@@ -194,9 +195,9 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
     import contextlib
     import resource
 
-    from lumibot_duckdb.sample.kits import kit
-    from lumibot_duckdb.sample.offline import offline
-    from lumibot_duckdb.sample.strategies import STRATEGIES
+    from lumibot_duckdb.testing.kits import kit
+    from lumibot_duckdb.testing.offline import offline
+    from lumibot_duckdb.testing.strategies import STRATEGIES
 
     source = kit(scenario.source)
     options: dict[str, Any] = dict(source.backtest_kwargs(variant, scenario))
@@ -246,7 +247,7 @@ def _timed(owner: Any, attribute: str, seam: dict[str, float]) -> Any:
     import functools
     import threading
 
-    from lumibot_duckdb.sample.kits import patched
+    from lumibot_duckdb.testing.kits import patched
 
     inner = getattr(owner, attribute)
     local = threading.local()
@@ -291,7 +292,7 @@ def _resolve(name: str, known: dict[str, Any]) -> Any:
 
 
 def _market(scenario: Scenario) -> Any:
-    from lumibot_duckdb.sample.market import SyntheticMarket
+    from lumibot_duckdb.testing.market import SyntheticMarket
 
     return _resolve(scenario.market, {})() if scenario.market else SyntheticMarket(scenario.market_seed)
 
@@ -355,92 +356,6 @@ def _difference(a: RunResult, b: RunResult) -> str:
     return f"final value {a.final_value!r} vs {b.final_value!r}"
 
 
-def _fix_placeholder_rows() -> Any:
-    """Lumibot's warm path returns placeholder rows (dates without bars) with NaN prices; its cold path drops them."""
-    from lumibot.tools import polygon_helper
-
-    original = polygon_helper.get_price_data_from_polygon
-
-    def without_placeholders(*args: Any, **kwargs: Any) -> Any:
-        frame = original(*args, **kwargs)
-        if frame is not None and "missing" in frame.columns:
-            frame = frame[~frame["missing"].fillna(False).astype(bool)]
-        return frame
-
-    polygon_helper.get_price_data_from_polygon = without_placeholders
-    return lambda: setattr(polygon_helper, "get_price_data_from_polygon", original)
-
-
-def _fix_utc_date_cache() -> Any:
-    """Lumibot decides which dates it holds by the UTC date of cached bars; use the exchange's date instead.
-
-    (Placeholder rows keep their UTC date: Lumibot stamps them at midnight local mean time, 04:56 UTC.)
-    """
-    import numpy as np
-    import pandas as pd
-    from lumibot.entities import Asset
-    from lumibot.tools import polygon_helper
-
-    original = polygon_helper.get_missing_dates
-
-    def get_missing_dates(df_all: Any, asset: Any, start: Any, end: Any) -> Any:
-        if df_all is None or df_all.empty or asset.asset_type == Asset.AssetType.CRYPTO:
-            return original(df_all, asset, start, end)
-        index = pd.DatetimeIndex(df_all.index)
-        placeholder = (df_all["missing"].fillna(False).astype(bool).to_numpy() if "missing" in df_all.columns
-                       else np.zeros(len(index), dtype=bool))
-        local = np.where(placeholder, index.tz_convert("UTC").date, index.tz_convert("America/New_York").date)
-        dates = pd.DatetimeIndex(pd.to_datetime(local)).tz_localize("UTC")
-        by_exchange_date = pd.DataFrame({"held": True}, index=dates)  # (a frame without columns is "empty")
-        return original(by_exchange_date, asset, start, end)
-
-    polygon_helper.get_missing_dates = get_missing_dates
-    return lambda: setattr(polygon_helper, "get_missing_dates", original)
-
-
-LEGACY_DEFECTS = {
-    "placeholder rows returned with NaN prices": _fix_placeholder_rows,
-    "cached dates judged by UTC date": _fix_utc_date_cache,
-}
-"""Known defects of Lumibot 4.6.30's Polygon cache, each with the smallest patch that removes it
-(:meth:`PolygonKit.legacy_defects <lumibot_duckdb.sample.polygon.PolygonKit.legacy_defects>`)."""
-
-
-def legacy_cache_defects(workdir: Path, window: tuple[dt.date, dt.date]) -> str:
-    """Name the known defects of Lumibot's Polygon cache that show in ``workdir`` for ``window``.
-
-    * Dates Lumibot believes it holds because after-hours bars of the previous evening carry
-      their UTC date, although it never downloaded their session (``get_missing_dates`` keys on
-      the UTC date of the cached index).
-    * Placeholder rows (dates the provider had no bars for), which Lumibot's warm path returns
-      with NaN prices while its cold path drops them.
-    """
-    import pandas as pd
-    import pandas_market_calendars as mcal
-
-    folder = workdir / "lumibot-cache" / "polygon"
-    sessions = mcal.get_calendar("NYSE").schedule(window[0], window[1])
-    notes = []
-    for path in sorted(folder.glob("*_minute.parquet")) if folder.exists() else []:
-        frame = pd.read_parquet(path)
-        if "missing" in frame.columns:
-            frame = frame[~frame["missing"].fillna(False).astype(bool)]  # placeholders are the other defect
-        index = pd.DatetimeIndex(frame["datetime"]).tz_convert("UTC")
-        local = index.tz_convert("America/New_York")
-        held = set(index.date)
-        regular = set(local[local.indexer_between_time("09:30", "15:59")].date)
-        hidden = [d for d in sessions.index.date if d in held and d not in regular]
-        if hidden:
-            notes.append(f"{path.stem}: {len(hidden)} session(s) never downloaded because earlier after-hours bars "
-                         f"carry their UTC date ({', '.join(map(str, hidden[:4]))})")
-    for path in sorted(folder.glob("*.parquet")) if folder.exists() else []:
-        frame = pd.read_parquet(path) if not path.name.endswith("_splits.parquet") else None
-        if frame is not None and "missing" in frame and frame["missing"].fillna(False).astype(bool).any():
-            notes.append(f"{path.stem}: {int(frame['missing'].fillna(False).astype(bool).sum())} placeholder row(s) "
-                         "returned with NaN prices on warm runs")
-    return "; ".join(notes) or "no known cache defect detected"
-
-
 def render(results: Sequence[RunResult], *, title: str = "A/B: Lumibot legacy vs lumibot-duckdb") -> str:
     """The result table and the parity verdicts, as text."""
     from rich.console import Console
@@ -480,7 +395,7 @@ def _size(count: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Child entry: ``python -m lumibot_duckdb.ab '<json spec>'`` prints one RunResult as JSON."""
+    """Child entry: ``python -m lumibot_duckdb.ab.harness '<json spec>'`` prints one RunResult as JSON."""
     spec = json.loads((argv or sys.argv[1:])[0])
     scenario = Scenario(**spec["scenario"])
     result = run_here(scenario, spec["variant"], spec["phase"], Path(spec["workdir"]), fast=spec.get("fast", False))

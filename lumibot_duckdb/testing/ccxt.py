@@ -7,7 +7,7 @@ exchange's rules: candles ``[open_ms, o, h, l, c, v]`` starting at ``since``, at
 ``limit`` of them (capped at the exchange's maximum), none that has not started yet. Every call
 is recorded, and faults can be injected.
 
->>> from lumibot_duckdb.sample.market import SyntheticMarket
+>>> from lumibot_duckdb.testing.market import SyntheticMarket
 >>> with serve_ccxt(SyntheticMarket()) as exchange:                  # doctest: +SKIP
 ...     run_my_backtest()
 ...     exchange.count("fetch_ohlcv")
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from lumibot_duckdb.sample.kits import FAULTS, SourceKit, patched
+from lumibot_duckdb.testing.kits import FAULTS, SourceKit, patched
 
 STEP_MS = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
 TIMEFRAMES = {"1m": "minute", "1h": "hour", "1d": "day"}
@@ -220,8 +220,6 @@ class CcxtKit(SourceKit):
     default_quote = "USDT"
     exchange_id = "binance"
 
-    legacy = "lumibot.backtesting.ccxt_backtesting:CcxtBacktesting"
-    ours = "lumibot_duckdb.sources.ccxt:CcxtBacktesting"
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeCcxt]:
         return serve_ccxt(market, fast=fast, exchange_id=self.exchange_id)
@@ -309,7 +307,7 @@ def _edit_method(name: str, old: str, new: str) -> Callable[[], None]:
     source = textwrap.dedent(inspect.getsource(original))
     if source.count(old) != 1:
         raise RuntimeError(f"CcxtCacheDB.{name} of this Lumibot version no longer contains {old!r}; "
-                           "review the legacy defect patch in lumibot_duckdb.sample.ccxt.")
+                           "review the legacy defect patch in lumibot_duckdb.testing.ccxt.")
     namespace: dict[str, Any] = {}
     exec(compile(source.replace(old, new), inspect.getsourcefile(original) or "<ccxt_data_store>", "exec"),
          vars(ccxt_data_store), namespace)

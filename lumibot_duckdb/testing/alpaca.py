@@ -6,7 +6,7 @@ objects built from the raw JSON rows Alpaca sends (``{"SPY": [{"t", "o", "h", "l
 "vw"}]}``), so alpaca-py's own parsing (pydantic ``Bar`` models, ``BarSet.df``) still runs. Every
 request is recorded, and faults can be injected.
 
->>> from lumibot_duckdb.sample.market import SyntheticMarket
+>>> from lumibot_duckdb.testing.market import SyntheticMarket
 >>> with serve_alpaca(SyntheticMarket()) as alpaca:                # doctest: +SKIP
 ...     run_my_backtest()
 ...     alpaca.count("stock_bars")
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from lumibot_duckdb.sample.kits import FAULTS, SourceKit, patched
+from lumibot_duckdb.testing.kits import FAULTS, SourceKit, patched
 
 KINDS = ("stock_bars", "crypto_bars", "option_bars")
 
@@ -317,8 +317,6 @@ class AlpacaKit(SourceKit):
     """``timestep`` passed to the data source when the scenario does not name one (None: Lumibot's
     explicit-config default, "day")."""
 
-    legacy = "lumibot.backtesting.alpaca_backtesting:AlpacaBacktesting"
-    ours = "lumibot_duckdb.sources.alpaca:AlpacaBacktesting"
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeAlpaca]:
         return serve_alpaca(market, fast=fast)

@@ -4,7 +4,7 @@ It replaces the urllib3 pool inside ``polygon.rest.base.BaseClient`` (``self.cli
 level below ``get_aggs``/``list_splits``, so the client's own URL building, status handling and
 JSON parsing still run. Every request is recorded, and faults can be injected.
 
->>> from lumibot_duckdb.sample.market import SyntheticMarket
+>>> from lumibot_duckdb.testing.market import SyntheticMarket
 >>> with serve_polygon(SyntheticMarket()) as polygon:              # doctest: +SKIP
 ...     run_my_backtest()
 ...     polygon.count("aggs")
@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlparse
 
 import pandas as pd
 
-from lumibot_duckdb.sample.kits import SourceKit, patched
+from lumibot_duckdb.testing.kits import SourceKit, patched
 
 NY = "America/New_York"
 
@@ -259,8 +259,6 @@ class PolygonKit(SourceKit):
     timeframes = ("day", "minute")
     request_kinds = ("aggs", "splits", "contracts")
 
-    legacy = "lumibot.backtesting.polygon_backtesting:PolygonDataBacktesting"
-    ours = "lumibot_duckdb.sources.polygon:PolygonDataBacktesting"
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakePolygonHTTP]:
         return serve_polygon(market)
@@ -287,13 +285,9 @@ class PolygonKit(SourceKit):
         return size, bars
 
     def legacy_defects(self) -> dict[str, Any]:
-        from lumibot_duckdb.ab import LEGACY_DEFECTS
-
         return dict(LEGACY_DEFECTS)
 
     def describe_defects(self, workdir: Path, window: tuple[Any, Any]) -> str:
-        from lumibot_duckdb.ab import legacy_cache_defects
-
         return legacy_cache_defects(workdir, window)
 
     @contextlib.contextmanager
@@ -302,3 +296,89 @@ class PolygonKit(SourceKit):
 
         with patched(polygon_helper, "LUMIBOT_CACHE_FOLDER", str(folder)):
             yield
+
+
+def _fix_placeholder_rows() -> Any:
+    """Lumibot's warm path returns placeholder rows (dates without bars) with NaN prices; its cold path drops them."""
+    from lumibot.tools import polygon_helper
+
+    original = polygon_helper.get_price_data_from_polygon
+
+    def without_placeholders(*args: Any, **kwargs: Any) -> Any:
+        frame = original(*args, **kwargs)
+        if frame is not None and "missing" in frame.columns:
+            frame = frame[~frame["missing"].fillna(False).astype(bool)]
+        return frame
+
+    polygon_helper.get_price_data_from_polygon = without_placeholders
+    return lambda: setattr(polygon_helper, "get_price_data_from_polygon", original)
+
+
+def _fix_utc_date_cache() -> Any:
+    """Lumibot decides which dates it holds by the UTC date of cached bars; use the exchange's date instead.
+
+    (Placeholder rows keep their UTC date: Lumibot stamps them at midnight local mean time, 04:56 UTC.)
+    """
+    import numpy as np
+    import pandas as pd
+    from lumibot.entities import Asset
+    from lumibot.tools import polygon_helper
+
+    original = polygon_helper.get_missing_dates
+
+    def get_missing_dates(df_all: Any, asset: Any, start: Any, end: Any) -> Any:
+        if df_all is None or df_all.empty or asset.asset_type == Asset.AssetType.CRYPTO:
+            return original(df_all, asset, start, end)
+        index = pd.DatetimeIndex(df_all.index)
+        placeholder = (df_all["missing"].fillna(False).astype(bool).to_numpy() if "missing" in df_all.columns
+                       else np.zeros(len(index), dtype=bool))
+        local = np.where(placeholder, index.tz_convert("UTC").date, index.tz_convert("America/New_York").date)
+        dates = pd.DatetimeIndex(pd.to_datetime(local)).tz_localize("UTC")
+        by_exchange_date = pd.DataFrame({"held": True}, index=dates)  # (a frame without columns is "empty")
+        return original(by_exchange_date, asset, start, end)
+
+    polygon_helper.get_missing_dates = get_missing_dates
+    return lambda: setattr(polygon_helper, "get_missing_dates", original)
+
+
+LEGACY_DEFECTS = {
+    "placeholder rows returned with NaN prices": _fix_placeholder_rows,
+    "cached dates judged by UTC date": _fix_utc_date_cache,
+}
+"""Known defects of Lumibot 4.6.30's Polygon cache, each with the smallest patch that removes it
+(:meth:`PolygonKit.legacy_defects <lumibot_duckdb.testing.polygon.PolygonKit.legacy_defects>`)."""
+
+
+def legacy_cache_defects(workdir: Path, window: tuple[dt.date, dt.date]) -> str:
+    """Name the known defects of Lumibot's Polygon cache that show in ``workdir`` for ``window``.
+
+    * Dates Lumibot believes it holds because after-hours bars of the previous evening carry
+      their UTC date, although it never downloaded their session (``get_missing_dates`` keys on
+      the UTC date of the cached index).
+    * Placeholder rows (dates the provider had no bars for), which Lumibot's warm path returns
+      with NaN prices while its cold path drops them.
+    """
+    import pandas as pd
+    import pandas_market_calendars as mcal
+
+    folder = workdir / "lumibot-cache" / "polygon"
+    sessions = mcal.get_calendar("NYSE").schedule(window[0], window[1])
+    notes = []
+    for path in sorted(folder.glob("*_minute.parquet")) if folder.exists() else []:
+        frame = pd.read_parquet(path)
+        if "missing" in frame.columns:
+            frame = frame[~frame["missing"].fillna(False).astype(bool)]  # placeholders are the other defect
+        index = pd.DatetimeIndex(frame["datetime"]).tz_convert("UTC")
+        local = index.tz_convert("America/New_York")
+        held = set(index.date)
+        regular = set(local[local.indexer_between_time("09:30", "15:59")].date)
+        hidden = [d for d in sessions.index.date if d in held and d not in regular]
+        if hidden:
+            notes.append(f"{path.stem}: {len(hidden)} session(s) never downloaded because earlier after-hours bars "
+                         f"carry their UTC date ({', '.join(map(str, hidden[:4]))})")
+    for path in sorted(folder.glob("*.parquet")) if folder.exists() else []:
+        frame = pd.read_parquet(path) if not path.name.endswith("_splits.parquet") else None
+        if frame is not None and "missing" in frame and frame["missing"].fillna(False).astype(bool).any():
+            notes.append(f"{path.stem}: {int(frame['missing'].fillna(False).astype(bool).sum())} placeholder row(s) "
+                         "returned with NaN prices on warm runs")
+    return "; ".join(notes) or "no known cache defect detected"

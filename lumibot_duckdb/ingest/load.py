@@ -65,7 +65,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lumibot_duckdb.errors import BarsValidationError, ConfigError, LumibotDuckDBError, StoreError
-from lumibot_duckdb.ingest_formats import (
+from lumibot_duckdb.ingest.formats import (
     _NUMBERS,
     _PRICES,
     EXTENSIONS,
@@ -569,7 +569,7 @@ class _FileIngest:
     def _roll_back(self) -> None:
         """Remove what this ingest published for the file (it holds the series' locks, so nobody else did)."""
         for key, before in self.before.items():
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, StoreError):
                 mine = [f for f in self.store.files(key) if f.path not in before]
-                self.store.layout.remove(mine)
+                self.store.remove(mine)
 

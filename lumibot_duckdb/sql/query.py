@@ -27,7 +27,7 @@ What "read-only" means here, and how it is enforced (two independent layers):
    store folder (which layer 2 must allow for reading). Only SELECT, set-operation and CTE nodes
    may appear.
 
-The SQL analytics macros of :mod:`lumibot_duckdb.analytics` (``sma``, ``ema``, ``rsi``…) are
+The SQL analytics macros of :mod:`lumibot_duckdb.sql.macros` (``sma``, ``ema``, ``rsi``…) are
 registered on every connection made here.
 """
 
@@ -48,8 +48,9 @@ import duckdb
 import pyarrow as pa
 
 from lumibot_duckdb.errors import ConfigError, StoreError
+from lumibot_duckdb.sql.macros import register
 from lumibot_duckdb.store.store import DuckDBDataStorage
-from lumibot_duckdb.store.views import VIEWS, create_views
+from lumibot_duckdb.store.views import VIEWS
 
 FORMATS = ("table", "csv", "json", "parquet")
 TABLE_LIMIT = 50
@@ -134,10 +135,8 @@ def connect(store: DuckDBDataStorage, /, *, analytics: bool = True) -> duckdb.Du
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET temp_directory = ?", [str(Path(tempfile.gettempdir()) / f"lumibot-duckdb-{os.getpid()}")])
-        create_views(con, store.layout)
+        store.add_views(con)
         if analytics:
-            from lumibot_duckdb.analytics import register
-
             register(con)
         con.execute("SET allowed_directories = ?", [_allowed_directories(store.root)])
         con.execute("SET enable_external_access = false")

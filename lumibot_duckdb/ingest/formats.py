@@ -1,10 +1,10 @@
-"""Reading bar files for :mod:`lumibot_duckdb.ingest`: what a file holds and how its cells read as bars.
+"""Reading bar files for :mod:`lumibot_duckdb.ingest.load`: what a file holds and how its cells read as bars.
 
 Format detection (CSV, zstd CSV, Parquet) by file name, block-wise reading (:func:`_read_blocks`), layout and
 column detection from the header (:func:`_columns`), and parsing of raw cells: times to UTC (:func:`_times`,
 :func:`_epoch`, :func:`_daily_stamps`), numbers with masks of missing and unreadable cells (:func:`_numbers`),
 and the series hints a file gives (its name, its bars' spacing). Nothing here touches the store or judges bars:
-validation, coverage and writing are :mod:`lumibot_duckdb.ingest`'s. The rules are in that module's docstring.
+validation, coverage and writing are :mod:`lumibot_duckdb.ingest.load`'s. The rules are in that module's docstring.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ fake's ``now`` (so a split between two requests re-writes the history the second
 ``Adj Close`` is back-adjusted for every dividend paid up to ``now``. By default every symbol
 pays a small quarterly dividend; pass ``actions`` for explicit dividends and splits.
 
->>> from lumibot_duckdb.sample.market import SyntheticMarket
+>>> from lumibot_duckdb.testing.market import SyntheticMarket
 >>> with serve_yahoo(SyntheticMarket(), fast=True) as yahoo:      # doctest: +SKIP
 ...     run_my_backtest()
 ...     yahoo.count("history"), yahoo.count("info")
@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from lumibot_duckdb.sample.kits import FAULTS, SourceKit, patched
+from lumibot_duckdb.testing.kits import FAULTS, SourceKit, patched
 
 NY = "America/New_York"
 YAHOO_COLUMNS = ("Open", "High", "Low", "Close", "Adj Close", "Volume", "Dividends", "Stock Splits")
@@ -332,8 +332,6 @@ class YahooKit(SourceKit):
     timeframes = ("day",)
     request_kinds = ("history", "info")
 
-    legacy = "lumibot.backtesting.yahoo_backtesting:YahooDataBacktesting"
-    ours = "lumibot_duckdb.sources.yahoo:YahooDataBacktesting"
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeYahoo]:
         return serve_yahoo(market, fast=fast)

@@ -14,12 +14,8 @@ import importlib
 import threading
 from typing import Any
 
-_SOURCES = {
-    "polygon": ("PolygonDataBacktesting", "lumibot_duckdb.sources.polygon"),
-    "yahoo": ("YahooDataBacktesting", "lumibot_duckdb.sources.yahoo"),
-    "alpaca": ("AlpacaBacktesting", "lumibot_duckdb.sources.alpaca"),
-    "ccxt": ("CcxtBacktesting", "lumibot_duckdb.sources.ccxt"),
-}
+from lumibot_duckdb.registry import SOURCES, source
+
 _saved: dict[tuple[str, str], Any] = {}
 _lock = threading.Lock()
 _MISSING = object()
@@ -33,17 +29,11 @@ def install(*sources: str) -> list[str]:
     import lumibot.backtesting as backtesting
     import lumibot.strategies._strategy as strategy_module
 
-    names = sources or tuple(_SOURCES)
-    unknown = [s for s in names if s not in _SOURCES]
-    if unknown:
-        from lumibot_duckdb.errors import ConfigError
-
-        raise ConfigError(f"Unknown source(s) {unknown}; lumibot-duckdb provides {sorted(_SOURCES)}.")
+    specs = [source(name) for name in sources] if sources else list(SOURCES.values())
     installed = []
     with _lock:
-        for source in names:
-            class_name, module_name = _SOURCES[source]
-            ours = getattr(importlib.import_module(module_name), class_name)
+        for spec in specs:
+            class_name, ours = spec.class_name, spec.load()
             for module in (strategy_module, backtesting):
                 slot = (module.__name__, class_name)
                 if slot not in _saved:

@@ -103,9 +103,9 @@ def _series(db: DuckDBDataStorage, key: SeriesKey, start: Any, end: Any) -> Iter
 
 def _query(db: DuckDBDataStorage, sql: str) -> Iterator[pa.RecordBatch]:
     """Stream the result of one read-only statement, through the same two guards as ``db-query``:
-    the statement is checked (:func:`lumibot_duckdb.query.read_only_statement`), and it runs on a
-    locked-down connection that cannot reach files outside the store (:func:`lumibot_duckdb.query.connect`)."""
-    from lumibot_duckdb.query import connect, read_only_statement
+    the statement is checked (:func:`lumibot_duckdb.sql.query.read_only_statement`), and it runs on a
+    locked-down connection that cannot reach files outside the store (:func:`lumibot_duckdb.sql.query.connect`)."""
+    from lumibot_duckdb.sql.query import connect, read_only_statement
 
     statement = read_only_statement(sql)
     con = connect(db)

@@ -5,17 +5,19 @@ source's network seam, says which provider calls count as requests, which functi
 source's "data layer" (timed the same way on both paths), and how big the legacy cache is.
 
 Kits are looked up by source name with :func:`kit`; each vendor's kit lives beside its fake
-provider (``lumibot_duckdb.sample.<source>``) and is imported only when asked for.
+provider (``lumibot_duckdb.testing.<source>``) and is imported only when asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
+
+from lumibot_duckdb import registry
+from lumibot_duckdb.registry import load
 
 FAULTS = ("empty", "malformed", "error")
 """Faults a fake provider can be told to answer data requests with (see :meth:`FakeProvider.fail`)."""
@@ -52,20 +54,15 @@ class SourceKit(ABC):
     default_quote: ClassVar[str | None] = None
     """Quote asset symbol strategies pass for crypto (e.g. "USDT" on CCXT); None = Lumibot's default."""
 
-    legacy: ClassVar[str]
-    """Lumibot's own data source class, as ``"module:Class"`` (imported when first asked for)."""
-    ours: ClassVar[str]
-    """lumibot-duckdb's drop-in class of the same name, as ``"module:Class"``."""
-
     @property
     def legacy_class(self) -> type:
-        """Lumibot's own data source class."""
-        return _load(self.legacy)
+        """Lumibot's own data source class (:data:`lumibot_duckdb.registry.SOURCES`)."""
+        return registry.source(self.name).load_legacy()
 
     @property
     def duckdb_class(self) -> type:
         """lumibot-duckdb's drop-in class of the same name."""
-        return _load(self.ours)
+        return registry.source(self.name).load()
 
     @abstractmethod
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeProvider]:
@@ -77,7 +74,7 @@ class SourceKit(ABC):
 
     def backtest_kwargs(self, variant: str, scenario: Any = None) -> dict[str, Any]:
         """Extra keyword arguments for ``run_backtest`` (credentials, exchange id...) for ``scenario``
-        (a :class:`lumibot_duckdb.ab.Scenario`, or None)."""
+        (a :class:`lumibot_duckdb.ab.harness.Scenario`, or None)."""
         return {}
 
     @abstractmethod
@@ -107,24 +104,11 @@ class SourceKit(ABC):
         yield
 
 
-KITS = {
-    "polygon": "lumibot_duckdb.sample.polygon:PolygonKit",
-    "yahoo": "lumibot_duckdb.sample.yahoo:YahooKit",
-    "alpaca": "lumibot_duckdb.sample.alpaca:AlpacaKit",
-    "ccxt": "lumibot_duckdb.sample.ccxt:CcxtKit",
-}
-
-
-def _load(path: str) -> Any:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def kit(source: str) -> SourceKit:
     """The kit of ``source`` ("polygon", "yahoo", "alpaca", "ccxt")."""
-    if source not in KITS:
-        raise ValueError(f"unknown source {source!r}; kits exist for {sorted(KITS)}")
-    return _load(KITS[source])()
+    return load(registry.source(source).kit)()
 
 
 @contextlib.contextmanager
