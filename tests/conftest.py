@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from lumibot_duckdb.sample.offline import isolated_environment
+from lumibot_duckdb.testing.offline import isolated_environment
 
 _SESSION = Path(tempfile.mkdtemp(prefix="lumibot-duckdb-tests-"))
 (_SESSION / "home").mkdir()
@@ -25,8 +25,8 @@ from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
 
 set_hypothesis_home_dir(_SESSION / "hypothesis")  # its example database, not ./.hypothesis in the repo
 
-from lumibot_duckdb.sample.market import SyntheticMarket  # noqa: E402
-from lumibot_duckdb.sample.offline import NetworkGuard  # noqa: E402
+from lumibot_duckdb.testing.market import SyntheticMarket  # noqa: E402
+from lumibot_duckdb.testing.offline import NetworkGuard  # noqa: E402
 
 SHARED_DATA = (_REPO.parent / "shared" / "data").resolve()
 

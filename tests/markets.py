@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lumibot_duckdb.sample.market import FrameMarket
+from lumibot_duckdb.testing.market import FrameMarket
 
 
 def yahoo_daily(path: Path) -> pd.DataFrame:

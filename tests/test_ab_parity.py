@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lumibot_duckdb.ab import REFERENCE, RunResult, Scenario, compare, legacy_cache_defects, run_here
+from lumibot_duckdb.ab.harness import REFERENCE, RunResult, Scenario, compare, run_here
+from lumibot_duckdb.testing.polygon import legacy_cache_defects
 
 pytestmark = pytest.mark.backtest
 

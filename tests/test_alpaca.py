@@ -18,11 +18,11 @@ from lumibot.backtesting.alpaca_backtesting import AlpacaBacktesting as LegacyAl
 from lumibot.entities import Asset
 
 from lumibot_duckdb import ProviderDataError
-from lumibot_duckdb.ab import REFERENCE, RunResult, Scenario, compare, run_here
-from lumibot_duckdb.sample.alpaca import AlpacaKit, FakeAlpaca, csv_precision_report, serve_alpaca
+from lumibot_duckdb.ab.harness import REFERENCE, RunResult, Scenario, compare, run_here
 from lumibot_duckdb.sources.alpaca import AlpacaBacktesting, alpaca_series_key
 from lumibot_duckdb.sources.base import DuckDBFallbackWarning
 from lumibot_duckdb.store import SeriesKey
+from lumibot_duckdb.testing.alpaca import AlpacaKit, FakeAlpaca, csv_precision_report, serve_alpaca
 
 CONFIG = {"API_KEY": "test-key", "API_SECRET": "test-secret", "PAPER": True}
 START, END = dt.datetime(2024, 1, 2), dt.datetime(2024, 2, 1)
@@ -80,7 +80,7 @@ def test_frames_are_those_of_legacy(alpaca, lumibot_cache, store_dir, asset, tim
 
 def test_forward_filled_gaps_are_filled_the_legacy_way(store_dir, lumibot_cache) -> None:
     """A stock with missing minutes: Lumibot reindexes to trading minutes and forward-fills, on both paths."""
-    from lumibot_duckdb.sample.market import SyntheticMarket
+    from lumibot_duckdb.testing.market import SyntheticMarket
 
     class Holes(SyntheticMarket):
         def bars(self, symbol, timeframe, start, end, *, asset_type="stock"):
@@ -336,7 +336,7 @@ def test_history_before_start_is_served_from_the_store(alpaca, lumibot_cache, st
 
 
 def test_a_readjusted_history_refreshes_the_series(alpaca, store_dir) -> None:
-    from lumibot_duckdb.sample.market import SyntheticMarket
+    from lumibot_duckdb.testing.market import SyntheticMarket
 
     source = make_source("duckdb", store_dir)
     window(source)

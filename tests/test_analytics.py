@@ -11,9 +11,9 @@ import pandas_ta_classic as ta
 import pytest
 from factories import key, make_bars
 
-from lumibot_duckdb import analytics
 from lumibot_duckdb.errors import ConfigError
-from lumibot_duckdb.query import query
+from lumibot_duckdb.sql import analytics
+from lumibot_duckdb.sql.query import query
 from lumibot_duckdb.store import DuckDBDataStorage, SeriesKey
 
 # Max absolute differences found on real data, printed at the end of the run (`pytest -s` or -rA shows them).
@@ -246,7 +246,7 @@ def test_a_symbol_in_two_sources_must_be_disambiguated(store: DuckDBDataStorage)
 
 
 def test_a_reused_connection_gives_the_same_answers(store: DuckDBDataStorage) -> None:
-    from lumibot_duckdb.query import connect
+    from lumibot_duckdb.sql.query import connect
 
     store.write(key("AAA"), make_bars(periods=500, seed=1))
     con = connect(store)

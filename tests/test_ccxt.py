@@ -21,10 +21,10 @@ from lumibot.entities import Asset
 from lumibot.tools import ccxt_data_store
 
 from lumibot_duckdb import ProviderDataError
-from lumibot_duckdb.ab import REFERENCE, Scenario, compare, run_here
-from lumibot_duckdb.sample.ccxt import CcxtKit, fix_decimal_cache, fix_duplicate_candles, serve_ccxt
+from lumibot_duckdb.ab.harness import REFERENCE, Scenario, compare, run_here
 from lumibot_duckdb.sources.base import DuckDBFallbackWarning
 from lumibot_duckdb.sources.ccxt import CcxtBacktesting, ccxt_series_key
+from lumibot_duckdb.testing.ccxt import CcxtKit, fix_decimal_cache, fix_duplicate_candles, serve_ccxt
 
 NY = pytz.timezone("America/New_York")
 USDT = Asset("USDT", "crypto")

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lumibot_duckdb.ab import Scenario, finish, run_subprocess, spawn
+from lumibot_duckdb.ab.harness import Scenario, finish, run_subprocess, spawn
 
 pytestmark = pytest.mark.backtest
 

@@ -1,6 +1,6 @@
 """One conformance suite for every data source lumibot-duckdb provides.
 
-Each test runs against every source's kit (:mod:`lumibot_duckdb.sample.kits`): the same strategy on
+Each test runs against every source's kit (:mod:`lumibot_duckdb.testing.kits`): the same strategy on
 the same offline provider data, Lumibot's legacy class beside ours. A source that cannot do
 something (Yahoo has no historical minute bars, CCXT no stocks) is left out of that test's
 parameters with the reason in :data:`NOT_APPLICABLE`; a known legacy defect is a declared
@@ -24,14 +24,15 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from lumibot_duckdb.ab import REFERENCE, RunResult, Scenario, compare, run_here
-from lumibot_duckdb.sample.kits import KITS, SourceKit, kit
-from lumibot_duckdb.sample.market import SyntheticMarket
+from lumibot_duckdb.ab.harness import REFERENCE, RunResult, Scenario, compare, run_here
+from lumibot_duckdb.registry import SOURCES as REGISTRY
 from lumibot_duckdb.store import DuckDBDataStorage
+from lumibot_duckdb.testing.kits import SourceKit, kit
+from lumibot_duckdb.testing.market import SyntheticMarket
 
 pytestmark = pytest.mark.backtest
 
-SOURCES = tuple(KITS)
+SOURCES = tuple(REGISTRY)
 NOT_APPLICABLE = {
     ("yahoo", "minute"): "Yahoo serves minute bars for the last 7 wall-clock days only: no historical minute backtest",
     ("yahoo", "crypto"): "Lumibot's Yahoo source backtests stocks and ETFs",

@@ -14,8 +14,8 @@ from factories import make_bars
 
 from lumibot_duckdb.cli import main
 from lumibot_duckdb.errors import ConfigError, StoreError
-from lumibot_duckdb.export import export
-from lumibot_duckdb.ingest import ingest
+from lumibot_duckdb.ingest.load import ingest
+from lumibot_duckdb.sql.export import export
 from lumibot_duckdb.store import DuckDBDataStorage, SeriesKey
 
 ALL = ("1900-01-01", "2200-01-01")
@@ -114,7 +114,7 @@ def test_cli_export_series_and_query(store, store_dir, tmp_path):
 def test_query_export_cannot_write_files_through_a_hidden_copy(tmp_path) -> None:
     """``WITH x AS (COPY ... TO 'file') SELECT 1`` parses as a SELECT; export must refuse it like db-query."""
     from lumibot_duckdb import ConfigError, DuckDBDataStorage
-    from lumibot_duckdb.export import export
+    from lumibot_duckdb.sql.export import export
 
     store = DuckDBDataStorage(tmp_path / "store")
     target = tmp_path / "written-by-export.csv"

@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 from factories import make_bars
 
-from lumibot_duckdb import ingest as ingest_module
 from lumibot_duckdb.cli import main
 from lumibot_duckdb.errors import BarsValidationError, ConfigError, StoreError
-from lumibot_duckdb.ingest import ingest
+from lumibot_duckdb.ingest import load as ingest_module
+from lumibot_duckdb.ingest.load import ingest
 from lumibot_duckdb.store import DuckDBDataStorage, SeriesKey
-from lumibot_duckdb.store.layout import Layout
+from lumibot_duckdb.store.local import LocalFolder
 
 NY = "America/New_York"
 ALL = ("1900-01-01", "2200-01-01")
@@ -371,7 +371,7 @@ def test_rows_out_of_order_across_blocks_are_sorted_in_repair_mode(tmp_path, sto
 def test_a_failure_mid_ingest_keeps_earlier_files_whole_and_the_failed_file_absent(tmp_path, store_dir, monkeypatch):
     first = write(generic_frame(minute_bars(200)), tmp_path / "AAA_1m.csv")
     second = write(generic_frame(minute_bars(3000)), tmp_path / "BBB_1m.csv")
-    publish = Layout.publish
+    publish = LocalFolder.publish
     calls = {"n": 0}
 
     def failing(self, *args, **kwargs):
@@ -380,7 +380,7 @@ def test_a_failure_mid_ingest_keeps_earlier_files_whole_and_the_failed_file_abse
             raise OSError(28, "No space left on device")
         return publish(self, *args, **kwargs)
 
-    monkeypatch.setattr(Layout, "publish", failing)
+    monkeypatch.setattr(LocalFolder, "publish", failing)
     with pytest.raises(StoreError, match=r"BBB_1m.csv.*No space left.*nothing of this file.*1 earlier file"):
         ingest(store_dir, [first, second], chunk_bytes=16_384)
     assert calls["n"] == 4
@@ -388,7 +388,7 @@ def test_a_failure_mid_ingest_keeps_earlier_files_whole_and_the_failed_file_abse
     with DuckDBDataStorage(store_dir) as store:
         assert store.files(key("BBB")) == []
     assert list((store_dir / ".tmp").iterdir()) == []
-    monkeypatch.setattr(Layout, "publish", publish)
+    monkeypatch.setattr(LocalFolder, "publish", publish)
     again = ingest(store_dir, [first, second], chunk_bytes=16_384)
     assert (again.files[0].rows_added, again.files[1].rows_added) == (0, 3000)
 

@@ -9,10 +9,10 @@ import pytest
 
 import lumibot_duckdb
 from lumibot_duckdb import ConfigError
-from lumibot_duckdb.ab import fills_of
-from lumibot_duckdb.sample.market import SyntheticMarket
-from lumibot_duckdb.sample.polygon import serve_polygon
-from lumibot_duckdb.sample.strategies import BuyAndHold
+from lumibot_duckdb.ab.harness import fills_of
+from lumibot_duckdb.testing.market import SyntheticMarket
+from lumibot_duckdb.testing.polygon import serve_polygon
+from lumibot_duckdb.testing.strategies import BuyAndHold
 
 
 @pytest.fixture

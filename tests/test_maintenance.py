@@ -15,9 +15,9 @@ from factories import key, make_bars
 
 from lumibot_duckdb.cli import main
 from lumibot_duckdb.errors import ConfigError
-from lumibot_duckdb.maintenance import clean_tmp, compact, parse_age, prune, status, verify
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
-from lumibot_duckdb.store.layout import file_name, new_token
+from lumibot_duckdb.store.local import file_name, new_token
+from lumibot_duckdb.store.maintenance import clean_tmp, compact, parse_age, prune, status, verify
 
 SPY, QQQ = key("SPY"), key("QQQ")
 DAILY = SeriesKey("yahoo", "TLT", "day")
@@ -83,8 +83,8 @@ def test_compact_resolves_a_conflicting_overlap_in_favour_of_the_newer_file(stor
 
 # -- clean-tmp ---------------------------------------------------------------------------------------
 def test_clean_tmp_removes_only_old_leftovers(store: DuckDBDataStorage) -> None:
-    old = store.layout.tmp / f"{new_token()}.parquet.part"
-    fresh = store.layout.tmp / f"{new_token()}.parquet.part"
+    old = store.backend.tmp / f"{new_token()}.parquet.part"
+    fresh = store.backend.tmp / f"{new_token()}.parquet.part"
     old.write_bytes(b"x" * 100)
     fresh.write_bytes(b"y" * 10)
     two_hours_ago = time.time() - 7200

@@ -9,20 +9,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lumibot_duckdb.ab import fills_of
+from lumibot_duckdb.ab.harness import fills_of
 from lumibot_duckdb.errors import ConfigError
-from lumibot_duckdb.ingest import ingest
-from lumibot_duckdb.offline_data import pandas_data
+from lumibot_duckdb.ingest.load import ingest
+from lumibot_duckdb.sources.pandas_data import pandas_data
 
 SYMBOLS = ["SPY", "TLT", "GLD"]
 START, END = dt.datetime(2019, 2, 4), dt.datetime(2019, 12, 31)
 
 
 def backtest(data: list) -> tuple[list[list], float]:
-    """MomentumRebalance on ``data`` through PandasDataBacktesting, headless (as lumibot_duckdb.ab runs it)."""
+    """MomentumRebalance on ``data`` through PandasDataBacktesting, headless (as lumibot_duckdb.ab.harness runs it)."""
     from lumibot.backtesting import PandasDataBacktesting
 
-    from lumibot_duckdb.sample.strategies import MomentumRebalance
+    from lumibot_duckdb.testing.strategies import MomentumRebalance
 
     _, strategy = MomentumRebalance.run_backtest(
         PandasDataBacktesting, START, END, pandas_data=data, benchmark_asset=None, risk_free_rate=0.0,

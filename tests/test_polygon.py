@@ -15,9 +15,9 @@ from lumibot.entities import Asset
 from lumibot.tools import polygon_helper
 
 from lumibot_duckdb import ConfigError, PolygonDataBacktesting, ProviderDataError, StoreError
-from lumibot_duckdb.sample.polygon import FakeResponse, serve_polygon
 from lumibot_duckdb.sources.base import DuckDBFallbackWarning
 from lumibot_duckdb.sources.polygon import polygon_series_key
+from lumibot_duckdb.testing.polygon import FakeResponse, serve_polygon
 
 NY = pytz.timezone("America/New_York")
 USD = Asset("USD", "forex")
@@ -336,7 +336,7 @@ def test_disk_full_mid_backtest_falls_back_and_keeps_what_was_stored(polygon, lu
                                                                       monkeypatch) -> None:
     import errno
 
-    from lumibot_duckdb.store.layout import Layout
+    from lumibot_duckdb.store.local import LocalFolder
 
     source = make_source("duckdb", store_dir)
     source._update_pandas_data(Asset("AAA"), USD, 5, "day", ny(2024, 2, 1, 10))
@@ -345,7 +345,7 @@ def test_disk_full_mid_backtest_falls_back_and_keeps_what_was_stored(polygon, lu
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Layout, "publish", disk_full)
+    monkeypatch.setattr(LocalFolder, "publish", disk_full)
     with pytest.warns(DuckDBFallbackWarning, match="No space left"):
         source._update_pandas_data(Asset("BBB"), USD, 5, "day", ny(2024, 2, 1, 10))
     assert (Asset("BBB"), USD) in source.pandas_data, "served by the legacy path"

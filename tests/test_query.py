@@ -15,7 +15,7 @@ from factories import key, make_bars
 
 from lumibot_duckdb.cli import main
 from lumibot_duckdb.errors import ConfigError
-from lumibot_duckdb.query import query, read_only_statement
+from lumibot_duckdb.sql.query import query, read_only_statement
 from lumibot_duckdb.store import DuckDBDataStorage, SeriesKey
 
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from lumibot.tools.polygon_helper import PolygonClient
 
-from lumibot_duckdb.sample.market import SyntheticMarket
-from lumibot_duckdb.sample.offline import NetworkBlocked
-from lumibot_duckdb.sample.polygon import FakeResponse, serve_polygon
+from lumibot_duckdb.testing.market import SyntheticMarket
+from lumibot_duckdb.testing.offline import NetworkBlocked
+from lumibot_duckdb.testing.polygon import FakeResponse, serve_polygon
 
 
 def test_bars_are_a_pure_function_of_time(market: SyntheticMarket) -> None:

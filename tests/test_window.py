@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lumibot_duckdb.ab import REFERENCE, Scenario, compare, run_here
+from lumibot_duckdb.ab.harness import REFERENCE, Scenario, compare, run_here
 from lumibot_duckdb.config import ENV_MAX_MEMORY, Settings, parse_bytes
 from lumibot_duckdb.errors import ConfigError
 from lumibot_duckdb.sources.window import AHEAD, GUARD, MARGIN, Window, WindowBook
@@ -127,7 +127,7 @@ def scan(source: str, symbols: list[str], end: str, **extra: Any) -> Scenario:
 def run_both(scenario: Scenario, workdir: Path, monkeypatch: pytest.MonkeyPatch, budget: str | None,
              reference: bool = False) -> tuple[list[Any], list[Any]]:
     data_sources: list[Any] = []
-    from lumibot_duckdb.sample.kits import kit
+    from lumibot_duckdb.testing.kits import kit
 
     cls = kit(scenario.source).duckdb_class
     original = cls.__init__
@@ -234,7 +234,7 @@ def test_assets_given_with_dividends_keep_lumibots_corporate_action_check() -> N
 
 
 def test_a_window_datetime_line_reads_like_lumibots_object_array() -> None:
-    from lumibot_duckdb.sources.polygon import IndexLine
+    from lumibot_duckdb.sources.lumibot_data import IndexLine
 
     index = pd.date_range("2024-01-02 09:30", periods=50, freq="min", tz="America/New_York")
     line, objects = IndexLine(index), index.to_numpy(dtype=object)
@@ -254,7 +254,7 @@ def test_a_window_finds_the_bar_at_the_clock_as_lumibots_data_does(gaps: list[in
     from lumibot.entities import Asset, Data
     from lumibot.entities import data as data_module
 
-    from lumibot_duckdb.sources.polygon import WindowData, _prepare
+    from lumibot_duckdb.sources.lumibot_data import WindowData, prepare
 
     first = pd.Timestamp("2024-01-02 09:30", tz="America/New_York")
     index = first + pd.to_timedelta(pd.Series(gaps).cumsum() - gaps[0], unit="min")
@@ -268,7 +268,7 @@ def test_a_window_finds_the_bar_at_the_clock_as_lumibots_data_does(gaps: list[in
     by_dict.repair_times_and_fill(by_dict.df.index)  # (what Lumibot does on first use)
     assert by_dict.iter_index_dict and not by_cursor.iter_index_dict  # the two ways Lumibot finds a bar
     window = Data(Asset("AAA"), frame.copy(), timestep="minute")
-    _prepare(window)
+    prepare(window)
     assert isinstance(window, WindowData) and not window.iter_index_dict
     for position, seconds, as_timestamp in clocks:
         clock = frame.index[min(max(position, 0), len(frame) - 1)] + pd.Timedelta(seconds=seconds)

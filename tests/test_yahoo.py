@@ -16,11 +16,11 @@ from lumibot.tools.yahoo_helper import YahooHelper
 from yfinance.exceptions import YFRateLimitError
 
 from lumibot_duckdb import ProviderDataError
-from lumibot_duckdb.ab import Scenario, compare, run_here
-from lumibot_duckdb.sample.yahoo import YahooKit, serve_yahoo
+from lumibot_duckdb.ab.harness import Scenario, compare, run_here
 from lumibot_duckdb.sources import yahoo as yahoo_source
 from lumibot_duckdb.sources.base import DuckDBFallbackWarning
 from lumibot_duckdb.sources.yahoo import YahooDataBacktesting, yahoo_series_key
+from lumibot_duckdb.testing.yahoo import YahooKit, serve_yahoo
 
 NY = pytz.timezone("America/New_York")
 LEGACY_HELPER = YahooHelper.__dict__["get_symbol_data"].__func__.__wrapped__
@@ -101,7 +101,7 @@ def test_stored_bars_are_raw_yahoo_bars(yahoo, store_dir) -> None:
     for ours, theirs in [("open", "Open"), ("close", "Close"), ("adj_close", "Adj Close"), ("volume", "Volume"),
                          ("dividend", "Dividends"), ("split_ratio", "Stock Splits")]:
         assert stored[ours].tolist() == raw[theirs].astype("float64").tolist(), ours
-    info = source.store.layout.read_json("yahoo", "info", "AAA.json")
+    info = source.store.read_note("yahoo", "info", "AAA.json")
     assert info["info"]["market"] == "us_market"
 
 
