@@ -12,7 +12,7 @@ import importlib.machinery
 import importlib.util
 import sys
 import warnings
-from types import ModuleType
+from types import FrameType, ModuleType
 
 MOVED = {
     "lumibot_duckdb.analytics": "lumibot_duckdb.sql.analytics",
@@ -53,7 +53,8 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def _caller_level() -> int:
     """The stack level of the first frame outside the import machinery (who wrote the import)."""
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and (frame.f_code.co_filename.startswith("<frozen importlib")
                                  or frame.f_code.co_filename == __file__):
         frame, level = frame.f_back, level + 1

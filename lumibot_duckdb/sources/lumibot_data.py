@@ -39,6 +39,10 @@ class WindowData(Data):
     Methods only, no state of its own: a ``Data`` Lumibot built over a window becomes one in place.
     """
 
+    _iter_count_last_dt_key: Any  # Lumibot's own lookup memo (set in Data.__init__)
+    _iter_count_cursor_i: Any
+    _iter_count_cursor_ns: Any
+
     def set_date_format(self, df: pd.DataFrame) -> pd.DataFrame:
         index = df.index
         if not isinstance(index, pd.DatetimeIndex) or index.tz is None:

@@ -252,7 +252,8 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         seams = self._seams
         try:
             window = self.duckdb_windows.windows.get(key)
-            if window is not None and window.held and not (window.start <= window.first and window.complete()):
+            if window is not None and window.start is not None and not (
+                    window.first is not None and window.start <= window.first and window.complete()):
                 self.pandas_data.pop(key, None)  # Lumibot reads the range again through the seam, whole
                 self.duckdb_windows.dropped(key)
             return super().get_historical_prices_between_dates(asset, timestep, quote, exchange, include_after_hours,
