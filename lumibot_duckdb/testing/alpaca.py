@@ -311,6 +311,7 @@ class AlpacaKit(SourceKit):
     timeframes = ("day", "minute")
     request_kinds = KINDS
     bar_request_kinds = KINDS
+    legacy_differs_in = ("warm",)  # the per-window CSV is re-read on a rerun of the same window
     default_quote = None
     config = {"API_KEY": "offline-key", "API_SECRET": "offline-secret", "PAPER": True}
 

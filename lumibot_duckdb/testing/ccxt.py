@@ -218,6 +218,7 @@ class CcxtKit(SourceKit):
     timeframes = ("day", "hour", "minute")
     request_kinds = ("load_markets", "fetch_ohlcv")
     bar_request_kinds = ("fetch_ohlcv",)
+    legacy_differs_in = ("cold", "warm", "shifted")  # prices rounded as they are written
     default_quote = "USDT"
     exchange_id = "binance"
 

@@ -57,6 +57,10 @@ class SourceKit(ABC):
     """Kinds of :meth:`FakeProvider.count` reported by the harness (every kind is a provider request)."""
     bar_request_kinds: ClassVar[tuple[str, ...]] = ()
     """Those of :attr:`request_kinds` that ask for bars (the others ask for metadata: markets, info, splits)."""
+    legacy_differs_in: ClassVar[tuple[str, ...]] = ()
+    """Phases of an A/B session (``"cold"``, ``"warm"``, ``"shifted"``) in which :meth:`legacy_defects` can make
+    legacy's fills differ from DuckDB's (a defect in reading back Lumibot's own cache shows on warm runs
+    only). A difference in any other phase fails parity, declared defect or not."""
     default_quote: ClassVar[str | None] = None
     """Quote asset symbol strategies pass for crypto (e.g. "USDT" on CCXT); None = Lumibot's default."""
 

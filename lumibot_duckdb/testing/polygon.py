@@ -259,6 +259,7 @@ class PolygonKit(SourceKit):
     timeframes = ("day", "minute")
     request_kinds = ("aggs", "splits", "contracts")
     bar_request_kinds = ("aggs",)
+    legacy_differs_in = ("cold", "warm", "shifted")  # (placeholder rows show within a first run)
 
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakePolygonHTTP]:
