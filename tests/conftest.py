@@ -64,6 +64,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "network_attempt_expected: the test checks the network guard itself")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A ``not_applicable(reason=...)`` combination is reported as skipped, with its reason."""
+    for item in items:
+        marker = item.get_closest_marker("not_applicable")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"not applicable: {marker.kwargs['reason']}"))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` (real market data); tests that need it skip with the reason when it is absent."""

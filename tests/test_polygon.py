@@ -97,15 +97,6 @@ def test_lumibot_data_objects_are_identical(polygon, lumibot_cache, store_dir, t
     pd.testing.assert_frame_equal(ours.iloc[1:], legacy.loc[ours.index[0]:ours.index[-1]].iloc[1:])
 
 
-def test_warm_rerun_asks_the_provider_nothing(polygon, store_dir) -> None:
-    fetch(make_source("duckdb", store_dir), Asset("AAA"), ny(2024, 1, 2), ny(2024, 3, 1), "minute")
-    assert polygon.count("aggs") > 0
-    polygon.reset()
-    fetch(make_source("duckdb", store_dir), Asset("AAA"), ny(2024, 1, 2), ny(2024, 3, 1), "minute")
-    fetch(make_source("duckdb", store_dir), Asset("AAA"), ny(2024, 1, 10), ny(2024, 2, 10), "minute")
-    assert polygon.count() == 0
-
-
 def test_shifted_window_asks_only_for_the_new_dates(polygon, lumibot_cache, store_dir) -> None:
     counts = {}
     for kind in ("legacy", "duckdb"):
@@ -138,19 +129,6 @@ def test_widened_window_does_not_download_the_middle_again(polygon, lumibot_cach
     assert days["legacy"] > days["duckdb"]  # legacy asks from the first to the last missing date
 
 
-def test_empty_answers_are_remembered(polygon, lumibot_cache, store_dir) -> None:
-    polygon.intercept(lambda r: FakeResponse.json({"status": "OK", "resultsCount": 0}) if r.ticker == "NONE" else None)
-    for kind in ("legacy", "duckdb"):
-        source = make_source(kind, store_dir)
-        source._update_pandas_data(Asset("NONE"), USD, 5, "day", ny(2024, 2, 1, 10))
-        assert (Asset("NONE"), USD) not in source.pandas_data
-    polygon.reset()
-    ours = make_source("duckdb", store_dir)
-    ours._update_pandas_data(Asset("NONE"), USD, 5, "day", ny(2024, 2, 1, 10))
-    assert polygon.count() == 0
-    assert ours.store.coverage(polygon_series_key(Asset("NONE"), USD, "day"))
-
-
 def _bad_once(ticker: str, answer: FakeResponse):
     state = {"left": 1}
 
@@ -168,14 +146,13 @@ def _bad_once(ticker: str, answer: FakeResponse):
     FakeResponse.json({"status": "OK", "results": "nope"}),
     FakeResponse(200, b"<html>maintenance</html>"),
 ])
-def test_malformed_answers_are_errors_and_nothing_is_stored(polygon, store_dir, answer) -> None:
+def test_each_kind_of_malformed_aggs_answer_is_caught(polygon, store_dir, answer) -> None:
+    """Polygon's ways of sending garbage (the conformance suite checks what follows: asked again, healed)."""
     polygon.intercept(_bad_once("AAA", answer))
     source = make_source("duckdb", store_dir)
     with pytest.raises(ProviderDataError, match="nothing was stored"):
         fetch(source, Asset("AAA"), ny(2024, 1, 2), ny(2024, 1, 20), "day")
     assert source.store.coverage(polygon_series_key(Asset("AAA"), USD, "day")) == []
-    frame = fetch(source, Asset("AAA"), ny(2024, 1, 2), ny(2024, 1, 20), "day")  # the provider recovered
-    assert len(frame) == 13  # Jan 2-19 without MLK day
 
 
 def test_through_lumibot_a_malformed_answer_is_a_clear_error(polygon, store_dir) -> None:
@@ -212,34 +189,6 @@ def test_a_failed_chunk_keeps_the_others_and_is_asked_again(polygon, store_dir) 
     assert polygon.count("aggs") == 1 and len(frame) == 83
 
 
-def test_damaged_store_file_is_fetched_again_transparently(polygon, store_dir, caplog) -> None:
-    first = fetch(make_source("duckdb", store_dir), Asset("AAA"), ny(2024, 1, 2), ny(2024, 2, 29), "minute")
-    source = make_source("duckdb", store_dir)
-    damaged = source.store.files(polygon_series_key(Asset("AAA"), USD, "minute"))[0].path
-    damaged.write_bytes(damaged.read_bytes()[:100])
-    polygon.reset()
-    again = fetch(source, Asset("AAA"), ny(2024, 1, 2), ny(2024, 2, 29), "minute")
-    pd.testing.assert_frame_equal(again, first)
-    assert polygon.count("aggs") == 1
-    assert "damaged" in caplog.text
-    assert list((store_dir / ".quarantine").glob("*.parquet"))
-
-
-def test_store_failure_falls_back_to_legacy_with_one_warning(polygon, lumibot_cache, tmp_path) -> None:
-    blocked = tmp_path / "a-file"
-    blocked.write_text("not a folder")
-    source = make_source("duckdb", blocked / "store")
-    with pytest.warns(DuckDBFallbackWarning, match="legacy") as caught:
-        source._update_pandas_data(Asset("AAA"), USD, 5, "day", ny(2024, 2, 1, 10))
-        source._update_pandas_data(Asset("BBB"), USD, 5, "day", ny(2024, 2, 1, 10))
-    assert len([w for w in caught if issubclass(w.category, DuckDBFallbackWarning)]) == 1
-    assert not source.use_duckdb and source.duckdb_stats.fallbacks == 1
-    legacy = make_source("legacy", tmp_path)
-    legacy._update_pandas_data(Asset("AAA"), USD, 5, "day", ny(2024, 2, 1, 10))
-    pd.testing.assert_frame_equal(source.pandas_data[(Asset("AAA"), USD)].df,
-                                  legacy.pandas_data[(Asset("AAA"), USD)].df)
-
-
 def test_strict_mode_raises_instead(polygon, tmp_path) -> None:
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
@@ -248,17 +197,6 @@ def test_strict_mode_raises_instead(polygon, tmp_path) -> None:
         warnings.simplefilter("error", DuckDBFallbackWarning)
         with pytest.raises(StoreError, match="LUMIBOT_DUCKDB_CACHE_DIR"):
             fetch(source, Asset("AAA"), ny(2024, 1, 2), ny(2024, 1, 20), "day")
-
-
-def test_use_duckdb_false_is_lumibot_untouched(polygon, lumibot_cache, store_dir) -> None:
-    ours = make_source("duckdb", store_dir, use_duckdb=False)
-    legacy = make_source("legacy", store_dir)
-    for source in (ours, legacy):
-        source._update_pandas_data(Asset("AAA"), USD, 30, "minute", ny(2024, 2, 1, 10))
-    assert not store_dir.exists(), "the store is never opened"
-    assert list(lumibot_cache.joinpath("polygon").glob("stock_AAA_USD_minute.parquet"))
-    pd.testing.assert_frame_equal(ours.pandas_data[(Asset("AAA"), USD)].df, legacy.pandas_data[(Asset("AAA"), USD)].df)
-    assert type(ours).__name__ == "PolygonDataBacktesting" and ours.SOURCE == legacy.SOURCE
 
 
 def test_environment_flag_switches_the_path(polygon, lumibot_cache, store_dir, monkeypatch) -> None:

@@ -310,6 +310,8 @@ class AlpacaKit(SourceKit):
     asset_types = ("stock", "crypto")
     timeframes = ("day", "minute")
     request_kinds = KINDS
+    bar_request_kinds = KINDS
+    legacy_differs_in = ("warm",)  # the per-window CSV is re-read on a rerun of the same window
     default_quote = None
     config = {"API_KEY": "offline-key", "API_SECRET": "offline-secret", "PAPER": True}
 
@@ -320,6 +322,9 @@ class AlpacaKit(SourceKit):
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeAlpaca]:
         return serve_alpaca(market, fast=fast)
+
+    def source_options(self) -> dict[str, Any]:
+        return {"config": dict(self.config)}
 
     def backtest_kwargs(self, variant: str, scenario: Any = None) -> dict[str, Any]:
         options: dict[str, Any] = {"config": dict(self.config)}

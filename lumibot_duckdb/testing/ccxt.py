@@ -217,12 +217,17 @@ class CcxtKit(SourceKit):
     asset_types = ("crypto",)
     timeframes = ("day", "hour", "minute")
     request_kinds = ("load_markets", "fetch_ohlcv")
+    bar_request_kinds = ("fetch_ohlcv",)
+    legacy_differs_in = ("cold", "warm", "shifted")  # prices rounded as they are written
     default_quote = "USDT"
     exchange_id = "binance"
 
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeCcxt]:
         return serve_ccxt(market, fast=fast, exchange_id=self.exchange_id)
+
+    def source_options(self) -> dict[str, Any]:
+        return {"exchange_id": self.exchange_id}
 
     def backtest_kwargs(self, variant: str, scenario: Any = None) -> dict[str, Any]:
         """The exchange, and the strategy's quote asset in the exchange's quote currency (as Lumibot's

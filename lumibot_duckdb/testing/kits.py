@@ -11,6 +11,7 @@ provider (``lumibot_duckdb.testing.<source>``) and is imported only when asked f
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,9 @@ class FakeProvider(Protocol):
     def heal(self) -> None:
         """Stop injecting faults."""
 
+    def reset(self) -> None:
+        """Forget the requests counted so far."""
+
 
 class SourceKit(ABC):
     """How to drive one data source offline, legacy and DuckDB alike."""
@@ -51,6 +55,12 @@ class SourceKit(ABC):
     """Bar timeframes a strategy can backtest on with this source."""
     request_kinds: ClassVar[tuple[str, ...]] = ()
     """Kinds of :meth:`FakeProvider.count` reported by the harness (every kind is a provider request)."""
+    bar_request_kinds: ClassVar[tuple[str, ...]] = ()
+    """Those of :attr:`request_kinds` that ask for bars (the others ask for metadata: markets, info, splits)."""
+    legacy_differs_in: ClassVar[tuple[str, ...]] = ()
+    """Phases of an A/B session (``"cold"``, ``"warm"``, ``"shifted"``) in which :meth:`legacy_defects` can make
+    legacy's fills differ from DuckDB's (a defect in reading back Lumibot's own cache shows on warm runs
+    only). A difference in any other phase fails parity, declared defect or not."""
     default_quote: ClassVar[str | None] = None
     """Quote asset symbol strategies pass for crypto (e.g. "USDT" on CCXT); None = Lumibot's default."""
 
@@ -71,6 +81,18 @@ class SourceKit(ABC):
         ``fast=True`` also removes the legacy path's deliberate sleeps (tests); the harness keeps
         them, because users wait for them.
         """
+
+    def source_options(self) -> dict[str, Any]:
+        """Keyword arguments every data source of this kind is built with (credentials, exchange...)."""
+        return {}
+
+    def data_source(self, variant: str, start: dt.datetime, end: dt.datetime, **options: Any) -> Any:
+        """A data source built directly, as a user builds one: Lumibot's own class (``"legacy"``) or ours
+        (``"duckdb"``, with ``use_duckdb=True`` unless ``options`` say otherwise; ``cache_dir``, ``strict``...)."""
+        kwargs = {**self.source_options(), "show_progress_bar": False}
+        if variant == "legacy":
+            return self.legacy_class(start, end, **kwargs, **options)
+        return self.duckdb_class(start, end, **kwargs, **{"use_duckdb": True, **options})
 
     def backtest_kwargs(self, variant: str, scenario: Any = None) -> dict[str, Any]:
         """Extra keyword arguments for ``run_backtest`` (credentials, exchange id...) for ``scenario``

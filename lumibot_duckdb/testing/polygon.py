@@ -258,10 +258,15 @@ class PolygonKit(SourceKit):
     asset_types = ("stock", "crypto")
     timeframes = ("day", "minute")
     request_kinds = ("aggs", "splits", "contracts")
+    bar_request_kinds = ("aggs",)
+    legacy_differs_in = ("cold", "warm", "shifted")  # (placeholder rows show within a first run)
 
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakePolygonHTTP]:
         return serve_polygon(market)
+
+    def source_options(self) -> dict[str, Any]:
+        return {"api_key": "offline-key"}
 
     def backtest_kwargs(self, variant: str, scenario: Any = None) -> dict[str, Any]:
         return {"polygon_api_key": "offline-key"}

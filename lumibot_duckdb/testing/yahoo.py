@@ -331,6 +331,7 @@ class YahooKit(SourceKit):
     asset_types = ("stock",)
     timeframes = ("day",)
     request_kinds = ("history", "info")
+    bar_request_kinds = ("history",)
 
 
     def serve(self, market: Any, *, fast: bool = False) -> contextlib.AbstractContextManager[FakeYahoo]:
