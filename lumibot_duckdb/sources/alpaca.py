@@ -196,6 +196,7 @@ def legacy_rows(bars: pd.DataFrame, tzinfo: Any) -> pd.DataFrame:
 class AlpacaFetcher:
     """The Alpaca side of :meth:`EnhancedDataSourceBacktesting.serve` for one request template."""
 
+    name = "Alpaca"
     max_workers = 4
 
     def __init__(self, call: Callable[..., Any], client: Any, request: Any, *, timestep: str, asset_type: str,
@@ -227,6 +228,10 @@ class AlpacaFetcher:
         return self.request.model_copy(update={"start": first.to_pydatetime(), "end": last.to_pydatetime()})
 
     # -- fetch -----------------------------------------------------------------------------------
+    def describe(self, task: FetchTask) -> str:
+        request = task.request
+        return f"{self.symbol} {request.timeframe} bars {request.start}..{request.end}"
+
     def fetch(self, task: FetchTask) -> pd.DataFrame:
         request = task.request
         if isinstance(request, CryptoBarsRequest):
@@ -257,7 +262,8 @@ class AlpacaFetcher:
         if not files:
             return
         today = pd.Timestamp.now(tz="America/New_York").date()
-        if min(f.published for f in files).tz_convert("America/New_York").date() >= today:
+        as_of = writer.as_of("America/New_York")  # (imported bars: as of when Lumibot fetched them)
+        if as_of is not None and as_of >= today:
             return
         if writer.checked_on("verified") == today:
             return

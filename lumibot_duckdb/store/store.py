@@ -415,7 +415,40 @@ class SeriesWriter:
         with _as_store_error(f"list the files of {self.key}"):
             files = self.store.files(self.key)
         self.store.remove(files)
+        if self._recorded_as_of() is not None:
+            self.store.write_note({"series": self.key.as_dict(), "as_of": None}, *self._check_note("as-of"))
         return len(files)
+
+    def as_of(self, tz: str = "UTC") -> dt.date | None:
+        """The day (in ``tz``) the oldest stored bars of the series were obtained from its provider.
+
+        That is the day the oldest file was published, unless an earlier day was recorded with
+        :meth:`record_as_of` (bars imported from a cache Lumibot filled before): what a provider
+        re-adjusted since that day (a split) makes the stored bars stale. None without files.
+        """
+        files = self.files()
+        if not files:
+            return None
+        days = [min(f.published for f in files).tz_convert(tz).date()]
+        recorded = self._recorded_as_of()
+        if recorded is not None:
+            days.append(recorded)
+        return min(days)
+
+    def record_as_of(self, day: dt.date) -> None:
+        """Record that some stored bars are as the provider sent them on ``day`` (kept if an earlier day is)."""
+        recorded = self._recorded_as_of()
+        if recorded is None or day < recorded:
+            self.store.write_note({"series": self.key.as_dict(), "as_of": day.isoformat()},
+                                  *self._check_note("as-of"))
+
+    def _recorded_as_of(self) -> dt.date | None:
+        record = self.store.read_note(*self._check_note("as-of"))
+        try:
+            value = record.get("as_of") if isinstance(record, dict) else None
+            return dt.date.fromisoformat(value) if value else None
+        except (TypeError, ValueError):
+            return None
 
     def checked_on(self, check: str) -> dt.date | None:
         """The day the series last passed ``check`` (e.g. ``"splits-checked"``) against its provider."""
