@@ -159,19 +159,11 @@ def _bar(key: SeriesKey, total: int, enabled: bool) -> Iterator[Any]:
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=f"Fetching {series_label(key)}", unit="request", dynamic_ncols=True, leave=True)
+    bar = tqdm(total=total, desc=f"Fetching {key.label}", unit="request", dynamic_ncols=True, leave=True)
     try:
         yield bar
     finally:
         bar.close()
-
-
-def series_label(key: SeriesKey) -> str:
-    """A series in words, as ``db-status`` lists it: ``polygon AAA minute (split)``, ``ccxt BTC/USDT@binance day``."""
-    pair = f"{key.symbol}/{key.quote}" if key.asset_type in ("crypto", "forex") and key.quote else key.symbol
-    venue = f"@{key.exchange}" if key.exchange else ""
-    adjustment = f" ({key.adjustment})" if key.adjustment != "raw" else ""
-    return f"{key.source} {pair}{venue} {key.timeframe}{adjustment}"
 
 
 def no_bars() -> pd.DataFrame:
