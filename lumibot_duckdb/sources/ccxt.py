@@ -219,6 +219,22 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         return legacy_frame(bars, *legacy_range, cache_db)
 
 
+def prefetch(store: DuckDBDataStorage, symbol: str, timeframe: str, first: dt.date, last: dt.date, *,
+             exchange_id: str = "binance") -> tuple[SeriesKey, Interval, CcxtFetcher]:
+    """What a backtest over ``first``..``last`` fills for ``BASE/QUOTE`` candles (:mod:`lumibot_duckdb.fetch`):
+    the series, the whole UTC days, and the provider on a market-less exchange object (markets are loaded
+    only if the store has not kept the pair's entry), as :meth:`CcxtBacktesting._from_store` builds them.
+    Candles are public: no key is needed, as in Lumibot's backtests."""
+    if timeframe not in STEPS:
+        raise ValueError(f"Unsupported CCXT timeframe {timeframe!r}; expected one of {sorted(STEPS)}")
+    cache_db = CcxtCacheDB.__new__(CcxtCacheDB)
+    _init_without_markets(cache_db, exchange_id, None, None)
+    symbol = build_ccxt_crypto_symbol(symbol, exchange_id=exchange_id) or symbol
+    wanted = Interval(pd.Timestamp(first, tz="UTC"), pd.Timestamp(last + dt.timedelta(days=1), tz="UTC"))
+    provider = CcxtFetcher(cache_db, symbol, timeframe, markets=MarketBook(store, exchange_id))
+    return ccxt_series_key(symbol, timeframe, exchange_id), wanted, provider
+
+
 def ccxt_series_key(symbol: str, timeframe: str, exchange_id: str) -> SeriesKey:
     """The store's key of ``BASE/QUOTE`` candles of one exchange (``timeframe`` in ccxt's ``1m``/``1h``/``1d``)."""
     base, _, quote = symbol.partition("/")
@@ -330,6 +346,8 @@ class CcxtFetcher:
         """Fixed for this fetcher's life, so the stored part and the forming tail meet exactly."""
         self._market_symbol: str | None = None
         self._lock = threading.Lock()
+        self.calls = 0
+        """``fetch_ohlcv`` calls made so far (a fetch task is up to ``PAGES_PER_TASK`` of them)."""
 
     @property
     def market_symbol(self) -> str:
@@ -382,6 +400,8 @@ class CcxtFetcher:
         pages: list[pd.DataFrame] = []
         while since < end_ms:
             count = min(self.page, math.ceil((end_ms - since) / step_ms))
+            with self._lock:
+                self.calls += 1
             rows = api.fetch_ohlcv(self.market_symbol, self.timeframe, since=since, limit=count, params={})
             what = (f"{self.market_symbol} {self.timeframe} candles from "
                     f"{pd.Timestamp(since, unit='ms', tz='UTC')} (limit {count})")
@@ -518,7 +538,7 @@ def _ms(stamp: pd.Timestamp) -> int:
 
 # -- the routes ------------------------------------------------------------------------------------
 def _init_without_markets(cache_db: CcxtCacheDB, exchange_id: str, max_download_limit: int | None,
-                          source: CcxtBacktesting) -> None:
+                          source: CcxtBacktesting | None) -> None:
     """``CcxtCacheDB.__init__`` without its ``load_markets()``: markets are loaded when first needed."""
     import ccxt
     from lumibot.tools.ccxt_partner_ids import apply_partner_config

@@ -35,9 +35,12 @@ class FillResult:
     """What one :func:`fill` did."""
 
     key: SeriesKey
+    chunks: int = 0
+    """Planned requests answered and stored (a CCXT chunk is up to 10 pages)."""
     requests: int = 0
-    """Provider requests answered (each retry of a request counts once more, in :attr:`retries`)."""
+    """Provider calls made for them (the provider's ``calls`` count when it keeps one, else :attr:`chunks`)."""
     retries: int = 0
+    """Attempts that failed and were made again."""
     bars: int = 0
     """Bars fetched and stored."""
     empty: int = 0
@@ -84,6 +87,7 @@ def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval, provider: A
         if not asked:
             return result
         retries = _Counter()
+        calls_before = getattr(provider, "calls", 0)
 
         def fetch(task: Any) -> pd.DataFrame:
             return policy.call(lambda: provider.fetch(task), source=source, what=describe(provider, task),
@@ -101,21 +105,24 @@ def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval, provider: A
                         bars = future.result()
                     except ProviderDataError as exc:
                         errors.append(exc.locate(series=key, interval=task.covers))
+                        bar.update(1)
                         continue
                     except Exception as exc:  # noqa: BLE001 - raised below, after the others are stored
                         errors.append(exc)
-                        continue
-                    finally:
                         bar.update(1)
+                        continue
                     inside = bars[(bars.index >= task.covers.start) & (bars.index < task.covers.end)]
                     writer.write(inside, covered=task.covers)
-                    result.requests += 1
+                    result.chunks += 1
                     result.bars += len(inside)
                     result.empty += int(inside.empty)
                     bar.set_postfix(bars=f"{result.bars:,}", refresh=False)
+                    bar.update(1)
                     if on_request is not None:
                         on_request(len(inside))
         result.retries = retries.value
+        calls = getattr(provider, "calls", None)
+        result.requests = calls - calls_before if isinstance(calls, int) else result.chunks
         if errors:
             raise errors[0]
     return result
@@ -159,7 +166,7 @@ def _bar(key: SeriesKey, total: int, enabled: bool) -> Iterator[Any]:
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=f"Fetching {key.label}", unit="request", dynamic_ncols=True, leave=True)
+    bar = tqdm(total=total, desc=f"Fetching {key.label}", unit="chunk", dynamic_ncols=True, leave=True)
     try:
         yield bar
     finally:

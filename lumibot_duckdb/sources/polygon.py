@@ -468,6 +468,27 @@ class PolygonFetcher:
         writer.mark_checked("splits-checked", today)
 
 
+def prefetch(asset: Asset, quote: Asset | None, timespan: str, first: dt.date, last: dt.date, *,
+             api_key: str | None = None) -> tuple[SeriesKey, Interval, PolygonFetcher]:
+    """What a backtest over ``first``..``last`` fills for ``asset`` (:mod:`lumibot_duckdb.fetch`): its series,
+    the whole days it asks for (New York; UTC for crypto) and the provider, as :meth:`_polygon_prices` builds them.
+
+    ``api_key``: default Lumibot's ``POLYGON_API_KEY`` (environment or ``.env``).
+    """
+    if not api_key:
+        from lumibot.credentials import POLYGON_API_KEY
+
+        api_key = POLYGON_API_KEY
+    if not api_key:
+        from lumibot_duckdb.errors import ConfigError
+
+        raise ConfigError("No Polygon API key: set POLYGON_API_KEY in the environment or in a .env file "
+                          "(as for Lumibot's backtests).")
+    day_tz = _day_timezone(asset)
+    wanted = Interval(_day_start(first, day_tz), _day_start(last + dt.timedelta(days=1), day_tz))
+    return polygon_series_key(asset, quote, timespan), wanted, PolygonFetcher(api_key, asset, quote, timespan)
+
+
 def aggs_to_bars(answer: Any, *, what: str) -> pd.DataFrame:
     """Bars (UTC index ``ts``) from what ``get_aggs(..., raw=True)`` returned.
 

@@ -164,6 +164,16 @@ def yahoo_series_key(symbol: str, asset: Asset | None = None) -> SeriesKey:
                      adjustment=ADJUSTMENT)
 
 
+def prefetch(symbol: str, asset_type: str, last: dt.date) -> tuple[SeriesKey, Interval, YahooFetcher]:
+    """What a backtest ending on ``last`` fills for the Yahoo symbol (:mod:`lumibot_duckdb.fetch`): the whole
+    daily history up to the day after ``last`` (Yahoo answers ``period="max"``), as the data source asks it."""
+    horizon = settled_until()
+    ending = pd.Timestamp(last).tz_localize(NY)
+    need = Interval(HISTORY_START, min(horizon, needed_until(ending, horizon)))
+    return yahoo_series_key(symbol, Asset(symbol=symbol, asset_type=asset_type)), need, YahooFetcher(symbol, need,
+                                                                                                      horizon)
+
+
 def settled_until() -> pd.Timestamp:
     """Daily bars before today (New York) are final; today's is still forming and never recorded as covered."""
     return pd.Timestamp(_now().tz_convert(NY).date()).tz_localize(NY).tz_convert("UTC")
