@@ -531,23 +531,33 @@ def _print_import(report: Any) -> None:
 
     console = _console()
     verb = "would import" if report.dry_run else "imported"
-    table = Table(title=f"Lumibot caches in {report.cache} → {report.store}" + (" (dry run)" if report.dry_run else ""))
+    console.print(f"Lumibot caches in {report.cache} → store {report.store}" + (" (dry run)" if report.dry_run else ""))
+    table = Table()
     for name in ("source", "legacy file", "series", "bars", "already stored", "covered from", "covered to",
                  "left out", "status"):
-        table.add_column(name, justify="right" if name in ("bars", "already stored") else "left", overflow="fold")
+        table.add_column(name, justify="right" if name in ("bars", "already stored") else "left",
+                         no_wrap=name in ("source", "series", "bars", "status"), overflow="fold")
     for item in report.items:
         left = "\n".join(f"{n:,} {why}" for why, n in item.skipped.items()) or "-"
-        table.add_row(item.source, Path(item.legacy).name, item.series or "-", f"{item.bars:,}", f"{item.present:,}",
-                      _when_text(item.first), _when_text(item.last), left, item.status)
+        table.add_row(item.source, _legacy_name(item, report.cache), item.series or "-", f"{item.bars:,}",
+                      f"{item.present:,}", _when_text(item.first), _when_text(item.last), left, item.status)
     console.print(table)
     for item in report.items:
         for text in ([item.reason] if item.reason else []) + item.notes:
-            console.print(f"  {Path(item.legacy).name}: {text}")
+            console.print(f"  {_legacy_name(item, report.cache)}: {text}")
     for source, row in report.by_source().items():
         console.print(f"{source}: {row['files']} file(s), {row['imported']} {verb}, {row['skipped']} skipped, "
                       f"{row['failed']} failed; {row['bars']:,} bars {verb}, {row['present']:,} already stored, "
                       f"{row['rows_left_out']:,} rows left out")
     console.print(f"{report.bars:,} bars {verb} in {report.seconds:.1f} s. The legacy cache was only read.")
+
+
+def _legacy_name(item: Any, cache: str) -> str:
+    """A legacy file by its name; a shared-bar series folder (named by a hash) as ``shared bars <hash>…``."""
+    path = Path(item.legacy)
+    if path.parent.parent.name == item.source and "bars" in path.parts:
+        return f"shared bars {path.name[:12]}…"
+    return path.name
 
 
 def _when_text(text: str | None) -> str:
