@@ -246,3 +246,18 @@ def test_a_provider_that_keeps_failing_gets_a_clear_error_and_nothing_is_stored(
         assert all(not store.coverage(k) for k in store.series() if k.source == name), "a failed range was recorded"
     healed = run_here(scenario, "duckdb", "cold", tmp_path / "duckdb", fast=True)
     assert healed.provider_requests > 0 and len(healed.fills) == 1
+
+
+@pytest.mark.backtest
+def test_a_cold_fill_inside_a_backtest_shows_a_bar_per_series(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    case = Scenario("minute SMA", "minute_sma", {"symbol": "AAA", "fast": 5, "slow": 20, "quantity": 1},
+                    "2024-01-08", "2024-01-12", timestep="minute")
+    run_here(case, "duckdb", "cold", tmp_path / "quiet", fast=True)  # quiet_logs=True, as the harness runs
+    assert "Fetching" not in capsys.readouterr().err
+    monkeypatch.setenv("LUMIBOT_DUCKDB_PROGRESS", "on")
+    run_here(case, "duckdb", "cold", tmp_path / "shown", fast=True)
+    shown = capsys.readouterr().err
+    assert "Fetching polygon AAA minute (split)" in shown and "100%" in shown and "bars=" in shown
+    run_here(case, "duckdb", "warm", tmp_path / "shown", fast=True)
+    assert "Fetching" not in capsys.readouterr().err, "a warm run fetches nothing: no bar"
