@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -614,9 +616,10 @@ def fetch_command(symbols: tuple[str, ...], source: str, symbols_file: Any, time
     from lumibot_duckdb.fetch import fetch, read_symbols
 
     names = list(symbols) + (read_symbols(symbols_file.read()) if symbols_file is not None else [])
-    report = fetch(store_dir, source=source, symbols=names, timeframe=timeframe, start=start, end=end, days=days,
-                   asset_type=asset_type, quote=quote, exchange=exchange, adjustment=adjustment, refresh=refresh,
-                   progress=progress)
+    with _warnings_above_bars():
+        report = fetch(store_dir, source=source, symbols=names, timeframe=timeframe, start=start, end=end, days=days,
+                       asset_type=asset_type, quote=quote, exchange=exchange, adjustment=adjustment, refresh=refresh,
+                       progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1, default=str))
     else:
@@ -627,20 +630,45 @@ def fetch_command(symbols: tuple[str, ...], source: str, symbols_file: Any, time
         raise SystemExit(1)
 
 
+@contextlib.contextmanager
+def _warnings_above_bars() -> Iterator[None]:
+    """Our warnings (a retry, say) printed above the progress bars instead of through them."""
+    import logging
+    import sys
+
+    from tqdm import tqdm
+
+    class AboveBars(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            tqdm.write(self.format(record), file=sys.stderr)
+
+    logger = logging.getLogger("lumibot_duckdb")
+    handler = AboveBars(level=logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def _print_fetch(report: Any) -> None:
     from rich.table import Table
 
     from lumibot_duckdb.store import SeriesKey
 
     console = _console()
-    table = Table(title=f"fetch {report.source} {report.timeframe} {report.start}..{report.end} → {report.store}")
-    for name in ("source", "symbol", "type", "timeframe", "adj", "status", "chunks", "requests", "retries", "bars",
-                 "covered from", "covered to", "gaps", "s"):
+    console.print(f"fetch {report.source} {report.timeframe} {report.start}..{report.end} → store {report.store}")
+    table = Table()
+    for name in ("series", "status", "chunks", "requests", "retries", "bars", "covered from", "covered to", "gaps",
+                 "s"):
         table.add_column(name, justify="right" if name in ("chunks", "requests", "retries", "bars", "gaps", "s")
-                         else "left")
+                         else "left", no_wrap=name in ("series", "status", "bars"))
     for item in report.series:
-        cells = _series_cells(SeriesKey(**item.key)) if item.key else (report.source, item.symbol, "-", "-", "-")
-        table.add_row(*cells, item.status, f"{item.chunks:,}", f"{item.requests:,}", f"{item.retries:,}",
+        label = SeriesKey(**item.key).label if item.key else f"{report.source} {item.symbol}"
+        table.add_row(label, item.status, f"{item.chunks:,}", f"{item.requests:,}", f"{item.retries:,}",
                       f"{item.bars:,}", _when_text(item.covered_from), _when_text(item.covered_to), str(item.gaps),
                       f"{item.seconds:.1f}")
     console.print(table)

@@ -17,6 +17,8 @@ for what is still missing.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -166,11 +168,21 @@ def _bar(key: SeriesKey, total: int, enabled: bool) -> Iterator[Any]:
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=f"Fetching {key.label}", unit="chunk", dynamic_ncols=True, leave=True)
+    bar = tqdm(total=total, desc=f"Fetching {key.label}", unit="chunk", leave=True, **_width())
     try:
         yield bar
     finally:
         bar.close()
+
+
+def _width() -> dict[str, Any]:
+    """Follow the terminal's size; one that reports none (a bare pseudo-terminal) gets 100 x 40 (tqdm hides bars
+    below a screen of 0 rows)."""
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        columns = 0
+    return {"dynamic_ncols": True} if columns > 0 else {"ncols": 100, "nrows": 40}
 
 
 def no_bars() -> pd.DataFrame:
