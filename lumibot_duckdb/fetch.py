@@ -8,10 +8,12 @@ what the next day's backtests read, and they run warm.
 For each symbol it asks what a backtest of that source over ``start``..``end`` fills: the same series
 key, the same range, the same provider object (each vendor module's ``prefetch``) and the same fill
 (:func:`lumibot_duckdb.sources.fill.fill`): only what the store lacks is asked for, answers with no
-bars are recorded as such, every request is retried like a backtest's and paced by the provider's
-own limits (Polygon's client, Lumibot's Alpaca pacing, ccxt's ``enableRateLimit``), and each answer is
-stored the moment it arrives. So it can be interrupted (Ctrl-C) and run again: what completed
-stays, and the next run asks only for the rest. A backtest over the range afterwards asks nothing.
+bars are recorded as such, every request is retried like a backtest's (a rate limit is waited out:
+the provider's ``Retry-After``, else up to ``LUMIBOT_DUCKDB_RETRY_WAIT``), requests are paced as the
+data sources pace them (Polygon: Lumibot's 10 parallel requests; Alpaca: Lumibot's 180 a minute; CCXT:
+ccxt's ``enableRateLimit``; Yahoo: one at a time), and each answer is stored the moment it arrives.
+So it can be interrupted (Ctrl-C) and run again: what completed stays, and the next run asks only for
+the rest. A backtest over the range afterwards asks nothing.
 
 Ranges: ``start``/``end`` are dates, both included (New York days for US assets, UTC days for
 crypto), or ``days=N`` for the N days up to today. Yahoo stores a symbol's whole daily history (it
