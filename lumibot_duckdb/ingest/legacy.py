@@ -38,7 +38,6 @@ import io
 import json
 import pickle
 import re
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -659,17 +658,15 @@ def _ccxt_file(exchange: str, path: Path, *, include_rounded: bool, now: pd.Time
     if found.key is None:
         found.reason = "not a Lumibot CCXT cache name ({BASE}_{QUOTE}_{1m|1h|1d}.duckdb)"
         return found
-    con = None
-    for attempt in range(5):
-        try:
-            con = duckdb.connect(str(path), read_only=True)
-            break
-        except duckdb.Error as exc:
-            if attempt == 4:
-                found.reason = f"could not be opened ({exc}); if a backtest is using it, run again when it is done"
-                return found
-            time.sleep(0.2 * (attempt + 1))
-    assert con is not None
+    import tenacity
+
+    try:  # Lumibot holds the file only while it writes a download: wait a moment for it
+        con = tenacity.Retrying(stop=tenacity.stop_after_attempt(5), wait=tenacity.wait_incrementing(0.2, 0.2),
+                                retry=tenacity.retry_if_exception_type(duckdb.Error), reraise=True)(
+            duckdb.connect, str(path), read_only=True)
+    except duckdb.Error as exc:
+        found.reason = f"could not be opened ({exc}); if a backtest is using it, run again when it is done"
+        return found
     try:
         tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if not {"candles", "cache_dt_ranges"} <= tables:
