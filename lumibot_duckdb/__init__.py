@@ -21,6 +21,7 @@ from lumibot_duckdb.errors import (
     CorruptFileError,
     LumibotDuckDBError,
     ProviderDataError,
+    ProviderRequestError,
     StoreError,
     StoreLockTimeout,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "LumibotDuckDBError",
     "PolygonDataBacktesting",
     "ProviderDataError",
+    "ProviderRequestError",
     "SeriesKey",
     "Settings",
     "StoreError",

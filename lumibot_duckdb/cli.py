@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +172,13 @@ def _size(n: float) -> str:
     return f"{n:,.1f} GB"
 
 
+def _series_cells(key: Any) -> tuple[str, str, str, str, str]:
+    """A series as ``db-status``, ``fetch`` and ``import-cache`` show it: source, symbol, type, timeframe, adj."""
+    pair = f"{key.symbol}/{key.quote}" if key.asset_type in ("crypto", "forex") and key.quote else key.symbol
+    venue = f"@{key.exchange}" if key.exchange else ""
+    return key.source, pair + venue, key.asset_type, key.timeframe, key.adjustment
+
+
 def _when(ts: Any) -> str:
     if ts is None:
         return "-"
@@ -229,15 +238,22 @@ def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol:
                      "bars", "files", "on disk", "B/bar"):
             series.add_column(name, justify="right" if name in ("gaps", "bars", "files", "on disk", "B/bar")
                               else "left")
+        flagged = any(s.flags for s in report.series)
+        if flagged:
+            series.add_column("flags")
         for s in report.series:
-            pair = f"{s.key.symbol}/{s.key.quote}" if s.key.asset_type == "crypto" and s.key.quote else s.key.symbol
-            venue = f"@{s.key.exchange}" if s.key.exchange else ""
-            series.add_row(s.key.source, pair + venue, s.key.asset_type, s.key.timeframe, s.key.adjustment,
-                           _when(s.coverage[0].start) if s.coverage else "-",
-                           _when(s.coverage[-1].end) if s.coverage else "-", str(len(s.gaps)), f"{s.rows:,}",
-                           str(s.files), _size(s.bytes),
-                           "-" if s.bytes_per_bar is None else f"{s.bytes_per_bar:.1f}")
+            cells = [*_series_cells(s.key), _when(s.coverage[0].start) if s.coverage else "-",
+                     _when(s.coverage[-1].end) if s.coverage else "-", str(len(s.gaps)), f"{s.rows:,}",
+                     str(s.files), _size(s.bytes), "-" if s.bytes_per_bar is None else f"{s.bytes_per_bar:.1f}"]
+            if flagged:
+                cells.append(", ".join(_flag(name, value) for name, value in s.flags.items()) or "-")
+            series.add_row(*cells)
         console.print(series)
+        rounded = [s for s in report.series if "rounded" in s.flags]
+        if rounded:
+            console.print(f"[yellow]{len(rounded)} series hold bars imported from Lumibot's CCXT cache, rounded to 3 "
+                          "decimals[/yellow] (import-cache --include-rounded). To replace them with the exchange's "
+                          "own prices: `lumibot-duckdb maintain prune --source ccxt --symbol BASE`, then fetch.")
     if report.quarantined:
         console.print(f"[yellow]{len(report.quarantined)} quarantined file(s)[/yellow] in "
                       f"{report.root / '.quarantine'} (damaged, set aside; their ranges are fetched again).")
@@ -245,6 +261,12 @@ def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol:
     if stale:
         console.print(f"[yellow]{len(stale)} leftover temporary file(s)[/yellow] "
                       f"({_size(sum(f.bytes for f in stale))}); remove them with `lumibot-duckdb maintain clean-tmp`.")
+
+
+def _flag(name: str, value: Any) -> str:
+    if name == "rounded" and isinstance(value, dict):
+        return f"rounded to {value.get('decimals', 3)} decimals ({value.get('bars', 0):,} bars)"
+    return name
 
 
 @main.command("db-query")
@@ -443,6 +465,222 @@ def maintain_verify(as_json: bool, store_dir: Path | None) -> None:
         raise SystemExit(1)
 
 
+
+
+# -- bring your data: import-cache and fetch (lumibot_duckdb.ingest.cache, lumibot_duckdb.fetch) ------------
+@main.command("import-cache")
+@click.argument("cache", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--source", "sources", multiple=True, type=click.Choice(["polygon", "yahoo", "alpaca", "ccxt"]),
+              help="Only this source's cache (repeat for several; default all four).")
+@click.option("--include-rounded", is_flag=True,
+              help="Also import CCXT caches whose prices Lumibot rounded to 3 decimals (flagged in db-status).")
+@click.option("--symbols", default="",
+              help="Alpaca symbols to recognise in Lumibot's shared bar cache beyond those its window CSVs name "
+                   "(comma-separated; BTC/USD for crypto, OCC symbols for options).")
+@click.option("--dry-run", is_flag=True, help="Only report what would be imported; write nothing.")
+@STORE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def import_cache_command(cache: Path | None, sources: tuple[str, ...], include_rounded: bool, symbols: str,
+                         dry_run: bool, store_dir: Path | None, as_json: bool, progress: bool | None) -> None:
+    """Import the caches Lumibot already filled (Polygon, Yahoo, Alpaca, CCXT) into the store.
+
+    CACHE is Lumibot's cache folder (default: LUMIBOT_CACHE_FOLDER, else Lumibot's own). Bars go
+    under the series keys the DuckDB data sources read, with only the coverage the legacy files
+    prove (no placeholder guesswork, no forward-filled rows, no session Lumibot merely believes it
+    holds), so backtests on the DuckDB path then ask their provider nothing for those ranges. The
+    legacy cache is only read, never changed. Running it again adds nothing. CCXT caches rounded
+    to 3 decimals by Lumibot are skipped unless --include-rounded. Alpaca's shared bar cache is
+    recognised with the key in ALPACA_API_KEY (environment or .env).
+
+    \b
+    Example: lumibot-duckdb import-cache --dry-run
+    Example: lumibot-duckdb import-cache ~/.cache/lumibot/1.0 --source polygon --store ./bars
+    """
+    import json
+
+    from lumibot_duckdb.ingest.cache import import_cache
+
+    names = [s.strip() for s in symbols.split(",") if s.strip()]
+    report = import_cache(store_dir, cache, sources=list(sources) or None, include_rounded=include_rounded,
+                          dry_run=dry_run, symbols=names, credentials=_dotenv_credentials(), progress=progress)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1, default=str))
+    else:
+        _print_import(report)
+    if report.failed:
+        raise SystemExit(1)
+
+
+def _dotenv_credentials() -> list[str] | None:
+    """Alpaca keys from the environment and a .env file found as Lumibot finds one (unless LUMIBOT_DISABLE_DOTENV)."""
+    import os
+
+    values = [os.environ.get("ALPACA_API_KEY", ""), os.environ.get("ALPACA_OAUTH_TOKEN", "")]
+    if os.environ.get("LUMIBOT_DISABLE_DOTENV", "").strip().lower() not in ("1", "true", "yes", "on"):
+        try:
+            from dotenv import dotenv_values, find_dotenv
+
+            found = dotenv_values(find_dotenv(usecwd=True)) if find_dotenv(usecwd=True) else {}
+            values += [str(found.get("ALPACA_API_KEY") or ""), str(found.get("ALPACA_OAUTH_TOKEN") or "")]
+        except ImportError:
+            pass
+    return [v for v in dict.fromkeys(values) if v]
+
+
+def _print_import(report: Any) -> None:
+    from rich.table import Table
+
+    console = _console()
+    verb = "would import" if report.dry_run else "imported"
+    console.print(f"Lumibot caches in {report.cache} → store {report.store}" + (" (dry run)" if report.dry_run else ""))
+    table = Table()
+    for name in ("source", "legacy file", "series", "bars", "already stored", "covered from", "covered to",
+                 "left out", "status"):
+        table.add_column(name, justify="right" if name in ("bars", "already stored") else "left",
+                         no_wrap=name in ("source", "series", "bars", "status"), overflow="fold")
+    for item in report.items:
+        left = "\n".join(f"{n:,} {why}" for why, n in item.skipped.items()) or "-"
+        table.add_row(item.source, _legacy_name(item, report.cache), item.series or "-", f"{item.bars:,}",
+                      f"{item.present:,}", _when_text(item.first), _when_text(item.last), left, item.status)
+    console.print(table)
+    for item in report.items:
+        for text in ([item.reason] if item.reason else []) + item.notes:
+            console.print(f"  {_legacy_name(item, report.cache)}: {text}")
+    for source, row in report.by_source().items():
+        console.print(f"{source}: {row['files']} file(s), {row['imported']} {verb}, {row['skipped']} skipped, "
+                      f"{row['failed']} failed; {row['bars']:,} bars {verb}, {row['present']:,} already stored, "
+                      f"{row['rows_left_out']:,} rows left out")
+    console.print(f"{report.bars:,} bars {verb} in {report.seconds:.1f} s. The legacy cache was only read.")
+
+
+def _legacy_name(item: Any, cache: str) -> str:
+    """A legacy file by its name; a shared-bar series folder (named by a hash) as ``shared bars <hash>…``."""
+    path = Path(item.legacy)
+    if path.parent.parent.name == item.source and "bars" in path.parts:
+        return f"shared bars {path.name[:12]}…"
+    return path.name
+
+
+def _when_text(text: str | None) -> str:
+    if not text:
+        return "-"
+    import pandas as pd
+
+    return _when(pd.Timestamp(text))
+
+
+@main.command("fetch")
+@click.argument("symbols", nargs=-1)
+@click.option("--source", required=True, type=click.Choice(["polygon", "yahoo", "alpaca", "ccxt"]),
+              help="The provider, as the data source of that name asks it.")
+@click.option("--symbols-file", type=click.File("r"), default=None,
+              help="A file with one symbol per line ('#' comments; '-' = stdin), added to SYMBOLS.")
+@click.option("--timeframe", default="day", show_default=True, help="minute, hour or day (Yahoo: day).")
+@click.option("--start", default=None, help="First day fetched (YYYY-MM-DD).")
+@click.option("--end", default=None, help="Last day fetched, included (default: today).")
+@click.option("--days", type=click.IntRange(min=1), default=None, help="The N days up to --end (instead of --start).")
+@click.option("--asset-type", default=None,
+              help="stock (default), crypto (pairs such as BTC/USD; CCXT's default), option (OCC contracts, "
+                   "e.g. SPY240119C00470000), index, future.")
+@click.option("--quote", default=None, help="Quote currency when a symbol gives none (default USD; USDT on CCXT).")
+@click.option("--exchange", default="binance", show_default=True, help="CCXT exchange id.")
+@click.option("--adjustment", type=click.Choice(["split", "all"]), default="split", show_default=True,
+              help="Alpaca stocks: split (as run_backtest asks) or all (auto_adjust=True).")
+@click.option("--refresh", is_flag=True, help="Ask for the whole range again, even what is stored.")
+@STORE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar per series (default: when stderr is a terminal; LUMIBOT_DUCKDB_PROGRESS).")
+def fetch_command(symbols: tuple[str, ...], source: str, symbols_file: Any, timeframe: str, start: str | None,
+                  end: str | None, days: int | None, asset_type: str | None, quote: str | None, exchange: str,
+                  adjustment: str, refresh: bool, store_dir: Path | None, as_json: bool,
+                  progress: bool | None) -> None:
+    """Fill the store for a universe, without running a backtest (a nightly job, say).
+
+    Asks each provider exactly what a backtest of that source over the range would, through the
+    same code, and stores it under the same series db-status lists: only what the store lacks,
+    answers with no bars recorded, requests retried and paced like a backtest's. Interrupt it
+    (Ctrl-C) and run it again: what completed stays, only the rest is asked. Ends with a summary
+    per series; exits 1 when a series failed, 130 when interrupted. Credentials as Lumibot reads
+    them: POLYGON_API_KEY; ALPACA_API_KEY and ALPACA_API_SECRET (environment or .env). Backtests
+    also read a little before their first day: start a week or more earlier.
+
+    \b
+    Example: lumibot-duckdb fetch --source polygon SPY QQQ IWM --timeframe minute --start 2023-01-01 --end 2023-12-31
+    Example: lumibot-duckdb fetch --source ccxt BTC/USDT ETH/USDT --timeframe minute --days 30
+    Example: lumibot-duckdb fetch --source yahoo --symbols-file universe.txt --start 2000-01-01
+    """
+    import json
+
+    from lumibot_duckdb.fetch import fetch, read_symbols
+
+    names = list(symbols) + (read_symbols(symbols_file.read()) if symbols_file is not None else [])
+    with _warnings_above_bars():
+        report = fetch(store_dir, source=source, symbols=names, timeframe=timeframe, start=start, end=end, days=days,
+                       asset_type=asset_type, quote=quote, exchange=exchange, adjustment=adjustment, refresh=refresh,
+                       progress=progress)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1, default=str))
+    else:
+        _print_fetch(report)
+    if report.interrupted:
+        raise SystemExit(130)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@contextlib.contextmanager
+def _warnings_above_bars() -> Iterator[None]:
+    """Our warnings (a retry, say) printed above the progress bars instead of through them."""
+    import logging
+    import sys
+
+    from tqdm import tqdm
+
+    class AboveBars(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            tqdm.write(self.format(record), file=sys.stderr)
+
+    logger = logging.getLogger("lumibot_duckdb")
+    handler = AboveBars(level=logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _print_fetch(report: Any) -> None:
+    from rich.table import Table
+
+    from lumibot_duckdb.store import SeriesKey
+
+    console = _console()
+    console.print(f"fetch {report.source} {report.timeframe} {report.start}..{report.end} → store {report.store}")
+    table = Table()
+    for name in ("series", "status", "chunks", "requests", "retries", "bars", "covered from", "covered to", "gaps",
+                 "s"):
+        table.add_column(name, justify="right" if name in ("chunks", "requests", "retries", "bars", "gaps", "s")
+                         else "left", no_wrap=name in ("series", "status", "bars"))
+    for item in report.series:
+        label = SeriesKey(**item.key).label if item.key else f"{report.source} {item.symbol}"
+        table.add_row(label, item.status, f"{item.chunks:,}", f"{item.requests:,}", f"{item.retries:,}",
+                      f"{item.bars:,}", _when_text(item.covered_from), _when_text(item.covered_to), str(item.gaps),
+                      f"{item.seconds:.1f}")
+    console.print(table)
+    for item in report.series:
+        if item.error:
+            console.print(f"[red]{item.symbol}[/red]: {item.error}")
+    done = sum(1 for s in report.series if s.status in ("fetched", "present", "not settled"))
+    console.print(f"{done} of {len(report.series)} series complete, {report.requests:,} provider requests, "
+                  f"{report.bars:,} bars stored, {report.seconds:.1f} s.")
+    if report.interrupted:
+        console.print("[yellow]Interrupted.[/yellow] Every answer stored so far is kept; run the same command again "
+                      "to fetch only the rest.")
 
 
 # -- demo -------------------------------------------------------------------------------------------

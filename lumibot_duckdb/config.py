@@ -17,6 +17,17 @@ Environment variables:
     ``2GiB``). When the windows of all series exceed it, the least recently used are dropped
     (and read again from the store when next used). Default: no budget; windows are bounded anyway.
     Polygon also reads Lumibot's own ``POLYGON_MAX_MEMORY_BYTES`` (passed to it as ``max_memory``).
+``LUMIBOT_DUCKDB_RETRIES``
+    Attempts per provider request when the provider fails in a way worth trying again (HTTP 5xx or
+    429, a timeout, a dropped connection): a whole number, at least 1. Default: 5.
+``LUMIBOT_DUCKDB_RETRY_WAIT``
+    The longest wait between two attempts, in seconds (waits grow 1, 2, 4… s with jitter up to it;
+    a rate-limited request waits what the provider asks, up to it). ``0`` retries at once. Default: 60.
+``LUMIBOT_DUCKDB_PROGRESS``
+    ``on``/``off`` forces the progress bar of cold fills and ``fetch``; unset (or ``auto``), a bar is
+    shown on a terminal, and inside a backtest only when Lumibot's quiet logs are off
+    (``BACKTESTING_QUIET_LOGS``, ``quiet_logs=``) and its progress bar is on
+    (``BACKTESTING_SHOW_PROGRESS_BAR``, ``show_progress_bar=``).
 """
 
 from __future__ import annotations
@@ -33,6 +44,11 @@ ENV_USE_DUCKDB = "LUMIBOT_USE_DUCKDB"
 ENV_CACHE_DIR = "LUMIBOT_DUCKDB_CACHE_DIR"
 ENV_STRICT = "LUMIBOT_DUCKDB_STRICT"
 ENV_MAX_MEMORY = "LUMIBOT_DUCKDB_MAX_MEMORY"
+ENV_RETRIES = "LUMIBOT_DUCKDB_RETRIES"
+ENV_RETRY_WAIT = "LUMIBOT_DUCKDB_RETRY_WAIT"
+ENV_PROGRESS = "LUMIBOT_DUCKDB_PROGRESS"
+DEFAULT_RETRIES = 5
+DEFAULT_RETRY_WAIT = 60.0
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -109,6 +125,10 @@ class Settings:
     cache_dir: Path
     strict: bool
     max_memory: int | None = None
+    retries: int = DEFAULT_RETRIES
+    """Attempts per provider request (``LUMIBOT_DUCKDB_RETRIES``)."""
+    retry_wait: float = DEFAULT_RETRY_WAIT
+    """Longest wait between attempts, in seconds (``LUMIBOT_DUCKDB_RETRY_WAIT``)."""
 
     @classmethod
     def resolve(
@@ -118,6 +138,8 @@ class Settings:
         cache_dir: str | os.PathLike[str] | None = None,
         strict: bool | str | None = None,
         max_memory: str | int | None = None,
+        retries: int | str | None = None,
+        retry_wait: float | str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Apply the precedence: explicit argument, then environment, then default."""
@@ -144,4 +166,57 @@ class Settings:
             budget = parse_bytes(env.get(ENV_MAX_MEMORY), name=ENV_MAX_MEMORY)
         else:
             budget = parse_bytes(max_memory, name="max_memory")
-        return cls(use_duckdb=enabled, cache_dir=folder.expanduser(), strict=is_strict, max_memory=budget)
+        attempts = _number(retries if retries is not None else env.get(ENV_RETRIES),
+                           name="retries" if retries is not None else ENV_RETRIES, default=DEFAULT_RETRIES,
+                           whole=True, least=1)
+        wait = _number(retry_wait if retry_wait is not None else env.get(ENV_RETRY_WAIT),
+                       name="retry_wait" if retry_wait is not None else ENV_RETRY_WAIT, default=DEFAULT_RETRY_WAIT,
+                       whole=False, least=0)
+        return cls(use_duckdb=enabled, cache_dir=folder.expanduser(), strict=is_strict, max_memory=budget,
+                   retries=int(attempts), retry_wait=float(wait))
+
+
+def _number(value: object, *, name: str, default: float, whole: bool, least: float) -> float:
+    """A count or a number of seconds as users write it; empty = ``default``; anything else names ``name``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    kind = "a whole number" if whole else "a number of seconds"
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value) if not isinstance(value, (int, float)) else value
+        if whole and float(number) != int(float(number)):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not {kind}; use e.g. {int(default) if whole else default:g} "
+                          f"(or unset {name} for the default).") from None
+    if number != number or number < least:
+        raise ConfigError(f"{name}={value!r}: it must be at least {least:g}.")
+    return float(number)
+
+
+def progress_wanted(explicit: bool | str | None = None, *, backtest: bool, stream: object = None,
+                    environ: Mapping[str, str] | None = None) -> bool:
+    """Whether to draw a progress bar: ``explicit``, else ``LUMIBOT_DUCKDB_PROGRESS``, else the defaults.
+
+    Default: only on a terminal (``stream``, default stderr, is a TTY); inside a backtest
+    (``backtest=True``) also only when Lumibot's quiet logs are off and its progress bar is on, read
+    from the variables Lumibot's ``run_backtest`` sets for the run (``BACKTESTING_QUIET_LOGS``,
+    ``BACKTESTING_SHOW_PROGRESS_BAR``), as its ThetaData downloader decides.
+    """
+    env = os.environ if environ is None else environ
+    if explicit is None:
+        raw = env.get(ENV_PROGRESS, "").strip().lower()
+        explicit = None if raw in ("", "auto") else parse_bool(raw, name=ENV_PROGRESS)
+    if explicit is not None:
+        return parse_bool(explicit, name="progress")
+    if backtest:
+        if env.get("BACKTESTING_QUIET_LOGS", "true").strip().lower() in _TRUE:
+            return False
+        if env.get("BACKTESTING_SHOW_PROGRESS_BAR", "true").strip().lower() in _FALSE:
+            return False
+    target = sys.stderr if stream is None else stream
+    try:
+        return bool(target.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False

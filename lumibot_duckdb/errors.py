@@ -8,7 +8,8 @@ One root, branches that also inherit the builtin a caller would expect::
     │   ├── CorruptFileError                a Parquet file in the store is damaged
     │   └── StoreLockTimeout (TimeoutError) another process holds a series for too long
     ├── BarsValidationError (ValueError)    bars handed to the store are not usable
-    └── ProviderDataError (ValueError)      a provider answered with something that is not bars
+    ├── ProviderDataError (ValueError)      a provider answered with something that is not bars
+    └── ProviderRequestError (RuntimeError) a provider kept failing (HTTP 5xx/429, timeouts) after every retry
 
 A ``StoreError`` on the DuckDB path of a data source makes it fall back to the legacy path
 (with one warning) unless strict mode is on; provider errors are never hidden that way.
@@ -73,3 +74,21 @@ class ProviderDataError(ValueError, LumibotDuckDBError):
                  f"range {self.interval}" if self.interval is not None else ""]
         located = ", ".join(w for w in where if w)
         return f"{self.message} ({located})" if located else self.message
+
+
+class ProviderRequestError(RuntimeError, LumibotDuckDBError):
+    """A provider request kept failing in a way worth retrying (HTTP 5xx or 429, a timeout, a dropped
+    connection) for every attempt allowed (``LUMIBOT_DUCKDB_RETRIES``).
+
+    Nothing was stored for the range, so a rerun asks for it again. ``source``, ``series`` and
+    ``interval`` say whose request it was and for which range; ``attempts`` how many were made; the
+    last provider error is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, series: object = None,
+                 interval: object = None, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.source = source
+        self.series = series
+        self.interval = interval
+        self.attempts = attempts

@@ -18,6 +18,7 @@ _SESSION = Path(tempfile.mkdtemp(prefix="lumibot-duckdb-tests-"))
 _ISOLATED = isolated_environment(_SESSION)  # also drops the user's LUMIBOT_*/POLYGON_*/BACKTESTING_* settings
 os.environ.clear()
 os.environ.update(_ISOLATED)
+os.environ["LUMIBOT_DUCKDB_RETRY_WAIT"] = "0"  # provider retries try again at once: no test sleeps
 _REPO = Path(__file__).resolve().parent.parent
 
 import pytest  # noqa: E402

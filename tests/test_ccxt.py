@@ -22,6 +22,7 @@ from lumibot.tools import ccxt_data_store
 
 from lumibot_duckdb import ProviderDataError
 from lumibot_duckdb.ab.harness import REFERENCE, Scenario, compare, run_here
+from lumibot_duckdb.errors import ProviderRequestError
 from lumibot_duckdb.sources.base import DuckDBFallbackWarning
 from lumibot_duckdb.sources.ccxt import CcxtBacktesting, ccxt_series_key
 from lumibot_duckdb.testing.ccxt import CcxtKit, fix_decimal_cache, fix_duplicate_candles, serve_ccxt
@@ -214,14 +215,20 @@ def test_the_fake_fault_mode_malformed_is_a_clear_error(exchange, store_dir) -> 
         download(make_source("duckdb", store_dir), "BTC/USDT", "1d", utc(2024, 1, 1), utc(2024, 1, 20))
 
 
-@pytest.mark.parametrize("mode, error", [("error", ccxt.ExchangeError), ("network", ccxt.NetworkError)])
-def test_exchange_errors_reach_the_caller_and_nothing_is_stored(exchange, store_dir, mode, error) -> None:
+@pytest.mark.parametrize("mode, error, cause, calls", [
+    ("error", ccxt.ExchangeError, None, 1),                       # a refusal: raised at once, as is
+    ("network", ProviderRequestError, ccxt.NetworkError, 5),      # worth retrying: retried, then a clear error
+])
+def test_exchange_errors_reach_the_caller_and_nothing_is_stored(exchange, store_dir, mode, error, cause,
+                                                               calls) -> None:
     exchange.fail(mode)
     source = make_source("duckdb", store_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DuckDBFallbackWarning)  # not a store failure: no fallback
-        with pytest.raises(error):
+        with pytest.raises(error) as raised:
             download(source, "BTC/USDT", "1d", utc(2024, 1, 1), utc(2024, 1, 20))
+    assert cause is None or isinstance(raised.value.__cause__, cause)
+    assert exchange.count("fetch_ohlcv") == calls
     assert source.use_duckdb
     assert source.store.coverage(ccxt_series_key("BTC/USDT", "1d", "binance")) == []
     exchange.heal()

@@ -7,10 +7,11 @@ Floors, lowest first (a module may import its own folder and any lower floor, no
     2  config                            settings
     3  store/                            the store contract, its folder backend, views, maintenance
     4  sources/ | sql/ | ingest/         three peers on the store, none importing another
-    5  testing/                          emulated providers, kits, market, strategies (never imported below)
-    6  ab/                               the A/B harness
-    7  cli                               the command line
-    8  __main__, the package             the front doors
+    5  fetch                             prefetch a universe through the sources' providers
+    6  testing/                          emulated providers, kits, market, strategies (never imported below)
+    7  ab/                               the A/B harness
+    8  cli                               the command line
+    9  __main__, the package             the front doors
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lumibot_duckdb"
 FLOORS = {"errors": 0, "_moved": 0, "registry": 1, "config": 2, "store": 3, "sources": 4, "sql": 4, "ingest": 4,
-          "testing": 5, "ab": 6, "cli": 7, "__main__": 8, "": 8}
+          "fetch": 5, "testing": 6, "ab": 7, "cli": 8, "__main__": 9, "": 9}
 
 
 def _modules() -> dict[str, Path]:

@@ -15,6 +15,7 @@ from lumibot.entities import Asset
 from lumibot.tools import polygon_helper
 
 from lumibot_duckdb import ConfigError, PolygonDataBacktesting, ProviderDataError, StoreError
+from lumibot_duckdb.errors import ProviderRequestError
 from lumibot_duckdb.sources.base import DuckDBFallbackWarning
 from lumibot_duckdb.sources.polygon import polygon_series_key
 from lumibot_duckdb.testing.polygon import FakeResponse, serve_polygon
@@ -178,12 +179,22 @@ def test_legacy_caches_a_garbage_answer_as_no_data_ours_fetches_again(polygon, l
 
 
 def test_a_failed_chunk_keeps_the_others_and_is_asked_again(polygon, store_dir) -> None:
-    polygon.intercept(_bad_once("AAA", FakeResponse(500, b'{"status":"ERROR","error":"upstream"}')))
+    first_chunk = {"left": 10**6}
+
+    def upstream_down(request):  # the first 31-day chunk fails on every attempt
+        if request.kind == "aggs" and request.start == "2024-01-02" and first_chunk["left"]:
+            return FakeResponse(500, b'{"status":"ERROR","error":"upstream"}')
+        return None
+
+    polygon.intercept(upstream_down)
     source = make_source("duckdb", store_dir)
-    with pytest.raises(Exception, match="upstream"):
+    with pytest.raises(ProviderRequestError, match=r"Polygon did not answer AAA day bars 2024-01-02\.\.2024-02-01: "
+                                                   r"HTTP 500, 5 times .*upstream.*Nothing was stored") as raised:
         fetch(source, Asset("AAA"), ny(2024, 1, 2), ny(2024, 4, 30), "day")
     key = polygon_series_key(Asset("AAA"), USD, "day")
+    assert raised.value.series == key and raised.value.attempts == 5
     assert source.store.coverage(key), "the chunks that succeeded are kept"
+    first_chunk["left"] = 0
     polygon.reset()
     frame = fetch(source, Asset("AAA"), ny(2024, 1, 2), ny(2024, 4, 30), "day")
     assert polygon.count("aggs") == 1 and len(frame) == 83

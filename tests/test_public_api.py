@@ -48,7 +48,7 @@ def test_ingest_keeps_its_import_path_without_a_warning() -> None:
 def test_errors_share_one_root_and_the_builtins_callers_expect() -> None:
     root = lumibot_duckdb.LumibotDuckDBError
     for name in ("ConfigError", "StoreError", "CorruptFileError", "StoreLockTimeout", "BarsValidationError",
-                 "ProviderDataError"):
+                 "ProviderDataError", "ProviderRequestError"):
         assert issubclass(getattr(lumibot_duckdb, name), root)
     assert issubclass(lumibot_duckdb.ConfigError, ValueError)
     assert issubclass(lumibot_duckdb.StoreLockTimeout, TimeoutError)

@@ -17,6 +17,7 @@ from yfinance.exceptions import YFRateLimitError
 
 from lumibot_duckdb import ProviderDataError
 from lumibot_duckdb.ab.harness import Scenario, compare, run_here
+from lumibot_duckdb.errors import ProviderRequestError
 from lumibot_duckdb.sources import yahoo as yahoo_source
 from lumibot_duckdb.sources.yahoo import YahooDataBacktesting, yahoo_series_key
 from lumibot_duckdb.testing.yahoo import YahooKit, serve_yahoo
@@ -237,10 +238,12 @@ def test_through_lumibot_a_malformed_answer_leaves_the_symbol_without_data(yahoo
 
 def test_provider_error_is_raised_and_nothing_is_stored(yahoo, store_dir) -> None:
     source = make_source("duckdb", store_dir)
-    yahoo.fail("error")
-    with pytest.raises(YFRateLimitError):
+    yahoo.fail("error")  # yfinance's rate-limit error, on every attempt
+    with pytest.raises(ProviderRequestError, match=r"Yahoo did not answer AAA daily history.*rate limited, 20 times"
+                                                   r".*Nothing was stored") as raised:
         fetch(source, "AAA")
-    assert yahoo.count("history") == 1, "no blind retries without a pause"
+    assert isinstance(raised.value.__cause__, YFRateLimitError)
+    assert yahoo.count("history") == 20, "a rate limit is waited out longer: 4 x the 5 attempts"
     assert source.store.coverage(key()) == []
     yahoo.heal()
     assert fetch(source, "AAA") is not None

@@ -186,6 +186,59 @@ def alpaca_series_key(asset: Asset, quote: Asset | None, timestep: str, request:
     return series_key(asset, SOURCE, timestep, quote=quote_symbol, adjustment=adjustment)
 
 
+def prefetch(asset: Asset, quote: Asset | None, timestep: str, first: dt.date, last: dt.date, *,
+             adjustment: str = "split", credentials: dict[str, Any] | None = None,
+             ) -> tuple[SeriesKey, Interval, AlpacaFetcher]:
+    """What a backtest over ``first``..``last`` fills for ``asset`` (:mod:`lumibot_duckdb.fetch`): the
+    request Lumibot's ``_history_request`` builds for that window (it reads a day past the window's
+    end), its series, and the provider, paced by Lumibot's own ``_alpaca_request`` (180 requests a
+    minute, HTTP 429 back-off).
+
+    ``adjustment``: ``split`` (what ``run_backtest`` asks for) or ``all`` (``auto_adjust=True``);
+    stocks only. ``credentials``: Lumibot's ``ALPACA_CONFIG`` keys (``API_KEY``/``API_SECRET`` or
+    ``OAUTH_TOKEN``); default Lumibot's own (environment or ``.env``).
+    """
+    from alpaca.data.historical import (
+        CryptoHistoricalDataClient,
+        OptionHistoricalDataClient,
+        StockHistoricalDataClient,
+    )
+
+    if credentials is None:
+        from lumibot.credentials import ALPACA_CONFIG
+
+        credentials = dict(ALPACA_CONFIG)
+    key, secret, token = (credentials.get(n) for n in ("API_KEY", "API_SECRET", "OAUTH_TOKEN"))
+    if key and secret:
+        auth: dict[str, Any] = {"api_key": key, "secret_key": secret}
+    elif token:
+        auth = {"oauth_token": token}
+    else:
+        from lumibot_duckdb.errors import ConfigError
+
+        raise ConfigError("No Alpaca credentials: set ALPACA_API_KEY and ALPACA_API_SECRET (or ALPACA_OAUTH_TOKEN) "
+                          "in the environment or in a .env file, as for Lumibot's backtests.")
+    if adjustment not in ("split", "all"):
+        from lumibot_duckdb.errors import ConfigError
+
+        raise ConfigError(f"adjustment={adjustment!r}: Alpaca backtests ask for 'split' (default) or 'all'.")
+    pacer = _LegacyAlpacaBacktesting.__new__(_LegacyAlpacaBacktesting)  # Lumibot's request helpers, no backtest
+    pacer._stock_client = StockHistoricalDataClient(**auth)
+    pacer._crypto_client = CryptoHistoricalDataClient(**auth)
+    pacer._option_client = OptionHistoricalDataClient(**auth)
+    quote = quote or Asset("USD", "forex")
+    start = pd.Timestamp(first).tz_localize("America/New_York").to_pydatetime()
+    end = pd.Timestamp(last + dt.timedelta(days=1)).tz_localize("America/New_York").to_pydatetime()
+    client, request = pacer._history_request(base_asset=asset, quote_asset=quote, timestep=timestep,
+                                             data_datetime_start=start, data_datetime_end=end,
+                                             auto_adjust=adjustment == "all")
+    series = alpaca_series_key(asset, quote, timestep, request)
+    what = f"{asset.symbol} {timestep} bars {first}..{last}"
+    provider = AlpacaFetcher(pacer._alpaca_request, client, request, timestep=timestep,
+                             asset_type=series.asset_type, what=what)
+    return series, Interval(request.start, _utc(request.end) + _INCLUSIVE), provider
+
+
 def legacy_rows(bars: pd.DataFrame, tzinfo: Any) -> pd.DataFrame:
     """Store bars → the rows Lumibot takes from a ``BarSet``: ``timestamp`` (ns, ``tzinfo``) and OHLCV."""
     frame = pd.DataFrame({column: bars[column].to_numpy(dtype="float64") for column in OHLCV})
@@ -196,6 +249,7 @@ def legacy_rows(bars: pd.DataFrame, tzinfo: Any) -> pd.DataFrame:
 class AlpacaFetcher:
     """The Alpaca side of :meth:`EnhancedDataSourceBacktesting.serve` for one request template."""
 
+    name = "Alpaca"
     max_workers = 4
 
     def __init__(self, call: Callable[..., Any], client: Any, request: Any, *, timestep: str, asset_type: str,
@@ -227,6 +281,10 @@ class AlpacaFetcher:
         return self.request.model_copy(update={"start": first.to_pydatetime(), "end": last.to_pydatetime()})
 
     # -- fetch -----------------------------------------------------------------------------------
+    def describe(self, task: FetchTask) -> str:
+        request = task.request
+        return f"{self.symbol} {request.timeframe} bars {request.start}..{request.end}"
+
     def fetch(self, task: FetchTask) -> pd.DataFrame:
         request = task.request
         if isinstance(request, CryptoBarsRequest):
@@ -257,7 +315,8 @@ class AlpacaFetcher:
         if not files:
             return
         today = pd.Timestamp.now(tz="America/New_York").date()
-        if min(f.published for f in files).tz_convert("America/New_York").date() >= today:
+        as_of = writer.as_of("America/New_York")  # (imported bars: as of when Lumibot fetched them)
+        if as_of is not None and as_of >= today:
             return
         if writer.checked_on("verified") == today:
             return

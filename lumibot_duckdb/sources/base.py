@@ -38,15 +38,16 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import duckdb
 import pandas as pd
 
-from lumibot_duckdb.config import Settings
+from lumibot_duckdb.config import Settings, progress_wanted
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
+from lumibot_duckdb.sources.fill import fill
+from lumibot_duckdb.sources.retry import RetryPolicy
 from lumibot_duckdb.sources.window import DEFAULT_POLICY, WindowBook, WindowPolicy
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
@@ -72,7 +73,12 @@ class FetchTask:
 
 
 class Provider(Protocol):
-    """What a vendor module hands to :meth:`EnhancedDataSourceBacktesting.serve`."""
+    """What a vendor module hands to :meth:`EnhancedDataSourceBacktesting.serve` (and ``fetch`` to
+    :func:`lumibot_duckdb.sources.fill.fill`).
+
+    Optional: ``name`` (the provider as users know it, "Polygon", for messages; default the source)
+    and ``describe(task)`` (a request in words, "AAA minute bars 2024-01-02..2024-01-31").
+    """
 
     max_workers: int
 
@@ -101,6 +107,7 @@ class DataLayerStats:
     bars_fetched: int = 0
     bars_served: int = 0
     fallbacks: int = 0
+    retries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **amounts: float) -> None:
@@ -162,6 +169,8 @@ class EnhancedDataSourceBacktesting:
                                                 max_memory=max_memory if enabled else None)
         self.duckdb_windows = WindowBook(budget=self.duckdb_settings.max_memory, policy=self.WINDOW_POLICY)
         self.duckdb_stats = DataLayerStats()
+        self.duckdb_retry = RetryPolicy.from_settings(self.duckdb_settings)
+        """How provider requests are retried (``LUMIBOT_DUCKDB_RETRIES``, ``LUMIBOT_DUCKDB_RETRY_WAIT``)."""
         self._duckdb_failure: BaseException | None = None
         self.duckdb_strict_error: BaseException | None = None
         self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.cache_dir))
@@ -232,43 +241,14 @@ class EnhancedDataSourceBacktesting:
         raise AssertionError("unreachable")
 
     def _fill(self, key: SeriesKey, wanted: Interval, provider: Provider, *, refresh: bool) -> None:
-        with self.store.writer(key) as writer:
-            missing = [wanted] if refresh else writer.missing(wanted)
-            if not missing:
-                return
-            if writer.coverage():
-                provider.revalidate(key, writer)
-                missing = [wanted] if refresh else writer.missing(wanted)
-            horizon = provider.settled_until()
-            missing = [Interval(gap.start, min(gap.end, horizon)) for gap in missing if gap.start < horizon]
-            if not missing:
-                return
-            tasks = provider.plan(key, missing)
-            asked = [t for t in tasks if t.request is not None]
-            for task in tasks:
-                if task.request is None:
-                    writer.write(_no_bars(), covered=task.covers)
-            if not asked:
-                return
-            errors: list[BaseException] = []
-            workers = max(1, min(provider.max_workers, len(asked)))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lumibot-duckdb-fetch") as pool:
-                futures = {pool.submit(provider.fetch, task): task for task in asked}
-                for future in as_completed(futures):
-                    task = futures[future]
-                    try:
-                        bars = future.result()
-                    except ProviderDataError as exc:
-                        errors.append(exc.locate(series=key, interval=task.covers))
-                        continue
-                    except Exception as exc:  # noqa: BLE001 - re-raised below, after the others are stored
-                        errors.append(exc)
-                        continue
-                    inside = bars[(bars.index >= task.covers.start) & (bars.index < task.covers.end)]
-                    writer.write(inside, covered=task.covers)
-                    self.duckdb_stats.add(provider_requests=1, bars_fetched=len(inside))
-            if errors:
-                raise errors[0]
+        """The shared fill (:func:`lumibot_duckdb.sources.fill.fill`), counted in :attr:`duckdb_stats`."""
+        def counted(bars: int) -> None:
+            self.duckdb_stats.add(provider_requests=1, bars_fetched=bars)
+
+        result = fill(self.store, key, wanted, provider, refresh=refresh, policy=self.duckdb_retry,
+                      progress=progress_wanted(backtest=True), on_request=counted)
+        if result.retries:
+            self.duckdb_stats.add(retries=result.retries)
 
 
 def bad_answer(source: str, what: str, problem: str, *, advice: str) -> ProviderDataError:
@@ -300,9 +280,3 @@ def route(owner: Any, attribute: str, divert: Callable[[Callable[..., Any]], Cal
         router = functools.wraps(current)(divert(current))
         router._lumibot_duckdb_router = True  # type: ignore[attr-defined]
         setattr(owner, attribute, staticmethod(router) if static else router)
-
-
-def _no_bars() -> pd.DataFrame:
-    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in ("open", "high", "low", "close")})
-    frame.index = pd.DatetimeIndex([], tz="UTC", name="ts")
-    return frame

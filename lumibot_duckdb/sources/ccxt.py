@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 from lumibot.backtesting.ccxt_backtesting import CcxtBacktesting as _LegacyCcxtBacktesting
 from lumibot.constants import LUMIBOT_DEFAULT_PYTZ
-from lumibot.tools import ccxt_data_store
 from lumibot.tools.ccxt_data_store import CcxtCacheDB
 from lumibot.tools.symbol_normalization import (
     build_ccxt_crypto_symbol,
@@ -46,6 +45,7 @@ from lumibot.tools.symbol_normalization import (
 
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
+from lumibot_duckdb.sources.retry import RetryPolicy
 from lumibot_duckdb.sources.window import ROW_MARGIN, WindowPolicy, frame_bytes
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
@@ -211,10 +211,28 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         horizon = provider.horizon
         self._served[key] = (wanted, horizon)
         if wanted.end > horizon:  # candles still forming: fetched every time, never stored
-            tail = provider.fetch(provider.task(Interval(max(horizon, wanted.start), wanted.end)))
+            task = provider.task(Interval(max(horizon, wanted.start), wanted.end))
+            tail = self.duckdb_retry.call(lambda: provider.fetch(task), source=provider.name,
+                                          what=provider.describe(task), series=key, interval=task.covers)
             tail = tail[(tail.index >= horizon) & (tail.index < wanted.end)]
             bars = pd.concat([bars[bars.index < horizon], tail[list(bars.columns)]])
         return legacy_frame(bars, *legacy_range, cache_db)
+
+
+def prefetch(store: DuckDBDataStorage, symbol: str, timeframe: str, first: dt.date, last: dt.date, *,
+             exchange_id: str = "binance") -> tuple[SeriesKey, Interval, CcxtFetcher]:
+    """What a backtest over ``first``..``last`` fills for ``BASE/QUOTE`` candles (:mod:`lumibot_duckdb.fetch`):
+    the series, the whole UTC days, and the provider on a market-less exchange object (markets are loaded
+    only if the store has not kept the pair's entry), as :meth:`CcxtBacktesting._from_store` builds them.
+    Candles are public: no key is needed, as in Lumibot's backtests."""
+    if timeframe not in STEPS:
+        raise ValueError(f"Unsupported CCXT timeframe {timeframe!r}; expected one of {sorted(STEPS)}")
+    cache_db = CcxtCacheDB.__new__(CcxtCacheDB)
+    _init_without_markets(cache_db, exchange_id, None, None)
+    symbol = build_ccxt_crypto_symbol(symbol, exchange_id=exchange_id) or symbol
+    wanted = Interval(pd.Timestamp(first, tz="UTC"), pd.Timestamp(last + dt.timedelta(days=1), tz="UTC"))
+    provider = CcxtFetcher(cache_db, symbol, timeframe, markets=MarketBook(store, exchange_id))
+    return ccxt_series_key(symbol, timeframe, exchange_id), wanted, provider
 
 
 def ccxt_series_key(symbol: str, timeframe: str, exchange_id: str) -> SeriesKey:
@@ -286,22 +304,18 @@ class MarketBook:
         return resolved
 
 
-def ensure_markets(cache_db: CcxtCacheDB) -> None:
-    """``load_markets()`` as Lumibot's constructor does it (3 tries), once per cache."""
+def ensure_markets(cache_db: CcxtCacheDB, policy: RetryPolicy | None = None) -> None:
+    """``load_markets()`` as Lumibot's constructor does it, once per cache; retried like every request.
+
+    (Lumibot tries any error three times; here a network failure is retried by ``policy`` and an
+    exchange's refusal is raised at once.)
+    """
     if getattr(cache_db, "_lumibot_duckdb_markets_loaded", True):
         return
-    last_error: Exception | None = None
-    for attempt in range(3):
-        try:
-            cache_db.api.load_markets(reload=True)
-            last_error = None
-            break
-        except Exception as exc:  # noqa: BLE001 - re-raised after the last try, as Lumibot does
-            last_error = exc
-            if attempt < 2:
-                ccxt_data_store.time.sleep(1 + attempt)
-    if last_error is not None:
-        raise last_error
+    source = getattr(cache_db, "_lumibot_duckdb_source", None)
+    policy = policy or getattr(source, "duckdb_retry", None) or RetryPolicy.from_settings()
+    policy.call(lambda: cache_db.api.load_markets(reload=True), source=cache_db.exchange_id,
+                what=f"the {cache_db.exchange_id} market list (load_markets)")
     cache_db._lumibot_duckdb_markets_loaded = True
 
 
@@ -332,6 +346,8 @@ class CcxtFetcher:
         """Fixed for this fetcher's life, so the stored part and the forming tail meet exactly."""
         self._market_symbol: str | None = None
         self._lock = threading.Lock()
+        self.calls = 0
+        """``fetch_ohlcv`` calls made so far (a fetch task is up to ``PAGES_PER_TASK`` of them)."""
 
     @property
     def market_symbol(self) -> str:
@@ -366,6 +382,15 @@ class CcxtFetcher:
         """
         return self.horizon
 
+    @property
+    def name(self) -> str:
+        """The exchange, as users know it (``binance``)."""
+        return str(self.cache_db.exchange_id)
+
+    def describe(self, task: FetchTask) -> str:
+        first, stop = task.request
+        return f"{self.symbol} {self.timeframe} candles {_when(first)}..{_when(stop)}"
+
     # -- fetch: fetch_ohlcv page after page, no sleeps -------------------------------------------
     def fetch(self, task: FetchTask) -> pd.DataFrame:
         first, stop = task.request
@@ -375,6 +400,8 @@ class CcxtFetcher:
         pages: list[pd.DataFrame] = []
         while since < end_ms:
             count = min(self.page, math.ceil((end_ms - since) / step_ms))
+            with self._lock:
+                self.calls += 1
             rows = api.fetch_ohlcv(self.market_symbol, self.timeframe, since=since, limit=count, params={})
             what = (f"{self.market_symbol} {self.timeframe} candles from "
                     f"{pd.Timestamp(since, unit='ms', tz='UTC')} (limit {count})")
@@ -484,6 +511,12 @@ def _duckdb_timestamp_unit() -> str:
     return str(np.datetime_data(frame["t"].dtype)[0])
 
 
+def _when(stamp: pd.Timestamp) -> str:
+    """A UTC instant, short: ``2024-01-21`` at midnight, else ``2024-01-21 13:05``."""
+    stamp = pd.Timestamp(stamp).tz_convert("UTC")
+    return str(stamp.date()) if stamp == stamp.normalize() else stamp.strftime("%Y-%m-%d %H:%M")
+
+
 def _utc(value: dt.datetime) -> pd.Timestamp:
     stamp = pd.Timestamp(value)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
@@ -505,7 +538,7 @@ def _ms(stamp: pd.Timestamp) -> int:
 
 # -- the routes ------------------------------------------------------------------------------------
 def _init_without_markets(cache_db: CcxtCacheDB, exchange_id: str, max_download_limit: int | None,
-                          source: CcxtBacktesting) -> None:
+                          source: CcxtBacktesting | None) -> None:
     """``CcxtCacheDB.__init__`` without its ``load_markets()``: markets are loaded when first needed."""
     import ccxt
     from lumibot.tools.ccxt_partner_ids import apply_partner_config

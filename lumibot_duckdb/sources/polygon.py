@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import json
+import threading
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,8 @@ from lumibot.constants import LUMIBOT_DEFAULT_PYTZ
 from lumibot.entities import Asset
 from lumibot.tools import polygon_helper
 from lumibot.tools.helpers import parse_timestep_qty_and_unit
+from polygon.exceptions import BadResponse
+from polygon.rest.base import BaseClient
 
 from lumibot_duckdb.errors import ProviderDataError
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
@@ -326,8 +329,54 @@ def polygon_series_key(asset: Asset, quote: Asset | None, timespan: str) -> Seri
     return series_key(asset, SOURCE, timespan, quote=quote_symbol, adjustment=ADJUSTMENT)
 
 
+class PolygonClient(polygon_helper.PolygonClient):
+    """Lumibot's Polygon client, for our requests: bounded retries, and HTTP errors that keep their status.
+
+    Lumibot's ``PolygonClient._get`` sleeps 60 s and tries again, forever by default, whenever the
+    HTTP layer gives up (``MaxRetryError``: a 5xx or 429 after urllib3's own three quick retries, a
+    timeout, a refused connection); the shared fill retries those instead, a bounded number of times
+    (:mod:`lumibot_duckdb.sources.retry`), so a backtest or a ``fetch`` ends with a clear error
+    rather than hanging. polygon-api-client raises ``BadResponse`` with the body only: the status is
+    added to it (``.status``, ``.headers``) so that a 500 is retried and a 403 is not.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client = _StatusKeeper(self.client)
+
+    def _get(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return BaseClient._get(self, *args, **kwargs)
+        except BadResponse as exc:
+            keeper = self.client
+            if isinstance(keeper, _StatusKeeper):
+                exc.status, exc.headers = keeper.last()  # type: ignore[attr-defined]
+            raise
+
+
+class _StatusKeeper:
+    """Stands in for the client's urllib3 pool and remembers, per thread, the last response's status."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._local = threading.local()
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        response = self._pool.request(*args, **kwargs)
+        self._local.last = (getattr(response, "status", None), getattr(response, "headers", None))
+        return response
+
+    def last(self) -> tuple[int | None, Any]:
+        return getattr(self._local, "last", (None, None))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
 class PolygonFetcher:
     """The Polygon side of :meth:`EnhancedDataSourceBacktesting.serve` for one asset and timespan."""
+
+    name = "Polygon"
 
     def __init__(self, api_key: str, asset: Asset, quote: Asset | None, timespan: str, *,
                  max_workers: int = 10) -> None:
@@ -343,7 +392,7 @@ class PolygonFetcher:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = polygon_helper.PolygonClient.create(api_key=self.api_key)
+            self._client = PolygonClient.create(api_key=self.api_key)
         return self._client
 
     # -- plan: trading dates of the missing ranges, in Lumibot's 31-day chunks -------------------
@@ -381,6 +430,10 @@ class PolygonFetcher:
         return self._symbol or None
 
     # -- fetch: one get_aggs call --------------------------------------------------------------
+    def describe(self, task: FetchTask) -> str:
+        first, last = task.request
+        return f"{self.asset} {self.timespan} bars {first}..{last}"
+
     def fetch(self, task: FetchTask) -> pd.DataFrame:
         first, last = task.request
         answer = self.client.get_aggs(ticker=self._polygon_symbol(), multiplier=1, timespan=self.timespan,
@@ -409,11 +462,32 @@ class PolygonFetcher:
             splits = list(self.client.list_splits(ticker=self.asset.symbol, sort="execution_date", order="asc"))
         except Exception:  # noqa: BLE001 - like Lumibot: a failed check keeps the stored bars
             return
-        written = min(f.published for f in files).tz_convert("America/New_York").date()
+        written = writer.as_of("America/New_York")  # (imported bars: as of when Lumibot fetched them)
         executed = [_execution_date(s) for s in splits]
         if any(day is not None and written < day <= today for day in executed):
             writer.discard()
         writer.mark_checked("splits-checked", today)
+
+
+def prefetch(asset: Asset, quote: Asset | None, timespan: str, first: dt.date, last: dt.date, *,
+             api_key: str | None = None) -> tuple[SeriesKey, Interval, PolygonFetcher]:
+    """What a backtest over ``first``..``last`` fills for ``asset`` (:mod:`lumibot_duckdb.fetch`): its series,
+    the whole days it asks for (New York; UTC for crypto) and the provider, as :meth:`_polygon_prices` builds them.
+
+    ``api_key``: default Lumibot's ``POLYGON_API_KEY`` (environment or ``.env``).
+    """
+    if not api_key:
+        from lumibot.credentials import POLYGON_API_KEY
+
+        api_key = POLYGON_API_KEY
+    if not api_key:
+        from lumibot_duckdb.errors import ConfigError
+
+        raise ConfigError("No Polygon API key: set POLYGON_API_KEY in the environment or in a .env file "
+                          "(as for Lumibot's backtests).")
+    day_tz = _day_timezone(asset)
+    wanted = Interval(_day_start(first, day_tz), _day_start(last + dt.timedelta(days=1), day_tz))
+    return polygon_series_key(asset, quote, timespan), wanted, PolygonFetcher(api_key, asset, quote, timespan)
 
 
 def aggs_to_bars(answer: Any, *, what: str) -> pd.DataFrame:

@@ -122,25 +122,39 @@ class YahooDataBacktesting(EnhancedDataSourceBacktesting, _LegacyYahooDataBackte
 
     def _yahoo_info(self, symbol: str) -> dict[str, Any] | None:
         """``Ticker(symbol).info``, from the store once asked for (it decides Lumibot's re-stamping)."""
-        parts = ("yahoo", "info", f"{quote(symbol, safe='')}.json")
         with self._yahoo_info_lock:
-            record = self.store.read_note(*parts)
-            if isinstance(record, dict) and isinstance(record.get("info"), dict):
-                return record["info"]
-            import yfinance as yf
+            return yahoo_info(self.store, symbol, on_request=lambda: self.duckdb_stats.add(provider_requests=1))
 
-            try:
-                info = yf.Ticker(symbol).info
-            except Exception as exc:  # noqa: BLE001 - like Lumibot: no info, no re-stamping, ask next time
-                log.info("Yahoo info for %s unavailable (%s); bars keep Yahoo's timestamps.", symbol, exc)
-                return None
-            finally:
-                self.duckdb_stats.add(provider_requests=1)
-            if isinstance(info, dict):
-                document = {"symbol": symbol, "fetched": _now().isoformat(), "info": info}
-                self.store.write_note(document, *parts)
-                return info
-            return None
+
+def yahoo_info(store: Any, symbol: str, *, on_request: Any = None) -> dict[str, Any] | None:
+    """``Ticker(symbol).info`` from ``store``'s notes, asked of Yahoo (and kept) the first time.
+
+    None when Yahoo does not answer it (then bars keep Yahoo's timestamps, as in Lumibot, and the
+    next call asks again). ``on_request()`` is called when Yahoo is asked.
+    """
+    parts = info_note(symbol)
+    record = store.read_note(*parts)
+    if isinstance(record, dict) and isinstance(record.get("info"), dict):
+        return record["info"]
+    import yfinance as yf
+
+    try:
+        info = yf.Ticker(symbol).info
+    except Exception as exc:  # noqa: BLE001 - like Lumibot: no info, no re-stamping, ask next time
+        log.info("Yahoo info for %s unavailable (%s); bars keep Yahoo's timestamps.", symbol, exc)
+        return None
+    finally:
+        if on_request is not None:
+            on_request()
+    if isinstance(info, dict):
+        store.write_note({"symbol": symbol, "fetched": _now().isoformat(), "info": info}, *parts)
+        return info
+    return None
+
+
+def info_note(symbol: str) -> tuple[str, str, str]:
+    """Where the store keeps a symbol's ``Ticker.info``: ``meta/yahoo/info/<symbol>.json``."""
+    return ("yahoo", "info", f"{quote(symbol, safe='')}.json")
 
 
 def yahoo_series_key(symbol: str, asset: Asset | None = None) -> SeriesKey:
@@ -148,6 +162,16 @@ def yahoo_series_key(symbol: str, asset: Asset | None = None) -> SeriesKey:
     asset_type = str(getattr(asset, "asset_type", None) or "stock")
     return SeriesKey(source=SOURCE, symbol=symbol, timeframe="day", asset_type=asset_type, quote="", exchange="",
                      adjustment=ADJUSTMENT)
+
+
+def prefetch(symbol: str, asset_type: str, last: dt.date) -> tuple[SeriesKey, Interval, YahooFetcher]:
+    """What a backtest ending on ``last`` fills for the Yahoo symbol (:mod:`lumibot_duckdb.fetch`): the whole
+    daily history up to the day after ``last`` (Yahoo answers ``period="max"``), as the data source asks it."""
+    horizon = settled_until()
+    ending = pd.Timestamp(last).tz_localize(NY)
+    need = Interval(HISTORY_START, min(horizon, needed_until(ending, horizon)))
+    return yahoo_series_key(symbol, Asset(symbol=symbol, asset_type=asset_type)), need, YahooFetcher(symbol, need,
+                                                                                                      horizon)
 
 
 def settled_until() -> pd.Timestamp:
@@ -167,6 +191,7 @@ def needed_until(last_needed: Any, horizon: pd.Timestamp) -> pd.Timestamp:
 class YahooFetcher:
     """The Yahoo side of :meth:`EnhancedDataSourceBacktesting.serve` for one symbol's daily bars."""
 
+    name = "Yahoo"
     max_workers = 1
 
     def __init__(self, symbol: str, need: Interval, horizon: pd.Timestamp) -> None:
@@ -201,6 +226,12 @@ class YahooFetcher:
     def settled_until(self) -> pd.Timestamp:
         """Daily bars before today (New York) are final (:func:`settled_until`, fixed for this request)."""
         return self.horizon
+
+    def describe(self, task: FetchTask) -> str:
+        kind, value = task.request
+        if kind == "prefetched" or value is not None:
+            return f"{self.symbol} daily history from {task.covers.start.tz_convert(NY).date()}"
+        return f"{self.symbol} daily history (period=max)"
 
     def fetch(self, task: FetchTask) -> pd.DataFrame:
         kind, value = task.request

@@ -85,6 +85,15 @@ class SeriesKey:
             "adjustment": self.adjustment,
         }
 
+    @property
+    def label(self) -> str:
+        """The series in words, as ``db-status``, ``fetch`` and ``import-cache`` list it:
+        ``polygon AAA minute (split)``, ``ccxt BTC/USDT@binance day``."""
+        pair = f"{self.symbol}/{self.quote}" if self.asset_type in ("crypto", "forex") and self.quote else self.symbol
+        venue = f"@{self.exchange}" if self.exchange else ""
+        adjustment = f" ({self.adjustment})" if self.adjustment != "raw" else ""
+        return f"{self.source} {pair}{venue} {self.timeframe}{adjustment}"
+
     def __str__(self) -> str:
         pair = f"{self.symbol}/{self.quote}" if self.quote and "/" not in self.symbol else self.symbol
         venue = f"@{self.exchange}" if self.exchange else ""

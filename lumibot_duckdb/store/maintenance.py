@@ -80,6 +80,8 @@ class SeriesRow:
     gaps: list[Interval]
     first_bar: pd.Timestamp | None
     last_bar: pd.Timestamp | None
+    flags: dict[str, Any] = field(default_factory=dict)
+    """Properties recorded for the series (:meth:`DuckDBDataStorage.flags`), e.g. ``rounded``."""
 
     @property
     def bytes_per_bar(self) -> float | None:
@@ -148,7 +150,7 @@ class StoreReport:
             "series": [{**s.key.as_dict(), "files": s.files, "rows": s.rows, "bytes": s.bytes,
                         "bytes_per_bar": None if s.bytes_per_bar is None else round(s.bytes_per_bar, 2),
                         "first_bar": ts(s.first_bar), "last_bar": ts(s.last_bar),
-                        "coverage": iv(s.coverage), "gaps": iv(s.gaps)} for s in self.series],
+                        "coverage": iv(s.coverage), "gaps": iv(s.gaps), "flags": s.flags} for s in self.series],
             "quarantined": [{"path": str(f.path), "bytes": f.bytes, "age_seconds": round(f.age_seconds),
                              "reason": f.reason} for f in self.quarantined],
             "temporary": [{"path": str(f.path), "bytes": f.bytes, "age_seconds": round(f.age_seconds)}
@@ -158,7 +160,7 @@ class StoreReport:
 
 def status(store: DuckDBDataStorage, /) -> StoreReport:
     """What the store holds, per series (from file names and Parquet footers; no bar is read)."""
-    rows = [SeriesRow(s.key, s.files, s.rows, s.bytes, s.coverage, s.gaps, s.first_bar, s.last_bar)
+    rows = [SeriesRow(s.key, s.files, s.rows, s.bytes, s.coverage, s.gaps, s.first_bar, s.last_bar, store.flags(s.key))
             for s in store.status()]
     return StoreReport(store.root, rows, _quarantined(store), _temporary(store))
 

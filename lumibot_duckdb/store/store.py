@@ -154,6 +154,25 @@ class DuckDBDataStorage(DataStorageInterface):
         with _as_store_error(f"write the note {'/'.join(name)}"):
             self.backend.write_json(document, *name)
 
+    # -- flags: what db-status says about a series beyond its bars ----------------------------------
+    def flags(self, key: SeriesKey, /) -> dict[str, Any]:
+        """Properties recorded for a series, by name (e.g. ``"rounded"`` for bars imported from Lumibot's
+        CCXT cache, rounded to 3 decimals); ``db-status`` shows them. Empty when there are none."""
+        record = self.read_note(*_flags_note(key))
+        flags = record.get("flags") if isinstance(record, dict) else None
+        return dict(flags) if isinstance(flags, dict) else {}
+
+    def set_flag(self, key: SeriesKey, name: str, value: object, /) -> None:
+        """Record property ``name`` of a series (``value`` JSON; None removes it)."""
+        flags = self.flags(key)
+        if value is None:
+            if name not in flags:
+                return
+            flags.pop(name)
+        else:
+            flags[name] = value
+        self.write_note({"series": key.as_dict(), "flags": flags}, *_flags_note(key))
+
     def add_views(self, con: duckdb.DuckDBPyConnection, /) -> None:
         """Create the views of :mod:`lumibot_duckdb.store.views` on ``con``, over what the store holds now."""
         create_views(con, self)
@@ -415,7 +434,42 @@ class SeriesWriter:
         with _as_store_error(f"list the files of {self.key}"):
             files = self.store.files(self.key)
         self.store.remove(files)
+        for name in self.store.flags(self.key):  # they described the bars just removed
+            self.store.set_flag(self.key, name, None)
+        if self._recorded_as_of() is not None:
+            self.store.write_note({"series": self.key.as_dict(), "as_of": None}, *self._check_note("as-of"))
         return len(files)
+
+    def as_of(self, tz: str = "UTC") -> dt.date | None:
+        """The day (in ``tz``) the oldest stored bars of the series were obtained from its provider.
+
+        That is the day the oldest file was published, unless an earlier day was recorded with
+        :meth:`record_as_of` (bars imported from a cache Lumibot filled before): what a provider
+        re-adjusted since that day (a split) makes the stored bars stale. None without files.
+        """
+        files = self.files()
+        if not files:
+            return None
+        days = [min(f.published for f in files).tz_convert(tz).date()]
+        recorded = self._recorded_as_of()
+        if recorded is not None:
+            days.append(recorded)
+        return min(days)
+
+    def record_as_of(self, day: dt.date) -> None:
+        """Record that some stored bars are as the provider sent them on ``day`` (kept if an earlier day is)."""
+        recorded = self._recorded_as_of()
+        if recorded is None or day < recorded:
+            self.store.write_note({"series": self.key.as_dict(), "as_of": day.isoformat()},
+                                  *self._check_note("as-of"))
+
+    def _recorded_as_of(self) -> dt.date | None:
+        record = self.store.read_note(*self._check_note("as-of"))
+        try:
+            value = record.get("as_of") if isinstance(record, dict) else None
+            return dt.date.fromisoformat(value) if value else None
+        except (TypeError, ValueError):
+            return None
 
     def checked_on(self, check: str) -> dt.date | None:
         """The day the series last passed ``check`` (e.g. ``"splits-checked"``) against its provider."""
@@ -449,6 +503,12 @@ def _new_connection() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:", config={"python_enable_replacements": False})
     con.execute("SET GLOBAL TimeZone = 'UTC'")  # ICU is built into the wheels; it loads on first use
     return con
+
+
+def _flags_note(key: SeriesKey) -> tuple[str, str, str]:
+    from urllib.parse import quote
+
+    return ("flags", key.source, f"{quote(str(key), safe='')}.json")
 
 
 def _value_columns(columns: Sequence[str] | None) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from lumibot_duckdb.testing.kits import FAULTS, SourceKit, patched
+from lumibot_duckdb.testing.kits import Faults, SourceKit, patched
 
 KINDS = ("stock_bars", "crypto_bars", "option_bars")
 
@@ -62,7 +62,7 @@ class FakeAlpaca:
         self.market = market
         self.latency = latency
         self.requests: list[AlpacaRequest] = []
-        self.faults: dict[str | None, str] = {}
+        self.faults = Faults()
         self._lock = threading.Lock()
 
     # -- what tests look at --------------------------------------------------------------------
@@ -79,16 +79,15 @@ class FakeAlpaca:
         with self._lock:
             self.requests.clear()
 
-    def fail(self, mode: str, *, symbol: str | None = None) -> None:
-        """Answer bar requests (for ``symbol``, or all) with ``empty``, ``malformed`` or ``error``.
+    def fail(self, mode: str, *, symbol: str | None = None, times: int | None = None) -> None:
+        """Answer bar requests (for ``symbol``, or all; the next ``times`` only) with a fault.
 
         ``empty`` is a BarSet without bars (Alpaca's answer for a range with no trades),
         ``malformed`` a BarSet whose bars break the OHLCV contract (NaN and negative prices,
-        high below low, negative volume), ``error`` alpaca-py's ``APIError`` for an HTTP 500.
+        high below low, negative volume), ``error`` alpaca-py's ``APIError`` for an HTTP 500,
+        ``transient`` the ``requests`` error for a connection reset by the server.
         """
-        if mode not in FAULTS:
-            raise ValueError(f"unknown fault {mode!r}; use one of {FAULTS}")
-        self.faults[symbol] = mode
+        self.faults.set(mode, symbol, times)
 
     def heal(self) -> None:
         self.faults.clear()
@@ -105,9 +104,14 @@ class FakeAlpaca:
         raw: dict[str, list[dict[str, Any]]] = {}
         for symbol in recorded.symbols:
             base = symbol.split("/", 1)[0]  # fail("error", symbol="BTC") also hits "BTC/USD"
-            fault = self.faults.get(symbol, self.faults.get(base, self.faults.get(None)))
+            fault = self.faults.take(symbol, base)
             if fault == "error":
                 raise api_error(500, "internal server error")
+            if fault == "transient":
+                import requests
+
+                raise requests.exceptions.ConnectionError(
+                    "('Connection aborted.', ConnectionResetError(104, 'Connection reset by peer'))")
             if fault == "empty":
                 continue
             if fault == "malformed":

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from lumibot_duckdb.testing.kits import FAULTS, SourceKit, patched
+from lumibot_duckdb.testing.kits import FAULTS, Faults, SourceKit, patched
 
 STEP_MS = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
 TIMEFRAMES = {"1m": "minute", "1h": "hour", "1d": "day"}
@@ -68,7 +68,7 @@ class FakeCcxt:
         self.scale = dict(scale or {})
         """Price multiplier per base symbol: e.g. ``{"PEPE": 1e-7}`` makes a sub-cent coin."""
         self.calls: list[FakeCall] = []
-        self.faults: dict[str | None, str] = {}
+        self.faults = Faults((*FAULTS, "network"))
         self.answers: list[Callable[[FakeCall], list[list[Any]] | None]] = []
         self._lock = threading.Lock()
 
@@ -90,15 +90,14 @@ class FakeCcxt:
         with self._lock:
             self.calls.clear()
 
-    def fail(self, mode: str, *, symbol: str | None = None) -> None:
-        """Answer ``fetch_ohlcv`` (for ``symbol``: a pair ``"BTC/USDT"`` or a base ``"BTC"``; or all) with a fault.
+    def fail(self, mode: str, *, symbol: str | None = None, times: int | None = None) -> None:
+        """Answer ``fetch_ohlcv`` (for ``symbol``: a pair ``"BTC/USDT"`` or a base ``"BTC"``; or all; the next
+        ``times`` calls only) with a fault.
 
         ``empty``: ``[]``; ``malformed``: rows of the wrong shape and type; ``error``: ccxt's
-        ``ExchangeError``; ``network``: ccxt's ``NetworkError``.
+        ``ExchangeError``; ``network``: ccxt's ``NetworkError``; ``transient``: ccxt's ``RequestTimeout``.
         """
-        if mode not in (*FAULTS, "network"):
-            raise ValueError(f"unknown fault {mode!r}")
-        self.faults[symbol] = mode
+        self.faults.set(mode, symbol, times)
 
     def heal(self) -> None:
         self.faults.clear()
@@ -139,7 +138,12 @@ class FakeCcxt:
         if since is None:
             since = (now_ms // step - count + 1) * step
         call = FakeCall("fetch_ohlcv", symbol, timeframe, int(since), limit)
-        rows = self._answer(call, symbol, timeframe, int(since), count, step, now_ms)
+        try:
+            rows = self._answer(call, symbol, timeframe, int(since), count, step, now_ms)
+        except Exception:
+            with self._lock:  # a failed call is a request too
+                self.calls.append(call)
+            raise
         last = rows[-1] if isinstance(rows, list) and rows else None
         span = int(last[0]) + step - int(since) if isinstance(last, list) and last and isinstance(last[0], int) else 0
         with self._lock:
@@ -155,7 +159,7 @@ class FakeCcxt:
             if rows is not None:
                 return rows
         base = symbol.split("/", 1)[0]
-        fault = self.faults.get(symbol, self.faults.get(base, self.faults.get(None)))
+        fault = self.faults.take(symbol, base)
         if fault == "empty":
             return []
         if fault == "malformed":
@@ -163,6 +167,8 @@ class FakeCcxt:
             return garbage
         if fault == "error":
             raise ccxt.ExchangeError(f'{self.exchange_id} {{"code":-1121,"msg":"Invalid symbol."}}')
+        if fault == "transient":
+            raise ccxt.RequestTimeout(f"{self.exchange_id} GET https://api.{self.exchange_id}.com/klines 10000 ms")
         if fault == "network":
             raise ccxt.NetworkError(f"{self.exchange_id} GET https://api.{self.exchange_id}.com/klines timed out")
         if symbol not in self.listed:

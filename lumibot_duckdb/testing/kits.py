@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,54 @@ from typing import Any, ClassVar, Protocol
 from lumibot_duckdb import registry
 from lumibot_duckdb.registry import load
 
-FAULTS = ("empty", "malformed", "error")
+FAULTS = ("empty", "malformed", "error", "transient")
 """Faults a fake provider can be told to answer data requests with (see :meth:`FakeProvider.fail`)."""
+
+
+class Faults:
+    """The faults a fake provider injects: a mode per symbol (``None``: every symbol), for good or for
+    the next ``times`` requests it applies to (then that symbol is answered normally again)."""
+
+    def __init__(self, modes: tuple[str, ...] = FAULTS) -> None:
+        self.modes = modes
+        self._mode: dict[str | None, str] = {}
+        self._left: dict[str | None, int] = {}
+        self._lock = threading.Lock()
+
+    def set(self, mode: str, symbol: str | None = None, times: int | None = None) -> None:
+        if mode not in self.modes:
+            raise ValueError(f"unknown fault {mode!r}; use one of {self.modes}")
+        if times is not None and times < 1:
+            raise ValueError(f"times={times!r}: a fault answers at least one request")
+        with self._lock:
+            self._mode[symbol] = mode
+            if times is None:
+                self._left.pop(symbol, None)
+            else:
+                self._left[symbol] = times
+
+    def take(self, *symbols: str | None) -> str | None:
+        """The fault for a request about ``symbols`` (the first one set, then the all-symbols one), used up once."""
+        with self._lock:
+            for symbol in (*symbols, None):
+                if symbol in self._mode:
+                    mode = self._mode[symbol]
+                    left = self._left.get(symbol)
+                    if left is not None:
+                        if left <= 1:
+                            del self._mode[symbol], self._left[symbol]
+                        else:
+                            self._left[symbol] = left - 1
+                    return mode
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._mode.clear()
+            self._left.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._mode)
 
 
 class FakeProvider(Protocol):
@@ -33,10 +80,13 @@ class FakeProvider(Protocol):
     def requested_days(self) -> int:
         """Calendar days spanned by all bar requests (a re-download shows up here)."""
 
-    def fail(self, mode: str, *, symbol: str | None = None) -> None:
+    def fail(self, mode: str, *, symbol: str | None = None, times: int | None = None) -> None:
         """From now on, answer bar requests (for ``symbol``, or all) with a fault of :data:`FAULTS`:
         ``empty`` (a well-formed answer with no bars), ``malformed`` (the provider's format, but
-        garbage inside) or ``error`` (the provider's error for a failed request)."""
+        garbage inside), ``error`` (the provider's error for a failed request: HTTP 500 on Polygon and
+        Alpaca, an exchange error on CCXT, a rate-limit error on Yahoo) or ``transient`` (the
+        connection dropped or timed out). ``times=N``: only the next N such requests fail, then the
+        provider answers normally again (``fail("error", times=2)``: 500 twice, then 200)."""
 
     def heal(self) -> None:
         """Stop injecting faults."""

@@ -45,6 +45,8 @@ def isolated_environment(folder: Path, base: Mapping[str, str] | None = None) ->
 class NetworkBlocked(ConnectionError):
     """A network call was attempted while the network was blocked."""
 
+    retryable = False  # never worth another try (lumibot_duckdb.sources.retry.transient)
+
 
 class NetworkGuard:
     """Patches the network entry points; remembers every attempt, even ones the caller swallowed."""

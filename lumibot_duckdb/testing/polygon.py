@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlparse
 
 import pandas as pd
 
-from lumibot_duckdb.testing.kits import SourceKit, patched
+from lumibot_duckdb.testing.kits import Faults, SourceKit, patched
 
 NY = "America/New_York"
 
@@ -78,7 +78,7 @@ class FakePolygonHTTP:
         self.latency = latency
         self.requests: list[FakeRequest] = []
         self.interceptors: list[Interceptor] = []
-        self.faults: dict[str | None, str] = {}
+        self.faults = Faults()
         self._lock = threading.Lock()
 
     # -- what tests look at --------------------------------------------------------------------
@@ -95,11 +95,10 @@ class FakePolygonHTTP:
         with self._lock:
             self.requests.clear()
 
-    def fail(self, mode: str, *, symbol: str | None = None) -> None:
-        """Answer aggregate requests (for ``symbol``, or all) with ``empty``, ``malformed`` or ``error``."""
-        if mode not in ("empty", "malformed", "error"):
-            raise ValueError(f"unknown fault {mode!r}")
-        self.faults[symbol] = mode
+    def fail(self, mode: str, *, symbol: str | None = None, times: int | None = None) -> None:
+        """Answer aggregate requests (for ``symbol``, or all; the next ``times`` only) with ``empty``,
+        ``malformed``, ``error`` (HTTP 500) or ``transient`` (the connection reset by the server)."""
+        self.faults.set(mode, symbol, times)
 
     def heal(self) -> None:
         self.faults.clear()
@@ -124,7 +123,7 @@ class FakePolygonHTTP:
             if answer is not None:
                 return answer
         if request.kind == "aggs":
-            fault = self.faults.get(request.ticker, self.faults.get(None))
+            fault = self.faults.take(request.ticker)
             if fault is not None:
                 return _fault(fault, request)
             return self._aggs(request)
@@ -174,6 +173,10 @@ class FakePolygonHTTP:
 
 
 def _fault(mode: str, request: FakeRequest) -> FakeResponse:
+    if mode == "transient":  # what urllib3 raises when the server drops the connection mid-request
+        from urllib3.exceptions import ProtocolError
+
+        raise ProtocolError("Connection aborted.", ConnectionResetError(104, "Connection reset by peer"))
     if mode == "empty":
         return FakeResponse.json({"ticker": request.ticker, "queryCount": 0, "resultsCount": 0, "adjusted": True,
                                   "status": "OK", "request_id": "offline"})

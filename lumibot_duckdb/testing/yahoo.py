@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from lumibot_duckdb.testing.kits import FAULTS, SourceKit, patched
+from lumibot_duckdb.testing.kits import Faults, SourceKit, patched
 
 NY = "America/New_York"
 YAHOO_COLUMNS = ("Open", "High", "Low", "Close", "Adj Close", "Volume", "Dividends", "Stock Splits")
@@ -79,7 +79,7 @@ class FakeYahoo:
         self.quarterly_dividends = quarterly_dividends
         self.info_overrides = dict(info or {})
         self.requests: list[YahooRequest] = []
-        self.faults: dict[str | None, str] = {}
+        self.faults = Faults()
         self.info_faults: set[str | None] = set()
         self._lock = threading.Lock()
         self._history_cache: dict[tuple[str, str, pd.Timestamp], pd.DataFrame] = {}
@@ -108,11 +108,10 @@ class FakeYahoo:
         with self._lock:
             self.requests.clear()
 
-    def fail(self, mode: str, *, symbol: str | None = None) -> None:
-        """Answer history requests (for ``symbol``, or all) with ``empty``, ``malformed`` or ``error``."""
-        if mode not in FAULTS:
-            raise ValueError(f"unknown fault {mode!r}; use one of {FAULTS}")
-        self.faults[symbol] = mode
+    def fail(self, mode: str, *, symbol: str | None = None, times: int | None = None) -> None:
+        """Answer history requests (for ``symbol``, or all; the next ``times`` only) with ``empty``,
+        ``malformed``, ``error`` (yfinance's rate-limit error) or ``transient`` (a timed-out transfer)."""
+        self.faults.set(mode, symbol, times)
 
     def fail_info(self, *, symbol: str | None = None) -> None:
         """Make ``Ticker.info`` raise (for ``symbol``, or all), as it does when Yahoo refuses the quote summary."""
@@ -156,7 +155,7 @@ class FakeYahoo:
         with self._lock:
             self.requests.append(YahooRequest("history", symbol, interval, lo, hi,
                                               period if start is None else None))
-        fault = self.faults.get(symbol, self.faults.get(None))
+        fault = self.faults.take(symbol)
         if fault is not None:
             return _fault(fault, symbol)
         if interval in INTRADAY_DAYS:
@@ -290,6 +289,10 @@ def _fault(mode: str, symbol: str) -> pd.DataFrame:
     if mode == "malformed":  # a scrambled answer: no datetime index, prices that are not numbers
         return pd.DataFrame({"Open": ["n/a"], "High": ["n/a"], "Low": ["n/a"], "Close": ["n/a"], "Volume": [-1]},
                             index=pd.Index(["soon"], name="Date"))
+    if mode == "transient":  # what yfinance lets through when the transfer times out
+        from curl_cffi.requests.exceptions import Timeout
+
+        raise Timeout("Failed to perform, curl: (28) Operation timed out after 10000 milliseconds")
     from yfinance.exceptions import YFRateLimitError
 
     raise YFRateLimitError()
