@@ -6,7 +6,9 @@ is built.
 Environment variables:
 
 ``LUMIBOT_USE_DUCKDB``
-    ``true/false/1/0/yes/no/on/off`` (any case). Default: on.
+    ``true/false/1/0/yes/no/on/off`` (any case). Default: on. ``verify`` is on, and also checks
+    every answer the store gives against what Lumibot's legacy path hands over for the same
+    request (:mod:`lumibot_duckdb.sources.verify`; it costs the legacy path's requests and time).
 ``LUMIBOT_DUCKDB_CACHE_DIR``
     Folder of the bar store. Default: ``<Lumibot cache folder>/duckdb``.
 ``LUMIBOT_DUCKDB_STRICT``
@@ -17,6 +19,10 @@ Environment variables:
     ``2GiB``). When the windows of all series exceed it, the least recently used are dropped
     (and read again from the store when next used). Default: no budget; windows are bounded anyway.
     Polygon also reads Lumibot's own ``POLYGON_MAX_MEMORY_BYTES`` (passed to it as ``max_memory``).
+``LUMIBOT_DUCKDB_VERIFY_REPORT``
+    Where verify mode writes its report (JSON). Default:
+    ``logs/lumibot-duckdb-verify-<source>-<time>-<pid>.json`` under the working directory, beside
+    Lumibot's own backtest logs.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ ENV_USE_DUCKDB = "LUMIBOT_USE_DUCKDB"
 ENV_CACHE_DIR = "LUMIBOT_DUCKDB_CACHE_DIR"
 ENV_STRICT = "LUMIBOT_DUCKDB_STRICT"
 ENV_MAX_MEMORY = "LUMIBOT_DUCKDB_MAX_MEMORY"
+ENV_VERIFY_REPORT = "LUMIBOT_DUCKDB_VERIFY_REPORT"
+VERIFY = "verify"
+"""The value of ``use_duckdb`` / ``LUMIBOT_USE_DUCKDB`` that turns verify mode on."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -109,6 +118,10 @@ class Settings:
     cache_dir: Path
     strict: bool
     max_memory: int | None = None
+    verify: bool = False
+    """Verify mode: serve from the store and check each answer against Lumibot's legacy path."""
+    verify_report: Path | None = None
+    """Where verify mode writes its report (None: the default under ``./logs``)."""
 
     @classmethod
     def resolve(
@@ -118,6 +131,7 @@ class Settings:
         cache_dir: str | os.PathLike[str] | None = None,
         strict: bool | str | None = None,
         max_memory: str | int | None = None,
+        verify_report: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Apply the precedence: explicit argument, then environment, then default."""
@@ -125,9 +139,9 @@ class Settings:
 
         if use_duckdb is None:
             raw = env.get(ENV_USE_DUCKDB)
-            enabled = True if raw is None or raw.strip() == "" else parse_bool(raw, name=ENV_USE_DUCKDB)
+            enabled, verify = (True, False) if raw is None or raw.strip() == "" else _switch(raw, ENV_USE_DUCKDB)
         else:
-            enabled = parse_bool(use_duckdb, name="use_duckdb")
+            enabled, verify = _switch(use_duckdb, "use_duckdb")
 
         if strict is None:
             raw = env.get(ENV_STRICT)
@@ -144,4 +158,17 @@ class Settings:
             budget = parse_bytes(env.get(ENV_MAX_MEMORY), name=ENV_MAX_MEMORY)
         else:
             budget = parse_bytes(max_memory, name="max_memory")
-        return cls(use_duckdb=enabled, cache_dir=folder.expanduser(), strict=is_strict, max_memory=budget)
+        report_path = verify_report if verify_report is not None else (env.get(ENV_VERIFY_REPORT, "").strip() or None)
+        return cls(use_duckdb=enabled, cache_dir=folder.expanduser(), strict=is_strict, max_memory=budget,
+                   verify=verify, verify_report=Path(report_path).expanduser() if report_path else None)
+
+
+def _switch(value: str | bool, name: str) -> tuple[bool, bool]:
+    """``use_duckdb`` as users write it: a boolean, or ``verify`` (on, and checked against legacy)."""
+    if isinstance(value, str) and value.strip().lower() == VERIFY:
+        return True, True
+    try:
+        return parse_bool(value, name=name), False
+    except ConfigError:
+        raise ConfigError(f"{name}={value!r} is neither a boolean nor {VERIFY!r}. Use true/false (1/0, yes/no, "
+                          f"on/off), or {VERIFY!r} to check every answer against Lumibot's legacy path.") from None
