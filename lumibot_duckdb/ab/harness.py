@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from lumibot_duckdb.ab.record import fills_of
-from lumibot_duckdb.errors import LumibotDuckDBError
+from lumibot_duckdb.errors import ABRunError
 
-__all__ = ["PHASES", "REFERENCE", "VARIANTS", "VERIFY", "Parity", "RunFailed", "RunResult", "Scenario", "compare",
+__all__ = ["PHASES", "REFERENCE", "VARIANTS", "VERIFY", "Parity", "RunResult", "Scenario", "compare",
            "demo", "fills_of", "render", "run_here", "run_session", "run_subprocess"]
 
 VARIANTS = ("legacy", "duckdb")
@@ -189,12 +189,8 @@ def finish(process: subprocess.Popen[str], *, timeout: float = 3600) -> RunResul
     stdout, stderr = process.communicate(timeout=timeout)
     lines = [ln for ln in stdout.splitlines() if ln.startswith('{"scenario"')]
     if process.returncode != 0 or not lines:
-        raise RunFailed(f"backtest run failed (exit {process.returncode}):\n{stderr[-4000:]}")
+        raise ABRunError(f"backtest run failed (exit {process.returncode}):\n{stderr[-4000:]}")
     return RunResult(**json.loads(lines[-1]))
-
-
-class RunFailed(RuntimeError, LumibotDuckDBError):
-    """A backtest run of the harness did not finish; the message ends with the run's last output."""
 
 
 def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = VARIANTS,
@@ -488,6 +484,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_here(scenario, spec["variant"], spec["phase"], Path(spec["workdir"]), fast=spec.get("fast", False))
     print(json.dumps(dataclasses.asdict(result)), flush=True)
     return 0
+
+
+def demo_scenario(source: str = "polygon") -> Scenario:
+    """The demo's backtest: daily momentum over four symbols of the synthetic market (crypto pairs on CCXT)."""
+    scenario = Scenario.momentum()
+    if source != "polygon":
+        scenario = dataclasses.replace(scenario, source=source, name=f"{scenario.name} ({source})")
+    if source == "ccxt":
+        scenario = dataclasses.replace(scenario, parameters={
+            **scenario.parameters, "symbols": ["BTC", "ETH", "SOL", "ADA"], "asset_type": "crypto", "quote": "USDT"})
+    return scenario
 
 
 def demo(workdir: Path | None = None, *, scenario: Scenario | None = None,

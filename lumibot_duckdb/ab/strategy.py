@@ -211,9 +211,8 @@ def _enum(path: str) -> Any:
 
 def encode(value: Any) -> Any:
     """Python parameters -> tagged JSON (the inverse of :func:`decode`), for a run in a fresh process."""
-    from lumibot.entities import Asset
-
-    if isinstance(value, Asset):
+    entities = sys.modules.get("lumibot.entities")  # an Asset exists only if Lumibot is imported already
+    if entities is not None and isinstance(value, entities.Asset):
         tagged: dict[str, Any] = {"$asset": value.symbol, "type": str(value.asset_type)}
         for name in ("expiration", "strike", "right", "multiplier"):
             item = getattr(value, name, None)
