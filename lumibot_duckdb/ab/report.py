@@ -167,9 +167,8 @@ def page(result: ABResult) -> str:
     if result.differences:
         body.append("<h2>First differing fill</h2>")
         body.extend(_difference_html(d) for d in result.differences)
-    verify = [r for r in result.runs if r.variant == VERIFY and r.verify]
-    if verify:
-        body.append("<h2>Verify mode</h2>" + _verify_html(verify))
+    if any(r.variant == VERIFY and r.verify for r in result.runs):
+        body.append("<h2>Verify mode</h2>" + _verify_html(result))
     body += charts[1:]
     record = json.dumps(_record(result), default=str).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
@@ -246,17 +245,26 @@ def _difference_html(d: Any) -> str:
     return "\n".join(parts)
 
 
-def _verify_html(runs: list[RunResult]) -> str:
+def _verify_html(result: ABResult) -> str:
+    from lumibot_duckdb.ab.verify import costs
+
+    head = ("phase", "n", "answers checked", "mismatches", "declared", "legacy errors", "legacy calls", "legacy s",
+            "compare s", "wall s (DuckDB, legacy)", "requests (DuckDB, legacy)", "peak RSS MB (DuckDB)", "same fills")
     rows = []
-    for r in runs:
-        v = r.verify
-        rows.append(f"<tr><td class=l>{_e(r.phase)}</td><td>{v.get('checks', 0)}</td><td>{v.get('unexplained', 0)}</td>"
-                    f"<td>{v.get('declared', 0)}</td><td>{v.get('legacy_errors', 0)}</td>"
-                    f"<td>{v.get('legacy_calls', 0)}</td><td>{v.get('legacy_seconds', 0):.2f}</td>"
-                    f"<td>{v.get('compare_seconds', 0):.3f}</td><td>{r.wall_seconds:.2f}</td></tr>")
-    return ("<table><tr><th>phase</th><th>answers checked</th><th>mismatches</th><th>declared</th>"
-            "<th>legacy errors</th><th>legacy calls</th><th>legacy s</th><th>compare s</th><th>wall s</th></tr>"
-            + "".join(rows) + "</table>")
+    for c in costs(result.runs):
+        cells = [c.phase, c.n, c.checks, c.mismatches, c.declared, c.legacy_errors, c.legacy_calls,
+                 f"{c.legacy_seconds:.2f}", f"{c.compare_seconds:.3f}",
+                 f"{c.wall:.2f} ({_opt(c.wall_duckdb, '.2f')}, {_opt(c.wall_legacy, '.2f')})",
+                 f"{c.requests:g} ({_opt(c.requests_duckdb, 'g')}, {_opt(c.requests_legacy, 'g')})",
+                 f"{c.peak_rss:.0f} ({_opt(c.peak_rss_duckdb, '.0f')})", "yes" if c.same_fills else "NO"]
+        rows.append("<tr>" + "".join(f"<td>{_e(x)}</td>" for x in cells) + "</tr>")
+    return ("<p>The DuckDB path in verify mode: every answer of the store also checked against what Lumibot's legacy "
+            "path hands over (on an empty throw-away cache).</p><table><tr>"
+            + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+
+
+def _opt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _spread(stats: dict[str, float], digits: int) -> str:

@@ -512,12 +512,10 @@ def render_result(result: ABResult, *, width: int = 160) -> str:
                  DIFFERENT: f"DIFFERENT: {values}; {verdict.detail}; no declared legacy defect explains it",
                  }[verdict.verdict]
         console.print(f"parity {verdict.phase}: {words}", highlight=False)
-    for run in result.runs_of(VERIFY):
-        v = run.verify
-        if v:
-            console.print(f"verify {run.phase}: {v.get('checks', 0)} answers checked, {v.get('unexplained', 0)} "
-                          f"mismatch(es) ({v.get('declared', 0)} more by declared defects), {v.get('legacy_calls', 0)} "
-                          f"legacy calls in {v.get('legacy_seconds', 0):.2f} s", highlight=False)
+    from lumibot_duckdb.ab.verify import costs
+
+    for cost in costs(result.runs):
+        console.print(cost.text(), highlight=False)
     console.print(f"verdict: {result.verdict_line()}", highlight=False)
     text = console.export_text()
     if result.first_difference is not None:

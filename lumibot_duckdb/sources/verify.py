@@ -60,8 +60,12 @@ _LEGACY_LOCK = threading.RLock()
 """Legacy calls redirect Lumibot's module-level cache folders: one at a time in a process."""
 
 
-class DuckDBVerifyWarning(RuntimeWarning):
-    """Verify mode found an answer of the store that differs from what Lumibot's legacy path hands over."""
+class DuckDBVerifyWarning(UserWarning):
+    """Verify mode found an answer of the store that differs from what Lumibot's legacy path hands over.
+
+    A ``UserWarning``, not a ``RuntimeWarning``: importing ``lumibot.tools.black_scholes`` (any options
+    backtest) ignores every ``RuntimeWarning`` for the rest of the process.
+    """
 
 
 # -- comparing frames ---------------------------------------------------------------------------------
@@ -396,11 +400,12 @@ class Verifier:
             if log_declared:
                 self._declared_logged.add(declared)
         if warn:
-            warnings.warn(
-                f"lumibot-duckdb verify: the store's answer for {series} ({request}, {first} .. {last}) differs from "
-                f"what Lumibot's legacy path hands over: {difference}. The backtest continues on the store's "
-                f"answer; every mismatch is counted in {self.state.report}. Please report it with that file.",
-                DuckDBVerifyWarning, stacklevel=2)
+            message = (f"lumibot-duckdb verify: the store's answer for {series} ({request}, {first} .. {last}) differs "
+                       f"from what Lumibot's legacy path hands over: {difference}. The backtest continues on the "
+                       f"store's answer; every mismatch is counted in {self.state.report}. Please report it with "
+                       "that file.")
+            log.info(message)  # (the warning is what the console shows; the log keeps it with the run's)
+            warnings.warn(message, DuckDBVerifyWarning, stacklevel=2)
         elif log_declared:
             log.info("lumibot-duckdb verify: answers for %s differ from the legacy path by a declared legacy "
                      "defect (%s); counted in %s.", series, declared, self.state.report)
