@@ -265,7 +265,7 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
                          f"not {variant!r}")
     rss_after_import = _rss_mb()
     seam: dict[str, float] = {"seconds": 0.0, "calls": 0, "depth": 0}
-    strategy_class = load_strategy(scenario.strategy, STRATEGIES)
+    strategy_class: Any = load_strategy(scenario.strategy, STRATEGIES)
     parameters = parameters_of(scenario.parameters, scenario.parameters_file)
     start, end = scenario.window(phase)
     guard = None

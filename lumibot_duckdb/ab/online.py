@@ -184,10 +184,10 @@ def counting_requests() -> Iterator[RequestCounter]:
     pool.urlopen = counted_urlopen  # type: ignore[method-assign]
     try:
         from curl_cffi import requests as curl_requests
-    except ImportError:
-        curl_requests = None
+    except ImportError:  # (yfinance brings it; without it nothing speaks through it)
+        curl_requests = None  # type: ignore[assignment]
     if curl_requests is not None:
-        session = curl_requests.Session
+        session: Any = curl_requests.Session
         request = session.request
 
         def counted_request(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
@@ -195,7 +195,7 @@ def counting_requests() -> Iterator[RequestCounter]:
             return request(self, method, url, *args, **kwargs)
 
         undo.append((session, "request", request))
-        session.request = counted_request  # type: ignore[method-assign]
+        session.request = counted_request
     try:
         yield counter
     finally:

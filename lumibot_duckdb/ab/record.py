@@ -129,8 +129,8 @@ def recording_fills() -> Iterator[list[dict[str, Any]]]:
                         records.append({"time": "", "symbol": "", "bars": [], "error": repr(exc)})
         return original(self, stored_order, type_event, *args, **kwargs)
 
-    Broker._process_trade_event = process  # type: ignore[method-assign]
+    Broker._process_trade_event = process
     try:
         yield records
     finally:
-        Broker._process_trade_event = original  # type: ignore[method-assign]
+        Broker._process_trade_event = original

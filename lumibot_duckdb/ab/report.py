@@ -315,7 +315,8 @@ def recorded(page_text: str) -> dict[str, Any]:
     match = re.search(r'<script id="ab-result" type="application/json">(.*?)</script>', page_text, re.S)
     if match is None:
         raise ValueError("not an A/B report page: no ab-result record in it")
-    return json.loads(match.group(1).replace("<\\/", "</"))  # type: ignore[no-any-return]
+    document: dict[str, Any] = json.loads(match.group(1).replace("<\\/", "</"))
+    return document
 
 
 # -- the PNG --------------------------------------------------------------------------------------------

@@ -253,7 +253,7 @@ def read_parameters_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"Parameters file {file} is not valid JSON: {exc}") from exc
         if not isinstance(document, dict):
             raise ConfigError(f"Parameters file {file} must hold one JSON object, not a {type(document).__name__}.")
-        return decode(document)  # type: ignore[no-any-return]
+        return dict(decode(document))
     if file.suffix != ".py":
         raise ConfigError(f"Parameters file {file}: use a .json file or a .py file defining `parameters = {{...}}`.")
     spec = importlib.util.spec_from_file_location(f"lumibot_duckdb_parameters_{file.stem}", file.resolve())

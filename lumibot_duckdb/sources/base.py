@@ -360,11 +360,11 @@ def legacy_function(owner: Any, attribute: str) -> Callable[..., Any]:
     for _ in range(32):
         original = getattr(current, "_lumibot_duckdb_original", None)
         if original is not None:
-            return original  # type: ignore[no-any-return]
+            return original
         current = getattr(current, "__wrapped__", None)
         if current is None:
             break
-    return getattr(owner, attribute)  # type: ignore[no-any-return]
+    return getattr(owner, attribute)
 
 
 def _no_bars() -> pd.DataFrame:

@@ -153,8 +153,7 @@ def _first_unequal(a: Any, b: Any) -> int | None:
         if width is not None:
             left, right = np.ascontiguousarray(left).view(width), np.ascontiguousarray(right).view(width)
     if left.dtype.kind == "O":
-        hits = [i for i, (x, y) in enumerate(zip(left, right)) if not _same_scalar(x, y)]
-        return hits[0] if hits else None
+        return next((i for i, (x, y) in enumerate(zip(left, right)) if not _same_scalar(x, y)), None)
     hits = np.flatnonzero(left != right)
     return int(hits[0]) if len(hits) else None
 
