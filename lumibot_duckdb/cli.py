@@ -508,7 +508,7 @@ def _report_options(function: Any) -> Any:
 @click.option("--market-seed", type=int, default=1, show_default=True, help="Seed of the offline market.")
 @click.option("--verify", is_flag=True, help="Also run the DuckDB path in verify mode and report its cost.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep the runs' caches here (default: a temporary folder, removed afterwards).")
+              help="Keep the runs' caches here: a new or empty folder (default: a temporary one, removed after).")
 @_report_options
 def ab_command(strategy: str, source: str, start: str | None, end: str | None, params: tuple[str, ...],
                params_file: Path | None, budget: float, quote: str, benchmark: str, phases: str, shift_days: int,
@@ -548,7 +548,8 @@ def ab_command(strategy: str, source: str, start: str | None, end: str | None, p
 
 @main.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep the caches of the runs here (default: a temporary folder, removed afterwards).")
+              help="Keep the caches of the runs here: a new or empty folder (default: a temporary one, "
+                   "removed after).")
 @click.option("--source", type=click.Choice(["polygon", "yahoo", "alpaca", "ccxt"]), default="polygon",
               show_default=True, help="The data source to compare (its provider is emulated offline).")
 @_report_options

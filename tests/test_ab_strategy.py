@@ -218,6 +218,15 @@ def test_missing_credentials_say_what_to_set() -> None:
     assert config["config"]["API_KEY"] == "a" and config["config"]["PAPER"] is True and config["timestep"] == "minute"
 
 
+def test_a_used_work_folder_is_refused(tmp_path: Path) -> None:
+    from lumibot_duckdb.ab import compare_strategy
+
+    (tmp_path / "legacy").mkdir()
+    with pytest.raises(ConfigError, match="not empty: cold runs need empty caches"):
+        compare_strategy(str(EXAMPLES / "stock_buy_and_hold.py"), start="2024-01-02", end="2024-02-01",
+                         workdir=tmp_path)
+
+
 def test_compare_on_the_real_provider_without_a_key_stops_before_any_run(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from lumibot_duckdb.ab import compare_strategy

@@ -392,7 +392,12 @@ def write_png(result: ABResult, path: str | Path, *, dpi: int = 130) -> Path:
 
 
 def _png_text(result: ABResult) -> str:
-    lines = [f"{p.phase}: {_phase_words(p)}" for p in result.phases]
+    s = result.scenario
+    where = "offline (emulated provider)" if s.offline else "the real provider"
+    lines = [f"{s.source}, {where}; parameters {json.dumps(s.parameters) if s.parameters else '(its own)'}; "
+             f"{result.scenario_repeat} repetition(s); load average {result.machine.get('load_average')} on "
+             f"{result.machine.get('cpus')} CPUs", ""]
+    lines += [f"{p.phase}: {_phase_words(p)}" for p in result.phases]
     d = result.first_difference
     if d is not None:
         lines += ["", f"first differing fill ({d.phase}) #{d.index + 1}:", f"  legacy {d.legacy}",

@@ -268,6 +268,9 @@ def run_scenario(scenario: Scenario, *, phases: Sequence[str] = PHASES, repeat: 
 
         script = Path(split_spec(scenario.strategy)[0]) if is_file_spec(scenario.strategy) else None
         online.check_credentials(scenario.source, online.user_environment(script)[0])
+    if workdir is not None and Path(workdir).is_dir() and any(Path(workdir).iterdir()):
+        raise ConfigError(f"The work folder {workdir} is not empty: cold runs need empty caches. Remove it, or "
+                          "pass another (or none: a temporary folder, removed afterwards).")
     scratch = None if workdir is not None else tempfile.mkdtemp(prefix="lumibot-duckdb-ab-")
     root = Path(workdir) if workdir is not None else Path(scratch or "")
     machine = _machine()
