@@ -520,6 +520,10 @@ def render_result(result: ABResult, *, width: int = 160) -> str:
     for cost in costs(result.runs):
         console.print(cost.text(), highlight=False)
     console.print(f"verdict: {result.verdict_line()}", highlight=False)
+    load, cpus = result.machine.get("load_average") or [float("nan")], result.machine.get("cpus") or 1
+    if load[0] == load[0] and load[0] > cpus:  # timings of a busy machine vary more than the ratios suggest
+        console.print(f"(timings measured on a busy machine: load average {load[0]:.1f} on {cpus} CPUs at the "
+                      "start; --repeat N gives medians and ranges)", highlight=False)
     text = console.export_text()
     if result.first_difference is not None:
         text += "\n" + result.first_difference.text() + "\n"
