@@ -684,12 +684,115 @@ def _print_fetch(report: Any) -> None:
 
 
 # -- demo -------------------------------------------------------------------------------------------
+# -- A/B (lumibot_duckdb.ab) -----------------------------------------------------------------------
+def _progress(run: Any) -> None:
+    click.echo(f"  {run.variant:<15} {run.phase:<8} {run.wall_seconds:7.1f} s  {len(run.fills)} fills", err=True)
+
+
+def _write_reports(result: Any, report: Path | None, png: Path | None, as_json: Path | None) -> None:
+    import json
+
+    from lumibot_duckdb.ab.report import write_html, write_png
+
+    if report is not None:
+        click.echo(f"report: {write_html(result, report)}", err=True)
+    if png is not None:
+        click.echo(f"image: {write_png(result, png)}", err=True)
+    if as_json is not None:
+        as_json.parent.mkdir(parents=True, exist_ok=True)
+        as_json.write_text(json.dumps(result.to_dict(), indent=1, default=str))
+        click.echo(f"json: {as_json}", err=True)
+
+
+REPORT_OPTIONS = [
+    click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="Write the report: one self-contained HTML page (equity curves, time, memory, requests)."),
+    click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="Write the same charts as a PNG image."),
+    click.option("--json", "as_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="Write every run's measurements, fills and verdicts as JSON."),
+]
+
+
+def _report_options(function: Any) -> Any:
+    for option in reversed(REPORT_OPTIONS):
+        function = option(function)
+    return function
+
+
+@main.command("ab")
+@click.argument("strategy")
+@click.option("--source", type=click.Choice(["polygon", "yahoo", "alpaca", "ccxt"]), default="polygon",
+              show_default=True, help="The data source both paths use.")
+@click.option("--start", default=None, help="First day (YYYY-MM-DD; default BACKTESTING_START).")
+@click.option("--end", default=None, help="Last day (YYYY-MM-DD; default BACKTESTING_END).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="A strategy parameter (repeatable); VALUE as JSON (else a string), "
+                   'e.g. --param symbols=\'["SPY","TLT"]\' --param asset=\'{"$asset":"ETH","type":"crypto"}\'.')
+@click.option("--params-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Parameters from a .json file or a .py file defining `parameters = {...}` (--param wins).")
+@click.option("--budget", type=float, default=100_000.0, show_default=True, help="Starting cash.")
+@click.option("--quote", default="", help="Quote asset (run_backtest's quote_asset), e.g. USDT.")
+@click.option("--benchmark", default="", help="Benchmark asset, e.g. SPY or ETH/USDT (default none).")
+@click.option("--phases", default="cold,warm,shifted", show_default=True,
+              help="cold (empty throw-away caches), warm (the same caches again), shifted (window moved later).")
+@click.option("--shift-days", type=click.IntRange(min=1), default=30, show_default=True,
+              help="How far the shifted phase moves the window.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Repeat every phase on fresh caches; the table shows medians and min-max.")
+@click.option("--offline", is_flag=True, help="Use the built-in emulated provider (no key, no network).")
+@click.option("--timestep", default="", help="Bars the strategy trades on, for Alpaca (day or minute).")
+@click.option("--option", "options", multiple=True, metavar="NAME=VALUE",
+              help="Another run_backtest keyword (repeatable, JSON value), e.g. --option exchange_id=kraken.")
+@click.option("--market-seed", type=int, default=1, show_default=True, help="Seed of the offline market.")
+@click.option("--verify", is_flag=True, help="Also run the DuckDB path in verify mode and report its cost.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the runs' caches here: a new or empty folder (default: a temporary one, removed after).")
+@_report_options
+def ab_command(strategy: str, source: str, start: str | None, end: str | None, params: tuple[str, ...],
+               params_file: Path | None, budget: float, quote: str, benchmark: str, phases: str, shift_days: int,
+               repeat: int, offline: bool, timestep: str, options: tuple[str, ...], market_seed: int, verify: bool,
+               workdir: Path | None, report: Path | None, png: Path | None, as_json: Path | None) -> None:
+    """A/B your own strategy: Lumibot's legacy data path beside the DuckDB path, fill by fill.
+
+    STRATEGY is path/to/file.py (the one Strategy subclass in it), path/to/file.py:ClassName or
+    module:ClassName. Each phase runs both paths in fresh processes with your credentials
+    (environment and .env, as Lumibot reads them; cold runs on empty throw-away caches, never
+    yours), then prints wall time, data-layer time, peak memory, provider requests, bytes on disk,
+    fills and final value, and the verdict. Where the paths differ it shows the first differing
+    fill, the bars each path held around it, and which declared legacy defect explains it (or
+    that none does). Exits 1 when they differ unexplained.
+
+    \b
+    Examples:
+      lumibot-duckdb ab my_strategy.py --source polygon --start 2024-01-02 --end 2024-06-28 --report ab.html
+      lumibot-duckdb ab stock_momentum.py --source yahoo --start 2023-01-03 --end 2023-08-01 --offline --png ab.png
+    """
+    from lumibot_duckdb.ab.session import compare_strategy
+    from lumibot_duckdb.ab.strategy import parse_assignment
+
+    click.echo(f"A/B {strategy} on {source} ({'offline' if offline else 'the real provider'}), phases {phases}, "
+               f"{repeat} repetition(s)…", err=True)
+    result = compare_strategy(
+        strategy, source=source, start=start, end=end, parameters=dict(map(parse_assignment, params)),
+        parameters_file=params_file or "", budget=budget, quote=quote, benchmark=benchmark, phases=phases,
+        shift_days=shift_days, repeat=repeat, offline=offline, timestep=timestep,
+        options=dict(map(parse_assignment, options)), market_seed=market_seed, verify=verify, workdir=workdir,
+        progress=_progress)
+    click.echo(result.text())
+    _write_reports(result, report, png, as_json)
+    if not result.ok:
+        raise SystemExit(1)
+
+
 @main.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep the caches of the runs here (default: a temporary folder, removed afterwards).")
+              help="Keep the caches of the runs here: a new or empty folder (default: a temporary one, "
+                   "removed after).")
 @click.option("--source", type=click.Choice(["polygon", "yahoo", "alpaca", "ccxt"]), default="polygon",
               show_default=True, help="The data source to compare (its provider is emulated offline).")
-def demo(workdir: Path | None, source: str) -> None:
+@_report_options
+def demo(workdir: Path | None, source: str, report: Path | None, png: Path | None, as_json: Path | None) -> None:
     """Offline A/B backtest on sample data: Lumibot's legacy data path beside the DuckDB path.
 
     Runs a daily momentum strategy over four symbols (crypto pairs on CCXT) of a built-in
@@ -698,26 +801,15 @@ def demo(workdir: Path | None, source: str) -> None:
     and whether fills and final portfolio value are identical (or differ only by a declared
     legacy defect).
 
-    Example: lumibot-duckdb demo --source ccxt --workdir ./demo-run
+    Example: lumibot-duckdb demo --source ccxt --workdir ./demo-run --report demo.html
     """
-    import dataclasses
-
-    from lumibot_duckdb.ab.harness import RunResult, Scenario, compare
-    from lumibot_duckdb.ab.harness import demo as run_demo
-
-    scenario = Scenario.momentum()
-    if source != "polygon":
-        scenario = dataclasses.replace(scenario, source=source, name=f"{scenario.name} ({source})")
-    if source == "ccxt":
-        scenario = dataclasses.replace(scenario, parameters={
-            **scenario.parameters, "symbols": ["BTC", "ETH", "SOL", "ADA"], "asset_type": "crypto", "quote": "USDT"})
+    from lumibot_duckdb.ab.harness import demo_scenario
+    from lumibot_duckdb.ab.session import run_scenario
 
     click.echo("Running 6 offline backtests (legacy and DuckDB; cold, warm, shifted window), about a minute…",
                err=True)
-    def progress(run: RunResult) -> None:
-        click.echo(f"  {run.variant:<12} {run.phase:<8} {run.wall_seconds:6.1f} s", err=True)
-
-    results, text = run_demo(workdir, scenario=scenario, progress=progress)
-    click.echo(text)
-    if any(not (p.identical or p.declared) for p in compare(results)):
+    result = run_scenario(demo_scenario(source), workdir=workdir, progress=_progress)
+    click.echo(result.text())
+    _write_reports(result, report, png, as_json)
+    if not result.ok:
         raise click.ClickException("legacy and DuckDB results differ (see above)")

@@ -6,7 +6,9 @@ is built.
 Environment variables:
 
 ``LUMIBOT_USE_DUCKDB``
-    ``true/false/1/0/yes/no/on/off`` (any case). Default: on.
+    ``true/false/1/0/yes/no/on/off`` (any case). Default: on. ``verify`` is on, and also checks
+    every answer the store gives against what Lumibot's legacy path hands over for the same
+    request (:mod:`lumibot_duckdb.sources.verify`; it costs the legacy path's requests and time).
 ``LUMIBOT_DUCKDB_CACHE_DIR``
     Folder of the bar store. Default: ``<Lumibot cache folder>/duckdb``.
 ``LUMIBOT_DUCKDB_STRICT``
@@ -28,6 +30,10 @@ Environment variables:
     shown on a terminal, and inside a backtest only when Lumibot's quiet logs are off
     (``BACKTESTING_QUIET_LOGS``, ``quiet_logs=``) and its progress bar is on
     (``BACKTESTING_SHOW_PROGRESS_BAR``, ``show_progress_bar=``).
+``LUMIBOT_DUCKDB_VERIFY_REPORT``
+    Where verify mode writes its report (JSON). Default:
+    ``logs/lumibot-duckdb-verify-<source>-<time>-<pid>.json`` under the working directory, beside
+    Lumibot's own backtest logs.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ ENV_RETRY_WAIT = "LUMIBOT_DUCKDB_RETRY_WAIT"
 ENV_PROGRESS = "LUMIBOT_DUCKDB_PROGRESS"
 DEFAULT_RETRIES = 5
 DEFAULT_RETRY_WAIT = 60.0
+ENV_VERIFY_REPORT = "LUMIBOT_DUCKDB_VERIFY_REPORT"
+VERIFY = "verify"
+"""The value of ``use_duckdb`` / ``LUMIBOT_USE_DUCKDB`` that turns verify mode on."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -129,6 +138,10 @@ class Settings:
     """Attempts per provider request (``LUMIBOT_DUCKDB_RETRIES``)."""
     retry_wait: float = DEFAULT_RETRY_WAIT
     """Longest wait between attempts, in seconds (``LUMIBOT_DUCKDB_RETRY_WAIT``)."""
+    verify: bool = False
+    """Verify mode: serve from the store and check each answer against Lumibot's legacy path."""
+    verify_report: Path | None = None
+    """Where verify mode writes its report (None: the default under ``./logs``)."""
 
     @classmethod
     def resolve(
@@ -140,6 +153,7 @@ class Settings:
         max_memory: str | int | None = None,
         retries: int | str | None = None,
         retry_wait: float | str | None = None,
+        verify_report: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Apply the precedence: explicit argument, then environment, then default."""
@@ -147,9 +161,9 @@ class Settings:
 
         if use_duckdb is None:
             raw = env.get(ENV_USE_DUCKDB)
-            enabled = True if raw is None or raw.strip() == "" else parse_bool(raw, name=ENV_USE_DUCKDB)
+            enabled, verify = (True, False) if raw is None or raw.strip() == "" else _switch(raw, ENV_USE_DUCKDB)
         else:
-            enabled = parse_bool(use_duckdb, name="use_duckdb")
+            enabled, verify = _switch(use_duckdb, "use_duckdb")
 
         if strict is None:
             raw = env.get(ENV_STRICT)
@@ -172,8 +186,10 @@ class Settings:
         wait = _number(retry_wait if retry_wait is not None else env.get(ENV_RETRY_WAIT),
                        name="retry_wait" if retry_wait is not None else ENV_RETRY_WAIT, default=DEFAULT_RETRY_WAIT,
                        whole=False, least=0)
+        report_path = verify_report if verify_report is not None else (env.get(ENV_VERIFY_REPORT, "").strip() or None)
         return cls(use_duckdb=enabled, cache_dir=folder.expanduser(), strict=is_strict, max_memory=budget,
-                   retries=int(attempts), retry_wait=float(wait))
+                   retries=int(attempts), retry_wait=float(wait),
+                   verify=verify, verify_report=Path(report_path).expanduser() if report_path else None)
 
 
 def _number(value: object, *, name: str, default: float, whole: bool, least: float) -> float:
@@ -220,3 +236,14 @@ def progress_wanted(explicit: bool | str | None = None, *, backtest: bool, strea
         return bool(target.isatty())  # type: ignore[attr-defined]
     except (AttributeError, ValueError):
         return False
+
+
+def _switch(value: str | bool, name: str) -> tuple[bool, bool]:
+    """``use_duckdb`` as users write it: a boolean, or ``verify`` (on, and checked against legacy)."""
+    if isinstance(value, str) and value.strip().lower() == VERIFY:
+        return True, True
+    try:
+        return parse_bool(value, name=name), False
+    except ConfigError:
+        raise ConfigError(f"{name}={value!r} is neither a boolean nor {VERIFY!r}. Use true/false (1/0, yes/no, "
+                          f"on/off), or {VERIFY!r} to check every answer against Lumibot's legacy path.") from None

@@ -9,7 +9,9 @@ One root, branches that also inherit the builtin a caller would expect::
     │   └── StoreLockTimeout (TimeoutError) another process holds a series for too long
     ├── BarsValidationError (ValueError)    bars handed to the store are not usable
     ├── ProviderDataError (ValueError)      a provider answered with something that is not bars
-    └── ProviderRequestError (RuntimeError) a provider kept failing (HTTP 5xx/429, timeouts) after every retry
+    ├── ProviderRequestError (RuntimeError) a provider kept failing (HTTP 5xx/429, timeouts) after every retry
+    ├── ABRunError (RuntimeError)           an A/B backtest run did not finish
+    └── ParityError (AssertionError)        legacy and DuckDB gave different fills or final value
 
 A ``StoreError`` on the DuckDB path of a data source makes it fall back to the legacy path
 (with one warning) unless strict mode is on; provider errors are never hidden that way.
@@ -92,3 +94,10 @@ class ProviderRequestError(RuntimeError, LumibotDuckDBError):
         self.series = series
         self.interval = interval
         self.attempts = attempts
+class ABRunError(RuntimeError, LumibotDuckDBError):
+    """A backtest run of the A/B harness did not finish; the message ends with the run's last output."""
+
+
+class ParityError(AssertionError, LumibotDuckDBError):
+    """Lumibot's legacy path and the DuckDB path gave different fills or final value, and no declared
+    legacy defect explains it (raised by :func:`lumibot_duckdb.ab.assert_parity`, with the first differing fill)."""

@@ -1,10 +1,14 @@
 """The A/B harness: one strategy, one provider data set, Lumibot's legacy path beside the DuckDB path.
 
 Each run happens in a fresh Python process (so peak memory is its own and no cache survives in
-memory), fully offline: the provider is emulated at its network seam by
-:mod:`lumibot_duckdb.testing`. A *session* is a sequence of runs on the same cache folders:
-``cold`` (empty caches), ``warm`` (same window again) and ``shifted`` (the window moved later),
-for each variant. :func:`compare` then checks that fills and final portfolio value are identical.
+memory). Offline (the default, ``Scenario.offline``) the provider is emulated at its network seam
+by :mod:`lumibot_duckdb.testing`; otherwise the run talks to the real provider with the user's
+credentials (:mod:`lumibot_duckdb.ab.online`). A *session* is a sequence of runs on the same cache
+folders: ``cold`` (empty caches), ``warm`` (same window again) and ``shifted`` (the window moved
+later), for each variant. :func:`compare` then checks that fills and final portfolio value are
+identical. The strategy is a sample of :mod:`lumibot_duckdb.testing.strategies` or the user's own
+(a file or a module, :mod:`lumibot_duckdb.ab.strategy`); :mod:`lumibot_duckdb.ab.session` builds a
+whole comparison of it (``lumibot-duckdb ab``).
 
 >>> session = run_session(Scenario.momentum(), workdir)            # doctest: +SKIP
 >>> print(render(session))                                          # doctest: +SKIP
@@ -24,12 +28,22 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lumibot_duckdb.ab.record import fills_of
+from lumibot_duckdb.errors import ABRunError
+
+__all__ = ["PHASES", "REFERENCE", "VARIANTS", "VERIFY", "Parity", "RunResult", "Scenario", "compare",
+           "demo", "fills_of", "render", "run_here", "run_session", "run_subprocess"]
+
 VARIANTS = ("legacy", "duckdb")
 PHASES = ("cold", "warm", "shifted")
 REFERENCE = "legacy-fixed"
 """Lumibot's legacy path with its known cache defects patched (each kit's
 :meth:`~lumibot_duckdb.testing.kits.SourceKit.legacy_defects`): the reference that proves a difference
-between legacy and DuckDB comes from those defects and nothing else."""
+between legacy and DuckDB comes from those defects and nothing else. ``legacy-fixed#N`` patches only
+the N-th defect (1-based, in the kit's order): the reference that names which one explains it."""
+VERIFY = "verify"
+"""The DuckDB path in verify mode (every answer also checked against the legacy path; its cost)."""
+FIAT = frozenset({"USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "NZD", "HKD", "SGD"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +61,11 @@ class Scenario:
     shift_days: int = 30
     market: str = ""  # "module:callable" returning a market; empty = SyntheticMarket(market_seed)
     timestep: str = ""  # the bars the strategy trades on, for sources that must be told ("minute"; Alpaca)
+    quote: str = ""  # the quote asset (run_backtest's quote_asset), e.g. "USDT"; empty = the source's default
+    benchmark: str = ""  # the benchmark asset ("SPY", "ETH/USDT"); empty = none
+    parameters_file: str = ""  # a .py (its `parameters`) or .json file, under `parameters`
+    offline: bool = True  # the emulated provider; False = the real one, with the user's credentials
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # more run_backtest keywords (JSON)
 
     @classmethod
     def buy_and_hold(cls, symbol: str = "AAA", start: str = "2024-01-02", end: str = "2024-04-01") -> Scenario:
@@ -90,6 +109,13 @@ class RunResult:
     fills: list[list[Any]]
     final_value: float
     detail: str = ""
+    repetition: int = 0
+    equity: list[list[Any]] = dataclasses.field(default_factory=list)
+    """Portfolio value after each iteration, ``[time, value]`` (:func:`~lumibot_duckdb.ab.record.equity_of`)."""
+    around_fills: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Per fill, the bars the data source held around it (:func:`~lumibot_duckdb.ab.record.recording_fills`)."""
+    verify: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Verify mode's counts and times (variant ``verify``)."""
 
     @property
     def bytes_per_bar(self) -> float:
@@ -121,8 +147,18 @@ class Parity:
 
 
 # -- running ---------------------------------------------------------------------------------------
-def child_environment(workdir: Path) -> dict[str, str]:
-    """Environment of a run: every Lumibot cache and artefact inside ``workdir``, nothing at home."""
+def child_environment(workdir: Path, scenario: Scenario | None = None) -> dict[str, str]:
+    """Environment of a run: every Lumibot cache and artefact inside ``workdir``, nothing at home.
+
+    Offline, none of the user's settings; on the real provider, the user's environment and ``.env``
+    with every cache redirected (:func:`lumibot_duckdb.ab.online.child_environment`).
+    """
+    if scenario is not None and not scenario.offline:
+        from lumibot_duckdb.ab import online
+        from lumibot_duckdb.ab.strategy import is_file_spec, split_spec
+
+        script = Path(split_spec(scenario.strategy)[0]) if is_file_spec(scenario.strategy) else None
+        return online.child_environment(workdir, script)
     from lumibot_duckdb.testing.offline import isolated_environment
 
     return {**isolated_environment(workdir), "PYTHONWARNINGS": "ignore"}
@@ -143,9 +179,9 @@ def spawn(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fast: 
     workdir.mkdir(parents=True, exist_ok=True)
     spec = json.dumps({"scenario": dataclasses.asdict(scenario), "variant": variant, "phase": phase,
                        "workdir": str(workdir), "fast": fast})
+    environment = {**child_environment(workdir, scenario), **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "lumibot_duckdb.ab.harness", spec], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**child_environment(workdir), **(env or {})},
-                            cwd=workdir)
+                            stderr=subprocess.PIPE, text=True, env=environment, cwd=workdir)
 
 
 def finish(process: subprocess.Popen[str], *, timeout: float = 3600) -> RunResult:
@@ -153,7 +189,7 @@ def finish(process: subprocess.Popen[str], *, timeout: float = 3600) -> RunResul
     stdout, stderr = process.communicate(timeout=timeout)
     lines = [ln for ln in stdout.splitlines() if ln.startswith('{"scenario"')]
     if process.returncode != 0 or not lines:
-        raise RuntimeError(f"backtest run failed (exit {process.returncode}):\n{stderr[-4000:]}")
+        raise ABRunError(f"backtest run failed (exit {process.returncode}):\n{stderr[-4000:]}")
     return RunResult(**json.loads(lines[-1]))
 
 
@@ -195,51 +231,104 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
     import contextlib
     import resource
 
+    from lumibot_duckdb.ab.record import equity_of, recording_fills
+    from lumibot_duckdb.ab.strategy import load_strategy, parameters_of
     from lumibot_duckdb.testing.kits import kit
-    from lumibot_duckdb.testing.offline import offline
     from lumibot_duckdb.testing.strategies import STRATEGIES
 
     source = kit(scenario.source)
-    options: dict[str, Any] = dict(source.backtest_kwargs(variant, scenario))
-    if variant in ("legacy", REFERENCE):
-        data_source = source.legacy_class
-    elif variant == "duckdb":
-        data_source = source.duckdb_class
-        options.update(use_duckdb=True, cache_dir=str(workdir / "duckdb"))
+    if scenario.offline:
+        options: dict[str, Any] = dict(source.backtest_kwargs(variant, scenario))
     else:
-        raise ValueError(f"variant must be one of {(*VARIANTS, REFERENCE)}, not {variant!r}")
+        from lumibot_duckdb.ab import online
+
+        online.check_credentials(scenario.source, os.environ)
+        options = online.backtest_kwargs(scenario.source, os.environ, scenario)
+    if scenario.quote:
+        from lumibot.entities import Asset
+
+        quote = scenario.quote.upper()
+        options["quote_asset"] = Asset(quote, "forex" if quote in FIAT else "crypto")
+    from lumibot_duckdb.ab.strategy import decode
+
+    options.update(decode(dict(scenario.options)))
+    fixes = _fixes(source, variant)
+    if variant == "legacy" or fixes is not None:
+        data_source = source.legacy_class
+    elif variant in ("duckdb", VERIFY):
+        data_source = source.duckdb_class
+        options.update(use_duckdb="verify" if variant == VERIFY else True, cache_dir=str(workdir / "duckdb"))
+        if variant == VERIFY:
+            options["verify_report"] = str(workdir / "verify-report.json")
+    else:
+        raise ValueError(f"variant must be one of {(*VARIANTS, VERIFY, REFERENCE)} (or {REFERENCE}#N), "
+                         f"not {variant!r}")
     rss_after_import = _rss_mb()
     seam: dict[str, float] = {"seconds": 0.0, "calls": 0, "depth": 0}
-    strategy_class = _resolve(scenario.strategy, STRATEGIES)
+    strategy_class: Any = load_strategy(scenario.strategy, STRATEGIES)
+    parameters = parameters_of(scenario.parameters, scenario.parameters_file)
     start, end = scenario.window(phase)
+    guard = None
     with contextlib.ExitStack() as stack:
-        if variant == REFERENCE:
-            for fix in source.legacy_defects().values():
-                stack.callback(fix())
+        for fix in fixes or ():
+            stack.callback(fix())
         for owner, attribute in source.data_layer():
             stack.enter_context(_timed(owner, attribute, seam))
         stack.enter_context(source.legacy_cache_folder(workdir / "lumibot-cache"))
-        guard = stack.enter_context(offline())
-        provider = stack.enter_context(source.serve(_market(scenario), fast=fast))
+        if scenario.offline:
+            from lumibot_duckdb.testing.offline import offline
+
+            guard = stack.enter_context(offline())
+            provider: Any = stack.enter_context(source.serve(_market(scenario), fast=fast))
+            kinds: Sequence[str] = source.request_kinds
+        else:
+            from lumibot_duckdb.ab.online import counting_requests
+
+            provider = stack.enter_context(counting_requests())
         if on_serve is not None:
             on_serve(provider)
+        around = stack.enter_context(recording_fills())
         started = time.perf_counter()
         _, strategy = strategy_class.run_backtest(
             data_source, dt.datetime.combine(start, dt.time()), dt.datetime.combine(end, dt.time()),
-            benchmark_asset=None, risk_free_rate=0.0, show_plot=False, show_tearsheet=False,
+            benchmark_asset=scenario.benchmark or None, risk_free_rate=0.0, show_plot=False, show_tearsheet=False,
             save_tearsheet=False, show_indicators=False, show_progress_bar=False, quiet_logs=True,
             save_stats_file=False, analyze_backtest=False, budget=scenario.budget,
-            parameters=dict(scenario.parameters), **options,
+            parameters=parameters, **options,
         )
         wall = time.perf_counter() - started
-        requests = {kind: provider.count(kind) for kind in source.request_kinds}
+        if not scenario.offline:
+            kinds = provider.kinds()
+        requests = {kind: provider.count(kind) for kind in kinds}
         requested_days = provider.requested_days()
-    if guard.attempts:
+    if guard is not None and guard.attempts:
         raise RuntimeError(f"the backtest tried the network: {guard.attempts[:3]}")
+    if strategy is None:
+        raise RuntimeError("Lumibot's run_backtest returned no strategy (see its log above)")
     size, bars = _disk(source, variant, workdir)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    verifier = getattr(strategy.broker.data_source, "duckdb_verifier", None)
+    checks = verifier.summary() if verifier is not None else {}
+    if verifier is not None:
+        verifier.write()
+    fills = fills_of(strategy)
     return RunResult(scenario.name, variant, phase, wall, seam["seconds"], int(seam["calls"]), requests, requested_days,
-                     peak, rss_after_import, size, bars, fills_of(strategy), float(strategy.portfolio_value))
+                     peak, rss_after_import, size, bars, fills, float(strategy.portfolio_value),
+                     equity=equity_of(strategy), around_fills=around if len(around) <= len(fills) else [],
+                     verify=checks)
+
+
+def _fixes(source: Any, variant: str) -> list[Any] | None:
+    """The legacy-defect patches a reference variant applies (None: not a reference variant)."""
+    name, _, which = variant.partition("#")
+    if name != REFERENCE:
+        return None
+    fixes = list(source.legacy_defects().values())
+    if not which:
+        return fixes
+    if not which.isdigit() or not 1 <= int(which) <= len(fixes):
+        raise ValueError(f"{variant!r}: {source.name} has {len(fixes)} declared legacy defect(s)")
+    return [fixes[int(which) - 1]]
 
 
 def _timed(owner: Any, attribute: str, seam: dict[str, float]) -> Any:
@@ -272,16 +361,6 @@ def _timed(owner: Any, attribute: str, seam: dict[str, float]) -> Any:
     return patched(owner, attribute, timed)
 
 
-def fills_of(strategy: Any) -> list[list[Any]]:
-    """Every fill of a finished backtest: time, symbol, side, quantity, price."""
-    log = strategy.broker._trade_event_log_df
-    if log is None or log.empty:
-        return []
-    filled = log[log["status"].isin(["fill", "partial_fill"])]
-    return [[str(t), str(s), str(side), float(q), float(p)] for t, s, side, q, p in
-            zip(filled["time"], filled["symbol"], filled["side"], filled["filled_quantity"], filled["price"])]
-
-
 def _resolve(name: str, known: dict[str, Any]) -> Any:
     if name in known:
         return known[name]
@@ -299,7 +378,7 @@ def _market(scenario: Scenario) -> Any:
 
 def _disk(source: Any, variant: str, workdir: Path) -> tuple[int, int]:
     """Bytes of bar files on disk and bars in them (legacy: the source's own cache; duckdb: the store)."""
-    if variant == "duckdb":
+    if variant in ("duckdb", VERIFY):
         from lumibot_duckdb.store import DuckDBDataStorage
 
         if not (workdir / "duckdb").is_dir():  # never created (or not creatable: the run fell back to legacy)
@@ -323,18 +402,22 @@ def _rss_mb() -> float:
 
 # -- comparing and reporting ----------------------------------------------------------------------
 def compare(results: Sequence[RunResult]) -> list[Parity]:
-    """Legacy beside DuckDB for each (scenario, phase): identical fills and final value?"""
-    by_key = {(r.scenario, r.phase, r.variant): r for r in results}
+    """Legacy beside DuckDB for each (scenario, phase) and repetition: identical fills and final value?
+
+    Where they differ, the ``legacy-fixed`` run of that phase (any repetition) is the reference.
+    """
+    by_key = {(r.scenario, r.phase, r.repetition, r.variant): r for r in results}
+    references = {(r.scenario, r.phase): r for r in results if r.variant == REFERENCE}
     report = []
-    for (scenario, phase, variant), legacy in sorted(by_key.items()):
-        if variant != "legacy" or (scenario, phase, "duckdb") not in by_key:
+    for (scenario, phase, repetition, variant), legacy in sorted(by_key.items()):
+        if variant != "legacy" or (scenario, phase, repetition, "duckdb") not in by_key:
             continue
-        ours = by_key[(scenario, phase, "duckdb")]
+        ours = by_key[(scenario, phase, repetition, "duckdb")]
         parity = Parity(scenario, phase, _same(legacy, ours), len(legacy.fills), legacy.final_value,
                         ours.final_value)
         if not parity.identical:
             parity.detail = _difference(legacy, ours)
-            reference = by_key.get((scenario, phase, REFERENCE))
+            reference = references.get((scenario, phase))
             if reference is not None and _same(reference, ours):
                 parity.declared = True
                 parity.reference_value = reference.final_value
@@ -401,6 +484,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_here(scenario, spec["variant"], spec["phase"], Path(spec["workdir"]), fast=spec.get("fast", False))
     print(json.dumps(dataclasses.asdict(result)), flush=True)
     return 0
+
+
+def demo_scenario(source: str = "polygon") -> Scenario:
+    """The demo's backtest: daily momentum over four symbols of the synthetic market (crypto pairs on CCXT)."""
+    scenario = Scenario.momentum()
+    if source != "polygon":
+        scenario = dataclasses.replace(scenario, source=source, name=f"{scenario.name} ({source})")
+    if source == "ccxt":
+        scenario = dataclasses.replace(scenario, parameters={
+            **scenario.parameters, "symbols": ["BTC", "ETH", "SOL", "ADA"], "asset_type": "crypto", "quote": "USDT"})
+    return scenario
 
 
 def demo(workdir: Path | None = None, *, scenario: Scenario | None = None,

@@ -23,9 +23,11 @@ Native multi-minute timesteps (``"5minute"``…) are not a store timeframe and s
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,7 @@ from lumibot.entities import Asset
 
 from lumibot_duckdb.errors import ProviderDataError
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer
+from lumibot_duckdb.sources.verify import patched_attributes
 from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.store import SeriesWriter
 
@@ -78,7 +81,11 @@ class AlpacaBacktesting(EnhancedDataSourceBacktesting, _LegacyAlpacaBacktesting)
 
         if not self._stores(timestep) or None in arguments.values():
             return legacy_call()  # (Lumibot's own argument checks raise there)
-        return self.via_store(lambda: self._window_from_store(**arguments), legacy_call)
+        window_key = self._get_asset_key(**arguments) if self.duckdb_verifier is not None else None
+        check = self.verify_check(self._aside(legacy_call, None), series=f"{base_asset} {timestep}",
+                                  request=f"{data_datetime_start} .. {data_datetime_end}", reuse=window_key,
+                                  hold=window_key)
+        return self.via_store(lambda: self._window_from_store(**arguments), legacy_call, check=check)
 
     def _window_from_store(self, *, base_asset: Asset, quote_asset: Asset, timestep: str, market: str, tzinfo: Any,
                            data_datetime_start: dt.datetime, data_datetime_end: dt.datetime,
@@ -131,8 +138,47 @@ class AlpacaBacktesting(EnhancedDataSourceBacktesting, _LegacyAlpacaBacktesting)
 
         if not self._stores(source_timestep):
             return legacy_call()
+        history_key = None
+        if self.duckdb_verifier is not None:  # the key _history_from_store keeps its answer under
+            history_key = self._get_asset_key(base_asset=asset, quote_asset=quote, timestep=source_timestep,
+                                              data_datetime_start=segment_start,
+                                              data_datetime_end=segment_end - dt.timedelta(seconds=1)) + "_HISTORY"
+        check = self.verify_check(self._aside(legacy_call, history_key), series=f"{asset} {source_timestep}",
+                                  request=f"history {segment_start} .. {segment_end}", reuse=history_key,
+                                  hold=history_key)
         return self.via_store(
-            lambda: self._history_from_store(asset, quote, source_timestep, segment_start, segment_end), legacy_call)
+            lambda: self._history_from_store(asset, quote, source_timestep, segment_start, segment_end), legacy_call,
+            check=check)
+
+    # -- verify mode ---------------------------------------------------------------------------------
+    def _aside(self, legacy_call: Callable[[], pd.DataFrame], hidden: str | None) -> Callable[[], pd.DataFrame]:
+        """``legacy_call`` for verify mode: Lumibot's method keeps what it builds in ``_data_store``; the
+        store's answer stays there instead (``hidden``, the key the store's answer is kept under, is
+        hidden from the legacy method, which would otherwise return it)."""
+
+        def call() -> pd.DataFrame:
+            kept = {name: dict(self._state(name, dict)) for name in ("_data_store", "_refreshed_keys")}
+            if hidden is not None:
+                self._state("_data_store", dict).pop(hidden, None)
+            try:
+                return legacy_call()
+            finally:
+                for name, entries in kept.items():
+                    state = self._state(name, dict)
+                    state.clear()
+                    state.update(entries)
+
+        return call
+
+    def _legacy_cache_at(self, folder: Path) -> contextlib.AbstractContextManager[None]:
+        from lumibot import constants
+        from lumibot.backtesting import alpaca_backtesting
+        from lumibot.tools import shared_bar_cache
+
+        # the per-window CSVs, Lumibot's shared bar cache below them, and never its remote (S3) copy
+        return patched_attributes((alpaca_backtesting, "LUMIBOT_CACHE_FOLDER", str(folder)),
+                                  (constants, "LUMIBOT_CACHE_FOLDER", str(folder)),
+                                  (shared_bar_cache, "_remote", lambda: (None, None)))
 
     def _history_from_store(self, asset: Asset, quote: Asset, source_timestep: str, segment_start: dt.datetime,
                             segment_end: dt.datetime) -> pd.DataFrame:

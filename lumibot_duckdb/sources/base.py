@@ -32,6 +32,7 @@ exact frame Lumibot's helper returns); small helpers; the route, installed last.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -39,6 +40,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import duckdb
@@ -48,6 +50,7 @@ from lumibot_duckdb.config import Settings, progress_wanted
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
 from lumibot_duckdb.sources.fill import fill
 from lumibot_duckdb.sources.retry import RetryPolicy
+from lumibot_duckdb.sources.verify import Verifier
 from lumibot_duckdb.sources.window import DEFAULT_POLICY, WindowBook, WindowPolicy
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
@@ -142,7 +145,9 @@ class EnhancedDataSourceBacktesting:
 
     ``use_duckdb``
         ``True``/``False``; default from ``LUMIBOT_USE_DUCKDB`` (on). ``False`` is Lumibot's
-        legacy class, unchanged.
+        legacy class, unchanged. ``"verify"``: on, and every answer of the store is also checked
+        against Lumibot's legacy path (:mod:`lumibot_duckdb.sources.verify`; read the result as
+        ``data_source.duckdb_verifier``).
     ``cache_dir``
         The store folder; default ``LUMIBOT_DUCKDB_CACHE_DIR`` or ``<Lumibot cache>/duckdb``.
     ``strict``
@@ -152,6 +157,8 @@ class EnhancedDataSourceBacktesting:
         Budget in bytes (or ``"512MB"``, ``"2GiB"``) for the bars held in memory, across series;
         default ``LUMIBOT_DUCKDB_MAX_MEMORY`` (none: each series is still held only as a window
         around the clock, see :mod:`lumibot_duckdb.sources.window`).
+    ``verify_report``
+        Verify mode's report file; default ``LUMIBOT_DUCKDB_VERIFY_REPORT``, else under ``./logs``.
     """
 
     LEGACY_TAKES_MAX_MEMORY = False
@@ -160,13 +167,21 @@ class EnhancedDataSourceBacktesting:
     """How this source sizes the windows it holds (:mod:`lumibot_duckdb.sources.window`)."""
 
     def __init__(self, *args: Any, use_duckdb: bool | str | None = None, cache_dir: Any = None,
-                 strict: bool | str | None = None, max_memory: Any = None, **kwargs: Any) -> None:
+                 strict: bool | str | None = None, max_memory: Any = None, verify_report: Any = None,
+                 **kwargs: Any) -> None:
         enabled = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict).use_duckdb
         if not enabled and self.LEGACY_TAKES_MAX_MEMORY:
             kwargs["max_memory"] = max_memory  # the legacy path gets Lumibot's own behaviour, whatever it is
             max_memory = None
         self.duckdb_settings = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict,
-                                                max_memory=max_memory if enabled else None)
+                                                max_memory=max_memory if enabled else None,
+                                                verify_report=verify_report)
+        self.duckdb_verifier: Verifier | None = None
+        """Verify mode's checks of this data source (None unless ``use_duckdb="verify"``)."""
+        if self.duckdb_settings.verify:
+            self.duckdb_verifier = Verifier(_source_name(type(self)),
+                                            report=self.duckdb_settings.verify_report, isolate=self._legacy_cache_at,
+                                            explain=self._declared_difference)
         self.duckdb_windows = WindowBook(budget=self.duckdb_settings.max_memory, policy=self.WINDOW_POLICY)
         self.duckdb_stats = DataLayerStats()
         self.duckdb_retry = RetryPolicy.from_settings(self.duckdb_settings)
@@ -187,13 +202,17 @@ class EnhancedDataSourceBacktesting:
         """The store this data source reads and fills (opened on first use)."""
         return self._duckdb_store.get()
 
-    def via_store(self, store_call: Callable[[], T], legacy_call: Callable[[], T]) -> T:
-        """``store_call()``; on a store failure, ``legacy_call()`` from then on (one warning), unless strict."""
+    def via_store(self, store_call: Callable[[], T], legacy_call: Callable[[], T], *,
+                  check: Callable[[T], None] | None = None) -> T:
+        """``store_call()``; on a store failure, ``legacy_call()`` from then on (one warning), unless strict.
+
+        ``check(answer)`` runs after the store answered, in verify mode only (see :meth:`verify_check`).
+        """
         if not self.use_duckdb:
             return legacy_call()
         started = time.perf_counter()
         try:
-            return store_call()
+            answer = store_call()
         except (StoreError, duckdb.Error) as exc:
             if self.duckdb_settings.strict:
                 self.duckdb_strict_error = exc  # for callers above a Lumibot layer that swallows errors
@@ -202,6 +221,30 @@ class EnhancedDataSourceBacktesting:
             return legacy_call()
         finally:
             self.duckdb_stats.add(seam_calls=1, seam_seconds=time.perf_counter() - started)
+        if check is not None and self.duckdb_verifier is not None:
+            check(answer)
+        return answer
+
+    # -- verify mode -----------------------------------------------------------------------------
+    def verify_check(self, legacy_call: Callable[[], Any], **where: Any) -> Callable[[Any], None] | None:
+        """In verify mode, the ``check`` for :meth:`via_store`: the answer against ``legacy_call()``'s.
+
+        ``where``: :meth:`Verifier.check`'s keywords (``series``, ``request``, ``select``, ``reuse``,
+        ``hold``). None when verify mode is off, so the check costs nothing then.
+        """
+        verifier = self.duckdb_verifier
+        if verifier is None:
+            return None
+        return lambda answer: verifier.check(answer, legacy_call, **where)
+
+    def _legacy_cache_at(self, folder: Path) -> contextlib.AbstractContextManager[None]:
+        """Point this vendor's legacy cache at ``folder`` inside the block (verify mode's throw-away cache)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say where its legacy cache is; verify mode "
+                                  "cannot isolate it")
+
+    def _declared_difference(self, ours: Any, legacy: Any) -> str | None:
+        """The declared legacy defect that explains why ``legacy`` differs from ``ours``, if one does."""
+        return None
 
     def _fall_back(self, exc: BaseException) -> None:
         if self._duckdb_failure is None:
@@ -251,6 +294,13 @@ class EnhancedDataSourceBacktesting:
             self.duckdb_stats.add(retries=result.retries)
 
 
+def _source_name(cls: type) -> str:
+    """The registry name of a data source class ("polygon"...), from its class name (as Lumibot keys it)."""
+    from lumibot_duckdb.registry import SOURCES
+
+    return next((s.name for s in SOURCES.values() if s.class_name == cls.__name__), cls.__name__.lower())
+
+
 def bad_answer(source: str, what: str, problem: str, *, advice: str) -> ProviderDataError:
     """The error for a provider answer that is not usable bars: who answered what, with what, and what to do.
 
@@ -279,4 +329,19 @@ def route(owner: Any, attribute: str, divert: Callable[[Callable[..., Any]], Cal
             return
         router = functools.wraps(current)(divert(current))
         router._lumibot_duckdb_router = True  # type: ignore[attr-defined]
+        router._lumibot_duckdb_original = current  # type: ignore[attr-defined]
         setattr(owner, attribute, staticmethod(router) if static else router)
+
+
+def legacy_function(owner: Any, attribute: str) -> Callable[..., Any]:
+    """Lumibot's own function below the router of ``owner.attribute``, whatever wraps the router now
+    (a timer, a test's spy): what verify mode asks when it needs the legacy answer."""
+    current: Any = getattr(owner, attribute)
+    for _ in range(32):
+        original = getattr(current, "_lumibot_duckdb_original", None)
+        if original is not None:
+            return original
+        current = getattr(current, "__wrapped__", None)
+        if current is None:
+            break
+    return getattr(owner, attribute)

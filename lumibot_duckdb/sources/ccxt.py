@@ -23,6 +23,7 @@ On the DuckDB path:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import functools
@@ -30,12 +31,14 @@ import logging
 import math
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from lumibot.backtesting.ccxt_backtesting import CcxtBacktesting as _LegacyCcxtBacktesting
 from lumibot.constants import LUMIBOT_DEFAULT_PYTZ
+from lumibot.tools import ccxt_data_store
 from lumibot.tools.ccxt_data_store import CcxtCacheDB
 from lumibot.tools.symbol_normalization import (
     build_ccxt_crypto_symbol,
@@ -44,8 +47,9 @@ from lumibot.tools.symbol_normalization import (
 )
 
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
-from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, legacy_function, route
 from lumibot_duckdb.sources.retry import RetryPolicy
+from lumibot_duckdb.sources.verify import between, patched_attributes
 from lumibot_duckdb.sources.window import ROW_MARGIN, WindowPolicy, frame_bytes
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
@@ -105,7 +109,9 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
             ensure_markets(cache_db)
             return legacy(cache_db, symbol, timeframe, start, end, limit)
 
-        return self.via_store(from_store, legacy_call)
+        check = self.verify_check(legacy_call, series=f"{symbol} {timeframe}", request=f"{start} .. {end}",
+                                  reuse=(symbol, timeframe, start, end), hold=(symbol, timeframe))
+        return self.via_store(from_store, legacy_call, check=check)
 
     # -- the window of each series (bounded memory) ---------------------------------------------
     def _pull_source_symbol_bars(self, asset: Any, length: int | None = None, timestep: str = "minute",
@@ -160,10 +166,14 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         window.place(_utc(first), _utc(last), TIMEFRAMES[timeframe])
         start, stop = window.bounds(limit)
         def read(since: pd.Timestamp) -> pd.DataFrame:
+            until = stop + pd.Timedelta(microseconds=1)
+            check = self.verify_check(self._legacy_download(symbol, timeframe, first, last),
+                                      series=f"{symbol} {timeframe}", request=f"window {since} .. {stop}",
+                                      select=lambda whole: between(whole, since, until),
+                                      reuse=(symbol, timeframe, first, last), hold=(symbol, timeframe))
             frame = self.via_store(
-                lambda: self._from_store(self.cache_db, symbol, timeframe, first, last,
-                                         read=Interval(since, stop + pd.Timedelta(microseconds=1))),
-                lambda: self.cache_db.download_ohlcv(symbol, timeframe, first, last))
+                lambda: self._from_store(self.cache_db, symbol, timeframe, first, last, read=Interval(since, until)),
+                lambda: self.cache_db.download_ohlcv(symbol, timeframe, first, last), check=check)
             if frame is not None and not frame.empty:
                 frame.index = frame.index.tz_localize("UTC").tz_convert(LUMIBOT_DEFAULT_PYTZ)
             return frame if frame is not None else pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC"))
@@ -179,6 +189,24 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         for other in self.duckdb_windows.loaded(key, start, stop, frame_bytes(data)):
             self._data_store.pop(other, None)
         return data
+
+    # -- verify mode -------------------------------------------------------------------------------
+    def _legacy_download(self, symbol: str, timeframe: str, start: dt.datetime,
+                         end: dt.datetime) -> Callable[[], pd.DataFrame]:
+        """Lumibot's own ``download_ohlcv`` for this request (below the router), markets loaded as it needs."""
+        original = legacy_function(CcxtCacheDB, "download_ohlcv")
+
+        def call() -> pd.DataFrame:
+            ensure_markets(self.cache_db)
+            return original(self.cache_db, symbol, timeframe, start, end)
+
+        return call
+
+    def _legacy_cache_at(self, folder: Path) -> contextlib.AbstractContextManager[None]:
+        return patched_attributes((ccxt_data_store, "LUMIBOT_CACHE_FOLDER", str(folder)))
+
+    def _declared_difference(self, ours: Any, legacy: Any) -> str | None:
+        return declared_difference(ours, legacy)
 
     def _prebuffer(self, timeframe: str) -> dt.timedelta:
         unit = {"1d": "days", "1h": "hours"}.get(timeframe, "minutes")
@@ -233,6 +261,48 @@ def prefetch(store: DuckDBDataStorage, symbol: str, timeframe: str, first: dt.da
     wanted = Interval(pd.Timestamp(first, tz="UTC"), pd.Timestamp(last + dt.timedelta(days=1), tz="UTC"))
     provider = CcxtFetcher(cache_db, symbol, timeframe, markets=MarketBook(store, exchange_id))
     return ccxt_series_key(symbol, timeframe, exchange_id), wanted, provider
+DECIMAL_DEFECT = "prices and volumes stored as DECIMAL(18,3)"
+DUPLICATE_DEFECT = "candles identical to an earlier one dropped"
+"""The two known defects of Lumibot 4.6.30's CCXT cache, the declared differences of this source."""
+
+
+def declared_difference(ours: Any, legacy: Any) -> str | None:
+    """Which declared legacy defect(s) explain why ``legacy`` (a ``download_ohlcv`` frame) differs from ``ours``.
+
+    * :data:`DECIMAL_DEFECT`: every legacy value is the store's rounded to 3 decimals (Lumibot's cache
+      keeps ``DECIMAL`` columns, DECIMAL(18,3) in DuckDB);
+    * :data:`DUPLICATE_DEFECT`: the rows legacy lacks each repeat the values of an earlier candle
+      (Lumibot's download ends with ``drop_duplicates()`` on a frame indexed by time).
+
+    None when the difference is anything else (another index, dtype, column, or value).
+    """
+    if not isinstance(ours, pd.DataFrame) or not isinstance(legacy, pd.DataFrame):
+        return None
+    if list(ours.columns) != list(legacy.columns) or ours.index.dtype != legacy.index.dtype \
+            or list(ours.dtypes) != list(legacy.dtypes):
+        return None
+    found = []
+    if not ours.index.equals(legacy.index):
+        extra = ours.index.difference(legacy.index)
+        if len(legacy.index.difference(ours.index)) or not len(extra):
+            return None
+        values = ours[list(CANDLES)]
+        repeated = values.round(3).duplicated(keep="first") | values.duplicated(keep="first")
+        if not repeated[ours.index.isin(extra)].all():
+            return None
+        ours = ours.loc[legacy.index]
+        found.append(f"{DUPLICATE_DEFECT} ({len(extra)})")
+    mine = ours[list(CANDLES)].to_numpy(dtype="float64")
+    theirs = legacy[list(CANDLES)].to_numpy(dtype="float64")
+    if not np.array_equal(mine, theirs, equal_nan=True):
+        whole = np.isclose(theirs * 1000, np.round(theirs * 1000), rtol=0, atol=1e-6) | np.isnan(theirs)
+        near = (np.abs(mine - theirs) <= 0.0005 + 1e-9 * np.abs(mine)) | (np.isnan(mine) & np.isnan(theirs))
+        if not (whole.all() and near.all()):
+            return None
+        found.append(DECIMAL_DEFECT)
+    if "missing" in ours.columns and not np.array_equal(ours["missing"].to_numpy(), legacy["missing"].to_numpy()):
+        return None
+    return "; ".join(found) or None
 
 
 def ccxt_series_key(symbol: str, timeframe: str, exchange_id: str) -> SeriesKey:

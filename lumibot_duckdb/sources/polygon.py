@@ -14,10 +14,12 @@ Polygon's raw columns, no placeholder rows, filtered the same way.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,7 @@ from polygon.rest.base import BaseClient
 from lumibot_duckdb.errors import ProviderDataError
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
 from lumibot_duckdb.sources.lumibot_data import WindowData, data_bytes, prepare
+from lumibot_duckdb.sources.verify import between, patched_attributes
 from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.store import SeriesWriter
 
@@ -189,6 +192,11 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             return legacy_filter(legacy_frame(bars), window.request_start, self.datetime_end, window.timestep)
 
         frame, start = window.read(start, now, read)
+        if self.duckdb_verifier is not None:  # a roll: the slice of the legacy answer it stands for
+            self.duckdb_verifier.check_held(
+                frame, hold=(key, window.timestep), series=f"{asset} {window.timestep}",
+                request=f"window {start} .. {end}",
+                select=lambda whole: between(whole, start, end + pd.Timedelta(microseconds=1)))
         if frame.empty:  # nothing in the whole range: Lumibot would hold no Data either
             self.pandas_data.pop(key, None)
             self.duckdb_windows.dropped(key)
@@ -300,13 +308,22 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
 
             frame, read_start = window.read(read_start, now, read)
             window.cover(read_start, read_end)
+            served[:] = [read_start, read_end + pd.Timedelta(microseconds=1)]
             return frame
 
         def legacy_call() -> pd.DataFrame | None:
             return legacy(api_key, asset, start, end, timespan=timespan, quote_asset=quote_asset,
                           force_cache_update=force_cache_update, max_workers=max_workers)
 
-        return self.via_store(from_store, legacy_call)
+        served: list[pd.Timestamp] = []  # the part of the range the answer holds (a window, or all of it)
+        check = self.verify_check(legacy_call, series=f"{asset} {timespan}", request=f"{start} .. {end}",
+                                  select=lambda whole: between(whole, *served),
+                                  reuse=(asset, quote_asset, start, end, timespan),
+                                  hold=(_data_key(asset, quote_asset), timespan))
+        return self.via_store(from_store, legacy_call, check=check)
+
+    def _legacy_cache_at(self, folder: Path) -> contextlib.AbstractContextManager[None]:
+        return patched_attributes((polygon_helper, "LUMIBOT_CACHE_FOLDER", str(folder)))
 
 
 def _data_key(asset: Any, quote: Any) -> tuple[Any, Any]:

@@ -25,11 +25,13 @@ Those requests go to Lumibot's helper unchanged (with its pickle cache and its s
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import json
 import logging
 import threading
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -41,6 +43,7 @@ from lumibot.tools.yahoo_helper import YahooHelper
 
 from lumibot_duckdb.errors import ProviderDataError
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
+from lumibot_duckdb.sources.verify import first_difference, patched_attributes
 from lumibot_duckdb.store import Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
 
@@ -118,7 +121,21 @@ class YahooDataBacktesting(EnhancedDataSourceBacktesting, _LegacyYahooDataBackte
                 return None  # Lumibot's helper returns None when Yahoo has no bars
             return legacy_frame(bars, self._yahoo_info(symbol), auto_adjust=auto_adjust)
 
-        return self.via_store(from_store, legacy_call)
+        check = self.verify_check(legacy_call, series=f"{symbol} day", request=f"get_symbol_data({symbol!r}, "
+                                  f"auto_adjust={auto_adjust}, last_needed_datetime={last_needed_datetime})")
+        return self.via_store(from_store, legacy_call, check=check)
+
+    def _declared_difference(self, ours: Any, legacy: Any) -> str | None:
+        return declared_difference(ours, legacy)
+
+    def _legacy_cache_at(self, folder: Path) -> contextlib.AbstractContextManager[None]:
+        from lumibot.tools import backtest_cache
+
+        target = folder / "yahoo"
+        target.mkdir(parents=True, exist_ok=True)
+        # and never Lumibot's remote (S3) backtest cache: a throw-away run must not read or fill it
+        return patched_attributes((YahooHelper, "LUMIBOT_YAHOO_CACHE_FOLDER", str(target)),
+                                  (backtest_cache, "get_backtest_cache", lambda: None))
 
     def _yahoo_info(self, symbol: str) -> dict[str, Any] | None:
         """``Ticker(symbol).info``, from the store once asked for (it decides Lumibot's re-stamping)."""
@@ -155,6 +172,27 @@ def yahoo_info(store: Any, symbol: str, *, on_request: Any = None) -> dict[str, 
 def info_note(symbol: str) -> tuple[str, str, str]:
     """Where the store keeps a symbol's ``Ticker.info``: ``meta/yahoo/info/<symbol>.json``."""
     return ("yahoo", "info", f"{quote(symbol, safe='')}.json")
+
+
+FORMING_BAR = "today's bar, still forming, is not served (the store holds settled bars only)"
+"""The one declared difference of this source: Lumibot's frame ends with today's session while it forms."""
+
+
+def declared_difference(ours: Any, legacy: Any) -> str | None:
+    """:data:`FORMING_BAR` when ``legacy`` equals ``ours`` but for bars of today's session (New York), else None.
+
+    Lumibot's helper hands over the whole history Yahoo sent, today's forming bar included; the store
+    serves settled days only (:func:`settled_until`). A backtest that ends before today never reads
+    that bar (Lumibot slices the frame by the simulated clock).
+    """
+    if not isinstance(ours, pd.DataFrame) or not isinstance(legacy, pd.DataFrame) or legacy.empty:
+        return None
+    if not isinstance(legacy.index, pd.DatetimeIndex) or legacy.index.tz is None:
+        return None
+    forming = legacy.index >= settled_until()
+    if not forming.any() or first_difference(ours, legacy[~forming]) is not None:
+        return None
+    return f"{FORMING_BAR}: {int(forming.sum())} bar(s) from {legacy.index[forming][0].date()}"
 
 
 def yahoo_series_key(symbol: str, asset: Asset | None = None) -> SeriesKey:
