@@ -42,7 +42,7 @@ from lumibot_duckdb.config import progress_wanted
 from lumibot_duckdb.errors import ConfigError, LumibotDuckDBError
 from lumibot_duckdb.ingest.legacy import yahoo_asset_type
 from lumibot_duckdb.registry import SOURCES
-from lumibot_duckdb.sources.fill import fill
+from lumibot_duckdb.sources.fill import FillResult, fill
 from lumibot_duckdb.sources.retry import RetryPolicy
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
 from lumibot_duckdb.store.coverage import canonical_timeframe, missing_ranges
@@ -181,15 +181,15 @@ def fetch(
             report.series.append(item)
             began = time.perf_counter()
             planned: tuple[SeriesKey, Interval, Any] | None = None
+            result: FillResult | None = None
             try:
                 key, wanted, provider, after = _plan(db, name, symbol, tf, first, last, asset_type=asset_type,
                                                      quote=quote, exchange=exchange, adjustment=adjustment,
                                                      credentials=credentials)
                 planned = key, wanted, provider
                 item.series, item.key = key.label, key.as_dict()
-                result = fill(db, key, wanted, provider, refresh=refresh, policy=policy, progress=show)
-                item.chunks, item.requests, item.retries = result.chunks, result.requests, result.retries
-                item.bars, item.empty = result.bars, result.empty
+                result = FillResult(key)
+                fill(db, key, wanted, provider, refresh=refresh, policy=policy, progress=show, result=result)
                 item.requests += after()
                 item.status = "fetched" if result.missing else "present"
             except KeyboardInterrupt:
@@ -202,6 +202,10 @@ def fetch(
                 item.status = "failed"
                 item.error = str(exc) if isinstance(exc, LumibotDuckDBError) else f"{type(exc).__name__}: {exc}"
             finally:
+                if result is not None:  # (what was stored, also when the fill failed or was interrupted)
+                    item.chunks, item.retries, item.bars, item.empty = (result.chunks, result.retries, result.bars,
+                                                                        result.empty)
+                    item.requests += result.requests
                 if planned is not None:
                     _coverage(db, *planned, item)
                 item.seconds = time.perf_counter() - began

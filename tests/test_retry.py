@@ -261,3 +261,35 @@ def test_a_cold_fill_inside_a_backtest_shows_a_bar_per_series(tmp_path: Path, mo
     assert "Fetching polygon AAA minute (split)" in shown and "100%" in shown and "bars=" in shown
     run_here(case, "duckdb", "warm", tmp_path / "shown", fast=True)
     assert "Fetching" not in capsys.readouterr().err, "a warm run fetches nothing: no bar"
+
+
+def test_our_polygon_client_keeps_http_statuses_and_never_sleeps_a_minute_in_a_loop(monkeypatch) -> None:
+    """Lumibot's client sleeps 60 s and tries again, forever, when urllib3 gives up; ours hands that to the
+    bounded retries, and tells a 500 (worth retrying) from a 403 (not) although polygon's error has no status."""
+    from polygon.exceptions import BadResponse
+
+    from lumibot_duckdb.sources.polygon import PolygonClient
+    from lumibot_duckdb.testing.polygon import FakeResponse
+
+    client = PolygonClient.create(api_key="key")
+    answers = iter([urllib3.exceptions.MaxRetryError(None, "/v2/aggs", urllib3.exceptions.ResponseError(
+        "too many 503 error responses")), FakeResponse(500, b'{"status":"ERROR"}'),
+        FakeResponse(403, b'{"status":"NOT_AUTHORIZED"}')])
+
+    def request(*args: Any, **kwargs: Any) -> Any:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(client.client._pool, "request", request)
+    monkeypatch.setattr("time.sleep", lambda seconds: pytest.fail(f"slept {seconds} s"))
+    with pytest.raises(urllib3.exceptions.MaxRetryError) as gave_up:
+        client.get_aggs("AAA", 1, "day", "2024-01-02", "2024-01-31", raw=True)
+    assert transient(gave_up.value).reason == "HTTP 503"
+    with pytest.raises(BadResponse) as server_error:
+        client.get_aggs("AAA", 1, "day", "2024-01-02", "2024-01-31", raw=True)
+    assert server_error.value.status == 500 and transient(server_error.value).reason == "HTTP 500"
+    with pytest.raises(BadResponse) as refused:
+        client.get_aggs("AAA", 1, "day", "2024-01-02", "2024-01-31", raw=True)
+    assert refused.value.status == 403 and transient(refused.value) is None

@@ -53,7 +53,7 @@ class FillResult:
 
 def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval, provider: Any, *, refresh: bool = False,
          policy: RetryPolicy | None = None, progress: bool = False,
-         on_request: Callable[[int], None] | None = None) -> FillResult:
+         on_request: Callable[[int], None] | None = None, result: FillResult | None = None) -> FillResult:
     """Make ``wanted`` of ``key`` present in ``store`` through ``provider`` (a :class:`Provider
     <lumibot_duckdb.sources.base.Provider>`); see the module docstring.
 
@@ -61,10 +61,12 @@ def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval, provider: A
     something is asked for. ``on_request(bars)`` is called once per answered request (from this
     thread), e.g. to count requests. Raises the first failed request's error after every other
     answer is stored: :class:`~lumibot_duckdb.errors.ProviderDataError` (an answer that is not bars)
-    or :class:`~lumibot_duckdb.errors.ProviderRequestError` (the provider kept failing).
+    or :class:`~lumibot_duckdb.errors.ProviderRequestError` (the provider kept failing). ``result``: a
+    :class:`FillResult` to count into, which keeps what was stored also when the fill raises or is
+    interrupted.
     """
     policy = policy or RetryPolicy.from_settings()
-    result = FillResult(key)
+    result = result if result is not None else FillResult(key)
     source = str(getattr(provider, "name", key.source))
     with store.writer(key) as writer:
         missing = [wanted] if refresh else writer.missing(wanted)
@@ -97,7 +99,10 @@ def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval, provider: A
 
         errors: list[BaseException] = []
         workers = max(1, min(int(getattr(provider, "max_workers", 1)), len(asked)))
-        with _bar(key, len(asked), progress) as bar, _pool(workers) as pool:
+        with contextlib.ExitStack() as counting:
+            counting.callback(_count, result, provider, calls_before, retries)
+            bar = counting.enter_context(_bar(key, len(asked), progress))
+            pool = counting.enter_context(_pool(workers))
             pending: dict[Future[pd.DataFrame], Any] = {pool.submit(fetch, task): task for task in asked}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -122,12 +127,15 @@ def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval, provider: A
                     bar.update(1)
                     if on_request is not None:
                         on_request(len(inside))
-        result.retries = retries.value
-        calls = getattr(provider, "calls", None)
-        result.requests = calls - calls_before if isinstance(calls, int) else result.chunks
         if errors:
             raise errors[0]
     return result
+
+
+def _count(result: FillResult, provider: Any, calls_before: int, retries: _Counter) -> None:
+    result.retries = retries.value
+    calls = getattr(provider, "calls", None)
+    result.requests = calls - calls_before if isinstance(calls, int) else result.chunks
 
 
 class _Counter:
