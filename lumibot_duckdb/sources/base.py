@@ -48,8 +48,10 @@ import pandas as pd
 from lumibot_duckdb.config import Settings
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
 from lumibot_duckdb.sources.window import DEFAULT_POLICY, WindowBook, WindowPolicy
-from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
+from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey, answers
+from lumibot_duckdb.store.coverage import missing_ranges, normalize
 from lumibot_duckdb.store.store import SeriesWriter
+from lumibot_duckdb.store.validate import bar_problems
 
 log = logging.getLogger("lumibot_duckdb")
 T = TypeVar("T")
@@ -100,6 +102,10 @@ class DataLayerStats:
     provider_requests: int = 0
     bars_fetched: int = 0
     bars_served: int = 0
+    empty_answers: int = 0
+    """Requests the provider answered with no bars (recorded, asked again once a day later)."""
+    empty_rechecks: int = 0
+    """Empty answers asked again (:mod:`lumibot_duckdb.store.answers`)."""
     fallbacks: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -163,7 +169,9 @@ class EnhancedDataSourceBacktesting:
         self.duckdb_windows = WindowBook(budget=self.duckdb_settings.max_memory, policy=self.WINDOW_POLICY)
         self.duckdb_stats = DataLayerStats()
         self._duckdb_failure: BaseException | None = None
-        self.duckdb_strict_error: BaseException | None = None
+        self.duckdb_error: BaseException | None = None
+        """An error that must reach the user although a Lumibot layer above the seam may swallow it (a refused
+        provider answer; a store failure in strict mode): re-raised by :meth:`reraise_swallowed`."""
         self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.cache_dir))
         super().__init__(*args, **kwargs)
 
@@ -185,14 +193,31 @@ class EnhancedDataSourceBacktesting:
         started = time.perf_counter()
         try:
             return store_call()
+        except ProviderDataError as exc:
+            self.duckdb_error = exc  # for callers above a Lumibot layer that swallows errors
+            raise
         except (StoreError, duckdb.Error) as exc:
             if self.duckdb_settings.strict:
-                self.duckdb_strict_error = exc  # for callers above a Lumibot layer that swallows errors
+                self.duckdb_error = exc
                 raise
             self._fall_back(exc)
             return legacy_call()
         finally:
             self.duckdb_stats.add(seam_calls=1, seam_seconds=time.perf_counter() - started)
+
+    def reraise_swallowed(self) -> None:
+        """Raise :attr:`duckdb_error` (once) if one is waiting: where Lumibot turned it into a generic message,
+        "no data" or a ``None`` price, the user gets the error itself.
+
+        Called just above the Lumibot layers that swallow errors, and at every step of the simulated clock,
+        so a backtest never goes on past a refused provider answer (or, in strict mode, a store failure)."""
+        error, self.duckdb_error = self.duckdb_error, None
+        if error is not None:
+            raise error.with_traceback(error.__traceback__) from None
+
+    def _update_datetime(self, *args: Any, **kwargs: Any) -> Any:
+        self.reraise_swallowed()
+        return super()._update_datetime(*args, **kwargs)  # type: ignore[misc]
 
     def _fall_back(self, exc: BaseException) -> None:
         if self._duckdb_failure is None:
@@ -213,62 +238,120 @@ class EnhancedDataSourceBacktesting:
         """Bars of ``key`` in ``wanted``: fetch what the store lacks, store it, read it back.
 
         ``read`` reads a different range than the one filled (e.g. all stored history, when the
-        legacy frame holds everything the provider ever sent). A damaged file found while reading
-        is set aside and its range fetched again, once.
+        legacy frame holds everything the provider ever sent). A damaged file found while filling or
+        reading is set aside (:mod:`lumibot_duckdb.store.integrity`) and its range fetched again; so is
+        a range another process set aside between the fill and the read.
         """
         read = read or wanted
-        for attempt in (1, 2):
-            if not wanted.empty:
-                self._fill(key, wanted, provider, refresh=refresh and attempt == 1)
+        fill = [] if wanted.empty else [wanted]
+        for attempt in range(1, _SERVE_ATTEMPTS + 1):
             try:
+                settled = self._fill(key, fill, provider, refresh=refresh and attempt == 1)
                 bars = self.store.read(key, read.start, read.end, columns=columns)
             except CorruptFileError as exc:
-                if attempt == 2:
+                if attempt == _SERVE_ATTEMPTS:
                     raise
                 log.warning("%s Fetching that range again.", exc)
+                fill = normalize([*fill, *(iv for iv in exc.intervals if isinstance(iv, Interval))])
+                continue
+            lost = [gap for want in fill for gap in self.store.missing_ranges(key, want.start, min(want.end, settled))
+                    if want.start < settled]
+            if lost and attempt < _SERVE_ATTEMPTS:  # set aside by another process between the fill and the read
+                log.warning("lumibot-duckdb: %s lost %s while being read (set aside by another process); "
+                            "fetching it again.", key, ", ".join(map(str, lost)))
                 continue
             self.duckdb_stats.add(bars_served=len(bars))
             return bars
         raise AssertionError("unreachable")
 
-    def _fill(self, key: SeriesKey, wanted: Interval, provider: Provider, *, refresh: bool) -> None:
+    def _fill(self, key: SeriesKey, wanted: list[Interval], provider: Provider, *, refresh: bool) -> pd.Timestamp:
+        """Fetch and store what the store lacks of ``wanted``; returns the settled horizon it filled up to."""
+        horizon = pd.Timestamp.max.tz_localize("UTC")
+        if not wanted:
+            return horizon
         with self.store.writer(key) as writer:
-            missing = [wanted] if refresh else writer.missing(wanted)
-            if not missing:
-                return
+            asked_at = answers.now()
+            missing = list(wanted) if refresh else [g for want in wanted for g in writer.missing(want)]
+            recheck = self._rechecks(writer, wanted, asked_at) if not refresh else []
+            if not missing and not recheck:
+                return horizon
             if writer.coverage():
                 provider.revalidate(key, writer)
-                missing = [wanted] if refresh else writer.missing(wanted)
+                missing = list(wanted) if refresh else [g for want in wanted for g in writer.missing(want)]
+                recheck = self._rechecks(writer, wanted, asked_at) if not refresh else []
             horizon = provider.settled_until()
-            missing = [Interval(gap.start, min(gap.end, horizon)) for gap in missing if gap.start < horizon]
-            if not missing:
-                return
-            tasks = provider.plan(key, missing)
+
+            def settled(ranges: list[Interval]) -> list[Interval]:
+                return [Interval(g.start, min(g.end, horizon)) for g in normalize(ranges) if g.start < horizon]
+
+            # (planned apart: an answer to a range asked for the first time is never counted as a second one)
+            ask, again = settled(missing), settled([r.file.interval for r in recheck])
+            if not ask and not again:
+                return horizon
+            tasks = (provider.plan(key, ask) if ask else []) + (provider.plan(key, again) if again else [])
             asked = [t for t in tasks if t.request is not None]
             for task in tasks:
                 if task.request is None:
                     writer.write(_no_bars(), covered=task.covers)
-            if not asked:
-                return
+            stored = [t.covers for t in tasks if t.request is None]
             errors: list[BaseException] = []
-            workers = max(1, min(provider.max_workers, len(asked)))
+            workers = max(1, min(provider.max_workers, len(asked) or 1))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lumibot-duckdb-fetch") as pool:
                 futures = {pool.submit(provider.fetch, task): task for task in asked}
                 for future in as_completed(futures):
                     task = futures[future]
                     try:
                         bars = future.result()
+                        inside = bars[(bars.index >= task.covers.start) & (bars.index < task.covers.end)]
+                        problem = bar_problems(inside, asset_type=key.asset_type)
+                        if problem:
+                            raise bad_answer(_provider_name(provider, key), "the request", problem,
+                                             advice=_provider_advice(provider))
                     except ProviderDataError as exc:
                         errors.append(exc.locate(series=key, interval=task.covers))
                         continue
                     except Exception as exc:  # noqa: BLE001 - re-raised below, after the others are stored
                         errors.append(exc)
                         continue
-                    inside = bars[(bars.index >= task.covers.start) & (bars.index < task.covers.end)]
-                    writer.write(inside, covered=task.covers)
-                    self.duckdb_stats.add(provider_requests=1, bars_fetched=len(inside))
+                    if inside.empty:
+                        times = 1 + max((r.answers for r in recheck if r.file.interval.overlaps(task.covers)),
+                                        default=0)
+                        writer.record_empty(task.covers, asked=asked_at, times=times)
+                        self.duckdb_stats.add(provider_requests=1, empty_answers=1)
+                    else:
+                        writer.write(inside, covered=task.covers)
+                        self.duckdb_stats.add(provider_requests=1, bars_fetched=len(inside))
+                    stored.append(task.covers)
+            if recheck:
+                done = normalize(stored)
+                replaced = [r.file for r in recheck if not missing_ranges(done, r.file.interval)]
+                writer.remove(replaced)  # (their ranges are covered by the new answers, published first)
+                self.duckdb_stats.add(empty_rechecks=len(recheck))
             if errors:
                 raise errors[0]
+        return horizon
+
+    @staticmethod
+    def _rechecks(writer: SeriesWriter, wanted: list[Interval], at: pd.Timestamp) -> list[answers.EmptyAnswer]:
+        """Empty answers in ``wanted`` that the rule of :mod:`lumibot_duckdb.store.answers` asks again at ``at``."""
+        found: dict[Any, answers.EmptyAnswer] = {}
+        for want in wanted:
+            for answer in writer.empty_answers(want):
+                if answer.due(at):
+                    found[answer.file.path] = answer
+        return list(found.values())
+
+
+_SERVE_ATTEMPTS = 3
+"""A read that finds damage is retried after fetching the damaged range again; twice more at most."""
+
+
+def _provider_name(provider: Provider, key: SeriesKey) -> str:
+    return str(getattr(provider, "name", None) or key.source.capitalize())
+
+
+def _provider_advice(provider: Provider) -> str:
+    return str(getattr(provider, "advice", None) or "check the symbol and the provider's status.")
 
 
 def bad_answer(source: str, what: str, problem: str, *, advice: str) -> ProviderDataError:

@@ -320,6 +320,8 @@ class CcxtFetcher:
     """The CCXT side of :meth:`EnhancedDataSourceBacktesting.serve` for one symbol and timeframe."""
 
     max_workers = 4
+    name = "The exchange"
+    advice = "check the symbol, the timeframe and the exchange's status."
 
     def __init__(self, cache_db: CcxtCacheDB, symbol: str, timeframe: str, *, markets: MarketBook) -> None:
         self.cache_db = cache_db
@@ -443,8 +445,7 @@ def ohlcv_to_bars(rows: Any, *, what: str) -> pd.DataFrame:
 
 
 def _bad_answer(what: str, problem: str) -> ProviderDataError:
-    return bad_answer("The exchange", what, problem,
-                      advice="check the symbol, the timeframe and the exchange's status.")
+    return bad_answer("The exchange", what, problem, advice=CcxtFetcher.advice)
 
 
 def legacy_frame(bars: pd.DataFrame, start: dt.datetime, end: dt.datetime, cache_db: CcxtCacheDB) -> pd.DataFrame:

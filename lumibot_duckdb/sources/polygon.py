@@ -91,7 +91,11 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             # (a window that holds no Data was dropped by the budget: read again)
             if window.first is not None and (window.due(now) or not window.data_id):
                 self._read_window(key, now)
-            result = super()._update_pandas_data(asset, quote, length, timestep, start_dt)
+            try:
+                result = super()._update_pandas_data(asset, quote, length, timestep, start_dt)
+            except Exception:
+                self.reraise_swallowed()  # ours, not Lumibot's "Error getting data from Polygon" around it
+                raise
             known = window.enough.get(kind)
             if self._seams == seams and window.data_id and (known is None or base < known):
                 # Lumibot kept the Data it holds (its check: the Data starts early enough for this
@@ -328,6 +332,9 @@ def polygon_series_key(asset: Asset, quote: Asset | None, timespan: str) -> Seri
 class PolygonFetcher:
     """The Polygon side of :meth:`EnhancedDataSourceBacktesting.serve` for one asset and timespan."""
 
+    name = "Polygon"
+    advice = "check the symbol and your Polygon plan."
+
     def __init__(self, api_key: str, asset: Asset, quote: Asset | None, timespan: str, *,
                  max_workers: int = 10) -> None:
         self.api_key = api_key
@@ -441,7 +448,7 @@ def aggs_to_bars(answer: Any, *, what: str) -> pd.DataFrame:
 
 
 def _bad_answer(what: str, problem: str) -> ProviderDataError:
-    return bad_answer("Polygon", what, problem, advice="check the symbol and your Polygon plan.")
+    return bad_answer("Polygon", what, problem, advice=PolygonFetcher.advice)
 
 
 def _bars_frame(raw: pd.DataFrame, *, what: str = "") -> pd.DataFrame:

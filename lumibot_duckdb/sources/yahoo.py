@@ -88,11 +88,9 @@ class YahooDataBacktesting(EnhancedDataSourceBacktesting, _LegacyYahooDataBackte
             data = super()._get_source_symbol_data(asset, timestep)
         finally:
             _ROUTE.reset(token)
-        # Lumibot turns any error of the Yahoo helper into "no data" (a logged warning); in strict
-        # mode a store failure must stop the backtest instead.
-        error, self.duckdb_strict_error = self.duckdb_strict_error, None
-        if error is not None:
-            raise error
+        # Lumibot turns any error of the Yahoo helper into "no data" (a logged warning); a refused answer
+        # (or, in strict mode, a store failure) must stop the backtest instead.
+        self.reraise_swallowed()
         return data
 
     def _yahoo_symbol_data(self, legacy: Any, asset: Asset, symbol: str, interval: str = "1d", caching: bool = True,
@@ -168,6 +166,8 @@ class YahooFetcher:
     """The Yahoo side of :meth:`EnhancedDataSourceBacktesting.serve` for one symbol's daily bars."""
 
     max_workers = 1
+    name = "Yahoo"
+    advice = "check the symbol on finance.yahoo.com and your yfinance version."
 
     def __init__(self, symbol: str, need: Interval, horizon: pd.Timestamp) -> None:
         self.symbol = symbol
@@ -282,7 +282,7 @@ def _extra_columns(frame: pd.DataFrame, extra: list[str]) -> Any:
 
 
 def _bad_answer(what: str, problem: str) -> ProviderDataError:
-    return bad_answer("Yahoo", what, problem, advice="check the symbol on finance.yahoo.com and your yfinance version.")
+    return bad_answer("Yahoo", what, problem, advice=YahooFetcher.advice)
 
 
 def _no_bars() -> pd.DataFrame:
