@@ -8,6 +8,7 @@ One root, branches that also inherit the builtin a caller would expect::
     │   ├── CorruptFileError                a file in the store failed its integrity check; set aside
     │   └── StoreLockTimeout (TimeoutError) another process holds a series for too long
     ├── BarsValidationError (ValueError)    bars handed to the store are not usable
+    ├── QueryLimitError (RuntimeError)      a db-query statement hit its time or memory limit
     └── ProviderDataError (ValueError)      a provider answered with something that is not bars
 
 A ``StoreError`` on the DuckDB path of a data source makes it fall back to the legacy path
@@ -52,6 +53,11 @@ class StoreLockTimeout(TimeoutError, StoreError):
 
 class BarsValidationError(ValueError, LumibotDuckDBError):
     """A frame of bars cannot be stored: a column is missing, of the wrong type, or empty where it may not be."""
+
+
+class QueryLimitError(RuntimeError, LumibotDuckDBError):
+    """A read-only SQL statement was stopped at its time or memory limit (``db-query --timeout`` and
+    ``--memory-limit`` raise them); nothing else was affected."""
 
 
 class ProviderDataError(ValueError, LumibotDuckDBError):

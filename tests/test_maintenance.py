@@ -192,12 +192,12 @@ def test_verify_finds_truncated_stray_and_conflicting_files(store: DuckDBDataSto
 
     report = verify(store)
     kinds = sorted((p.severity, p.kind) for p in report.problems)
-    assert kinds == [("error", "conflicting-overlap"), ("error", "stray-file"), ("error", "stray-file"),
-                     ("error", "unreadable"), ("warning", "quarantined")]
-    assert next(p for p in report.problems if p.kind == "unreadable").path == str(victim)
+    assert kinds == [("error", "checksum"), ("error", "conflicting-overlap"), ("error", "stray-file"),
+                     ("error", "stray-file"), ("error", "unreadable"), ("warning", "quarantined")]
+    assert next(p for p in report.problems if p.kind == "checksum").path == str(victim)  # (truncated)
     assert victim.exists()  # verify changes nothing
     code, out = run("maintain", "verify", "--store", store.root)
-    assert code == 1 and "4 error(s), 1 warning(s)" in out
+    assert code == 1 and "5 error(s), 1 warning(s)" in out
     code, out = run("maintain", "verify", "--json", "--store", store.root)
     assert code == 1 and json.loads(out)["ok"] is False
 

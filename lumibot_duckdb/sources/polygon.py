@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import json
+import logging
 from typing import Any
 
 import numpy as np
@@ -28,11 +29,13 @@ from lumibot.entities import Asset
 from lumibot.tools import polygon_helper
 from lumibot.tools.helpers import parse_timestep_qty_and_unit
 
-from lumibot_duckdb.errors import ProviderDataError
+from lumibot_duckdb.errors import CorruptFileError, ProviderDataError
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
 from lumibot_duckdb.sources.lumibot_data import WindowData, data_bytes, prepare
 from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.store import SeriesWriter
+
+log = logging.getLogger("lumibot_duckdb")
 
 SOURCE = "polygon"
 SETTLE = pd.Timedelta(minutes=15)
@@ -185,8 +188,17 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         start, end = window.bounds(now)
         series = polygon_series_key(asset, quote, window.timestep)
         def read(since: pd.Timestamp) -> pd.DataFrame:
-            bars = self.store.read(series, since, end + pd.Timedelta(microseconds=1), columns=POLYGON_COLUMNS)
-            self.duckdb_stats.add(bars_served=len(bars))
+            until = end + pd.Timedelta(microseconds=1)
+            try:
+                bars = self.store.read(series, since, until, columns=POLYGON_COLUMNS)
+                self.duckdb_stats.add(bars_served=len(bars))
+            except CorruptFileError as exc:  # set aside by the read: fetch its range again, then read
+                log.warning("%s Fetching that range again.", exc)
+                ranges = [iv for iv in exc.intervals if isinstance(iv, Interval)]
+                refill = Interval(min(iv.start for iv in ranges), max(iv.end for iv in ranges)) if ranges else \
+                    Interval(since, since)
+                provider = PolygonFetcher(getattr(self, "_api_key", None), asset, quote, window.timestep)
+                bars = self.serve(series, refill, provider, columns=POLYGON_COLUMNS, read=Interval(since, until))
             return legacy_filter(legacy_frame(bars), window.request_start, self.datetime_end, window.timestep)
 
         frame, start = window.read(start, now, read)

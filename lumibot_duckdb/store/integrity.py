@@ -105,22 +105,38 @@ def check_file(path: str | os.PathLike[str], key: SeriesKey, interval: Interval,
     """The first reason the file at ``path`` (published for ``key`` over ``interval`` under ``token``) cannot be
     served, or None if it passes every check. Never raises for a damaged file; raises ``FileNotFoundError`` if
     the file is gone (another process compacted it away: not damage)."""
+    found = inspect_file(path, key, interval, token, thorough=thorough, first=True)
+    return found[0] if found else None
+
+
+def inspect_file(path: str | os.PathLike[str], key: SeriesKey, interval: Interval, token: str, *,
+                 thorough: bool = True, first: bool = False) -> list[Damage]:
+    """Every reason the file cannot be served (just the first with ``first=True``); empty if it is sound."""
+    found: list[Damage] = []
     try:
-        return _check(Path(path), key, interval, token, thorough)
+        _check(Path(path), key, interval, token, thorough, found, first)
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes pyarrow or numpy raise is damage
-        return Damage("unreadable", f"cannot be read ({_first_line(exc)})")
+        found.append(Damage("unreadable", f"cannot be read ({_first_line(exc)})"))
+    return found[:1] if first else found
 
 
-def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough: bool) -> Damage | None:
+def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough: bool, found: list[Damage],
+           first: bool) -> None:
+    def failed(damage: Damage | None) -> bool:
+        if damage is not None and all(d.kind != damage.kind for d in found):
+            found.append(damage)
+        return bool(found) and first
+
     expected = token_checksum(token)
     if expected is not None:
         data = path.read_bytes()
         actual = zlib.crc32(data)
-        if actual != expected:
-            return Damage("checksum", f"its bytes hash to {actual:08x}, not to the {expected:08x} in its name "
-                                      f"({len(data):,} bytes): it changed after it was written")
+        if failed(None if actual == expected else Damage(
+                "checksum", f"its bytes hash to {actual:08x}, not to the {expected:08x} in its name "
+                            f"({len(data):,} bytes): it changed after it was written")):
+            return
         source: Any = pa.BufferReader(data)
     else:
         source = str(path)
@@ -129,19 +145,21 @@ def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough:
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - not a Parquet file (truncated, garbage, another format)
-        return Damage("unreadable", f"is not a readable Parquet file ({_first_line(exc)})")
-    damage = (_schema(parquet.schema_arrow) or _marks(parquet, key, interval, sealed=expected is not None)
-              or _statistics(parquet, interval))
-    if damage is not None:
-        return damage
-    if expected is not None and not thorough:
-        return None  # byte for byte what a validated publish wrote
-    columns = None if thorough else ["ts"]
-    table = parquet.read(columns=columns)
-    damage = _timestamps(table.column("ts"), interval)
-    if damage is None and (thorough or SERIES_MARK not in (parquet.schema_arrow.metadata or {})):
-        damage = _key_columns(parquet if columns is not None else table, key)
-    return damage
+        found.append(Damage("unreadable", f"is not a readable Parquet file ({_first_line(exc)})"))
+        return
+    if failed(_schema(parquet.schema_arrow)) or found:  # (a foreign schema: nothing below can be read right)
+        return
+    if failed(_marks(parquet, key, interval, sealed=expected is not None)):
+        return
+    if failed(_statistics(parquet, interval)):
+        return
+    if expected is not None and not thorough and not found:
+        return  # byte for byte what a validated publish wrote
+    table = parquet.read(columns=None if thorough else ["ts"])
+    if failed(_timestamps(table.column("ts"), interval)):
+        return
+    if thorough or SERIES_MARK not in (parquet.schema_arrow.metadata or {}):
+        failed(_key_columns(table if thorough else parquet, key))
 
 
 def _schema(schema: pa.Schema) -> Damage | None:
