@@ -336,21 +336,26 @@ class DuckDBDataStorage(DataStorageInterface):
         for bar_file in self.backend.files(key):
             by_partition.setdefault(bar_file.partition, []).append(bar_file)
         removed = 0
+        damage: CorruptFileError | None = None
         for partition, listed in by_partition.items():
             if partitions is not None and partition not in partitions:
                 continue
             if only_if_fragmented and len(listed) <= COMPACT_AFTER_FILES:
                 continue
             files = mergeable(listed)
+            try:  # (a damaged file is set aside, never merged into a new file that would pass every check)
+                if not self._check(files):
+                    raise StoreError(f"Files of {key} changed while being compacted; compact again.")
+            except CorruptFileError as exc:  # the sound files are still merged; the damage is reported after
+                damage = damage or exc
+                files = [f for f in files if f.path.exists()]
             if not files or (only_if_fragmented and len(files) <= COMPACT_AFTER_FILES):
                 continue
             runs = normalize(f.interval for f in files)
             if not only_if_fragmented and len(files) == len(runs) and not has_overlaps(f.interval for f in files):
                 continue  # already one file per run
             whole = Interval(runs[0].start, runs[-1].end)
-            try:  # (a damaged file is set aside, never merged into a new file that would pass every check)
-                if not self._check(files):
-                    raise StoreError(f"Files of {key} changed while being compacted; compact again.")
+            try:
                 bars = self._query_files(files, whole, _value_columns(None))
             except duckdb.Error as exc:
                 self._raise_for_damage(files, exc)
@@ -359,6 +364,8 @@ class DuckDBDataStorage(DataStorageInterface):
                 self.backend.publish(key, partition, to_arrow(rows, key), run)
             self.backend.remove(files)
             removed += len(files)
+        if damage is not None:
+            raise damage
         return removed
 
     def status(self) -> list[SeriesStatus]:

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from lumibot_duckdb.testing.kits import FAULTS, SourceKit, patched
+from lumibot_duckdb.testing.kits import FAULTS, VALUE_FAULTS, SourceKit, patched, spoil
 
 NY = "America/New_York"
 YAHOO_COLUMNS = ("Open", "High", "Low", "Close", "Adj Close", "Volume", "Dividends", "Stock Splits")
@@ -157,7 +157,7 @@ class FakeYahoo:
             self.requests.append(YahooRequest("history", symbol, interval, lo, hi,
                                               period if start is None else None))
         fault = self.faults.get(symbol, self.faults.get(None))
-        if fault is not None:
+        if fault is not None and fault not in VALUE_FAULTS:
             return _fault(fault, symbol)
         if interval in INTRADAY_DAYS:
             lo = max(lo, now - pd.Timedelta(days=INTRADAY_DAYS[interval]))
@@ -165,6 +165,8 @@ class FakeYahoo:
             raise ValueError(f"the offline Yahoo serves 1d, 15m and 1m bars, not {interval!r}")
         full = self._full_history(symbol, interval, now)
         frame = full[(full.index >= lo) & (full.index < hi)]
+        if fault is not None:
+            frame = spoil(frame, fault, capitalized=True)
         if auto_adjust:
             factor = frame["Adj Close"] / frame["Close"]
             frame = frame.drop(columns=["Adj Close"])
