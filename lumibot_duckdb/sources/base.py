@@ -205,18 +205,22 @@ class EnhancedDataSourceBacktesting:
         finally:
             self.duckdb_stats.add(seam_calls=1, seam_seconds=time.perf_counter() - started)
 
-    def reraise_swallowed(self) -> None:
-        """Raise :attr:`duckdb_error` (once) if one is waiting: where Lumibot turned it into a generic message,
-        "no data" or a ``None`` price, the user gets the error itself.
+    def reraise_swallowed(self, *, last: bool = False) -> None:
+        """Raise :attr:`duckdb_error` if one is waiting: where Lumibot turned it into a generic message, "no data"
+        or a ``None`` price, the user gets the error itself.
 
-        Called just above the Lumibot layers that swallow errors, and at every step of the simulated clock,
-        so a backtest never goes on past a refused provider answer (or, in strict mode, a store failure)."""
-        error, self.duckdb_error = self.duckdb_error, None
+        Called just above the Lumibot layers that swallow errors (the error stays waiting, as a layer further
+        up may swallow it again: Lumibot's ``get_last_price`` does), and with ``last=True`` at the next step of
+        the simulated clock, so a backtest never goes on past a refused provider answer (or, in strict mode,
+        a store failure)."""
+        error = self.duckdb_error
         if error is not None:
+            if last:
+                self.duckdb_error = None
             raise error.with_traceback(error.__traceback__) from None
 
     def _update_datetime(self, *args: Any, **kwargs: Any) -> Any:
-        self.reraise_swallowed()
+        self.reraise_swallowed(last=True)
         return super()._update_datetime(*args, **kwargs)  # type: ignore[misc]
 
     def _fall_back(self, exc: BaseException) -> None:

@@ -134,7 +134,10 @@ def bar_problems(bars: pd.DataFrame, *, asset_type: str = "stock") -> str:
             if "volume" in bars.columns:
                 example["volume"] = float(volume[first])
             words = PROBLEMS[name]
-            if name in ("negative", "zero_price"):
-                words += f" for a {asset_type}" if price_rule(asset_type).positive else ""
+            if name == "negative":
+                prices = np.stack(values)[:, first]
+                words = "a negative price" if (prices < 0).any() else "a negative volume or trade count"
+            if name in ("zero_price", "negative") and words.endswith("price"):
+                words += f" (impossible for a {asset_type}: {price_rule(asset_type).reason})"
             return f"{int(mask.sum())} bar(s) with {words} (e.g. {example})"
     return ""
