@@ -237,8 +237,9 @@ def test_malformed_answer_is_an_error_and_nothing_is_stored(yahoo, store_dir) ->
     with pytest.raises(ProviderDataError, match="nothing was stored"):
         fetch(source, "AAA")
     assert source.store.coverage(key()) == []
-    # Through Lumibot the error is logged and the symbol has no data, as on the legacy path.
-    assert source.get_historical_prices(Asset("AAA"), 5, timestep="day") is None
+    # Through Lumibot (which turns the error into "no data" on the legacy path) the user gets our error.
+    with pytest.raises(ProviderDataError, match="Yahoo answered"):
+        source.get_historical_prices(Asset("AAA"), 5, timestep="day")
     yahoo.heal()
     yahoo.reset()
     frame = fetch(source, "AAA")

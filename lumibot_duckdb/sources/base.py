@@ -205,16 +205,17 @@ class EnhancedDataSourceBacktesting:
         finally:
             self.duckdb_stats.add(seam_calls=1, seam_seconds=time.perf_counter() - started)
 
-    def reraise_swallowed(self, *, last: bool = False) -> None:
-        """Raise :attr:`duckdb_error` if one is waiting: where Lumibot turned it into a generic message, "no data"
-        or a ``None`` price, the user gets the error itself.
+    def reraise_swallowed(self, *, since: BaseException | None = None, last: bool = False) -> None:
+        """Raise :attr:`duckdb_error` if one is waiting (and is not ``since``, what was waiting before the call
+        that checks): where Lumibot turned it into a generic message, "no data" or a ``None`` price, the user
+        gets the error itself.
 
         Called just above the Lumibot layers that swallow errors (the error stays waiting, as a layer further
         up may swallow it again: Lumibot's ``get_last_price`` does), and with ``last=True`` at the next step of
         the simulated clock, so a backtest never goes on past a refused provider answer (or, in strict mode,
         a store failure)."""
         error = self.duckdb_error
-        if error is not None:
+        if error is not None and error is not since:
             if last:
                 self.duckdb_error = None
             raise error.with_traceback(error.__traceback__) from None
@@ -260,7 +261,10 @@ class EnhancedDataSourceBacktesting:
                 continue
             lost = [gap for want in fill for gap in self.store.missing_ranges(key, want.start, min(want.end, settled))
                     if want.start < settled]
-            if lost and attempt < _SERVE_ATTEMPTS:  # set aside by another process between the fill and the read
+            if lost:  # set aside (or pruned) by another process between the fill and the read
+                if attempt == _SERVE_ATTEMPTS:
+                    raise StoreError(f"Files of {key} covering {', '.join(map(str, lost))} kept disappearing while "
+                                     "being read (set aside as damaged, or pruned, by another process).")
                 log.warning("lumibot-duckdb: %s lost %s while being read (set aside by another process); "
                             "fetching it again.", key, ", ".join(map(str, lost)))
                 continue
@@ -276,20 +280,20 @@ class EnhancedDataSourceBacktesting:
         with self.store.writer(key) as writer:
             asked_at = answers.now()
             missing = list(wanted) if refresh else [g for want in wanted for g in writer.missing(want)]
-            recheck = self._rechecks(writer, wanted, asked_at) if not refresh else []
+            recheck = self._rechecks(writer, wanted, asked_at, every=refresh)
             if not missing and not recheck:
                 return horizon
             if writer.coverage():
                 provider.revalidate(key, writer)
                 missing = list(wanted) if refresh else [g for want in wanted for g in writer.missing(want)]
-                recheck = self._rechecks(writer, wanted, asked_at) if not refresh else []
+                recheck = self._rechecks(writer, wanted, asked_at, every=refresh)
             horizon = provider.settled_until()
 
             def settled(ranges: list[Interval]) -> list[Interval]:
                 return [Interval(g.start, min(g.end, horizon)) for g in normalize(ranges) if g.start < horizon]
 
             # (planned apart: an answer to a range asked for the first time is never counted as a second one)
-            ask, again = settled(missing), settled([r.file.interval for r in recheck])
+            ask, again = settled(missing), [] if refresh else settled([r.file.interval for r in recheck])
             if not ask and not again:
                 return horizon
             tasks = (provider.plan(key, ask) if ask else []) + (provider.plan(key, again) if again else [])
@@ -336,12 +340,14 @@ class EnhancedDataSourceBacktesting:
         return horizon
 
     @staticmethod
-    def _rechecks(writer: SeriesWriter, wanted: list[Interval], at: pd.Timestamp) -> list[answers.EmptyAnswer]:
-        """Empty answers in ``wanted`` that the rule of :mod:`lumibot_duckdb.store.answers` asks again at ``at``."""
+    def _rechecks(writer: SeriesWriter, wanted: list[Interval], at: pd.Timestamp, *,
+                  every: bool = False) -> list[answers.EmptyAnswer]:
+        """Empty answers in ``wanted`` that the rule of :mod:`lumibot_duckdb.store.answers` asks again at ``at``
+        (``every``: all of them, for a refresh that asks everything again)."""
         found: dict[Any, answers.EmptyAnswer] = {}
         for want in wanted:
             for answer in writer.empty_answers(want):
-                if answer.due(at):
+                if every or answer.due(at):
                     found[answer.file.path] = answer
         return list(found.values())
 

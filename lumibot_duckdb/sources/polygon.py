@@ -94,10 +94,11 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             # (a window that holds no Data was dropped by the budget: read again)
             if window.first is not None and (window.due(now) or not window.data_id):
                 self._read_window(key, now)
+            waiting = self.duckdb_error
             try:
                 result = super()._update_pandas_data(asset, quote, length, timestep, start_dt)
             except Exception:
-                self.reraise_swallowed()  # ours, not Lumibot's "Error getting data from Polygon" around it
+                self.reraise_swallowed(since=waiting)  # ours, not Lumibot's "Error getting data from Polygon"
                 raise
             known = window.enough.get(kind)
             if self._seams == seams and window.data_id and (known is None or base < known):

@@ -84,13 +84,14 @@ class YahooDataBacktesting(EnhancedDataSourceBacktesting, _LegacyYahooDataBackte
         if not self.use_duckdb:
             return super()._get_source_symbol_data(asset, timestep)
         token = _ROUTE.set((self, asset if isinstance(asset, Asset) else Asset(symbol=str(asset))))
+        waiting = self.duckdb_error
         try:
             data = super()._get_source_symbol_data(asset, timestep)
         finally:
             _ROUTE.reset(token)
         # Lumibot turns any error of the Yahoo helper into "no data" (a logged warning); a refused answer
         # (or, in strict mode, a store failure) must stop the backtest instead.
-        self.reraise_swallowed()
+        self.reraise_swallowed(since=waiting)
         return data
 
     def _yahoo_symbol_data(self, legacy: Any, asset: Asset, symbol: str, interval: str = "1d", caching: bool = True,
