@@ -193,7 +193,8 @@ def _when(ts: Any) -> str:
 @click.option("--symbol", default=None, help="Only series of this symbol.")
 def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol: str | None) -> None:
     """What the store holds: per source and per series, the covered range, gaps, bars, files, bytes
-    on disk and bytes per bar; quarantined (damaged) and leftover temporary files.
+    on disk and bytes per bar; empty answers waiting to be asked again; quarantined (damaged) and
+    leftover temporary files.
 
     Read from file names and Parquet footers only: fast on large stores.
 
@@ -210,9 +211,9 @@ def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol:
 
     with _existing_store(store_dir) as store:
         report = status(store)
-    if source or symbol:
-        keep = [s for s in report.series if (source is None or s.key.source == source.lower())
-                and (symbol is None or s.key.symbol.upper() == symbol.upper())]
+    if source or symbol:  # (symbols match exactly, case kept, as in every other command)
+        keep = [s for s in report.series if (source is None or s.key.source == source.strip().lower())
+                and (symbol is None or s.key.symbol == symbol.strip())]
         report = dataclasses.replace(report, series=keep)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
@@ -254,6 +255,16 @@ def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol:
             console.print(f"[yellow]{len(rounded)} series hold bars imported from Lumibot's CCXT cache, rounded to 3 "
                           "decimals[/yellow] (import-cache --include-rounded). To replace them with the exchange's "
                           "own prices: `lumibot-duckdb maintain prune --source ccxt --symbol BASE`, then fetch.")
+    waiting = [(s.key, a) for s in report.series for a in s.waiting]
+    if waiting:
+        console.print(f"[yellow]{len(waiting)} empty answer(s)[/yellow] over ranges where the market was open, "
+                      "each asked again once at the first request after the time shown "
+                      "(`lumibot-duckdb maintain forget-empty` asks at the next one):")
+        for key, answer in waiting[:20]:
+            console.print(f"  {key}  {answer.file.interval}  answered empty {_when(answer.asked)}, "
+                          f"asked again after {_when(answer.recheck_after)}")
+        if len(waiting) > 20:
+            console.print(f"  … and {len(waiting) - 20} more (--json lists them all)")
     if report.quarantined:
         console.print(f"[yellow]{len(report.quarantined)} quarantined file(s)[/yellow] in "
                       f"{report.root / '.quarantine'} (damaged, set aside; their ranges are fetched again).")
@@ -278,9 +289,16 @@ def _flag(name: str, value: Any) -> str:
               help="Write to this file (required for parquet; csv/json print to stdout without it).")
 @click.option("--limit", type=click.IntRange(min=0), default=None,
               help="At most this many rows (default: 50 for table output, all otherwise; 0 = all).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Stop the statement after this many seconds (0 = no limit).")
+@click.option("--memory-limit", default=None,
+              help="Memory DuckDB may use, and the most a table or --limit'ed result may hold (e.g. 4GB; "
+                   "0 = DuckDB's default). Default: a quarter of the machine's memory, at most 2 GiB.")
+@click.option("--max-temp", default="4GiB", show_default=True,
+              help="Disk DuckDB may spill to when a query needs more than its memory (0 = no limit).")
 @STORE_OPTION
-def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limit: int | None,
-             store_dir: Path | None) -> None:
+def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limit: int | None, timeout: float,
+             memory_limit: str | None, max_temp: str, store_dir: Path | None) -> None:
     """Run one read-only SQL statement (a SELECT) over the store.
 
     \b
@@ -297,15 +315,21 @@ def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limi
 
     Anything that would change the store or touch other files (INSERT, CREATE, COPY, ATTACH,
     INSTALL, SET, PRAGMA, several statements…) is refused; only files of the store can be read.
+    A statement is stopped at --timeout, and at --memory-limit (plus --max-temp of spill files);
+    csv, json and parquet output is written as it comes, so its size is not held in memory.
 
     \b
     Examples:
       lumibot-duckdb db-query "SELECT * FROM symbols"
       lumibot-duckdb db-query "SELECT ts, rsi FROM rsi('SPY', 14) ORDER BY ts DESC" --limit 5
       lumibot-duckdb db-query "FROM market_data WHERE symbol = 'SPY'" --format parquet -o spy.parquet
+      lumibot-duckdb db-query "SELECT symbol, count(*) FROM market_data GROUP BY ALL" --timeout 600
     """
+    import sys
+
+    from lumibot_duckdb.config import parse_bytes
     from lumibot_duckdb.errors import ConfigError
-    from lumibot_duckdb.sql.query import TABLE_LIMIT, query, write_result
+    from lumibot_duckdb.sql.query import TABLE_LIMIT, Limits, default_memory, python_rows, query, stream, write_stream
 
     if (sql is None) == (sql_file is None):
         raise ConfigError("Give the SQL as an argument or with --file, not both and not neither. "
@@ -313,18 +337,22 @@ def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limi
     text = sql if sql is not None else sql_file.read()
     if fmt == "table" and output is not None:
         raise ConfigError("--output needs --format csv, json or parquet.")
+    memory = default_memory() if memory_limit is None else parse_bytes(memory_limit, name="--memory-limit")
+    limits = Limits(seconds=timeout or None, memory=memory, temp=parse_bytes(max_temp, name="--max-temp"))
     wanted = (TABLE_LIMIT if fmt == "table" else 0) if limit is None else limit
-    with _existing_store(store_dir) as store:
-        result = query(store, text, limit=wanted or None)
     if fmt != "table":
-        written = write_result(result.table, fmt=fmt, output=output)
-        if written is not None:
-            click.echo(written, nl=False)
-        else:
-            click.echo(f"{result.table.num_rows:,} rows written to {output} ({fmt})", err=True)
-        if result.truncated:
+        with _existing_store(store_dir) as store, \
+                stream(store, text, limit=wanted or None, limits=limits, printable=fmt != "parquet") as (schema, rows):
+            capped = _Capped(rows, wanted or None)
+            written = write_stream(schema, iter(capped), fmt=fmt, output=output,
+                                   out=None if output is not None else sys.stdout)
+        if output is not None:
+            click.echo(f"{written:,} rows written to {output} ({fmt})", err=True)
+        if capped.more:
             click.echo(f"(only the first {wanted:,} rows: --limit)", err=True)
         return
+    with _existing_store(store_dir) as store:
+        result = query(store, text, limit=wanted or None, limits=limits, printable=True)
     import pyarrow.types as kinds
     from rich.table import Table
 
@@ -332,7 +360,7 @@ def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limi
     for field in result.table.schema:
         numeric = kinds.is_integer(field.type) or kinds.is_floating(field.type) or kinds.is_decimal(field.type)
         table.add_column(field.name, overflow="fold", justify="right" if numeric else "left")
-    for row in result.table.to_pylist():
+    for row in python_rows(result.table):
         table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
     console = _console()
     console.print(table)
@@ -340,9 +368,31 @@ def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limi
     console.print(f"{result.table.num_rows:,} row(s){more}")
 
 
+class _Capped:
+    """The first ``rows`` rows of an iterator of record batches (all if None); ``more`` tells whether there were
+    others (the stream asks for one row more than it shows)."""
+
+    def __init__(self, batches: Any, rows: int | None) -> None:
+        self.batches, self.left, self.more = batches, rows, False
+
+    def __iter__(self) -> Any:
+        for batch in self.batches:
+            if self.left is None:
+                yield batch
+            elif self.left <= 0:
+                self.more = self.more or batch.num_rows > 0
+            elif batch.num_rows > self.left:
+                self.more = True
+                yield batch.slice(0, self.left)
+                self.left = 0
+            else:
+                self.left -= batch.num_rows
+                yield batch
+
+
 @main.group("maintain", cls=_Group)
 def maintain() -> None:
-    """Keep the store tidy and sound: compact, clean-tmp, prune, verify.
+    """Keep the store tidy and sound: compact, clean-tmp, prune, verify, seal, forget-empty.
 
     Safe while backtests read the store: rewrites take the series' lock, publish the new file
     before removing the old ones, and readers retry. Commands that delete have --dry-run.
@@ -354,7 +404,9 @@ def maintain() -> None:
 def _selection(function: Any) -> Any:
     for option in reversed([
         click.option("--source", default=None, help="Only series of this source (polygon, yahoo, ingest…)."),
-        click.option("--symbol", default=None, help="Only series of this symbol."),
+        click.option("--symbol", default=None, help="Only series of exactly this symbol (case kept: spy is not SPY)."),
+        click.option("--symbol-glob", default=None,
+                     help="Only series whose symbol matches this shell pattern, case kept (e.g. 'BTC*', 'SP?')."),
         click.option("--timeframe", default=None, help="Only series of this timeframe (minute, hour, day)."),
     ]):
         function = option(function)
@@ -365,8 +417,8 @@ def _selection(function: Any) -> Any:
 @_selection
 @click.option("--dry-run", is_flag=True, help="Only say which series would be rewritten.")
 @STORE_OPTION
-def maintain_compact(source: str | None, symbol: str | None, timeframe: str | None, dry_run: bool,
-                     store_dir: Path | None) -> None:
+def maintain_compact(source: str | None, symbol: str | None, symbol_glob: str | None, timeframe: str | None,
+                     dry_run: bool, store_dir: Path | None) -> None:
     """Rewrite fragmented or overlapping partitions as one sorted file per covered range.
 
     Every bar is kept; where two files overlap, the newer file's bars win (as on every read).
@@ -376,7 +428,8 @@ def maintain_compact(source: str | None, symbol: str | None, timeframe: str | No
     from lumibot_duckdb.store.maintenance import compact
 
     with _existing_store(store_dir) as store:
-        report = compact(store, source=source, symbol=symbol, timeframe=timeframe, dry_run=dry_run)
+        report = compact(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob,
+                         dry_run=dry_run)
     verb = "would rewrite" if dry_run else "rewrote"
     click.echo(f"{report.series} series checked, {verb} {len(report.rewritten)}: "
                f"{report.files_before:,} files before, {report.files_after:,} after.")
@@ -412,8 +465,8 @@ def maintain_clean_tmp(older_than: str, dry_run: bool, store_dir: Path | None) -
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @STORE_OPTION
-def maintain_prune(before: str | None, source: str | None, symbol: str | None, timeframe: str | None,
-                   dry_run: bool, yes: bool, store_dir: Path | None) -> None:
+def maintain_prune(before: str | None, source: str | None, symbol: str | None, symbol_glob: str | None,
+                   timeframe: str | None, dry_run: bool, yes: bool, store_dir: Path | None) -> None:
     """Remove old bars (before a date) or whole series (of a source, symbol or timeframe).
 
     The coverage of removed time goes with the bars, so a backtest that asks for it fetches it
@@ -424,7 +477,8 @@ def maintain_prune(before: str | None, source: str | None, symbol: str | None, t
     from lumibot_duckdb.store.maintenance import prune
 
     with _existing_store(store_dir) as store:
-        plan = prune(store, before=before, source=source, symbol=symbol, timeframe=timeframe, dry_run=True)
+        plan = prune(store, before=before, source=source, symbol=symbol, timeframe=timeframe,
+                     symbol_glob=symbol_glob, dry_run=True)
         if dry_run or plan.series == 0 or (plan.files_removed + plan.files_rewritten) == 0:
             click.echo(f"{plan.series} series selected: would remove {plan.files_removed} file(s), rewrite "
                        f"{plan.files_rewritten}, {plan.bars_removed:,} bar(s).")
@@ -433,18 +487,23 @@ def maintain_prune(before: str | None, source: str | None, symbol: str | None, t
             return
         if not yes:
             click.confirm(f"Remove {plan.bars_removed:,} bar(s) from {plan.series} series?", abort=True)
-        report = prune(store, before=before, source=source, symbol=symbol, timeframe=timeframe)
+        report = prune(store, before=before, source=source, symbol=symbol, timeframe=timeframe,
+                       symbol_glob=symbol_glob)
     click.echo(f"{report.series} series: removed {report.files_removed} file(s), rewrote {report.files_rewritten}, "
                f"{report.bars_removed:,} bar(s) gone.")
 
 
 @maintain.command("verify")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--quarantine", is_flag=True,
+              help="Set every damaged file aside in .quarantine/ now (as the next read would), so its range is "
+                   "fetched again.")
 @STORE_OPTION
-def maintain_verify(as_json: bool, store_dir: Path | None) -> None:
-    """Read every file and check the store: names, partitions, schema, series, covered ranges,
-    overlapping files that disagree. Changes nothing. Exits 1 when an error is found (warnings:
-    quarantined files, leftover temporary files, overlaps that agree, do not fail).
+def maintain_verify(as_json: bool, quarantine: bool, store_dir: Path | None) -> None:
+    """Read every file and check the store with the checks every read runs (checksums, schema and types,
+    series, covered ranges, sorted unique bars) plus names, partitions and overlapping files that
+    disagree. Changes nothing unless --quarantine. Exits 1 when an error is found (warnings:
+    files without a checksum, quarantined files, leftover temporary files, overlaps that agree, do not fail).
 
     Example: lumibot-duckdb maintain verify --store ./bars && echo sound
     """
@@ -453,7 +512,7 @@ def maintain_verify(as_json: bool, store_dir: Path | None) -> None:
     from lumibot_duckdb.store.maintenance import verify
 
     with _existing_store(store_dir) as store:
-        report = verify(store)
+        report = verify(store, quarantine=quarantine)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
     else:
@@ -461,10 +520,64 @@ def maintain_verify(as_json: bool, store_dir: Path | None) -> None:
             click.echo(f"{problem.severity.upper():7} {problem.kind:<20} {problem.path}\n        {problem.message}")
         click.echo(f"{report.files_checked:,} file(s) of {report.series_checked} series checked: "
                    f"{len(report.errors)} error(s), {len(report.problems) - len(report.errors)} warning(s).")
+        if report.quarantined:
+            click.echo(f"{len(report.quarantined)} damaged file(s) set aside in .quarantine/; their ranges are "
+                       "fetched again by the next backtest that needs them.")
     if not report.ok:
         raise SystemExit(1)
 
 
+@maintain.command("seal")
+@_selection
+@click.option("--dry-run", is_flag=True, help="Only count the files that would be sealed.")
+@STORE_OPTION
+def maintain_seal(source: str | None, symbol: str | None, symbol_glob: str | None, timeframe: str | None,
+                  dry_run: bool, store_dir: Path | None) -> None:
+    """Give files written before checksums existed their checksum, so every read can prove them intact.
+
+    Each file is checked first; a damaged one is listed and left alone (never sealed). The same bars,
+    range and publish time are kept. Safe while backtests read the store.
+
+    Example: lumibot-duckdb maintain seal --store ./bars
+    """
+    from lumibot_duckdb.store.maintenance import seal
+
+    with _existing_store(store_dir) as store:
+        report = seal(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob,
+                      dry_run=dry_run)
+    verb = "would seal" if dry_run else "sealed"
+    click.echo(f"{report.series} series: {verb} {report.sealed} file(s); {report.already} already sealed; "
+               f"{len(report.damaged)} damaged (left alone, see `maintain verify`).")
+    for line in report.damaged:
+        click.echo(f"  {line}")
+
+
+@maintain.command("forget-empty")
+@_selection
+@click.option("--start", default=None, help="Only empty answers from this time (naive = UTC), e.g. 2024-03-01.")
+@click.option("--end", default=None, help="Only empty answers before this time (naive = UTC).")
+@click.option("--dry-run", is_flag=True, help="Only list the empty answers that would be forgotten.")
+@STORE_OPTION
+def maintain_forget_empty(source: str | None, symbol: str | None, symbol_glob: str | None, timeframe: str | None,
+                          start: str | None, end: str | None, dry_run: bool, store_dir: Path | None) -> None:
+    """Forget stored "no bars here" answers of a series (over a range), so the next backtest asks the
+    provider again: for a provider that answered nothing during an outage. Bars are never removed.
+
+    Empty answers are also asked again once by themselves, a day after they were given
+    (`db-status` lists those waiting).
+
+    Example: lumibot-duckdb maintain forget-empty --source polygon --symbol SPY --start 2024-03-01 --end 2024-04-01
+    """
+    from lumibot_duckdb.store.maintenance import forget_empty
+
+    with _existing_store(store_dir) as store:
+        report = forget_empty(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob,
+                              start=start, end=end, dry_run=dry_run)
+    verb = "would forget" if dry_run else "forgot"
+    click.echo(f"{report.series} series: {verb} {report.files_removed} empty answer(s); the next request for "
+               "their ranges asks the provider again.")
+    for line in report.ranges:
+        click.echo(f"  {line}")
 
 
 # -- bring your data: import-cache and fetch (lumibot_duckdb.ingest.cache, lumibot_duckdb.fetch) ------------

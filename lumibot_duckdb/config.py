@@ -38,6 +38,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -83,7 +84,10 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
 
 
 def parse_bytes(value: str | int | float | None, *, name: str) -> int | None:
-    """A memory size as users write it (``2000000000``, ``512MB``, ``1.5 GiB``); empty/0/None/"none" = no budget."""
+    """A memory size as users write it (``2000000000``, ``512MB``, ``1.5 GiB``); empty/0/None/"none" = no budget.
+
+    Anything else that is not a finite number of at least one byte (``1e400``, ``nan``, ``-5``, ``0.5``) is a
+    :class:`ConfigError` naming ``name``."""
     if value is None or isinstance(value, bool):
         if isinstance(value, bool):
             raise ConfigError(f"{name}={value!r} is not a memory size. Use bytes or a unit, e.g. 512MB or 2GiB.")
@@ -103,9 +107,15 @@ def parse_bytes(value: str | int | float | None, *, name: str) -> int | None:
                 f"{name}={value!r} is not a memory size. Use bytes or a number with a unit "
                 f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 512MB or 2GiB; 0 or empty for no budget."
             ) from None
-    if amount != amount or amount < 0:
-        raise ConfigError(f"{name}={value!r} is not a memory size: it must be a positive number of bytes.")
-    return int(amount) or None
+    if not math.isfinite(amount) or amount < 0:
+        raise ConfigError(f"{name}={value!r} is not a memory size: it must be a finite, positive number of bytes "
+                          "(e.g. 512MB or 2GiB; 0 or empty for no budget).")
+    if amount == 0:
+        return None
+    if amount < 1:
+        raise ConfigError(f"{name}={value!r} is less than one byte: give bytes or a unit (e.g. 0.5GB or 512MB); "
+                          "0 or empty means no budget.")
+    return int(amount)
 
 
 def lumibot_cache_folder(environ: Mapping[str, str] | None = None) -> Path:

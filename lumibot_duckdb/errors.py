@@ -5,9 +5,10 @@ One root, branches that also inherit the builtin a caller would expect::
     LumibotDuckDBError
     ├── ConfigError (ValueError)            a flag or path that cannot be used
     ├── StoreError (RuntimeError)           the store cannot be read or written
-    │   ├── CorruptFileError                a Parquet file in the store is damaged
+    │   ├── CorruptFileError                a file in the store failed its integrity check; set aside
     │   └── StoreLockTimeout (TimeoutError) another process holds a series for too long
     ├── BarsValidationError (ValueError)    bars handed to the store are not usable
+    ├── QueryLimitError (RuntimeError)      a db-query statement hit its time or memory limit
     ├── ProviderDataError (ValueError)      a provider answered with something that is not bars
     ├── ProviderRequestError (RuntimeError) a provider kept failing (HTTP 5xx/429, timeouts) after every retry
     ├── ABRunError (RuntimeError)           an A/B backtest run did not finish
@@ -33,12 +34,20 @@ class StoreError(RuntimeError, LumibotDuckDBError):
 
 
 class CorruptFileError(StoreError):
-    """A Parquet file in the store cannot be read; it was set aside, not deleted."""
+    """A file in the store failed its integrity check (unreadable, wrong checksum, foreign schema, another
+    series, bars outside its range, duplicates...); it was set aside in ``.quarantine/``, not deleted.
 
-    def __init__(self, message: str, *, path: str, quarantined_to: str | None = None) -> None:
+    ``intervals`` are the ranges of the files set aside (no longer covered: a data source fetches them
+    again), ``reasons`` why each was.
+    """
+
+    def __init__(self, message: str, *, path: str, quarantined_to: str | None = None,
+                 intervals: list[object] | None = None, reasons: list[str] | None = None) -> None:
         super().__init__(message)
         self.path = path
         self.quarantined_to = quarantined_to
+        self.intervals = list(intervals or [])
+        self.reasons = list(reasons or [])
 
 
 class StoreLockTimeout(TimeoutError, StoreError):
@@ -47,6 +56,11 @@ class StoreLockTimeout(TimeoutError, StoreError):
 
 class BarsValidationError(ValueError, LumibotDuckDBError):
     """A frame of bars cannot be stored: a column is missing, of the wrong type, or empty where it may not be."""
+
+
+class QueryLimitError(RuntimeError, LumibotDuckDBError):
+    """A read-only SQL statement was stopped at its time or memory limit (``db-query --timeout`` and
+    ``--memory-limit`` raise them); nothing else was affected."""
 
 
 class ProviderDataError(ValueError, LumibotDuckDBError):

@@ -66,3 +66,32 @@ def test_invalid_keyword_value_names_the_keyword() -> None:
 def test_invalid_flag_is_reported_even_when_the_default_would_do() -> None:
     with pytest.raises(ConfigError, match=ENV_STRICT):
         Settings.resolve(environ={ENV_STRICT: "enabled"})
+
+
+@pytest.mark.parametrize("text, words", [("1e400", "finite"), ("inf", "not a memory size"),
+                                         ("nan", "not a memory size"), ("-5", "positive"),
+                                         ("0.5", "less than one byte"), ("12 parsecs", "unit")])
+def test_a_memory_budget_that_is_not_a_positive_finite_size_names_the_variable(text: str, words: str) -> None:
+    from lumibot_duckdb.config import ENV_MAX_MEMORY
+
+    with pytest.raises(ConfigError) as info:
+        Settings.resolve(environ={ENV_MAX_MEMORY: text})
+    assert ENV_MAX_MEMORY in str(info.value) and words in str(info.value)
+
+
+@pytest.mark.parametrize("text, size", [("512MB", 512_000_000), ("1.5GiB", 1_610_612_736), ("0", None), ("", None),
+                                        ("none", None), ("2000000000", 2_000_000_000)])
+def test_memory_budgets_users_write(text: str, size: int | None) -> None:
+    from lumibot_duckdb.config import ENV_MAX_MEMORY
+
+    assert Settings.resolve(environ={ENV_MAX_MEMORY: text}).max_memory == size
+
+
+def test_a_bad_budget_stops_a_backtest_before_it_starts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from lumibot_duckdb import PolygonDataBacktesting
+
+    monkeypatch.setenv("LUMIBOT_DUCKDB_MAX_MEMORY", "1e400")
+    with pytest.raises(ConfigError, match="LUMIBOT_DUCKDB_MAX_MEMORY='1e400'"):
+        PolygonDataBacktesting(dt.datetime(2024, 1, 2), dt.datetime(2024, 2, 1), api_key="k", cache_dir=tmp_path)

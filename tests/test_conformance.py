@@ -16,6 +16,9 @@ Invariants:
 * empty answers are what Lumibot makes of them, and remembered; malformed answers are a clear error,
   store nothing and are asked again; a damaged store file is fetched again transparently;
 * a store failure falls back to Lumibot's path with one warning (strict mode raises instead);
+* empty answers are remembered, and asked again once a day later (then trusted); malformed answers and
+  impossible values store nothing, are asked again, and reach the user as a ProviderDataError;
+* a damaged file is set aside with its reason and its range fetched again, never a fallback;
 * parity: identical fills and final value, cold and warm, or DuckDB equals legacy with its
   declared defects fixed.
 """
@@ -37,7 +40,7 @@ import pytest
 from lumibot_duckdb.ab.harness import REFERENCE, RunResult, Scenario, compare, run_here
 from lumibot_duckdb.registry import SOURCES as REGISTRY
 from lumibot_duckdb.store import DuckDBDataStorage
-from lumibot_duckdb.testing.kits import FakeProvider, SourceKit, kit
+from lumibot_duckdb.testing.kits import VALUE_FAULTS, FakeProvider, SourceKit, kit
 from lumibot_duckdb.testing.market import SyntheticMarket
 
 pytestmark = pytest.mark.backtest
@@ -539,3 +542,102 @@ def test_after_a_store_failure_the_data_source_is_lumibots_with_one_warning(name
     assert_same_bars(ours, legacy)
     assert ours.requests == legacy.requests
     assert ours.lumibot_files == legacy.lumibot_files and legacy.lumibot_files, "served by Lumibot's own path"
+
+
+# -- the truth protected: damaged files, impossible answers, empty answers that heal -------------------
+def _errors(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return chain
+
+
+@pytest.mark.parametrize("fault", VALUE_FAULTS)
+@pytest.mark.parametrize("name", SOURCES)
+def test_impossible_values_stop_the_backtest_naming_source_series_and_range(name: str, fault: str,
+                                                                          tmp_path: Path) -> None:
+    """A negative price, a high below the low, an infinite close: refused before anything is stored, and the
+    user gets our error (not Lumibot's generic one, not a silent "no data")."""
+    from lumibot_duckdb.errors import ProviderDataError
+
+    source = kit(name)
+    scenario = buy_and_hold(source, "2024-01-02", "2024-01-20")
+    with pytest.raises(Exception) as raised:
+        run(scenario, "duckdb", "cold", tmp_path, on_serve=lambda provider: provider.fail(fault))
+    refused = [e for e in _errors(raised.value) if isinstance(e, ProviderDataError)]
+    assert refused, f"{name}/{fault}: the backtest stopped with {raised.value!r}, not a ProviderDataError"
+    error = refused[0]
+    assert error.source and error.series is not None and error.interval is not None, str(error)
+    assert "nothing was stored" in str(error) and str(error.series) in str(error)
+    with DuckDBDataStorage(tmp_path / "duckdb" / "duckdb") as store:
+        assert all(store.read(k, "2000-01-01", "2100-01-01").empty for k in store.series() if k.source == name)
+    healed = run(scenario, "duckdb", "cold", tmp_path)
+    clean = run(scenario, "duckdb", "cold", tmp_path / "clean")
+    assert (healed.fills, healed.final_value) == (clean.fills, clean.final_value)
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_an_outage_that_answered_empty_heals_a_day_later(name: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty answers are asked again once, a day later: the healed run trades as a clean one, and the
+    warm-rerun-asks-nothing guarantee holds again from then on."""
+    from lumibot_duckdb.store import answers
+
+    source = kit(name)
+    scenario = buy_and_hold(source, "2024-01-02", "2024-01-20")
+    clean = run(scenario, "duckdb", "cold", tmp_path / "clean")
+    outage = run(scenario, "duckdb", "cold", tmp_path, on_serve=lambda provider: provider.fail("empty"))
+    assert outage.fills == [] and outage.provider_requests > 0
+    assert run(scenario, "duckdb", "warm", tmp_path).provider_requests == 0, "asked again the same day"
+    later = answers.now() + answers.RECHECK_AFTER + pd.Timedelta(minutes=1)
+    monkeypatch.setattr(answers, "now", lambda: later)
+    healed = run(scenario, "duckdb", "warm", tmp_path)
+    assert healed.provider_requests > 0
+    assert (healed.fills, healed.final_value) == (clean.fills, clean.final_value)
+    again = run(scenario, "duckdb", "warm", tmp_path)
+    assert again.provider_requests == 0 and again.fills == clean.fills
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_an_empty_answer_given_twice_is_trusted(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lumibot_duckdb.store import answers
+
+    scenario = buy_and_hold(kit(name), "2024-01-02", "2024-01-20")
+    run(scenario, "duckdb", "cold", tmp_path, on_serve=lambda provider: provider.fail("empty"))
+    start = answers.now()
+    monkeypatch.setattr(answers, "now", lambda: start + pd.Timedelta(days=1, minutes=1))
+    second = run(scenario, "duckdb", "warm", tmp_path, on_serve=lambda provider: provider.fail("empty"))
+    assert second.provider_requests > 0 and second.fills == []
+    monkeypatch.setattr(answers, "now", lambda: start + pd.Timedelta(days=30))
+    third = run(scenario, "duckdb", "warm", tmp_path)
+    assert third.provider_requests == 0 and third.fills == [], "a range answered empty twice is trusted"
+
+
+@pytest.mark.parametrize("kind, sealed", [("bit-flip", True), ("duplicate-rows", False), ("shifted-range", True)])
+@pytest.mark.parametrize("name", SOURCES)
+def test_a_damaged_file_is_set_aside_fetched_again_and_never_a_fallback(name: str, kind: str, sealed: bool,
+                                                                       tmp_path: Path) -> None:
+    from lumibot_duckdb.sources.base import DuckDBFallbackWarning
+    from lumibot_duckdb.store import integrity
+    from lumibot_duckdb.testing.damage import damage, reasons
+
+    source = kit(name)
+    scenario = buy_and_hold(source, "2024-01-02", "2024-01-20")
+    cold = run(scenario, "duckdb", "cold", tmp_path)
+    with DuckDBDataStorage(tmp_path / "duckdb" / "duckdb") as store:
+        (series,) = series_of(source, tmp_path)
+        hit = damage(store, series, kind, sealed=sealed, seed=7)
+        integrity._CHECKED.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DuckDBFallbackWarning)
+            warm = run(scenario, "duckdb", "warm", tmp_path)
+        assert warm.provider_requests > 0, f"{name}: the damaged range was not fetched again"
+        assert (warm.fills, warm.final_value) == (cold.fills, cold.final_value)
+        assert [r for r in reasons(store) if r.startswith(hit.expected or "checksum")], reasons(store)
+        from lumibot_duckdb.store.maintenance import verify
+
+        assert verify(store).ok
+    again = run(scenario, "duckdb", "warm", tmp_path)
+    assert again.provider_requests == 0 and again.fills == cold.fills

@@ -156,6 +156,23 @@ def test_prune_keeps_the_newer_of_two_conflicting_files(store: DuckDBDataStorage
     pd.testing.assert_frame_equal(all_bars(store, SPY), expected)
 
 
+def test_symbol_filters_match_exactly_with_case_kept_and_patterns_on_request(store: DuckDBDataStorage) -> None:
+    """``spy`` and ``SPY`` are two series (a case-insensitive match once pruned both)."""
+    lower, upper, other = key("spy"), key("SPY"), key("SPYG")
+    for series in (lower, upper, other):
+        store.write(series, make_bars(periods=10, seed=1))
+    code, out = run("maintain", "prune", "--symbol", "spy", "--yes", "--store", store.root)
+    assert code == 0 and "1 series" in out
+    assert set(store.series()) == {upper, other}
+    assert prune(store, symbol="Spy", dry_run=True).series == 0
+    code, out = run("maintain", "prune", "--symbol-glob", "SPY*", "--dry-run", "--store", store.root)
+    assert code == 0 and "2 series selected" in out
+    prune(store, symbol_glob="SP?G")
+    assert store.series() == [upper]
+    code, out = run("db-status", "--symbol", "spy", "--json", "--store", store.root)
+    assert json.loads(out)["series"] == []
+
+
 def test_prune_cli_dry_run_confirmation_and_yes(store: DuckDBDataStorage) -> None:
     store.write(SPY, make_bars(periods=100, seed=1))
     code, out = run("maintain", "prune", "--before", "2024-01-02 15:00", "--dry-run", "--store", store.root)
@@ -192,12 +209,12 @@ def test_verify_finds_truncated_stray_and_conflicting_files(store: DuckDBDataSto
 
     report = verify(store)
     kinds = sorted((p.severity, p.kind) for p in report.problems)
-    assert kinds == [("error", "conflicting-overlap"), ("error", "stray-file"), ("error", "stray-file"),
-                     ("error", "unreadable"), ("warning", "quarantined")]
-    assert next(p for p in report.problems if p.kind == "unreadable").path == str(victim)
+    assert kinds == [("error", "checksum"), ("error", "conflicting-overlap"), ("error", "stray-file"),
+                     ("error", "stray-file"), ("error", "unreadable"), ("warning", "quarantined")]
+    assert next(p for p in report.problems if p.kind == "checksum").path == str(victim)  # (truncated)
     assert victim.exists()  # verify changes nothing
     code, out = run("maintain", "verify", "--store", store.root)
-    assert code == 1 and "4 error(s), 1 warning(s)" in out
+    assert code == 1 and "5 error(s), 1 warning(s)" in out
     code, out = run("maintain", "verify", "--json", "--store", store.root)
     assert code == 1 and json.loads(out)["ok"] is False
 

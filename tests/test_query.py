@@ -234,9 +234,67 @@ def test_query_file_and_stdin(store: DuckDBDataStorage, tmp_path: Path) -> None:
 
 def test_every_command_help_has_an_example() -> None:
     for command in (["db-status"], ["db-query"], ["maintain"], ["maintain", "compact"], ["maintain", "clean-tmp"],
-                    ["maintain", "prune"], ["maintain", "verify"]):
+                    ["maintain", "prune"], ["maintain", "verify"], ["maintain", "seal"], ["maintain", "forget-empty"]):
         code, out = run(*command, "--help")
         assert code == 0 and "Example" in out and "lumibot-duckdb" in out, command
     code, out = run("db-query", "--help")
     for macro in ("sma(", "ema(", "bollinger(", "rsi(", "vwap(", "volatility(", "rolling_corr(", "asof_align("):
         assert macro in out, macro
+
+
+# -- db-query: bounded, and every value prints -----------------------------------------------------------
+def test_a_runaway_statement_stops_at_the_time_limit_with_one_line(store: DuckDBDataStorage) -> None:
+    import time
+
+    started = time.perf_counter()
+    code, out = run("db-query", "SELECT count(*) FROM range(1000000) a, range(1000000) b", "--timeout", "1",
+                    "--store", store.root)
+    assert code == 1 and out.startswith("Error: Stopped after") and "--timeout" in out
+    assert len(out.strip().splitlines()) == 1 and time.perf_counter() - started < 15
+    code, out = run("db-query", "SELECT x, md5(x::VARCHAR) FROM range(100000000) t(x)", "--format", "csv",
+                    "--timeout", "1", "--store", store.root)
+    assert code == 1 and "Stopped after" in out.strip().splitlines()[-1]  # (rows before it were written)
+
+
+def test_the_memory_limit_bounds_duckdb_and_the_rows_held(store: DuckDBDataStorage) -> None:
+    from lumibot_duckdb.errors import QueryLimitError
+    from lumibot_duckdb.sql.query import Limits
+
+    tight = Limits(memory=64 << 20, temp=1 << 20)
+    with pytest.raises(QueryLimitError, match="memory limit"):
+        query(store, "SELECT x, md5(x::VARCHAR) AS m FROM range(3000000) t(x)", limits=tight)
+    with pytest.raises(QueryLimitError, match="memory limit"):
+        query(store, "SELECT x % 1000000 AS k, list(x) FROM range(20000000) t(x) GROUP BY 1", limits=tight)
+    code, out = run("db-query", "SELECT x FROM range(300000000) t(x)", "--memory-limit", "64MB", "--store",
+                    store.root)
+    assert code == 0 and "50 row(s); more exist" in out  # a table shows 50 rows: nothing more is held
+    code, out = run("db-query", "SELECT 1", "--memory-limit", "1e400", "--store", store.root)
+    assert code == 1 and "--memory-limit" in out and len(out.strip().splitlines()) == 1
+
+
+def test_streamed_output_holds_no_result_in_memory(store: DuckDBDataStorage, tmp_path: Path) -> None:
+    target = tmp_path / "big.parquet"
+    code, out = run("db-query", "SELECT x FROM range(5000000) t(x)", "--format", "parquet", "-o", target,
+                    "--memory-limit", "16MB", "--store", store.root)
+    assert code == 0 and "5,000,000 rows written" in out and pq.read_metadata(target).num_rows == 5_000_000
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_every_value_duckdb_returns_prints(store: DuckDBDataStorage, fmt: str) -> None:
+    code, out = run("db-query", "SELECT * FROM test_all_types()", "--format", fmt, "--store", store.root)
+    assert code == 0, out
+    if fmt == "json":
+        rows = json.loads(out)
+        assert len(rows) == 3 and rows[0]["date"] == "-5877641-06-25" and rows[1]["timestamp_tz"] is not None
+        assert rows[1]["hugeint"] == 170141183460469231731687303715884105727 and rows[0]["bit"]
+    sql = ("SELECT TIMESTAMP '290000-01-01 00:00:00' AS t, TIMESTAMPTZ '290000-01-01 00:00:00+00' AS tz, "
+           "'infinity'::TIMESTAMP AS inf, DATE '-5000-01-01' AS d, TIME '24:00:00' AS midnight")
+    code, out = run("db-query", sql, "--format", fmt, "--store", store.root)
+    assert code == 0 and "290000-01-01" in out and "infinity" in out and "-5000-01-01" in out and "24:00:00" in out
+
+
+def test_a_type_a_format_cannot_hold_is_a_one_line_error(store: DuckDBDataStorage, tmp_path: Path) -> None:
+    code, out = run("db-query", "SELECT INTERVAL 1 DAY AS i", "--format", "parquet", "-o", tmp_path / "x.parquet",
+                    "--store", store.root)
+    assert code == 1 and out.startswith("Error: Cannot write the result as parquet") and "VARCHAR" in out
+    assert len(out.strip().splitlines()) == 1 and not (tmp_path / "x.parquet").exists()

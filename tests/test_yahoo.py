@@ -233,7 +233,14 @@ def test_through_lumibot_a_malformed_answer_leaves_the_symbol_without_data(yahoo
     yahoo.fail("malformed", symbol="AAA")
     with pytest.raises(ProviderDataError, match="nothing was stored"):
         fetch(source, "AAA")
-    assert source.get_historical_prices(Asset("AAA"), 5, timestep="day") is None
+    assert source.store.coverage(key()) == []
+    # Through Lumibot (which turns the error into "no data" on the legacy path) the user gets our error.
+    with pytest.raises(ProviderDataError, match="Yahoo answered"):
+        source.get_historical_prices(Asset("AAA"), 5, timestep="day")
+    yahoo.heal()
+    yahoo.reset()
+    frame = fetch(source, "AAA")
+    assert len(frame) > 1000 and yahoo.count("history") == 1
 
 
 def test_provider_error_is_raised_and_nothing_is_stored(yahoo, store_dir) -> None:

@@ -22,7 +22,9 @@ timeframe (``SPY_1d_2019.csv``, ``AAPL.csv``, ``spy_1m.csv``; not ``data.csv``);
 timeframe from ``timeframe=``, else the file name (``1m``, ``1h``, ``1d``, ``minute``, ``daily``…),
 else the bars' most common spacing (exactly 1 minute, 1 hour or 1 day).
 
-**Validation** finds rows with unparseable values, missing prices, negative prices or volumes,
+**Validation** finds rows with unparseable values, missing prices, negative volumes, prices at or
+below zero for asset types whose prices are positive (stocks, crypto...; futures and spreads may go
+negative: the rules of :mod:`lumibot_duckdb.store.validate`, the same ones provider answers pass),
 high/low that do not bracket open and close, bars that start in the future, duplicate timestamps
 (identical or conflicting) and unsorted rows. ``on_invalid="reject"`` raises
 :class:`~lumibot_duckdb.errors.BarsValidationError` naming the file, the problems and example
@@ -83,6 +85,7 @@ from lumibot_duckdb.ingest.formats import (
 )
 from lumibot_duckdb.store import DuckDBDataStorage
 from lumibot_duckdb.store.coverage import TIMEFRAMES, Interval, SeriesKey, canonical_timeframe, missing_ranges
+from lumibot_duckdb.store.validate import row_problems
 
 __all__ = ["LAYOUTS", "FileReport", "IngestReport", "find_files", "ingest"]
 
@@ -92,7 +95,9 @@ about the same speed; with 16 MiB it stays at 0.8–1.0 GB over a 10M-bar file (
 PROBLEMS = {
     "unparseable": "unparseable time or number",
     "missing": "missing price or volume",
-    "negative": "negative price, volume or trade count",
+    "infinite": "infinite price, volume or trade count",
+    "negative": "negative price (for an asset type whose prices are positive), volume or trade count",
+    "zero_price": "price of zero (for an asset type whose prices are positive)",
     "ohlc": "high/low not bracketing open and close",
     "future": "bar starting in the future",
     "duplicate": "duplicate row (same time, same values)",
@@ -387,17 +392,15 @@ class _FileIngest:
             elif name not in frame:
                 frame[name] = np.nan
         missing &= ~unparseable
-        invalid = unparseable | missing
         o, h, lo, c, v = (frame[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
         count = frame["trade_count"].to_numpy(dtype="float64", na_value=np.nan)
-        with np.errstate(invalid="ignore"):
-            negative = ~invalid & ((np.minimum(np.minimum(o, h), np.minimum(lo, c)) < 0) | (v < 0) | (count < 0))
-            invalid |= negative
-            tol = 1e-9 * np.maximum(np.abs(h), np.abs(lo))
-            bad_ohlc = ~invalid & ((h + tol < np.maximum(o, c)) | (lo - tol > np.minimum(o, c)) | (h < lo))
-            invalid |= bad_ohlc
-        future = ~invalid & (ts > _now().tz_localize(None).to_datetime64())
-        invalid |= future
+        # the store's rules for every bar (provider answers pass the same ones: lumibot_duckdb.store.validate)
+        found = row_problems(o, h, lo, c, v, count, asset_type=self.opt.asset_type, starts=ts,
+                             now=_now().tz_localize(None).to_datetime64(), skip=unparseable | missing)
+        missing |= found.pop("missing")
+        invalid = unparseable | missing
+        for mask in found.values():
+            invalid |= mask
         r = self.report
         def raw(i: int) -> str:
             """The cells of row ``i`` that could not be read."""
@@ -407,11 +410,10 @@ class _FileIngest:
 
         r._found("unparseable", unparseable, lines, raw)
         r._found("missing", missing, lines)
-        r._found("negative", negative, lines)
-        r._found("ohlc", bad_ohlc, lines)
-        r._found("future", future, lines)
+        for problem, mask in found.items():
+            r._found(problem, mask, lines)
         if self.opt.repair:
-            for problem in ("unparseable", "missing", "negative", "ohlc", "future"):
+            for problem in ("unparseable", "missing", *found):
                 if problem in r.issues:
                     r.repairs[f"{problem}: rows dropped"] = r.issues[problem]
         if invalid.any():

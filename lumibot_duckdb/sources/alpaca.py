@@ -38,10 +38,12 @@ from lumibot.backtesting.alpaca_backtesting import AlpacaOptionHistoryUnavailabl
 from lumibot.entities import Asset
 
 from lumibot_duckdb.errors import ProviderDataError
-from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
+from lumibot_duckdb.sources.fill import bad_answer
 from lumibot_duckdb.sources.verify import patched_attributes
 from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.store import SeriesWriter
+from lumibot_duckdb.store.validate import bar_problems
 
 SOURCE = "alpaca"
 SETTLE = pd.Timedelta(minutes=15)
@@ -297,6 +299,8 @@ class AlpacaFetcher:
 
     name = "Alpaca"
     max_workers = 4
+    name = "Alpaca"
+    advice = "check the symbol, the feed your key may use, and Alpaca's status page."
 
     def __init__(self, call: Callable[..., Any], client: Any, request: Any, *, timestep: str, asset_type: str,
                  what: str) -> None:
@@ -381,9 +385,10 @@ def barset_to_bars(answer: Any, symbol: str, *, what: str) -> pd.DataFrame:
     """Bars (UTC index ``ts``, the store's columns) of ``symbol`` from what alpaca-py returned.
 
     Accepts a ``BarSet`` (``.data``: symbol → ``Bar`` models) or the raw mapping a client made with
-    ``raw_data=True`` returns. Anything that is not complete OHLCV bars (missing or non-finite
-    prices, non-positive prices, high below low, negative volume, repeated timestamps) is a
-    :class:`ProviderDataError`, the same answers Lumibot's own Alpaca path rejects as ``InvalidBars``.
+    ``raw_data=True`` returns. Bars without a readable timestamp, or with a repeated one, are a
+    :class:`ProviderDataError`; so are bars that break the store's rules (missing, non-finite or
+    non-positive prices, high below low, negative volume: :mod:`lumibot_duckdb.store.validate`, checked
+    here for the whole answer), the answers Lumibot's own Alpaca path rejects as ``InvalidBars``.
     """
     if isinstance(answer, dict):
         rows = [_raw_row(bar) for bar in (answer.get(symbol) or [])]
@@ -422,28 +427,20 @@ def _raw_row(bar: Any) -> tuple[Any, ...]:
 def _ohlcv_problem(frame: pd.DataFrame) -> str:
     if frame.empty:
         return ""
-    prices = frame[["open", "high", "low", "close"]].to_numpy()
-    volume = frame["volume"].to_numpy()
     checks = [
         (np.asarray(frame.index.isna()), "a missing or unreadable timestamp"),
         (np.asarray(frame.index.duplicated()), "a repeated timestamp"),
-        (~np.isfinite(prices).all(axis=1), "a missing or non-finite price"),
-        ((prices <= 0).any(axis=1), "a price at or below zero"),
-        ((frame["high"] < frame[["open", "close", "low"]].max(axis=1)).to_numpy(), "a high below open/close/low"),
-        ((frame["low"] > frame[["open", "close", "high"]].min(axis=1)).to_numpy(), "a low above open/close/high"),
-        (~np.isfinite(volume) | (volume < 0), "a missing or negative volume"),
     ]
     for bad, words in checks:
         if bad.any():
             position = int(np.flatnonzero(bad)[0])
             example = {"t": str(frame.index[position]), **frame.iloc[position][list(OHLCV)].to_dict()}
             return f"{int(bad.sum())} bar(s) with {words} (e.g. {example})"
-    return ""
+    return bar_problems(frame)  # (every Alpaca asset type, stocks, options and crypto, has positive prices)
 
 
 def _bad_answer(what: str, problem: str) -> ProviderDataError:
-    return bad_answer("Alpaca", what, problem,
-                      advice="check the symbol, the feed your key may use, and Alpaca's status page.")
+    return bad_answer("Alpaca", what, problem, advice=AlpacaFetcher.advice)
 
 
 def _same_prices(stored: pd.DataFrame, fresh: pd.DataFrame) -> bool:

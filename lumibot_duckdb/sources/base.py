@@ -26,8 +26,8 @@ ccxt       ``CcxtCacheDB.__init__`` (no ``load_markets``) and                a w
 **The sections of every vendor module**, in this order: constants; the data source class (its
 overrides of Lumibot's methods, then the seam method the router calls); the provider (a
 :class:`Provider`: ``plan``, ``fetch``, ``revalidate``, ``settled_until``); the answer parser (provider
-answer -> store bars, malformed answers -> :func:`bad_answer`); the legacy frame (store bars -> the
-exact frame Lumibot's helper returns); small helpers; the route, installed last.
+answer -> store bars, malformed answers -> :func:`~lumibot_duckdb.sources.fill.bad_answer`); the legacy
+frame (store bars -> the exact frame Lumibot's helper returns); small helpers; the route, installed last.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from lumibot_duckdb.sources.retry import RetryPolicy
 from lumibot_duckdb.sources.verify import Verifier
 from lumibot_duckdb.sources.window import DEFAULT_POLICY, WindowBook, WindowPolicy
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
+from lumibot_duckdb.store.coverage import normalize
 from lumibot_duckdb.store.store import SeriesWriter
 
 log = logging.getLogger("lumibot_duckdb")
@@ -109,6 +110,10 @@ class DataLayerStats:
     provider_requests: int = 0
     bars_fetched: int = 0
     bars_served: int = 0
+    empty_answers: int = 0
+    """Requests the provider answered with no bars (recorded, asked again once a day later)."""
+    empty_rechecks: int = 0
+    """Empty answers asked again (:mod:`lumibot_duckdb.store.answers`)."""
     fallbacks: int = 0
     retries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -187,7 +192,9 @@ class EnhancedDataSourceBacktesting:
         self.duckdb_retry = RetryPolicy.from_settings(self.duckdb_settings)
         """How provider requests are retried (``LUMIBOT_DUCKDB_RETRIES``, ``LUMIBOT_DUCKDB_RETRY_WAIT``)."""
         self._duckdb_failure: BaseException | None = None
-        self.duckdb_strict_error: BaseException | None = None
+        self.duckdb_error: BaseException | None = None
+        """An error that must reach the user although a Lumibot layer above the seam may swallow it (a refused
+        provider answer; a store failure in strict mode): re-raised by :meth:`reraise_swallowed`."""
         self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.cache_dir))
         super().__init__(*args, **kwargs)
 
@@ -213,9 +220,12 @@ class EnhancedDataSourceBacktesting:
         started = time.perf_counter()
         try:
             answer = store_call()
+        except ProviderDataError as exc:
+            self.duckdb_error = exc  # for callers above a Lumibot layer that swallows errors
+            raise
         except (StoreError, duckdb.Error) as exc:
             if self.duckdb_settings.strict:
-                self.duckdb_strict_error = exc  # for callers above a Lumibot layer that swallows errors
+                self.duckdb_error = exc
                 raise
             self._fall_back(exc)
             return legacy_call()
@@ -246,6 +256,25 @@ class EnhancedDataSourceBacktesting:
         """The declared legacy defect that explains why ``legacy`` differs from ``ours``, if one does."""
         return None
 
+    def reraise_swallowed(self, *, since: BaseException | None = None, last: bool = False) -> None:
+        """Raise :attr:`duckdb_error` if one is waiting (and is not ``since``, what was waiting before the call
+        that checks): where Lumibot turned it into a generic message, "no data" or a ``None`` price, the user
+        gets the error itself.
+
+        Called just above the Lumibot layers that swallow errors (the error stays waiting, as a layer further
+        up may swallow it again: Lumibot's ``get_last_price`` does), and with ``last=True`` at the next step of
+        the simulated clock, so a backtest never goes on past a refused provider answer (or, in strict mode,
+        a store failure)."""
+        error = self.duckdb_error
+        if error is not None and error is not since:
+            if last:
+                self.duckdb_error = None
+            raise error.with_traceback(error.__traceback__) from None
+
+    def _update_datetime(self, *args: Any, **kwargs: Any) -> Any:
+        self.reraise_swallowed(last=True)
+        return super()._update_datetime(*args, **kwargs)  # type: ignore[misc]
+
     def _fall_back(self, exc: BaseException) -> None:
         if self._duckdb_failure is None:
             self._duckdb_failure = exc
@@ -265,33 +294,50 @@ class EnhancedDataSourceBacktesting:
         """Bars of ``key`` in ``wanted``: fetch what the store lacks, store it, read it back.
 
         ``read`` reads a different range than the one filled (e.g. all stored history, when the
-        legacy frame holds everything the provider ever sent). A damaged file found while reading
-        is set aside and its range fetched again, once.
+        legacy frame holds everything the provider ever sent). A damaged file found while filling or
+        reading is set aside (:mod:`lumibot_duckdb.store.integrity`) and its range fetched again; so is
+        a range another process set aside between the fill and the read.
         """
         read = read or wanted
-        for attempt in (1, 2):
-            if not wanted.empty:
-                self._fill(key, wanted, provider, refresh=refresh and attempt == 1)
+        ranges = [] if wanted.empty else [wanted]
+        for attempt in range(1, _SERVE_ATTEMPTS + 1):
             try:
+                settled = self._fill(key, ranges, provider, refresh=refresh and attempt == 1)
                 bars = self.store.read(key, read.start, read.end, columns=columns)
             except CorruptFileError as exc:
-                if attempt == 2:
+                if attempt == _SERVE_ATTEMPTS:
                     raise
                 log.warning("%s Fetching that range again.", exc)
+                ranges = normalize([*ranges, *(iv for iv in exc.intervals if isinstance(iv, Interval))])
+                continue
+            lost = [gap for want in ranges for gap in self.store.missing_ranges(key, want.start, min(want.end, settled))
+                    if want.start < settled]
+            if lost:  # set aside (or pruned) by another process between the fill and the read
+                if attempt == _SERVE_ATTEMPTS:
+                    raise StoreError(f"Files of {key} covering {', '.join(map(str, lost))} kept disappearing while "
+                                     "being read (set aside as damaged, or pruned, by another process).")
+                log.warning("lumibot-duckdb: %s lost %s while being read (set aside by another process); "
+                            "fetching it again.", key, ", ".join(map(str, lost)))
                 continue
             self.duckdb_stats.add(bars_served=len(bars))
             return bars
         raise AssertionError("unreachable")
 
-    def _fill(self, key: SeriesKey, wanted: Interval, provider: Provider, *, refresh: bool) -> None:
-        """The shared fill (:func:`lumibot_duckdb.sources.fill.fill`), counted in :attr:`duckdb_stats`."""
+    def _fill(self, key: SeriesKey, wanted: list[Interval], provider: Provider, *, refresh: bool) -> pd.Timestamp:
+        """The shared fill (:func:`lumibot_duckdb.sources.fill.fill`), counted in :attr:`duckdb_stats`; returns the
+        settled horizon it filled up to."""
         def counted(bars: int) -> None:
             self.duckdb_stats.add(provider_requests=1, bars_fetched=bars)
 
         result = fill(self.store, key, wanted, provider, refresh=refresh, policy=self.duckdb_retry,
                       progress=progress_wanted(backtest=True), on_request=counted)
-        if result.retries:
-            self.duckdb_stats.add(retries=result.retries)
+        self.duckdb_stats.add(retries=result.retries, empty_answers=result.empty_answers,
+                              empty_rechecks=result.rechecks)
+        return result.horizon
+
+
+_SERVE_ATTEMPTS = 3
+"""A read that finds damage is retried after fetching the damaged range again; twice more at most."""
 
 
 def _source_name(cls: type) -> str:
@@ -300,15 +346,6 @@ def _source_name(cls: type) -> str:
 
     return next((s.name for s in SOURCES.values() if s.class_name == cls.__name__), cls.__name__.lower())
 
-
-def bad_answer(source: str, what: str, problem: str, *, advice: str) -> ProviderDataError:
-    """The error for a provider answer that is not usable bars: who answered what, with what, and what to do.
-
-    ``source`` is the provider's name as users know it ("Polygon", "The exchange"...). The fetch path
-    adds the series and the range (:meth:`ProviderDataError.locate`) before the error leaves it.
-    """
-    return ProviderDataError(f"{source} answered {what} with {problem}; nothing was stored, so the range is asked "
-                             f"for again next time. If it persists, {advice}", source=source)
 
 
 _ROUTE_LOCK = threading.Lock()

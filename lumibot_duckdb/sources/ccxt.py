@@ -47,7 +47,8 @@ from lumibot.tools.symbol_normalization import (
 )
 
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
-from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, legacy_function, route
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, legacy_function, route
+from lumibot_duckdb.sources.fill import bad_answer
 from lumibot_duckdb.sources.retry import RetryPolicy
 from lumibot_duckdb.sources.verify import between, patched_attributes
 from lumibot_duckdb.sources.window import ROW_MARGIN, WindowPolicy, frame_bytes
@@ -404,6 +405,7 @@ class CcxtFetcher:
     """The CCXT side of :meth:`EnhancedDataSourceBacktesting.serve` for one symbol and timeframe."""
 
     max_workers = 4
+    advice = "check the symbol, the timeframe and the exchange's status."
 
     def __init__(self, cache_db: CcxtCacheDB, symbol: str, timeframe: str, *, markets: MarketBook) -> None:
         self.cache_db = cache_db
@@ -540,8 +542,7 @@ def ohlcv_to_bars(rows: Any, *, what: str) -> pd.DataFrame:
 
 
 def _bad_answer(what: str, problem: str) -> ProviderDataError:
-    return bad_answer("The exchange", what, problem,
-                      advice="check the symbol, the timeframe and the exchange's status.")
+    return bad_answer("The exchange", what, problem, advice=CcxtFetcher.advice)
 
 
 def legacy_frame(bars: pd.DataFrame, start: dt.datetime, end: dt.datetime, cache_db: CcxtCacheDB) -> pd.DataFrame:

@@ -29,7 +29,9 @@ import pandas as pd
 
 from lumibot_duckdb.errors import ProviderDataError
 from lumibot_duckdb.sources.retry import RetryPolicy, describe
-from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
+from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey, answers
+from lumibot_duckdb.store.coverage import missing_ranges, normalize
+from lumibot_duckdb.store.validate import bar_problems
 
 
 @dataclass
@@ -49,59 +51,89 @@ class FillResult:
     """Requests answered with no bars, and ranges with no session (recorded without asking)."""
     missing: list[Interval] = field(default_factory=list)
     """What the store lacked before the fill (after clipping to what is final)."""
+    empty_answers: int = 0
+    """Requests the provider answered with no bars (recorded with when they were given)."""
+    rechecks: int = 0
+    """Earlier empty answers asked again by the rule of :mod:`lumibot_duckdb.store.answers`."""
+    horizon: pd.Timestamp = field(default_factory=lambda: pd.Timestamp.max.tz_localize("UTC"))
+    """The provider's settled horizon the fill went up to (nothing later is covered)."""
 
 
-def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval, provider: Any, *, refresh: bool = False,
-         policy: RetryPolicy | None = None, progress: bool = False,
+def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval | list[Interval], provider: Any, *,
+         refresh: bool = False, policy: RetryPolicy | None = None, progress: bool = False,
          on_request: Callable[[int], None] | None = None, result: FillResult | None = None) -> FillResult:
-    """Make ``wanted`` of ``key`` present in ``store`` through ``provider`` (a :class:`Provider
-    <lumibot_duckdb.sources.base.Provider>`); see the module docstring.
+    """Make ``wanted`` (a range, or several) of ``key`` present in ``store`` through ``provider`` (a
+    :class:`Provider <lumibot_duckdb.sources.base.Provider>`); see the module docstring.
 
-    ``refresh`` asks for all of ``wanted`` again. ``progress`` draws a bar for the series when
-    something is asked for. ``on_request(bars)`` is called once per answered request (from this
-    thread), e.g. to count requests. Raises the first failed request's error after every other
-    answer is stored: :class:`~lumibot_duckdb.errors.ProviderDataError` (an answer that is not bars)
-    or :class:`~lumibot_duckdb.errors.ProviderRequestError` (the provider kept failing). ``result``: a
-    :class:`FillResult` to count into, which keeps what was stored also when the fill raises or is
-    interrupted.
+    ``refresh`` asks for all of ``wanted`` again. Empty answers stored earlier in ``wanted`` are asked again
+    when the rule of :mod:`lumibot_duckdb.store.answers` says so, and replaced by the new answer. Every answer
+    is checked (:func:`lumibot_duckdb.store.validate.bar_problems`, the rules ingest applies) before it is
+    stored. ``progress`` draws a bar for the series when something is asked for. ``on_request(bars)`` is
+    called once per answered request (from this thread), e.g. to count requests. Raises the first failed
+    request's error after every other answer is stored: :class:`~lumibot_duckdb.errors.ProviderDataError`
+    (an answer that is not bars, or holds impossible values) or :class:`~lumibot_duckdb.errors.ProviderRequestError`
+    (the provider kept failing). ``result``: a :class:`FillResult` to count into, which keeps what was
+    stored also when the fill raises or is interrupted.
     """
     policy = policy or RetryPolicy.from_settings()
     result = result if result is not None else FillResult(key)
+    ranges = [wanted] if isinstance(wanted, Interval) else list(wanted)
+    ranges = [r for r in ranges if not r.empty]
+    if not ranges:
+        return result
     source = str(getattr(provider, "name", key.source))
     with store.writer(key) as writer:
-        missing = [wanted] if refresh else writer.missing(wanted)
-        if not missing:
+        asked_at = answers.now()
+
+        def gaps() -> tuple[list[Interval], list[answers.EmptyAnswer]]:
+            missing = list(ranges) if refresh else [g for want in ranges for g in writer.missing(want)]
+            return missing, _rechecks(writer, ranges, asked_at, every=refresh)
+
+        missing, recheck = gaps()
+        if not missing and not recheck:
             return result
         if writer.coverage():
             policy.call(lambda: provider.revalidate(key, writer), source=source,
                         what=f"a check of the stored {key}", series=key)
-            missing = [wanted] if refresh else writer.missing(wanted)
-        horizon = provider.settled_until()
-        missing = [Interval(gap.start, min(gap.end, horizon)) for gap in missing if gap.start < horizon]
-        result.missing = missing
-        if not missing:
+            missing, recheck = gaps()
+        horizon = result.horizon = provider.settled_until()
+
+        def settled(found: list[Interval]) -> list[Interval]:
+            return [Interval(g.start, min(g.end, horizon)) for g in normalize(found) if g.start < horizon]
+
+        # (planned apart: an answer to a range asked for the first time is never counted as a second one)
+        ask, again = settled(missing), [] if refresh else settled([r.file.interval for r in recheck])
+        result.missing = ask
+        if not ask and not again:
             return result
-        tasks = policy.call(lambda: provider.plan(key, missing), source=source,
-                            what=f"what to ask for {key}", series=key)
+        tasks = policy.call(lambda: (provider.plan(key, ask) if ask else []) + (provider.plan(key, again) if again
+                                                                                 else []),
+                            source=source, what=f"what to ask for {key}", series=key)
         asked = [t for t in tasks if t.request is not None]
         for task in tasks:
             if task.request is None:
                 writer.write(no_bars(), covered=task.covers)
                 result.empty += 1
-        if not asked:
-            return result
+        stored = [t.covers for t in tasks if t.request is None]
         retries = _Counter()
         calls_before = getattr(provider, "calls", 0)
 
         def fetch(task: Any) -> pd.DataFrame:
-            return policy.call(lambda: provider.fetch(task), source=source, what=describe(provider, task),
+            bars = policy.call(lambda: provider.fetch(task), source=source, what=describe(provider, task),
                                series=key, interval=task.covers, on_retry=retries.add)
+            inside = bars[(bars.index >= task.covers.start) & (bars.index < task.covers.end)]
+            problem = bar_problems(inside, asset_type=key.asset_type)
+            if problem:
+                raise bad_answer(str(getattr(provider, "name", None) or key.source.capitalize()), "the request",
+                                 problem, advice=str(getattr(provider, "advice", None)
+                                                     or "check the symbol and the provider's status."))
+            return inside
 
         errors: list[BaseException] = []
-        workers = max(1, min(int(getattr(provider, "max_workers", 1)), len(asked)))
+        workers = max(1, min(int(getattr(provider, "max_workers", 1)), len(asked) or 1))
         with contextlib.ExitStack() as counting:
             counting.callback(_count, result, provider, calls_before, retries)
-            bar = counting.enter_context(_bar(key, len(asked), progress))
+            bar = counting.enter_context(_bar(key, len(asked), progress and bool(asked)))
             pool = counting.enter_context(_pool(workers))
             pending: dict[Future[pd.DataFrame], Any] = {pool.submit(fetch, task): task for task in asked}
             while pending:
@@ -109,7 +141,7 @@ def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval, provider: A
                 for future in done:
                     task = pending.pop(future)
                     try:
-                        bars = future.result()
+                        inside = future.result()
                     except ProviderDataError as exc:
                         errors.append(exc.locate(series=key, interval=task.covers))
                         bar.update(1)
@@ -118,18 +150,41 @@ def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval, provider: A
                         errors.append(exc)
                         bar.update(1)
                         continue
-                    inside = bars[(bars.index >= task.covers.start) & (bars.index < task.covers.end)]
-                    writer.write(inside, covered=task.covers)
+                    if inside.empty:
+                        times = 1 + max((r.answers for r in recheck if r.file.interval.overlaps(task.covers)),
+                                        default=0)
+                        writer.record_empty(task.covers, asked=asked_at, times=times)
+                        result.empty += 1
+                        result.empty_answers += 1
+                    else:
+                        writer.write(inside, covered=task.covers)
+                    stored.append(task.covers)
                     result.chunks += 1
                     result.bars += len(inside)
-                    result.empty += int(inside.empty)
                     bar.set_postfix(bars=f"{result.bars:,}", refresh=False)
                     bar.update(1)
                     if on_request is not None:
                         on_request(len(inside))
+        if recheck:
+            done_ranges = normalize(stored)
+            replaced = [r.file for r in recheck if not missing_ranges(done_ranges, r.file.interval)]
+            writer.remove(replaced)  # (their ranges are covered by the new answers, published first)
+            result.rechecks += len(recheck)
         if errors:
             raise errors[0]
     return result
+
+
+def _rechecks(writer: Any, wanted: list[Interval], at: pd.Timestamp, *,
+              every: bool = False) -> list[answers.EmptyAnswer]:
+    """Empty answers in ``wanted`` that the rule of :mod:`lumibot_duckdb.store.answers` asks again at ``at``
+    (``every``: all of them, for a refresh that asks everything again)."""
+    found: dict[Any, answers.EmptyAnswer] = {}
+    for want in wanted:
+        for answer in writer.empty_answers(want):
+            if every or answer.due(at):
+                found[answer.file.path] = answer
+    return list(found.values())
 
 
 def _count(result: FillResult, provider: Any, calls_before: int, retries: _Counter) -> None:
@@ -198,3 +253,12 @@ def no_bars() -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in ("open", "high", "low", "close")})
     frame.index = pd.DatetimeIndex([], tz="UTC", name="ts")
     return frame
+
+def bad_answer(source: str, what: str, problem: str, *, advice: str) -> ProviderDataError:
+    """The error for a provider answer that is not usable bars: who answered what, with what, and what to do.
+
+    ``source`` is the provider's name as users know it ("Polygon", "The exchange"...). The fetch path
+    adds the series and the range (:meth:`ProviderDataError.locate`) before the error leaves it.
+    """
+    return ProviderDataError(f"{source} answered {what} with {problem}; nothing was stored, so the range is asked "
+                             f"for again next time. If it persists, {advice}", source=source)

@@ -18,6 +18,7 @@ import contextlib
 import contextvars
 import datetime as dt
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,15 @@ from lumibot.tools.helpers import parse_timestep_qty_and_unit
 from polygon.exceptions import BadResponse
 from polygon.rest.base import BaseClient
 
-from lumibot_duckdb.errors import ProviderDataError
-from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
+from lumibot_duckdb.errors import CorruptFileError, ProviderDataError
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, route
+from lumibot_duckdb.sources.fill import bad_answer
 from lumibot_duckdb.sources.lumibot_data import WindowData, data_bytes, prepare
 from lumibot_duckdb.sources.verify import between, patched_attributes
 from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.store import SeriesWriter
+
+log = logging.getLogger("lumibot_duckdb")
 
 SOURCE = "polygon"
 SETTLE = pd.Timedelta(minutes=15)
@@ -97,7 +101,12 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             # (a window that holds no Data was dropped by the budget: read again)
             if window.first is not None and (window.due(now) or not window.data_id):
                 self._read_window(key, now)
-            result = super()._update_pandas_data(asset, quote, length, timestep, start_dt)
+            waiting = self.duckdb_error
+            try:
+                result = super()._update_pandas_data(asset, quote, length, timestep, start_dt)
+            except Exception:
+                self.reraise_swallowed(since=waiting)  # ours, not Lumibot's "Error getting data from Polygon"
+                raise
             known = window.enough.get(kind)
             if self._seams == seams and window.data_id and (known is None or base < known):
                 # Lumibot kept the Data it holds (its check: the Data starts early enough for this
@@ -187,8 +196,17 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         start, end = window.bounds(now)
         series = polygon_series_key(asset, quote, window.timestep)
         def read(since: pd.Timestamp) -> pd.DataFrame:
-            bars = self.store.read(series, since, end + pd.Timedelta(microseconds=1), columns=POLYGON_COLUMNS)
-            self.duckdb_stats.add(bars_served=len(bars))
+            until = end + pd.Timedelta(microseconds=1)
+            try:
+                bars = self.store.read(series, since, until, columns=POLYGON_COLUMNS)
+                self.duckdb_stats.add(bars_served=len(bars))
+            except CorruptFileError as exc:  # set aside by the read: fetch its range again, then read
+                log.warning("%s Fetching that range again.", exc)
+                ranges = [iv for iv in exc.intervals if isinstance(iv, Interval)]
+                refill = Interval(min(iv.start for iv in ranges), max(iv.end for iv in ranges)) if ranges else \
+                    Interval(since, since)
+                provider = PolygonFetcher(getattr(self, "_api_key", None), asset, quote, window.timestep)
+                bars = self.serve(series, refill, provider, columns=POLYGON_COLUMNS, read=Interval(since, until))
             return legacy_filter(legacy_frame(bars), window.request_start, self.datetime_end, window.timestep)
 
         frame, start = window.read(start, now, read)
@@ -394,6 +412,7 @@ class PolygonFetcher:
     """The Polygon side of :meth:`EnhancedDataSourceBacktesting.serve` for one asset and timespan."""
 
     name = "Polygon"
+    advice = "check the symbol and your Polygon plan."
 
     def __init__(self, api_key: str, asset: Asset, quote: Asset | None, timespan: str, *,
                  max_workers: int = 10) -> None:
@@ -533,7 +552,7 @@ def aggs_to_bars(answer: Any, *, what: str) -> pd.DataFrame:
 
 
 def _bad_answer(what: str, problem: str) -> ProviderDataError:
-    return bad_answer("Polygon", what, problem, advice="check the symbol and your Polygon plan.")
+    return bad_answer("Polygon", what, problem, advice=PolygonFetcher.advice)
 
 
 def _bars_frame(raw: pd.DataFrame, *, what: str = "") -> pd.DataFrame:

@@ -42,7 +42,8 @@ from lumibot.entities import Asset
 from lumibot.tools.yahoo_helper import YahooHelper
 
 from lumibot_duckdb.errors import ProviderDataError
-from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
+from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, route
+from lumibot_duckdb.sources.fill import bad_answer
 from lumibot_duckdb.sources.verify import first_difference, patched_attributes
 from lumibot_duckdb.store import Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
@@ -87,15 +88,14 @@ class YahooDataBacktesting(EnhancedDataSourceBacktesting, _LegacyYahooDataBackte
         if not self.use_duckdb:
             return super()._get_source_symbol_data(asset, timestep)
         token = _ROUTE.set((self, asset if isinstance(asset, Asset) else Asset(symbol=str(asset))))
+        waiting = self.duckdb_error
         try:
             data = super()._get_source_symbol_data(asset, timestep)
         finally:
             _ROUTE.reset(token)
-        # Lumibot turns any error of the Yahoo helper into "no data" (a logged warning); in strict
-        # mode a store failure must stop the backtest instead.
-        error, self.duckdb_strict_error = self.duckdb_strict_error, None
-        if error is not None:
-            raise error
+        # Lumibot turns any error of the Yahoo helper into "no data" (a logged warning); a refused answer
+        # (or, in strict mode, a store failure) must stop the backtest instead.
+        self.reraise_swallowed(since=waiting)
         return data
 
     def _yahoo_symbol_data(self, legacy: Any, asset: Asset, symbol: str, interval: str = "1d", caching: bool = True,
@@ -231,6 +231,8 @@ class YahooFetcher:
 
     name = "Yahoo"
     max_workers = 1
+    name = "Yahoo"
+    advice = "check the symbol on finance.yahoo.com and your yfinance version."
 
     def __init__(self, symbol: str, need: Interval, horizon: pd.Timestamp) -> None:
         self.symbol = symbol
@@ -351,7 +353,7 @@ def _extra_columns(frame: pd.DataFrame, extra: list[str]) -> Any:
 
 
 def _bad_answer(what: str, problem: str) -> ProviderDataError:
-    return bad_answer("Yahoo", what, problem, advice="check the symbol on finance.yahoo.com and your yfinance version.")
+    return bad_answer("Yahoo", what, problem, advice=YahooFetcher.advice)
 
 
 def _no_bars() -> pd.DataFrame:

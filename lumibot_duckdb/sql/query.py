@@ -29,25 +29,41 @@ What "read-only" means here, and how it is enforced (two independent layers):
 
 The SQL analytics macros of :mod:`lumibot_duckdb.sql.macros` (``sma``, ``ema``, ``rsi``…) are
 registered on every connection made here.
+
+**Bounded** (:class:`Limits`): a statement run by :func:`query` or :func:`stream` is interrupted after
+``seconds`` (60 s by default; DuckDB's ``interrupt`` from a timer thread), DuckDB may use at most
+``memory`` (``memory_limit``; by default a quarter of the machine's memory, at most 2 GiB) and spill at
+most ``temp`` to disk (``max_temp_directory_size``, 4 GiB), and the rows :func:`query` hands back may take
+at most ``memory`` too (:func:`stream` hands them on batch by batch and holds none). Hitting a limit is
+a :class:`~lumibot_duckdb.errors.QueryLimitError`, one line saying which limit and how to raise it.
+
+**Every value prints**: with ``printable=True`` (the CLI's table, CSV and JSON), columns whose DuckDB
+type Arrow or Python cannot render faithfully (``BIGNUM``, ``BIT``, ``GEOMETRY``, ``TIME WITH TIME
+ZONE``, unions, nested values holding times) come as DuckDB's own text, and times outside Python's
+range (a timestamp in year 290000, ``infinity``) as ISO text (:func:`python_values`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
 import re
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
-from lumibot_duckdb.errors import ConfigError, StoreError
+from lumibot_duckdb.errors import ConfigError, QueryLimitError, StoreError
 from lumibot_duckdb.sql.macros import register
 from lumibot_duckdb.store.store import DuckDBDataStorage
 from lumibot_duckdb.store.views import VIEWS
@@ -71,6 +87,36 @@ _WHAT = {
     "PREPARE": "it would prepare a statement", "EXECUTE": "it would execute a prepared statement",
     "MULTI": "it expands into several statements",
 }
+
+
+def _machine_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def default_memory() -> int:
+    """A quarter of the machine's memory, at most 2 GiB (a laptop running a backtest beside it survives)."""
+    total = _machine_memory()
+    return min(2 << 30, total // 4) if total else 2 << 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one statement may take. ``None`` lifts a limit (for ``memory``: DuckDB's own default, 80 % of RAM,
+    and no cap on the rows held)."""
+
+    seconds: float | None = 60.0
+    memory: int | None = field(default_factory=default_memory)
+    temp: int | None = 4 << 30
+    batch_rows: int = 65_536
+
+    def __post_init__(self) -> None:
+        for name in ("seconds", "memory", "temp"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0):
+                raise ConfigError(f"Limits.{name}={value!r} must be positive (None for no limit).")
 
 
 @dataclass(frozen=True)
@@ -118,13 +164,15 @@ def _read_only_statement(parser: duckdb.DuckDBPyConnection, sql: str) -> str:
                       f"{', '.join(VIEWS)}). To change the store use ingest, maintain or the Python API.")
 
 
-def connect(store: DuckDBDataStorage, /, *, analytics: bool = True) -> duckdb.DuckDBPyConnection:
+def connect(store: DuckDBDataStorage, /, *, analytics: bool = True,
+            limits: Limits | None = None) -> duckdb.DuckDBPyConnection:
     """A locked-down DuckDB connection with the store's views (and the analytics macros).
 
     A new in-memory database per call (~50 ms with the views and macros): its file-system access
     is limited to the store folder and its configuration is locked, which cannot be done on the
     process-wide database that backtests read through. Close it when done. Statements you run on
     it yourself are not checked (layer 2 still holds); run untrusted SQL through :func:`query`.
+    ``limits`` sets DuckDB's memory and spill limits (its time limit is :func:`query`'s to enforce).
     """
     try:
         con = duckdb.connect(":memory:", config={"python_enable_replacements": False,
@@ -135,6 +183,10 @@ def connect(store: DuckDBDataStorage, /, *, analytics: bool = True) -> duckdb.Du
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET temp_directory = ?", [str(Path(tempfile.gettempdir()) / f"lumibot-duckdb-{os.getpid()}")])
+        if limits is not None and limits.memory is not None:
+            con.execute("SET memory_limit = ?", [f"{limits.memory}B"])
+        if limits is not None and limits.temp is not None:
+            con.execute("SET max_temp_directory_size = ?", [f"{limits.temp}B"])
         store.add_views(con)
         if analytics:
             register(con)
@@ -148,8 +200,9 @@ def connect(store: DuckDBDataStorage, /, *, analytics: bool = True) -> duckdb.Du
 
 
 @contextlib.contextmanager
-def connection(store: DuckDBDataStorage, /, *, analytics: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = connect(store, analytics=analytics)
+def connection(store: DuckDBDataStorage, /, *, analytics: bool = True,
+               limits: Limits | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = connect(store, analytics=analytics, limits=limits)
     try:
         yield con
     finally:
@@ -157,66 +210,275 @@ def connection(store: DuckDBDataStorage, /, *, analytics: bool = True) -> Iterat
 
 
 def query(store: DuckDBDataStorage, sql: str, /, *, params: Sequence[Any] | None = None,
-          limit: int | None = None) -> QueryResult:
+          limit: int | None = None, limits: Limits | None = None, printable: bool = False) -> QueryResult:
     """Run one read-only statement over the store and return its rows (at most ``limit``, if given).
 
-    Raises :class:`ConfigError` for a refused statement or SQL DuckDB cannot run (one line, no
-    traceback), :class:`StoreError` when the store cannot be read.
+    ``limits`` bound its time, DuckDB's memory and spill, and the size of the rows returned (default
+    :class:`Limits`); ``printable=True`` returns columns Arrow or Python cannot render as text (module
+    docstring). Raises :class:`ConfigError` for a refused statement or SQL DuckDB cannot run,
+    :class:`QueryLimitError` when a limit is hit (one line, no traceback), :class:`StoreError` when
+    the store cannot be read.
     """
+    limits = limits or Limits()
+    with stream(store, sql, params=params, limit=limit, limits=limits, printable=printable) as (schema, batches):
+        held: list[pa.RecordBatch] = []
+        size = 0
+        for batch in batches:
+            size += batch.nbytes
+            if limits.memory is not None and size > limits.memory:
+                raise QueryLimitError(
+                    f"The result is larger than the memory limit ({_bytes(limits.memory)}); stopped after "
+                    f"{sum(b.num_rows for b in held):,} rows. Add a LIMIT or aggregate, write it to a file "
+                    "(--format parquet -o FILE streams it), or raise --memory-limit.")
+            held.append(batch)
+        table = pa.Table.from_batches(held, schema=schema)
+    if limit and table.num_rows > limit:
+        return QueryResult(table.slice(0, limit), True)
+    return QueryResult(table, False)
+
+
+@contextlib.contextmanager
+def stream(store: DuckDBDataStorage, sql: str, /, *, params: Sequence[Any] | None = None, limit: int | None = None,
+           limits: Limits | None = None,
+           printable: bool = False) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
+    """Run one read-only statement and hand on its rows batch by batch, holding none (for output to a file or a
+    pipe). Yields ``(schema, batches)``; with ``limit``, at most ``limit + 1`` rows come (the last one says
+    "more exist"). Errors and limits as :func:`query`; the time limit covers reading every batch."""
     if limit is not None and limit < 0:
         raise ConfigError(f"limit={limit} must be 0 or more (0 = no limit).")
+    limits = limits or Limits()
     statement = read_only_statement(sql)
-    with connection(store) as con:
+    with connection(store, limits=limits) as con:
+        fired = threading.Event()
+
+        def interrupt() -> None:
+            fired.set()
+            con.interrupt()
+
+        timer = threading.Timer(limits.seconds, interrupt) if limits.seconds is not None else None
+        started = time.perf_counter()
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
-            relation = con.sql(statement, params=list(params) if params else None)
-            if relation is None:  # not a query after all (cannot happen for SELECT, kept as a guard)
-                return QueryResult(pa.table({}), False)
-            if limit:
-                table = _arrow(relation.limit(limit + 1))
-                return QueryResult(table.slice(0, limit), table.num_rows > limit)
-            return QueryResult(_arrow(relation), False)
-        except duckdb.PermissionException as exc:
-            raise ConfigError(f"Refused by the read-only connection: {_one_line(exc)} (only files of the store "
-                              f"folder {store.root} can be read).") from exc
-        except duckdb.Error as exc:
-            raise ConfigError(f"SQL error: {_one_line(exc)}") from exc
+            with _sql_errors(store, limits, fired, started):
+                relation = con.sql(statement, params=list(params) if params else None)
+                if relation is None:  # not a query after all (cannot happen for SELECT, kept as a guard)
+                    raise ConfigError("The statement returns no rows.")
+                if printable:
+                    relation = _printable(relation)
+                if limit:
+                    relation = relation.limit(limit + 1)
+                reader = relation.to_arrow_reader(limits.batch_rows)
+
+            def batches() -> Iterator[pa.RecordBatch]:
+                with _sql_errors(store, limits, fired, started):
+                    yield from reader
+
+            yield reader.schema, batches()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+@contextlib.contextmanager
+def _sql_errors(store: DuckDBDataStorage, limits: Limits, fired: threading.Event, started: float) -> Iterator[None]:
+    """DuckDB's errors (and Arrow's, for errors met while reading batches) as one-line errors of ours."""
+    try:
+        yield
+    except duckdb.PermissionException as exc:
+        raise ConfigError(f"Refused by the read-only connection: {_one_line(exc)} (only files of the store "
+                          f"folder {store.root} can be read).") from exc
+    except (duckdb.Error, OSError, pa.ArrowException) as exc:
+        text = _one_line(exc)
+        if fired.is_set() or isinstance(exc, duckdb.InterruptException):
+            raise QueryLimitError(f"Stopped after {time.perf_counter() - started:.1f} s: the time limit is "
+                                  f"{limits.seconds:g} s. Narrow the query (a WHERE on ts or symbol, a LIMIT) or "
+                                  "raise --timeout (0 = no limit).") from None
+        if isinstance(exc, duckdb.OutOfMemoryException) or "Out of Memory" in text:
+            raise QueryLimitError(f"Stopped: the query needs more than its memory limit "
+                                  f"({_bytes(limits.memory)}) and {_bytes(limits.temp)} of spill files "
+                                  f"({text}). Narrow the query, or raise --memory-limit / --max-temp.") from None
+        raise ConfigError(f"SQL error: {text}") from exc
+
+
+_TEXT_TYPES = re.compile(r"\b(BIGNUM|VARINT|BIT|GEOMETRY|TIME WITH TIME ZONE|UNION)\b")
+_TEMPORAL = re.compile(r"\b(DATE|TIME|TIME_NS|TIMESTAMP\w*|INTERVAL)\b")
+
+
+def _printable(relation: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
+    """``relation`` with every column Arrow or Python cannot render faithfully cast to DuckDB's own text."""
+    types = [str(t) for t in relation.types]
+    text = [bool(_TEXT_TYPES.search(t)) or (_nested(t) and bool(_TEMPORAL.search(t))) for t in types]
+    if not any(text):
+        return relation
+    columns = []
+    for i, (name, as_text) in enumerate(zip(relation.columns, text), start=1):
+        quoted = '"' + name.replace('"', '""') + '"'
+        columns.append(f"CAST(#{i} AS VARCHAR) AS {quoted}" if as_text else f"#{i} AS {quoted}")
+    return relation.select(", ".join(columns))
+
+
+def _nested(type_name: str) -> bool:
+    return type_name.endswith("]") or type_name.startswith(("STRUCT", "MAP", "UNION"))
+
+
+def python_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """The values of an Arrow column as Python objects; times Python cannot hold (before year 1 or after 9999,
+    a 24:00 time) as ISO text, anything else Python cannot convert as Arrow's text of it."""
+    try:
+        return column.to_pylist()
+    except (OverflowError, ValueError, pa.ArrowException):
+        pass
+    kind = column.type
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
+        return _temporal_text(column)
+    values: list[Any] = []
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    for chunk in chunks:
+        for scalar in chunk:
+            try:
+                values.append(scalar.as_py())
+            except (OverflowError, ValueError, pa.ArrowException):
+                values.append(str(scalar))
+    return values
+
+
+def _temporal_text(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    kind = column.type
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_timestamp(kind):
+        raw = array.cast(pa.int64()).fill_null(0).to_numpy()
+        suffix = "+00:00" if kind.tz else ""
+        rendered = [_INFINITY.get(int(r)) or f"{t}{suffix}"
+                    for r, t in zip(raw, np.datetime_as_string(raw.astype(f"datetime64[{kind.unit}]")))]
+    elif pa.types.is_date(kind):
+        if kind == pa.date32():
+            days = array.cast(pa.int32()).fill_null(0).to_numpy().astype("int64")
+            special = _DATE_INFINITY
+        else:
+            days = array.cast(pa.int64()).fill_null(0).to_numpy() // 86_400_000
+            special = {}
+        rendered = [special.get(int(d)) or str(t) for d, t in zip(days, np.datetime_as_string(
+            days.astype("datetime64[D]")))]
+    else:
+        per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[kind.unit]
+        digits = len(str(per_second)) - 1
+        rendered = []
+        for value in array.cast(pa.int64()).fill_null(0).to_numpy():
+            seconds, fraction = divmod(int(value), per_second)
+            hours, rest = divmod(seconds, 3600)
+            text = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+            rendered.append(text + (f".{fraction:0{digits}d}" if fraction else ""))
+    return [r if ok else None for r, ok in zip(rendered, valid)]
+
+
+_INFINITY = {2**63 - 1: "infinity", -(2**63 - 1): "-infinity"}
+"""How DuckDB hands its infinite timestamps to Arrow (the largest and smallest int64)."""
+_DATE_INFINITY = {2**31 - 1: "infinity", -(2**31 - 1): "-infinity"}
+
+
+def _csv_values(column: pa.Array) -> list[Any]:
+    """:func:`python_values` written as pandas writes CSV (NaN as an empty field, like NULL)."""
+    return ["" if isinstance(v, float) and v != v else v for v in python_values(column)]
+
+
+def python_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """``table``'s rows as dicts of Python values (:func:`python_values`), column names as keys."""
+    columns = [python_values(table.column(i)) for i in range(table.num_columns)]
+    return [dict(zip(table.column_names, row)) for row in zip(*columns)]
+
+
+def _bytes(amount: float | None) -> str:
+    if amount is None:
+        return "no limit"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{amount:,.0f} {unit}" if unit == "B" else f"{amount:,.1f} {unit}"
+        amount /= 1024
+    return f"{amount:,.1f} GiB"
 
 
 def write_result(table: pa.Table, /, *, fmt: str, output: str | os.PathLike[str] | None = None) -> str | None:
     """Write ``table`` as CSV, JSON (an array of objects) or Parquet to ``output``; without ``output``
     return the CSV/JSON text. Timestamps are ISO 8601 in UTC."""
+    if output is None and fmt != "parquet":
+        buffer = io.StringIO()
+        write_stream(table.schema, iter(table.to_batches()), fmt=fmt, out=buffer)
+        return buffer.getvalue()
+    write_stream(table.schema, iter(table.to_batches()), fmt=fmt, output=output)
+    return None
+
+
+def write_stream(schema: pa.Schema, batches: Iterator[pa.RecordBatch], /, *, fmt: str,
+                 output: str | os.PathLike[str] | None = None, out: Any = None) -> int:
+    """Write rows batch by batch as CSV, JSON (an array of objects) or Parquet, to the file ``output`` (whole
+    or not at all: written beside it, renamed when complete) or to the text stream ``out``. Returns the rows
+    written. Every value is written (:func:`python_values`); timestamps are ISO 8601 in UTC."""
     if fmt not in ("csv", "json", "parquet"):
         raise ConfigError(f"Unknown format {fmt!r}; use one of csv, json, parquet (or table for the terminal).")
     if fmt == "parquet" and output is None:
         raise ConfigError("Parquet is binary: give a file with --output FILE.")
-    if output is not None:
-        target = Path(output)
-        if target.is_dir():
-            raise ConfigError(f"--output {target} is a folder; give a file name.")
-        if not target.parent.exists():
-            raise ConfigError(f"The folder of --output {target} does not exist.")
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(table, str(output), compression="zstd")
-        return None
-    text = _csv_text(table) if fmt == "csv" else _json_text(table)
     if output is None:
-        return text
-    Path(output).write_text(text)
-    return None
+        if out is None:
+            raise ConfigError("write_stream needs output= (a file) or out= (a text stream).")
+        return _write_text(schema, batches, fmt, out)
+    target = Path(output)
+    if target.is_dir():
+        raise ConfigError(f"--output {target} is a folder; give a file name.")
+    if not target.parent.exists():
+        raise ConfigError(f"The folder of --output {target} does not exist.")
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        rows = _write_file(schema, batches, fmt, partial)
+        os.replace(partial, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    return rows
 
 
-def _csv_text(table: pa.Table) -> str:
-    frame = table.to_pandas()
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
-    return buffer.getvalue()
+def _write_file(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str, partial: Path) -> int:
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            rows = 0
+            with pq.ParquetWriter(str(partial), schema, compression="zstd") as writer:
+                for batch in batches:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+        else:
+            with open(partial, "w", newline="") as handle:
+                rows = _write_text(schema, batches, fmt, handle)
+    except pa.ArrowException as exc:
+        raise ConfigError(f"Cannot write the result as {fmt}: {_one_line(exc)}. CAST such columns to VARCHAR in "
+                          "the query, or use --format csv or json (they write every type).") from exc
+    return rows
 
 
-def _json_text(table: pa.Table) -> str:
-    rows = table.to_pylist()
-    return json.dumps(rows, default=_json_default, indent=None, separators=(",", ":")) + "\n"
+def _write_text(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str, out: Any) -> int:
+    rows = 0
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(schema.names)
+        for batch in batches:
+            try:  # pandas' CSV writer where it can hold every value (the usual case: several times faster)
+                frame = batch.to_pandas()
+            except (OverflowError, ValueError, pa.ArrowException):
+                writer.writerows(zip(*(_csv_values(column) for column in batch.columns)))
+            else:
+                out.write(frame.to_csv(header=False, index=False, lineterminator="\n"))  # (one write a batch)
+            rows += batch.num_rows
+        return rows
+    out.write("[")
+    for batch in batches:
+        for row in python_rows(pa.Table.from_batches([batch])):
+            out.write(("," if rows else "") + json.dumps(row, default=_json_default, separators=(",", ":")))
+            rows += 1
+    out.write("]\n")
+    return rows
 
 
 def _json_default(value: object) -> object:
@@ -226,8 +488,8 @@ def _json_default(value: object) -> object:
         return value.hex()
     import decimal
 
-    if isinstance(value, decimal.Decimal):
-        return float(value)
+    if isinstance(value, decimal.Decimal):  # (an integral one, e.g. a HUGEINT, stays exact)
+        return int(value) if value.is_finite() and value == value.to_integral_value() else float(value)
     return str(value)
 
 

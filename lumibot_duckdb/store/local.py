@@ -13,7 +13,10 @@
 The covered range of a file is in its name, so a file's data and its coverage are published by
 the same atomic rename: a crash can leave a stray file in ``.tmp/``, never a half-written bar file
 or coverage that claims bars the store does not hold. ``<token>`` is a publish-time-ordered id:
-where two files cover the same time (two processes fetched the same gap), the newer file wins.
+where two files cover the same time (two processes fetched the same gap), the newer file wins. Its
+first 16 hex digits are the publish time; the last 8 are the CRC-32 of the file's bytes, which every
+read checks (:mod:`lumibot_duckdb.store.integrity`; files written before that have 6 random digits
+there instead, and are checked by what they carry).
 
 Partitions: intraday series by UTC year, daily series in one partition (``all``); measured in
 ``benchmarks/bench_layout.py``.
@@ -41,6 +44,7 @@ from filelock import FileLock, Timeout
 
 from lumibot_duckdb.errors import StoreLockTimeout
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, utc
+from lumibot_duckdb.store.integrity import COVERAGE_MARK, SERIES_MARK, file_checksum, sealed_token, token_checksum
 
 ROW_GROUP_SIZE = 16_384
 COMPRESSION = "zstd"
@@ -158,6 +162,11 @@ class BarFile:
         return pd.Timestamp(int(self.token[:16], 16), unit="ns", tz="UTC")
 
     @property
+    def sealed(self) -> bool:
+        """Whether the file's name carries the checksum of its bytes (files written before checksums do not)."""
+        return token_checksum(self.token) is not None
+
+    @property
     def size(self) -> int:
         try:
             return self.path.stat().st_size
@@ -225,17 +234,23 @@ class LocalFolder:
         return sorted(found, key=lambda f: f.token)
 
     # -- writing ----------------------------------------------------------------------------
-    def publish(self, key: SeriesKey, partition: str, table: pa.Table, interval: Interval) -> BarFile:
-        """Write ``table`` as the answer for ``interval`` and make it visible in one rename."""
+    def publish(self, key: SeriesKey, partition: str, table: pa.Table, interval: Interval, *,
+                published: str | None = None) -> BarFile:
+        """Write ``table`` as the answer for ``interval`` and make it visible in one rename.
+
+        The file's name carries the CRC-32 of its bytes (computed from the written file, after
+        ``fsync``); its footer the series and the range. ``published`` keeps the publish time of
+        an earlier file's token (``maintain seal`` rewrites a file without changing which one is
+        newer); by default it is now.
+        """
         self.ensure()
         token = new_token()
         final_dir = self.series_dir(key) / partition
-        final = final_dir / file_name(interval, token)
         tmp = self.tmp / f"{token}.parquet.part"
         meta = {
             b"lumibot_duckdb.schema": b"1",
-            b"lumibot_duckdb.series": json.dumps(key.as_dict()).encode(),
-            b"lumibot_duckdb.coverage": json.dumps([interval.start.isoformat(), interval.end.isoformat()]).encode(),
+            SERIES_MARK: json.dumps(key.as_dict()).encode(),
+            COVERAGE_MARK: json.dumps([interval.start.isoformat(), interval.end.isoformat()]).encode(),
         }
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         try:
@@ -245,6 +260,8 @@ class LocalFolder:
                                column_encoding=COLUMN_ENCODINGS, write_statistics=True)
                 handle.flush()
                 os.fsync(handle.fileno())
+            token = sealed_token(published or token, file_checksum(tmp))
+            final = final_dir / file_name(interval, token)
             final_dir.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
         finally:

@@ -5,8 +5,11 @@
   period, so a live writer's file is never touched).
 * :func:`prune`: remove bars older than a date, or whole series of a source / symbol / timeframe;
   coverage shrinks with the bars (a partly-cut file is rewritten to cover only what it keeps).
-* :func:`verify`: read every file and check names, partitions, schema, keys, ranges and overlaps;
-  nothing is changed.
+* :func:`verify`: read every file and check names, partitions, checksums, schema, keys, ranges and
+  overlaps, with the same checks every read runs (:mod:`lumibot_duckdb.store.integrity`); nothing is
+  changed unless ``quarantine=True``.
+* :func:`seal`: give files written before checksums existed their checksum (after checking them).
+* :func:`forget_empty`: make empty answers of a series (over a range) be asked again at the next request.
 
 Safe while backtests read the store: rewrites hold the series' lock (as fetching writers do),
 publish the replacement (one rename) before removing what it replaces, and readers retry when a
@@ -17,8 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fnmatch
 import itertools
-import json
 import os
 import time
 from collections.abc import Iterable
@@ -26,17 +29,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lumibot_duckdb.errors import ConfigError, StoreError
-from lumibot_duckdb.store.coverage import Interval, SeriesKey, canonical_timeframe, has_overlaps, normalize, utc
-from lumibot_duckdb.store.local import BarFile, parse_file_name, partition_interval, partition_scheme
-from lumibot_duckdb.store.schema import ARROW_SCHEMA, KEY_COLUMNS, VALUE_COLUMNS
-from lumibot_duckdb.store.store import DuckDBDataStorage
+from lumibot_duckdb.store import integrity
+from lumibot_duckdb.store.answers import EmptyAnswer, empty_answers
+from lumibot_duckdb.store.coverage import (
+    Interval,
+    SeriesKey,
+    canonical_timeframe,
+    has_overlaps,
+    missing_ranges,
+    normalize,
+    utc,
+)
+from lumibot_duckdb.store.local import BarFile, parse_file_name, partition_interval, partition_scheme, read_footer
+from lumibot_duckdb.store.schema import ARROW_SCHEMA, VALUE_COLUMNS, empty_bars
+from lumibot_duckdb.store.store import DuckDBDataStorage, mergeable
 
 TMP_GRACE = dt.timedelta(hours=1)
 """Temporary files younger than this are left alone by :func:`clean_tmp` (a writer may still own them)."""
@@ -60,12 +71,17 @@ def parse_age(text: str) -> dt.timedelta:
 
 
 def select_series(store: DuckDBDataStorage, /, *, source: str | None = None, symbol: str | None = None,
-                  timeframe: str | None = None) -> list[SeriesKey]:
-    """Series of the store matching every filter given (``symbol`` compared case-insensitively)."""
+                  timeframe: str | None = None, symbol_glob: str | None = None) -> list[SeriesKey]:
+    """Series of the store matching every filter given.
+
+    ``symbol`` matches exactly, case kept (``spy`` and ``SPY`` are two series); ``symbol_glob`` is a
+    shell pattern matched case kept too (``BTC*``, ``SP?``, ``[AB]*``).
+    """
     tf = canonical_timeframe(timeframe) if timeframe else None
     return [k for k in store.series()
             if (source is None or k.source == source.strip().lower())
-            and (symbol is None or k.symbol.upper() == symbol.strip().upper())
+            and (symbol is None or k.symbol == symbol.strip())
+            and (symbol_glob is None or fnmatch.fnmatchcase(k.symbol, symbol_glob))
             and (tf is None or k.timeframe == tf)]
 
 
@@ -82,10 +98,17 @@ class SeriesRow:
     last_bar: pd.Timestamp | None
     flags: dict[str, Any] = field(default_factory=dict)
     """Properties recorded for the series (:meth:`DuckDBDataStorage.flags`), e.g. ``rounded``."""
+    empty_answers: list[EmptyAnswer] = field(default_factory=list)
+    """Empty answers a provider gave to requests (:mod:`lumibot_duckdb.store.answers`)."""
 
     @property
     def bytes_per_bar(self) -> float | None:
         return self.bytes / self.rows if self.rows else None
+
+    @property
+    def waiting(self) -> list[EmptyAnswer]:
+        """Empty answers that the next request for their range (after ``recheck_after``) asks again."""
+        return [a for a in self.empty_answers if not a.trusted]
 
 
 @dataclass(frozen=True)
@@ -144,13 +167,17 @@ class StoreReport:
             "root": str(self.root),
             "totals": {"series": len(self.series), "files": self.files, "rows": self.rows, "bytes": self.bytes,
                        "bytes_per_bar": round(self.bytes / self.rows, 2) if self.rows else None,
+                       "empty_answers_waiting": sum(len(s.waiting) for s in self.series),
                        "quarantined_files": len(self.quarantined), "temporary_files": len(self.temporary)},
             "sources": [{k: (ts(v) if isinstance(v, pd.Timestamp) else v) for k, v in s.items()}
                         for s in self.sources()],
             "series": [{**s.key.as_dict(), "files": s.files, "rows": s.rows, "bytes": s.bytes,
                         "bytes_per_bar": None if s.bytes_per_bar is None else round(s.bytes_per_bar, 2),
                         "first_bar": ts(s.first_bar), "last_bar": ts(s.last_bar),
-                        "coverage": iv(s.coverage), "gaps": iv(s.gaps), "flags": s.flags} for s in self.series],
+                        "coverage": iv(s.coverage), "gaps": iv(s.gaps), "flags": s.flags,
+                        "empty_answers": [{"range": iv([a.file.interval])[0], "asked": ts(a.asked),
+                                           "answers": a.answers, "asked_again_after": ts(a.recheck_after)}
+                                          for a in s.empty_answers]} for s in self.series],
             "quarantined": [{"path": str(f.path), "bytes": f.bytes, "age_seconds": round(f.age_seconds),
                              "reason": f.reason} for f in self.quarantined],
             "temporary": [{"path": str(f.path), "bytes": f.bytes, "age_seconds": round(f.age_seconds)}
@@ -160,7 +187,8 @@ class StoreReport:
 
 def status(store: DuckDBDataStorage, /) -> StoreReport:
     """What the store holds, per series (from file names and Parquet footers; no bar is read)."""
-    rows = [SeriesRow(s.key, s.files, s.rows, s.bytes, s.coverage, s.gaps, s.first_bar, s.last_bar, store.flags(s.key))
+    rows = [SeriesRow(s.key, s.files, s.rows, s.bytes, s.coverage, s.gaps, s.first_bar, s.last_bar, store.flags(s.key),
+                      empty_answers(store.files(s.key)))
             for s in store.status()]
     return StoreReport(store.root, rows, _quarantined(store), _temporary(store))
 
@@ -209,11 +237,11 @@ class CompactReport:
 
 
 def compact(store: DuckDBDataStorage, /, *, source: str | None = None, symbol: str | None = None,
-            timeframe: str | None = None, dry_run: bool = False) -> CompactReport:
+            timeframe: str | None = None, symbol_glob: str | None = None, dry_run: bool = False) -> CompactReport:
     """Rewrite every partition that has several files for one covered run, or overlapping files,
     as one sorted file per run (where files overlap, the newer file's bars are kept, as on read)."""
     report = CompactReport(dry_run=dry_run)
-    for key in select_series(store, source=source, symbol=symbol, timeframe=timeframe):
+    for key in select_series(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob):
         files = store.files(key)
         report.series += 1
         report.files_before += len(files)
@@ -227,7 +255,7 @@ def compact(store: DuckDBDataStorage, /, *, source: str | None = None, symbol: s
 
 def _needs_compaction(files: list[BarFile]) -> bool:
     for _, group in itertools.groupby(sorted(files, key=lambda f: f.partition), key=lambda f: f.partition):
-        parts = list(group)
+        parts = mergeable(list(group))
         if len(parts) != len(normalize(f.interval for f in parts)) or has_overlaps(f.interval for f in parts):
             return True
     return False
@@ -278,7 +306,8 @@ class PruneReport:
 
 
 def prune(store: DuckDBDataStorage, /, *, before: Any = None, source: str | None = None,
-          symbol: str | None = None, timeframe: str | None = None, dry_run: bool = False) -> PruneReport:
+          symbol: str | None = None, timeframe: str | None = None, symbol_glob: str | None = None,
+          dry_run: bool = False) -> PruneReport:
     """Remove bars with ``ts < before`` (and the coverage of that time) from the selected series, or
     every bar of them when ``before`` is None. At least one of the four filters is required.
 
@@ -287,12 +316,12 @@ def prune(store: DuckDBDataStorage, /, *, before: Any = None, source: str | None
     series' lock. Coverage after a prune is exactly what remains: a backtest asking for pruned
     time fetches it again.
     """
-    if before is None and source is None and symbol is None and timeframe is None:
-        raise ConfigError("prune needs --before DATE and/or --source/--symbol/--timeframe; refusing to empty the "
-                          "whole store (delete its folder for that).")
+    if before is None and source is None and symbol is None and timeframe is None and symbol_glob is None:
+        raise ConfigError("prune needs --before DATE and/or --source/--symbol/--symbol-glob/--timeframe; refusing "
+                          "to empty the whole store (delete its folder for that).")
     cut = utc(before) if before is not None else None
     report = PruneReport(dry_run=dry_run)
-    for key in select_series(store, source=source, symbol=symbol, timeframe=timeframe):
+    for key in select_series(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob):
         report.series += 1
         if dry_run:
             _prune_plan(store, key, cut, report)
@@ -308,9 +337,14 @@ def prune(store: DuckDBDataStorage, /, *, before: Any = None, source: str | None
             if not affected:
                 continue
             removed_bars = _bars_before(store, key, cut)
-            kept = normalize(iv for f in affected if (iv := f.interval.intersection(Interval(cut, f.interval.end))))
+            waiting = {a.file.path: a for a in writer.empty_answers() if not a.trusted and a.file in affected}
+            kept = normalize(iv for f in affected if f.path not in waiting
+                             and (iv := f.interval.intersection(Interval(cut, f.interval.end))))
             for run in kept:
                 writer.write(store.read(key, run.start, run.end), covered=run)
+            for answer in waiting.values():  # the part kept of an empty answer is still to be asked again
+                if (part := answer.file.interval.intersection(Interval(cut, answer.file.interval.end))) is not None:
+                    writer.record_empty(part, asked=answer.asked, times=answer.answers)
             with _store_error(f"remove pruned files of {key}"):
                 store.backend.remove(affected)
             rewritten = sum(1 for f in affected if f.interval.end > cut)
@@ -370,6 +404,7 @@ class VerifyReport:
     files_checked: int = 0
     series_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -381,32 +416,55 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "files_checked": self.files_checked, "series_checked": self.series_checked,
-                "problems": [asdict(p) for p in self.problems]}
+                "problems": [asdict(p) for p in self.problems], "quarantined": list(self.quarantined)}
 
 
-def verify(store: DuckDBDataStorage, /) -> VerifyReport:
-    """Check the store without changing it; ``report.ok`` is False when an error was found.
+_SET_ASIDE = ("the next read of its range sets it aside in .quarantine/ and fetches the range again "
+              "(or `maintain verify --quarantine` does it now)")
 
-    Errors: a file that cannot be read in full; a stray file or folder in ``bars/`` (its name
-    does not parse, so readers ignore it); a file in the wrong partition or series folder; bars
-    outside the range the file's name covers, unsorted or duplicated; a footer whose recorded
-    coverage differs from the name; two files that overlap *and* disagree on a bar. Warnings:
-    overlapping files that agree (``compact`` merges them), quarantined files, temporary files
-    older than :data:`TMP_GRACE`.
+
+def verify(store: DuckDBDataStorage, /, *, quarantine: bool = False) -> VerifyReport:
+    """Check the store; ``report.ok`` is False when an error was found. Never raises for a damaged file.
+
+    Every published file gets the checks every read runs (:func:`lumibot_duckdb.store.integrity.check_file`,
+    thoroughly: every column decoded, timestamps and key columns scanned, sealed or not): unreadable, a
+    checksum that does not match, a foreign schema or types, another series, bars outside its range,
+    unsorted or duplicated bars; plus what only a whole-store look finds: a stray file or folder in
+    ``bars/`` (readers ignore it), a file in the wrong partition folder, two files that overlap *and*
+    disagree on a bar. Warnings: overlapping files that agree (``compact`` merges them), files without a
+    checksum (``seal`` adds it), quarantined files, temporary files older than :data:`TMP_GRACE`.
+
+    Nothing is changed, unless ``quarantine=True``: then every file with an error of its own is set aside
+    in ``.quarantine/`` with its reason, as a read would (its range is fetched again by the next backtest).
     """
     report = VerifyReport()
     problems = report.problems
     _find_strays(store, problems)
     for key in store.series():
         report.series_checked += 1
-        files = store.files(key)
-        bars: dict[Path, pa.Table] = {}
+        try:
+            files = store.files(key)
+        except (OSError, StoreError) as exc:
+            problems.append(Problem("error", "unreadable", str(store.backend.series_dir(key)),
+                                    f"the series folder cannot be listed ({exc})"))
+            continue
+        sound: list[BarFile] = []
+        unsealed = 0
         for bar_file in files:
-            table = _check_file(bar_file, problems)
             report.files_checked += 1
-            if table is not None:
-                bars[bar_file.path] = table
-        _check_overlaps(files, bars, problems)
+            damage = _check_file(bar_file, problems)
+            if damage is None:
+                sound.append(bar_file)
+                unsealed += not bar_file.sealed
+            elif quarantine:
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    report.quarantined.append(str(store.backend.quarantine(bar_file.path, str(damage))))
+        if unsealed:
+            problems.append(Problem("warning", "unsealed", str(store.backend.series_dir(key)),
+                                    f"{unsealed} file(s) of {key} were written before files carried a checksum: "
+                                    "damage that still reads as Parquet cannot be told from data in them; "
+                                    "`maintain seal` checks them and adds it"))
+        _check_overlaps(sound, problems)
     for item in _quarantined(store):
         problems.append(Problem("warning", "quarantined", str(item.path),
                                 f"set aside as damaged ({item.reason or 'no reason recorded'}); inspect or delete it"))
@@ -438,7 +496,8 @@ def _find_strays(store: DuckDBDataStorage, problems: list[Problem]) -> None:
             dirs.clear()
 
 
-def _check_file(bar_file: BarFile, problems: list[Problem]) -> pa.Table | None:
+def _check_file(bar_file: BarFile, problems: list[Problem]) -> integrity.Damage | None:
+    """Record the problems of one file; returns its damage (None if it can be served)."""
     path = str(bar_file.path)
 
     def error(kind: str, message: str) -> None:
@@ -458,57 +517,33 @@ def _check_file(bar_file: BarFile, problems: list[Problem]) -> pa.Table | None:
             bar_file.interval.start < partition.start or bar_file.interval.end > partition.end):
         error("wrong-partition", f"covers {bar_file.interval}, outside its partition {bar_file.partition}")
     try:
-        parquet = pq.ParquetFile(path)
-        table = parquet.read()
+        found = integrity.inspect_file(bar_file.path, bar_file.key, bar_file.interval, bar_file.token)
     except FileNotFoundError:
         return None  # compacted or pruned away while we looked: not a problem
-    except Exception as exc:  # noqa: BLE001 - anything pyarrow cannot read is damage
-        error("unreadable", f"cannot be read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                            "the next backtest that reads it sets it aside in .quarantine/ and fetches its range "
-                            "again — or delete it now")
-        return None
-    missing = [f.name for f in ARROW_SCHEMA if f.name not in table.column_names]
-    if missing:
-        error("schema", f"lacks column(s) {missing}")
-        return None
-    recorded = (parquet.schema_arrow.metadata or {}).get(b"lumibot_duckdb.coverage")
-    if recorded is not None:
-        try:
-            start, end = json.loads(recorded)
-            if Interval(start, end) != bar_file.interval:
-                error("coverage-mismatch", f"its name covers {bar_file.interval} but its footer records "
-                                           f"[{start}, {end})")
-        except (ValueError, TypeError):
-            error("coverage-mismatch", "its footer's coverage record is not readable")
-    expected = bar_file.key.as_dict()
-    for name in KEY_COLUMNS:
-        values = set(pc.unique(table.column(name).cast(pa.string())).to_pylist())
-        if values and values != {expected[name]}:
-            error("wrong-series", f"column {name} holds {sorted(map(str, values))[:3]} but the folder says "
-                                  f"{expected[name]!r}")
-    if table.num_rows:
-        ts = table.column("ts").cast(pa.timestamp("us", tz="UTC")).to_numpy().astype("datetime64[us]")
-        lo = np.datetime64(bar_file.interval.start.tz_convert(None).to_datetime64(), "us")
-        hi = np.datetime64(bar_file.interval.end.tz_convert(None).to_datetime64(), "us")
-        outside = int(((ts < lo) | (ts >= hi)).sum())
-        if outside:
-            error("outside-coverage", f"{outside} bar(s) lie outside the range its name covers "
-                                      f"{bar_file.interval}")
-        steps = np.diff(ts.astype("int64"))
-        if (steps < 0).any():
-            error("unsorted", "bars are not in time order")
-        elif (steps == 0).any():
-            error("duplicates", f"{int((steps == 0).sum())} duplicated timestamp(s)")
-    return table
+    except OSError as exc:
+        found = [integrity.Damage("unreadable", f"cannot be opened ({exc})")]
+    for damage in found:
+        error(damage.kind, f"{damage.message}; {_SET_ASIDE}")
+    return integrity.Damage(found[0].kind, "; ".join(map(str, found))) if found else None
 
 
-def _check_overlaps(files: list[BarFile], tables: dict[Path, pa.Table], problems: list[Problem]) -> None:
+def _check_overlaps(files: list[BarFile], problems: list[Problem]) -> None:
     ordered = sorted(files, key=lambda f: (f.interval.start, f.token))
+    tables: dict[Path, pa.Table | None] = {}
+
+    def table(bar_file: BarFile) -> pa.Table | None:
+        if bar_file.path not in tables:
+            try:
+                tables[bar_file.path] = pq.read_table(bar_file.path)
+            except Exception:  # noqa: BLE001 - gone or damaged since it was checked: reported by the next verify
+                tables[bar_file.path] = None
+        return tables[bar_file.path]
+
     for i, older in enumerate(ordered):
         for newer in ordered[i + 1:]:
             if newer.interval.start >= older.interval.end:
                 break
-            a, b = tables.get(older.path), tables.get(newer.path)
+            a, b = table(older), table(newer)
             if a is None or b is None:
                 continue
             conflicts = _conflicting_bars(a, b)
@@ -533,3 +568,112 @@ def _conflicting_bars(a: pa.Table, b: pa.Table) -> int:
     x, y = left.loc[common, list(VALUE_COLUMNS)], right.loc[common, list(VALUE_COLUMNS)]
     differs = ~((x == y) | (x.isna() & y.isna()))
     return int(differs.any(axis=1).sum())
+
+
+# -- seal --------------------------------------------------------------------------------------------
+@dataclass
+class SealReport:
+    series: int = 0
+    sealed: int = 0
+    already: int = 0
+    damaged: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def seal(store: DuckDBDataStorage, /, *, source: str | None = None, symbol: str | None = None,
+         timeframe: str | None = None, symbol_glob: str | None = None, dry_run: bool = False) -> SealReport:
+    """Give every file written before checksums existed its checksum (and its footer marks), so that reads
+    can prove it is the file that was written.
+
+    Each such file is first checked thoroughly (:func:`lumibot_duckdb.store.integrity.check_file`); a damaged
+    one is left where it is and listed (``verify`` says why; the next read sets it aside), never sealed.
+    A sound one is rewritten with the same bars, range and publish time (so which of two overlapping files
+    is newer does not change) and the old file removed, under the series' lock.
+    """
+    report = SealReport(dry_run=dry_run)
+    for key in select_series(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob):
+        report.series += 1
+        with store.writer(key):
+            for bar_file in store.files(key):
+                if bar_file.sealed:
+                    report.already += 1
+                    continue
+                try:
+                    damage = integrity.check_file(bar_file.path, key, bar_file.interval, bar_file.token,
+                                                  thorough=True)
+                except FileNotFoundError:
+                    continue
+                if damage is not None:
+                    report.damaged.append(f"{bar_file.path}: {damage}")
+                    continue
+                report.sealed += 1
+                if dry_run:
+                    continue
+                with _store_error(f"seal {bar_file.path}"):
+                    table = _as_store_schema(pq.read_table(bar_file.path))
+                    store.backend.publish(key, bar_file.partition, table, bar_file.interval,
+                                          published=bar_file.token)
+                    store.backend.remove([bar_file])
+    return report
+
+
+def _as_store_schema(table: pa.Table) -> pa.Table:
+    """A checked file's table in exactly the store's schema, keeping its own marks (an empty answer's)."""
+    kept = {k: v for k, v in (table.schema.metadata or {}).items() if k.startswith(b"lumibot_duckdb.")}
+    columns = [table.column(f.name).cast(f.type) for f in ARROW_SCHEMA]
+    return pa.Table.from_arrays(columns, schema=ARROW_SCHEMA).replace_schema_metadata(kept or None)
+
+
+# -- forget-empty ------------------------------------------------------------------------------------
+@dataclass
+class ForgetReport:
+    series: int = 0
+    files_removed: int = 0
+    ranges: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def forget_empty(store: DuckDBDataStorage, /, *, source: str | None = None, symbol: str | None = None,
+                 timeframe: str | None = None, symbol_glob: str | None = None, start: Any = None,
+                 end: Any = None, dry_run: bool = False) -> ForgetReport:
+    """Forget the empty answers (files with no bars) of the selected series over ``[start, end)`` (default:
+    all time), so the next request for that time asks the provider again. At least one filter is required.
+
+    An empty file that reaches outside ``[start, end)`` is replaced by empty files for the parts outside
+    (with the marks it had), published before it is removed, under the series' lock. Files with bars are
+    never touched (``prune`` removes those).
+    """
+    if source is None and symbol is None and timeframe is None and symbol_glob is None:
+        raise ConfigError("forget-empty needs --source, --symbol, --symbol-glob and/or --timeframe: say which "
+                          "series' empty answers to ask again.")
+    window = Interval(utc(start) if start is not None else utc("1677-09-22"),
+                      utc(end) if end is not None else utc("2262-04-11"))
+    if window.empty:
+        raise ConfigError(f"--start {start} is not before --end {end}.")
+    report = ForgetReport(dry_run=dry_run)
+    for key in select_series(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob):
+        report.series += 1
+        with store.writer(key) as writer:
+            marks = {a.file.path: a for a in writer.empty_answers(window)}
+            empty = [f for f in store.files(key, window) if _rows(f) == 0]
+            for bar_file in empty:
+                part = bar_file.interval.intersection(window)
+                if part is None:
+                    continue
+                report.files_removed += 1
+                report.ranges.append(f"{key}: {part}")
+                if dry_run:
+                    continue
+                answer = marks.get(bar_file.path)
+                for rest in missing_ranges([window], bar_file.interval):
+                    if answer is not None:
+                        writer.record_empty(rest, asked=answer.asked, times=answer.answers)
+                    else:
+                        writer.write(empty_bars(), covered=rest)
+                writer.remove([bar_file])
+    return report
+
+
+def _rows(bar_file: BarFile) -> int | None:
+    footer = read_footer(str(bar_file.path))
+    return None if footer is None else footer.num_rows

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from lumibot_duckdb.config import Settings
 from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreError
+from lumibot_duckdb.store import answers, integrity
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, has_overlaps, missing_ranges, normalize
 from lumibot_duckdb.store.interface import DataStorageInterface
 from lumibot_duckdb.store.local import BarFile, LocalFolder, partitions_for, read_footer
@@ -204,8 +205,8 @@ class DuckDBDataStorage(DataStorageInterface):
         with self.writer(key) as writer:
             return writer.write(data, covered=covered)
 
-    def _publish(self, key: SeriesKey, data: pd.DataFrame,
-                 covered: tuple[Any, Any] | Interval | None) -> tuple[int, set[str]]:
+    def _publish(self, key: SeriesKey, data: pd.DataFrame, covered: tuple[Any, Any] | Interval | None, *,
+                 marks: dict[bytes, bytes] | None = None) -> tuple[int, set[str]]:
         bars = normalize_bars(data)
         if covered is None:
             if bars.empty:
@@ -225,7 +226,10 @@ class DuckDBDataStorage(DataStorageInterface):
         with _as_store_error(f"write bars of {key}"):
             for partition, piece in partitions_for(key.timeframe, covered_iv):
                 rows = bars[(bars.index >= piece.start) & (bars.index < piece.end)]
-                self.backend.publish(key, partition, to_arrow(rows, key), piece)
+                table = to_arrow(rows, key)
+                if marks:
+                    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **marks})
+                self.backend.publish(key, partition, table, piece)
                 touched.add(partition)
         return len(bars), touched
 
@@ -233,7 +237,9 @@ class DuckDBDataStorage(DataStorageInterface):
     def read(self, key: SeriesKey, start: Any, end: Any, /, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Bars of ``key`` with ``start <= ts < end`` (UTC index ``ts``), oldest first.
 
-        ``columns`` limits the value columns read (default: all of them, in schema order).
+        ``columns`` limits the value columns read (default: all of them, in schema order). Every file
+        read is checked first (:mod:`lumibot_duckdb.store.integrity`); a damaged one is set aside with
+        its reason and :class:`CorruptFileError` says which range is no longer covered.
         """
         wanted = Interval(start, end)
         names = _value_columns(columns)
@@ -243,17 +249,42 @@ class DuckDBDataStorage(DataStorageInterface):
             if not files:
                 return empty_bars()[names]
             try:
+                if not self._check(files):
+                    raise _Vanished
                 return self._query_files(files, wanted, names)
+            except _Vanished:
+                pass
             except duckdb.IOException as exc:
-                if not all(f.path.exists() for f in files):
-                    # Another process compacted the series between listing and reading: its new files
-                    # are already published, so listing again finds them. Under heavy churn, back off.
-                    time.sleep(min(0.05, 0.002 * attempt))
-                    continue
-                self._raise_for_damage(files, exc)
+                if all(f.path.exists() for f in files):
+                    self._raise_for_damage(files, exc)
             except duckdb.Error as exc:
                 self._raise_for_damage(files, exc)
+            # Another process compacted the series between listing and reading: its new files are
+            # already published, so listing again finds them. Under heavy churn, back off.
+            time.sleep(min(0.05, 0.002 * attempt))
         raise StoreError(f"Files of {key} kept changing while being read; try again.")
+
+    def _check(self, files: Sequence[BarFile]) -> bool:
+        """Check every file (once per process and file); set damaged ones aside and raise :class:`CorruptFileError`.
+
+        Returns False when a file vanished meanwhile (compacted away: list again), True when all are sound.
+        """
+        damaged: list[tuple[BarFile, integrity.Damage]] = []
+        present = True
+        for bar_file in files:
+            try:
+                damage = integrity.checked(bar_file.path, bar_file.key, bar_file.interval, bar_file.token)
+            except FileNotFoundError:
+                present = False
+                continue
+            except OSError as exc:
+                raise StoreError(f"Could not read {bar_file.path}: {exc}. Check the permissions of the store "
+                                 "folder (LUMIBOT_DUCKDB_CACHE_DIR).") from exc
+            if damage is not None:
+                damaged.append((bar_file, damage))
+        if damaged:
+            self._set_aside(damaged)
+        return present
 
     def _query_files(self, files: list[BarFile], wanted: Interval, names: list[str]) -> pd.DataFrame:
         paths = [str(f.path) for f in files]
@@ -271,21 +302,40 @@ class DuckDBDataStorage(DataStorageInterface):
 
     def _raise_for_damage(self, files: list[BarFile], exc: Exception) -> None:
         """Find the damaged file(s) behind a failed read, set them aside, and say so."""
-        damaged = [f for f in files if not _readable(f.path)]
+        damaged = [(f, integrity.Damage("unreadable", f"DuckDB cannot read it ({_first_line(exc)})"))
+                   for f in files if not _readable(f.path)]
         if not damaged:
             raise StoreError(f"DuckDB could not read {len(files)} file(s) of {files[0].key}: {exc}") from exc
+        self._set_aside(damaged, cause=exc)
+
+    def _set_aside(self, damaged: list[tuple[BarFile, integrity.Damage]], *,
+                   cause: BaseException | None = None) -> None:
+        """Quarantine damaged files with their reasons and raise :class:`CorruptFileError` naming them."""
         moved: list[Path] = []
-        for bar_file in damaged:
-            with contextlib.suppress(FileNotFoundError):
-                moved.append(self.backend.quarantine(bar_file.path, f"unreadable: {exc}"))
-        first = damaged[0]
+        for bar_file, damage in damaged:
+            integrity.forget(bar_file.path)
+            _null_columns.cache_clear()
+            try:
+                moved.append(self.backend.quarantine(bar_file.path, str(damage)))
+            except FileNotFoundError:  # set aside by another reader meanwhile
+                continue
+            except OSError as exc:
+                raise StoreError(f"{bar_file.path} is damaged ({damage}) but could not be moved to "
+                                 f"{self.backend.quarantine_dir}: {exc}. Move or delete it by hand.") from exc
+            log.warning("lumibot-duckdb: set aside %s (%s, covering %s): %s", bar_file.path.name,
+                        bar_file.key, bar_file.interval, damage)
+        first, reason = damaged[0]
+        more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
         raise CorruptFileError(
             f"{len(damaged)} damaged file(s) of {first.key} set aside in {self.backend.quarantine_dir} "
-            f"(first: {first.path.name}, covering {first.interval}). Every other file is intact; the "
-            "range they covered is no longer marked as stored and is fetched again on the next request.",
+            f"(first: {first.path.name}, covering {first.interval}: {reason}{more}). Every other file is "
+            "intact; the range they covered is no longer marked as stored and is fetched again on the next "
+            "request.",
             path=str(first.path),
             quarantined_to=str(moved[0]) if moved else None,
-        ) from exc
+            intervals=[f.interval for f, _ in damaged],
+            reasons=[str(d) for _, d in damaged],
+        ) from cause
 
     # -- maintenance ---------------------------------------------------------------------------
     def compact(self, key: SeriesKey | None = None, /) -> int:
@@ -305,12 +355,22 @@ class DuckDBDataStorage(DataStorageInterface):
         for bar_file in self.backend.files(key):
             by_partition.setdefault(bar_file.partition, []).append(bar_file)
         removed = 0
-        for partition, files in by_partition.items():
+        damage: CorruptFileError | None = None
+        for partition, listed in by_partition.items():
             if partitions is not None and partition not in partitions:
                 continue
-            runs = normalize(f.interval for f in files)
-            if only_if_fragmented and len(files) <= COMPACT_AFTER_FILES:
+            if only_if_fragmented and len(listed) <= COMPACT_AFTER_FILES:
                 continue
+            files = mergeable(listed)
+            try:  # (a damaged file is set aside, never merged into a new file that would pass every check)
+                if not self._check(files):
+                    raise StoreError(f"Files of {key} changed while being compacted; compact again.")
+            except CorruptFileError as exc:  # the sound files are still merged; the damage is reported after
+                damage = damage or exc
+                files = [f for f in files if f.path.exists()]
+            if not files or (only_if_fragmented and len(files) <= COMPACT_AFTER_FILES):
+                continue
+            runs = normalize(f.interval for f in files)
             if not only_if_fragmented and len(files) == len(runs) and not has_overlaps(f.interval for f in files):
                 continue  # already one file per run
             whole = Interval(runs[0].start, runs[-1].end)
@@ -323,6 +383,8 @@ class DuckDBDataStorage(DataStorageInterface):
                 self.backend.publish(key, partition, to_arrow(rows, key), run)
             self.backend.remove(files)
             removed += len(files)
+        if damage is not None:
+            raise damage
         return removed
 
     def status(self) -> list[SeriesStatus]:
@@ -364,6 +426,13 @@ class DuckDBDataStorage(DataStorageInterface):
             return con.execute(query, params or []).df()
         finally:
             con.close()
+
+def mergeable(files: Sequence[BarFile]) -> list[BarFile]:
+    """The files compaction may merge: all but the empty answers waiting to be asked again (each keeps its
+    own file, with when it was given, until it is asked again: :mod:`lumibot_duckdb.store.answers`)."""
+    waiting = {a.file.path for a in answers.empty_answers(files) if not a.trusted}
+    return [f for f in files if f.path not in waiting]
+
 
 _OPEN_STORES: weakref.WeakSet[DuckDBDataStorage] = weakref.WeakSet()
 
@@ -424,6 +493,20 @@ class SeriesWriter:
         count, partitions = self.store._publish(self.key, data, covered)
         self.touched |= partitions
         return count
+
+    def record_empty(self, covered: Interval, *, asked: pd.Timestamp, times: int = 1) -> None:
+        """Record that the provider answered no bars for ``covered`` when asked at ``asked`` (the ``times``-th
+        empty answer in a row); the range is asked again by the rule of :mod:`lumibot_duckdb.store.answers`."""
+        _, partitions = self.store._publish(self.key, empty_bars(), covered, marks=answers.mark(asked, times))
+        self.touched |= partitions
+
+    def empty_answers(self, within: Interval | None = None) -> list[answers.EmptyAnswer]:
+        """The series' recorded empty answers (overlapping ``within`` if given), oldest first."""
+        return answers.empty_answers(self.store.files(self.key, within))
+
+    def remove(self, files: Sequence[BarFile]) -> None:
+        """Remove some of the series' files (e.g. an empty answer that a new answer replaced)."""
+        self.store.remove(files)
 
     def files(self) -> list[BarFile]:
         """The series' published files, oldest first."""
@@ -569,6 +652,15 @@ def _bars_frame(result: dict[str, Any], names: list[str]) -> pd.DataFrame:
             data[name] = (np.full(n, np.nan) if column is None else
                           np.ma.filled(np.ma.asarray(column, dtype="float64"), np.nan))
     return pd.DataFrame(data, index=index, columns=names)
+
+
+class _Vanished(Exception):
+    """A listed file was gone when read (compacted or pruned away meanwhile): list again."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _readable(path: Path) -> bool:

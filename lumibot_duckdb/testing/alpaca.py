@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from lumibot_duckdb.testing.kits import Faults, SourceKit, patched
+from lumibot_duckdb.testing.kits import VALUE_FAULTS, Faults, SourceKit, patched, spoil
 
 KINDS = ("stock_bars", "crypto_bars", "option_bars")
 
@@ -118,12 +118,13 @@ class FakeAlpaca:
                 raw[symbol] = [{"t": recorded.start.isoformat(), "o": float("nan"), "h": -1.0, "l": 5.0,
                                 "c": 0.0, "v": -3.0, "n": 1, "vw": 1.0}]
                 continue
-            rows = self._rows(kind, symbol, recorded)
+            rows = self._rows(kind, symbol, recorded, spoiled=fault)
             if rows:
                 raw[symbol] = rows
         return BarSet(raw)
 
-    def _rows(self, kind: str, symbol: str, request: AlpacaRequest) -> list[dict[str, Any]]:
+    def _rows(self, kind: str, symbol: str, request: AlpacaRequest, *,
+              spoiled: str | None = None) -> list[dict[str, Any]]:
         asset_type = "crypto" if kind == "crypto_bars" else "stock"
         base = symbol.split("/", 1)[0] if asset_type == "crypto" else symbol
         amount, unit = _parse_timeframe(request.timeframe)
@@ -133,6 +134,8 @@ class FakeAlpaca:
                                  asset_type=asset_type)
         if amount > 1:
             frame = _aggregate(frame, f"{amount}{'min' if unit == 'Min' else 'h'}")
+        if spoiled in VALUE_FAULTS:
+            frame = spoil(frame, spoiled)
         return [
             {"t": t.isoformat().replace("+00:00", "Z"), "o": o, "h": h, "l": lo, "c": c, "v": v, "n": int(n),
              "vw": None if pd.isna(vw) else float(vw)}

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from lumibot_duckdb.testing.kits import FAULTS, Faults, SourceKit, patched
+from lumibot_duckdb.testing.kits import FAULTS, VALUE_FAULTS, Faults, SourceKit, patched, spoil
 
 STEP_MS = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
 TIMEFRAMES = {"1m": "minute", "1h": "hour", "1d": "day"}
@@ -177,6 +177,8 @@ class FakeCcxt:
         start = pd.Timestamp(first, unit="ms", tz="UTC")
         end = pd.Timestamp(min(first + count * step, now_ms + 1), unit="ms", tz="UTC")
         bars = self.market.bars(base, TIMEFRAMES[timeframe], start, end, asset_type="crypto")
+        if fault in VALUE_FAULTS:
+            bars = spoil(bars, fault)
         factor = self.scale.get(base, 1.0)
         stamps = (bars.index.asi8 // 1_000_000 if bars.index.unit == "ns" else
                   bars.index.as_unit("ms").asi8).tolist()

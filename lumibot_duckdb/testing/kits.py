@@ -21,8 +21,32 @@ from typing import Any, ClassVar, Protocol
 from lumibot_duckdb import registry
 from lumibot_duckdb.registry import load
 
-FAULTS = ("empty", "malformed", "error", "transient")
+VALUE_FAULTS = ("negative", "inverted", "infinite")
+"""Faults that answer with well-formed bars holding an impossible value in the first bar of each answer: a
+negative low and close, a high below the low, an infinite close (:func:`spoil`)."""
+FAULTS = ("empty", "malformed", "error", "transient", *VALUE_FAULTS)
 """Faults a fake provider can be told to answer data requests with (see :meth:`FakeProvider.fail`)."""
+
+
+def spoil(bars: Any, mode: str, *, capitalized: bool = False) -> Any:
+    """``bars`` (a market frame: ``open high low close volume``…, or ``Open High…`` with ``capitalized``) with
+    the impossible value of ``mode`` (one of :data:`VALUE_FAULTS`) in its first bar; a copy."""
+    bars = bars.copy()
+    if bars.empty:
+        return bars
+    high, low, close = ("High", "Low", "Close") if capitalized else ("high", "low", "close")
+    first = bars.index[0]
+    if mode == "negative":
+        bars.loc[first, [low, close]] = -abs(float(bars.loc[first, close]))
+    elif mode == "inverted":
+        bars.loc[first, high] = float(bars.loc[first, low]) - 1.0
+    elif mode == "infinite":
+        bars.loc[first, [high, close]] = float("inf")
+    else:
+        raise ValueError(f"unknown value fault {mode!r}; use one of {VALUE_FAULTS}")
+    return bars
+
+
 
 
 class Faults:
@@ -84,8 +108,9 @@ class FakeProvider(Protocol):
         """From now on, answer bar requests (for ``symbol``, or all) with a fault of :data:`FAULTS`:
         ``empty`` (a well-formed answer with no bars), ``malformed`` (the provider's format, but
         garbage inside), ``error`` (the provider's error for a failed request: HTTP 500 on Polygon and
-        Alpaca, an exchange error on CCXT, a rate-limit error on Yahoo) or ``transient`` (the
-        connection dropped or timed out). ``times=N``: only the next N such requests fail, then the
+        Alpaca, an exchange error on CCXT, a rate-limit error on Yahoo), ``transient`` (the
+        connection dropped or timed out), or a value fault of :data:`VALUE_FAULTS` (well-formed bars with
+        an impossible value). ``times=N``: only the next N such requests fail, then the
         provider answers normally again (``fail("error", times=2)``: 500 twice, then 200)."""
 
     def heal(self) -> None:

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlparse
 
 import pandas as pd
 
-from lumibot_duckdb.testing.kits import Faults, SourceKit, patched
+from lumibot_duckdb.testing.kits import VALUE_FAULTS, Faults, SourceKit, patched, spoil
 
 NY = "America/New_York"
 
@@ -124,9 +124,9 @@ class FakePolygonHTTP:
                 return answer
         if request.kind == "aggs":
             fault = self.faults.take(request.ticker)
-            if fault is not None:
+            if fault is not None and fault not in VALUE_FAULTS:
                 return _fault(fault, request)
-            return self._aggs(request)
+            return self._aggs(request, spoiled=fault)
         if request.kind == "splits":
             ticker = params.get("ticker", "")
             return FakeResponse.json({"status": "OK", "results": self.splits.get(ticker, [])})
@@ -138,11 +138,13 @@ class FakePolygonHTTP:
         pass
 
     # -- routes ----------------------------------------------------------------------------------
-    def _aggs(self, request: FakeRequest) -> FakeResponse:
+    def _aggs(self, request: FakeRequest, *, spoiled: str | None = None) -> FakeResponse:
         ticker = request.ticker or ""
         symbol, asset_type, day_tz = _parse_ticker(ticker)
         start, end = _day_bound(request.start, day_tz, False), _day_bound(request.end, day_tz, True)
         bars = self.market.bars(symbol, request.timespan or "minute", start, end, asset_type=asset_type)
+        if spoiled is not None:
+            bars = spoil(bars, spoiled)
         results = [
             {"v": _json_number(v), "vw": vw, "o": o, "c": c, "h": h, "l": lo, "t": int(t.value // 1_000_000),
              "n": int(n)}

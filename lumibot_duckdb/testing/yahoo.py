@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from lumibot_duckdb.testing.kits import Faults, SourceKit, patched
+from lumibot_duckdb.testing.kits import VALUE_FAULTS, Faults, SourceKit, patched, spoil
 
 NY = "America/New_York"
 YAHOO_COLUMNS = ("Open", "High", "Low", "Close", "Adj Close", "Volume", "Dividends", "Stock Splits")
@@ -156,7 +156,7 @@ class FakeYahoo:
             self.requests.append(YahooRequest("history", symbol, interval, lo, hi,
                                               period if start is None else None))
         fault = self.faults.take(symbol)
-        if fault is not None:
+        if fault is not None and fault not in VALUE_FAULTS:
             return _fault(fault, symbol)
         if interval in INTRADAY_DAYS:
             lo = max(lo, now - pd.Timedelta(days=INTRADAY_DAYS[interval]))
@@ -164,6 +164,8 @@ class FakeYahoo:
             raise ValueError(f"the offline Yahoo serves 1d, 15m and 1m bars, not {interval!r}")
         full = self._full_history(symbol, interval, now)
         frame = full[(full.index >= lo) & (full.index < hi)]
+        if fault is not None:
+            frame = spoil(frame, fault, capitalized=True)
         if auto_adjust:
             factor = frame["Adj Close"] / frame["Close"]
             frame = frame.drop(columns=["Adj Close"])
