@@ -13,8 +13,9 @@ if TYPE_CHECKING:
     from lumibot_duckdb.store import DuckDBDataStorage
 
 STORE_OPTION = click.option(
-    "--store", "store_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Store folder (default: LUMIBOT_DUCKDB_CACHE_DIR, else <Lumibot cache>/duckdb).")
+    "--store", "store_dir", metavar="DIR|s3://BUCKET/PREFIX", default=None,
+    help="The store: a folder or s3://bucket/prefix (default: LUMIBOT_DUCKDB_STORE, else LUMIBOT_DUCKDB_CACHE_DIR, "
+         "else <Lumibot cache>/duckdb).")
 
 
 class _Group(click.Group):
@@ -51,7 +52,7 @@ def main() -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def ingest_command(paths: tuple[Path, ...], source: str, symbol: str | None, timeframe: str | None,
                    asset_type: str, quote: str, timezone: str | None, layout: str, repair: bool,
-                   store_dir: Path | None, as_json: bool, progress: bool | None) -> None:
+                   store_dir: str | None, as_json: bool, progress: bool | None) -> None:
     """Load CSV, zstd-compressed CSV (.csv.zst) or Parquet bar files (or folders of them) into the store.
 
     Yahoo, Polygon, Alpaca and generic timestamp,open,high,low,close,volume layouts are read from
@@ -73,9 +74,10 @@ def ingest_command(paths: tuple[Path, ...], source: str, symbol: str | None, tim
 
     from lumibot_duckdb.ingest.load import ingest
 
-    report = ingest(store_dir, list(paths), source=source, symbol=symbol, timeframe=timeframe,
-                    asset_type=asset_type, quote=quote, timezone=timezone, layout=layout,
-                    on_invalid="repair" if repair else "reject", progress=progress)
+    with _writable_store(store_dir) as store:
+        report = ingest(store, list(paths), source=source, symbol=symbol, timeframe=timeframe,
+                        asset_type=asset_type, quote=quote, timezone=timezone, layout=layout,
+                        on_invalid="repair" if repair else "reject", progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1, default=str))
         return
@@ -114,7 +116,7 @@ def ingest_command(paths: tuple[Path, ...], source: str, symbol: str | None, tim
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export_command(output: Path, symbol: str | None, query: str | None, source: str, timeframe: str,
                    asset_type: str, quote: str, exchange: str, adjustment: str, start: str | None, end: str | None,
-                   fmt: str | None, store_dir: Path | None, as_json: bool) -> None:
+                   fmt: str | None, store_dir: str | None, as_json: bool) -> None:
     """Write a stored series, or a SQL query's result, to a CSV or Parquet file (whole or not at all).
 
     Example: lumibot-duckdb export spy.csv --symbol SPY --timeframe day --store ./bars
@@ -142,16 +144,27 @@ def export_command(output: Path, symbol: str | None, query: str | None, source: 
 # -- status, query, maintenance (lumibot_duckdb.sql.query, lumibot_duckdb.store.maintenance) --------------------
 
 
-def _existing_store(store_dir: Path | None) -> DuckDBDataStorage:
-    """The store to inspect or maintain; a folder that does not exist is an error, not a new empty store."""
-    from lumibot_duckdb.config import Settings
+def _existing_store(store_dir: str | None, *, write: bool = False) -> DuckDBDataStorage:
+    """The store to inspect or maintain; a folder that does not exist is an error, not a new empty store.
+
+    ``write``: the command changes the store, so an S3 store is opened as a writer (it probes the service).
+    """
+    from lumibot_duckdb.config import Settings, is_s3
     from lumibot_duckdb.errors import ConfigError
     from lumibot_duckdb.store import DuckDBDataStorage
 
-    root = Settings.resolve(cache_dir=store_dir, use_duckdb=True).cache_dir
-    if not (root / "bars").is_dir():
-        raise ConfigError(f"No store at {root} (no bars/ folder). Pass --store DIR or set LUMIBOT_DUCKDB_CACHE_DIR.")
-    return DuckDBDataStorage(root)
+    location = Settings.resolve(store=store_dir, use_duckdb=True).location
+    if not is_s3(location) and not (Path(location) / "bars").is_dir():
+        raise ConfigError(f"No store at {location} (no bars/ folder). Pass --store DIR|s3://BUCKET/PREFIX or set "
+                          "LUMIBOT_DUCKDB_STORE / LUMIBOT_DUCKDB_CACHE_DIR.")
+    return DuckDBDataStorage(location, role="write" if write else None)
+
+
+def _writable_store(store_dir: str | None) -> DuckDBDataStorage:
+    """The store a command writes into (created if it is a new folder; an S3 store opened as a writer)."""
+    from lumibot_duckdb.store import DuckDBDataStorage
+
+    return DuckDBDataStorage(store_dir, role="write")
 
 
 def _console() -> Any:
@@ -182,7 +195,7 @@ def _when(ts: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON (coverage and gaps included).")
 @click.option("--source", default=None, help="Only series of this source.")
 @click.option("--symbol", default=None, help="Only series of this symbol.")
-def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol: str | None) -> None:
+def db_status(store_dir: str | None, as_json: bool, source: str | None, symbol: str | None) -> None:
     """What the store holds: per source and per series, the covered range, gaps, bars, files, bytes
     on disk and bytes per bar; quarantined (damaged) and leftover temporary files.
 
@@ -210,7 +223,7 @@ def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol:
         return
     console = _console()
     per_bar = f"{report.bytes / report.rows:.1f} B/bar" if report.rows else "-"
-    console.print(f"[bold]{report.root}[/bold]: {len(report.series)} series, {report.rows:,} bars, "
+    console.print(f"[bold]{report.location or report.root}[/bold]: {len(report.series)} series, {report.rows:,} bars, "
                   f"{report.files:,} files, {_size(report.bytes)} ({per_bar})")
     if not report.series:
         console.print("The store is empty. Load bars with `lumibot-duckdb ingest FILE…` or run a backtest.")
@@ -258,7 +271,7 @@ def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol:
               help="At most this many rows (default: 50 for table output, all otherwise; 0 = all).")
 @STORE_OPTION
 def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limit: int | None,
-             store_dir: Path | None) -> None:
+             store_dir: str | None) -> None:
     """Run one read-only SQL statement (a SELECT) over the store.
 
     \b
@@ -344,7 +357,7 @@ def _selection(function: Any) -> Any:
 @click.option("--dry-run", is_flag=True, help="Only say which series would be rewritten.")
 @STORE_OPTION
 def maintain_compact(source: str | None, symbol: str | None, timeframe: str | None, dry_run: bool,
-                     store_dir: Path | None) -> None:
+                     store_dir: str | None) -> None:
     """Rewrite fragmented or overlapping partitions as one sorted file per covered range.
 
     Every bar is kept; where two files overlap, the newer file's bars win (as on every read).
@@ -353,7 +366,7 @@ def maintain_compact(source: str | None, symbol: str | None, timeframe: str | No
     """
     from lumibot_duckdb.store.maintenance import compact
 
-    with _existing_store(store_dir) as store:
+    with _existing_store(store_dir, write=not dry_run) as store:
         report = compact(store, source=source, symbol=symbol, timeframe=timeframe, dry_run=dry_run)
     verb = "would rewrite" if dry_run else "rewrote"
     click.echo(f"{report.series} series checked, {verb} {len(report.rewritten)}: "
@@ -367,7 +380,7 @@ def maintain_compact(source: str | None, symbol: str | None, timeframe: str | No
               help="Remove temporary files not modified for this long (30m, 2h, 1d); younger ones may be live.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @STORE_OPTION
-def maintain_clean_tmp(older_than: str, dry_run: bool, store_dir: Path | None) -> None:
+def maintain_clean_tmp(older_than: str, dry_run: bool, store_dir: str | None) -> None:
     """Remove files a stopped writer left in the store's .tmp/ folder.
 
     Example: lumibot-duckdb maintain clean-tmp --older-than 2h --dry-run
@@ -391,7 +404,7 @@ def maintain_clean_tmp(older_than: str, dry_run: bool, store_dir: Path | None) -
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @STORE_OPTION
 def maintain_prune(before: str | None, source: str | None, symbol: str | None, timeframe: str | None,
-                   dry_run: bool, yes: bool, store_dir: Path | None) -> None:
+                   dry_run: bool, yes: bool, store_dir: str | None) -> None:
     """Remove old bars (before a date) or whole series (of a source, symbol or timeframe).
 
     The coverage of removed time goes with the bars, so a backtest that asks for it fetches it
@@ -401,7 +414,7 @@ def maintain_prune(before: str | None, source: str | None, symbol: str | None, t
     """
     from lumibot_duckdb.store.maintenance import prune
 
-    with _existing_store(store_dir) as store:
+    with _existing_store(store_dir, write=not dry_run) as store:
         plan = prune(store, before=before, source=source, symbol=symbol, timeframe=timeframe, dry_run=True)
         if dry_run or plan.series == 0 or (plan.files_removed + plan.files_rewritten) == 0:
             click.echo(f"{plan.series} series selected: would remove {plan.files_removed} file(s), rewrite "
@@ -419,7 +432,7 @@ def maintain_prune(before: str | None, source: str | None, symbol: str | None, t
 @maintain.command("verify")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @STORE_OPTION
-def maintain_verify(as_json: bool, store_dir: Path | None) -> None:
+def maintain_verify(as_json: bool, store_dir: str | None) -> None:
     """Read every file and check the store: names, partitions, schema, series, covered ranges,
     overlapping files that disagree. Changes nothing. Exits 1 when an error is found (warnings:
     quarantined files, leftover temporary files, overlaps that agree, do not fail).
@@ -443,6 +456,41 @@ def maintain_verify(as_json: bool, store_dir: Path | None) -> None:
         raise SystemExit(1)
 
 
+
+@main.command("sync")
+@click.argument("source", metavar="SOURCE")
+@click.argument("target", metavar="TARGET")
+@click.option("--dry-run", is_flag=True, help="Only say what would be pushed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def sync_command(source: str, target: str, dry_run: bool, as_json: bool) -> None:
+    """Push what SOURCE holds and TARGET lacks into TARGET (each a folder or s3://bucket/prefix).
+
+    Only ranges TARGET does not cover are written (a range both hold keeps TARGET's bars), and notes TARGET
+    has not got; running it again pushes nothing. TARGET is opened as a writer (on S3: under each series'
+    lease, after probing that the service honours conditional writes).
+
+    Example: lumibot-duckdb sync ./bars s3://team-bars/lumibot
+
+    A reader's own fills (gaps it fetched from a provider and kept locally) are under
+    <LUMIBOT_DUCKDB_CACHE_DIR>/s3/<bucket>/<prefix>/: `db-status --store s3://…` names that folder.
+    """
+    import dataclasses
+    import json
+
+    from lumibot_duckdb.store import DuckDBDataStorage
+    from lumibot_duckdb.store.sync import sync
+
+    with _existing_store(source) as origin, DuckDBDataStorage(target, role=None if dry_run else "write") as into:
+        report = sync(origin, into, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), indent=1, default=str))
+        return
+    verb = "would push" if dry_run else "pushed"
+    click.echo(f"{report.series} series compared: {verb} {report.ranges} range(s) of {report.series_pushed} series "
+               f"({report.bars:,} bars) and {report.notes} note(s); {report.series_current} series already "
+               f"complete in {report.target} ({report.seconds:.1f} s).")
+    for line in report.details:
+        click.echo(f"  {line}")
 
 
 # -- demo -------------------------------------------------------------------------------------------

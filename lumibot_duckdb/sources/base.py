@@ -138,6 +138,12 @@ class EnhancedDataSourceBacktesting:
         legacy class, unchanged.
     ``cache_dir``
         The store folder; default ``LUMIBOT_DUCKDB_CACHE_DIR`` or ``<Lumibot cache>/duckdb``.
+    ``store``
+        Another place for the store: a folder or ``s3://bucket/prefix`` (a team's store, mirrored under
+        ``cache_dir``); default ``LUMIBOT_DUCKDB_STORE``, else ``cache_dir``.
+    ``store_role``
+        ``"read"`` (never writes to a shared store; gaps are kept on this machine) or ``"write"``;
+        default ``LUMIBOT_DUCKDB_STORE_ROLE``, else read.
     ``strict``
         Raise store failures instead of falling back to the legacy path; default
         ``LUMIBOT_DUCKDB_STRICT`` (off).
@@ -153,18 +159,23 @@ class EnhancedDataSourceBacktesting:
     """How this source sizes the windows it holds (:mod:`lumibot_duckdb.sources.window`)."""
 
     def __init__(self, *args: Any, use_duckdb: bool | str | None = None, cache_dir: Any = None,
-                 strict: bool | str | None = None, max_memory: Any = None, **kwargs: Any) -> None:
+                 strict: bool | str | None = None, max_memory: Any = None, store: Any = None,
+                 store_role: str | None = None, **kwargs: Any) -> None:
         enabled = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict).use_duckdb
         if not enabled and self.LEGACY_TAKES_MAX_MEMORY:
             kwargs["max_memory"] = max_memory  # the legacy path gets Lumibot's own behaviour, whatever it is
             max_memory = None
         self.duckdb_settings = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict,
-                                                max_memory=max_memory if enabled else None)
+                                                max_memory=max_memory if enabled else None,
+                                                store=store if enabled else None,
+                                                store_role=store_role if enabled else None)
         self.duckdb_windows = WindowBook(budget=self.duckdb_settings.max_memory, policy=self.WINDOW_POLICY)
         self.duckdb_stats = DataLayerStats()
         self._duckdb_failure: BaseException | None = None
         self.duckdb_strict_error: BaseException | None = None
-        self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.cache_dir))
+        self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.location,
+                                                             cache_dir=self.duckdb_settings.cache_dir,
+                                                             role=self.duckdb_settings.store_role))
         super().__init__(*args, **kwargs)
 
     # -- switches ------------------------------------------------------------------------------
@@ -199,7 +210,7 @@ class EnhancedDataSourceBacktesting:
             self._duckdb_failure = exc
             self.duckdb_stats.add(fallbacks=1)
             warnings.warn(
-                f"lumibot-duckdb: the bar store at {self.duckdb_settings.cache_dir} failed "
+                f"lumibot-duckdb: the bar store at {self.duckdb_settings.location} failed "
                 f"({type(exc).__name__}: {exc}). {type(self).__name__} continues on Lumibot's legacy "
                 "data path for the rest of this backtest. Pass strict=True (or set "
                 "LUMIBOT_DUCKDB_STRICT=1) to make this an error instead.",
@@ -218,7 +229,8 @@ class EnhancedDataSourceBacktesting:
         """
         read = read or wanted
         for attempt in (1, 2):
-            if not wanted.empty:
+            # Nothing missing: no lock taken (on a shared store, no lease), as the lock would find the same.
+            if not wanted.empty and (refresh or self.store.missing_ranges(key, wanted.start, wanted.end)):
                 self._fill(key, wanted, provider, refresh=refresh and attempt == 1)
             try:
                 bars = self.store.read(key, read.start, read.end, columns=columns)

@@ -34,14 +34,12 @@ import pyarrow.parquet as pq
 
 from lumibot_duckdb.errors import ConfigError, StoreError
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, canonical_timeframe, has_overlaps, normalize, utc
-from lumibot_duckdb.store.local import BarFile, parse_file_name, partition_interval, partition_scheme
+from lumibot_duckdb.store.local import BarFile, partition_interval, partition_scheme
 from lumibot_duckdb.store.schema import ARROW_SCHEMA, KEY_COLUMNS, VALUE_COLUMNS
 from lumibot_duckdb.store.store import DuckDBDataStorage
 
 TMP_GRACE = dt.timedelta(hours=1)
 """Temporary files younger than this are left alone by :func:`clean_tmp` (a writer may still own them)."""
-
-_KEY_DEPTH = 7  # bars/<source>/<asset_type>/<symbol>/<quote>/<exchange>/<timeframe>/<adjustment>/
 
 
 def parse_age(text: str) -> dt.timedelta:
@@ -102,6 +100,8 @@ class StoreReport:
     series: list[SeriesRow]
     quarantined: list[LooseFile]
     temporary: list[LooseFile]
+    location: str = ""
+    """The store's location (a folder, or ``s3://bucket/prefix`` whose mirror is in ``root``)."""
 
     @property
     def rows(self) -> int:
@@ -140,6 +140,7 @@ class StoreReport:
 
         return {
             "root": str(self.root),
+            "location": self.location or str(self.root),
             "totals": {"series": len(self.series), "files": self.files, "rows": self.rows, "bytes": self.bytes,
                        "bytes_per_bar": round(self.bytes / self.rows, 2) if self.rows else None,
                        "quarantined_files": len(self.quarantined), "temporary_files": len(self.temporary)},
@@ -160,7 +161,7 @@ def status(store: DuckDBDataStorage, /) -> StoreReport:
     """What the store holds, per series (from file names and Parquet footers; no bar is read)."""
     rows = [SeriesRow(s.key, s.files, s.rows, s.bytes, s.coverage, s.gaps, s.first_bar, s.last_bar)
             for s in store.status()]
-    return StoreReport(store.root, rows, _quarantined(store), _temporary(store))
+    return StoreReport(store.root, rows, _quarantined(store), _temporary(store), store.location)
 
 
 def _loose(folder: Path) -> Iterable[tuple[Path, os.stat_result]]:
@@ -397,7 +398,7 @@ def verify(store: DuckDBDataStorage, /) -> VerifyReport:
     _find_strays(store, problems)
     for key in store.series():
         report.series_checked += 1
-        files = store.files(key)
+        files = store.local_files(key)
         bars: dict[Path, pa.Table] = {}
         for bar_file in files:
             table = _check_file(bar_file, problems)
@@ -416,24 +417,8 @@ def verify(store: DuckDBDataStorage, /) -> VerifyReport:
 
 
 def _find_strays(store: DuckDBDataStorage, problems: list[Problem]) -> None:
-    bars_dir = store.backend.bars
-    if not bars_dir.is_dir():
-        return
-    for folder, dirs, names in os.walk(bars_dir):
-        depth = len(Path(folder).relative_to(bars_dir).parts)
-        for name in names:
-            path = Path(folder) / name
-            if depth != _KEY_DEPTH + 1:
-                problems.append(Problem("error", "stray-file", str(path),
-                                        "not in a partition folder of a series; readers ignore it — move it away"))
-            elif parse_file_name(name) is None:
-                problems.append(Problem("error", "stray-file", str(path),
-                                        "name is not <start>_<end>_<token>.parquet; readers ignore it — move it away"))
-        if depth > _KEY_DEPTH:
-            for name in dirs:
-                problems.append(Problem("error", "stray-folder", str(Path(folder) / name),
-                                        "a folder inside a partition; readers ignore it — move it away"))
-            dirs.clear()
+    for kind, path, message in store.backend.strays():
+        problems.append(Problem("error", kind, path, message))
 
 
 def _check_file(bar_file: BarFile, problems: list[Problem]) -> pa.Table | None:
