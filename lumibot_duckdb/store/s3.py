@@ -823,8 +823,9 @@ def _new_client() -> Any:
         from botocore.config import Config
     except ImportError as exc:  # boto3 comes with Lumibot
         raise StoreError("An S3 store needs boto3 (installed with Lumibot): pip install boto3") from exc
-    options: dict[str, Any] = {"retries": {"mode": "standard", "max_attempts": 5}, "connect_timeout": 10,
-                               "read_timeout": 60, "max_pool_connections": 16}
+    options: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 60, "max_pool_connections": 16}
+    if not (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):  # else the user's choice
+        options["retries"] = {"mode": "standard", "max_attempts": 5}
     session = boto3.session.Session()
     client = session.client("s3", config=Config(**options))
     if "amazonaws.com" not in str(client.meta.endpoint_url):

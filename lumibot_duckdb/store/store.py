@@ -165,6 +165,12 @@ class DuckDBDataStorage(DataStorageInterface):
         with _as_store_error(f"write the note {'/'.join(name)}"):
             self.backend.write_json(document, *name)
 
+    def remote_stats(self) -> dict[str, Any]:
+        """What this store asked of a remote service so far (S3: requests by operation, bytes each way, lease
+        waits and takeovers); empty for a folder."""
+        stats = getattr(self.backend, "stats", None)
+        return stats.as_dict() if stats is not None else {}
+
     def notes(self) -> list[tuple[str, ...]]:
         """The names of every note the store holds (each a tuple for :meth:`read_note`)."""
         with _as_store_error("list the notes"):
