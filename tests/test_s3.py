@@ -358,3 +358,28 @@ def test_every_command_works_on_an_s3_store(s3_store: str, tmp_path: Path, monke
     assert "pushed 1 range(s)" in run("sync", s3_store, str(local))
     assert "pushed 0 range(s)" in run("sync", s3_store, str(local))
     assert DuckDBDataStorage(local).status()[0].rows == remaining
+
+
+# -- backtests ---------------------------------------------------------------------------------------------
+@pytest.mark.backtest
+@pytest.mark.parametrize("name", ["polygon", "yahoo", "alpaca", "ccxt"])
+def test_backtests_on_an_s3_store_match_the_folder_store(name: str, s3_store: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer fills the team's store from the provider; a fresh machine (empty mirror) then backtests from it
+    asking the provider nothing, cold and warm, with the fills and final value of the folder store."""
+    from test_conformance import momentum, run
+
+    from lumibot_duckdb.testing.kits import kit
+
+    scenario = momentum(kit(name))
+    folder = run(scenario, "duckdb", "cold", tmp_path / "folder")
+    monkeypatch.setenv("LUMIBOT_DUCKDB_STORE", s3_store)
+    written = run(scenario, "duckdb", "cold", tmp_path / "writer")
+    monkeypatch.setenv("LUMIBOT_DUCKDB_STORE_ROLE", "read")
+    cold = run(scenario, "duckdb", "cold", tmp_path / "reader")
+    warm = run(scenario, "duckdb", "warm", tmp_path / "reader")
+    assert written.requests == folder.requests and folder.provider_requests > 0
+    assert DuckDBDataStorage(s3_store, cache_dir=tmp_path / "look").series(), "the writer filled the S3 store"
+    assert cold.provider_requests == 0 == warm.provider_requests, (cold.requests, warm.requests)
+    for result in (written, cold, warm):
+        assert (result.fills, result.final_value) == (folder.fills, folder.final_value), result.phase

@@ -219,6 +219,7 @@ class S3Backend:
             self._download(bar_file)
             return read_footer(str(bar_file.path)) if bar_file.path.exists() else None
         cached = self.root / "footers" / f"{_digest(bar_file.object_key)}.footer"
+        data: bytes | None
         try:
             data = cached.read_bytes()
         except FileNotFoundError:
@@ -296,7 +297,7 @@ class S3Backend:
                 self._check_lease(bar_file.key)
                 with contextlib.suppress(_Missing):
                     self._call("delete_object", Bucket=self.bucket, Key=bar_file.object_key)
-            self.mirror.remove(objects)
+            self.mirror.remove(list[BarFile](objects))
         gone = {f.object_key for f in objects}
         with self._lock:
             for key in {f.key for f in objects}:
@@ -343,9 +344,9 @@ class S3Backend:
         if cached is not None and now - cached[0] < self.listing_ttl:
             return cached[1]
         on_disk = self.root / "notes" / f"{_digest('/'.join(parts))}.json"
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             record = json.loads(on_disk.read_text())
-            if now - float(record["at"]) < self.listing_ttl:
+            if now - float(record["at"]) < self.listing_ttl and record.get("endpoint") == self._endpoint():
                 with self._lock:
                     self._notes[parts] = (float(record["at"]), record["document"])
                 return record["document"]
@@ -373,7 +374,8 @@ class S3Backend:
         with self._lock:
             self._notes[parts] = (at, document)
         self._write_atomic(self.root / "notes" / f"{_digest('/'.join(parts))}.json",
-                           json.dumps({"at": at, "document": document}, default=str).encode())
+                           json.dumps({"at": at, "endpoint": self._endpoint(), "document": document},
+                                      default=str).encode())
 
     # -- the lease ----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -493,7 +495,7 @@ class S3Backend:
         with self._lock:
             self._listings[key] = (at, files)
         if self.listing_ttl > 0:
-            record = {"at": at, "series": key.as_dict(),
+            record = {"at": at, "series": key.as_dict(), "endpoint": self._endpoint(),
                       "objects": [[f.object_key[len(self.base):], f.object_size] for f in files]}
             self._write_atomic(self._listing_path(key), json.dumps(record).encode())
 
@@ -501,7 +503,8 @@ class S3Backend:
         try:
             record = json.loads(self._listing_path(key).read_text())
             at = float(record["at"])
-            if now - at >= self.listing_ttl or record["series"] != key.as_dict():
+            if now - at >= self.listing_ttl or record["series"] != key.as_dict() or \
+                    record.get("endpoint") != self._endpoint():
                 return None
             files = [self._bar_file(key, {"Key": self.base + name, "Size": size}) for name, size in record["objects"]]
         except (OSError, ValueError, KeyError, TypeError):
@@ -510,6 +513,11 @@ class S3Backend:
         with self._lock:
             self._listings[key] = (at, listed)
         return listed
+
+    def _endpoint(self) -> str:
+        """The service this store is on: cached listings and notes of another service (same bucket name, another
+        endpoint) are never reused."""
+        return str(self.client.meta.endpoint_url)
 
     def _listing_path(self, key: SeriesKey) -> Path:
         return self.root / "listings" / f"{_digest(str(key))}.json"
@@ -785,7 +793,7 @@ class _Lease:
             self._renewer.join()
         if self.lost or self.etag is None:
             return
-        condition = {"IfMatch": self.etag} if self.backend.conditional_delete else {}
+        condition: dict[str, Any] = {"IfMatch": self.etag} if self.backend.conditional_delete else {}
         with contextlib.suppress(_Conflict, _Missing, StoreError):
             self.backend._call("delete_object", Bucket=self.backend.bucket, Key=self.object_key, **condition)
 

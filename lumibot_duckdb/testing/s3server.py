@@ -94,7 +94,7 @@ def moto_server(*, max_lifetime: float = 1800.0, log: Path | None = None) -> Ite
     for _ in range(5):
         port = free_port()
         allow_loopback(port)
-        sink = open(log, "ab") if log is not None else subprocess.DEVNULL  # closed below
+        sink: Any = open(log, "ab") if log is not None else subprocess.DEVNULL  # closed below
         server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                   stdout=sink, stderr=sink, start_new_session=True,
                                   env={**os.environ, "MOTO_PORT": str(port)})
