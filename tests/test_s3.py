@@ -326,6 +326,30 @@ def test_an_unreachable_service_or_a_missing_bucket_is_a_store_error(s3_endpoint
         DuckDBDataStorage("s3://some-bucket/x", cache_dir=tmp_path).coverage(key())
 
 
+def test_the_watchdog_stops_the_server_when_the_process_that_started_it_dies(s3_endpoint: str) -> None:
+    import socket
+
+    from lumibot_duckdb.testing.offline import allow_loopback
+
+    starter = subprocess.Popen([sys.executable, "-c", "import time\nfrom lumibot_duckdb.testing.s3server import "
+                                "moto_server\nwith moto_server() as endpoint:\n    print(endpoint, flush=True)\n"
+                                "    time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    port = int(starter.stdout.readline().strip().rsplit(":", 1)[1])
+    allow_loopback(port)
+
+    def listening() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    assert listening()
+    os.kill(starter.pid, signal.SIGKILL)
+    starter.wait()
+    deadline = time.monotonic() + 20
+    while listening() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not listening(), "moto outlived the process that started it"
+
+
 # -- every command ---------------------------------------------------------------------------------------
 def test_every_command_works_on_an_s3_store(s3_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LUMIBOT_DUCKDB_STORE_ROLE")  # the commands choose their role themselves
