@@ -7,7 +7,8 @@
 2. **backtests**: per scenario, each run a fresh process (the A/B harness), every S3 request through a counting
    proxy: Lumibot legacy cold; DuckDB on a folder, cold; DuckDB as an S3 *writer*, cold (fills the team store
    from the provider); DuckDB as an S3 *reader* on a fresh machine (empty mirror), cold; the same reader warm
-   (default listing TTL, then TTL 0). S3 requests and bytes, provider requests, wall, fills and final value.
+   (listings fresh; listings expired, as the next day; listing TTL 0). S3 requests (LIST, GET, PUT, DELETE) and
+   bytes, provider requests, wall, fills and final value.
 3. **crash**: a writer SIGKILLed while holding a series' lease: the time until the next writer takes over
    (lease TTL 10 s and the default 30 s), and what a reader of that series saw meanwhile.
 
@@ -115,11 +116,17 @@ def backtests(endpoint: str, folder: Path, chosen: list[Scenario]) -> list[dict[
                  {"LUMIBOT_DUCKDB_STORE": location, "LUMIBOT_DUCKDB_STORE_ROLE": "write"}),
                 ("S3 reader cold, fresh machine", "duckdb", "cold", {"LUMIBOT_DUCKDB_STORE": location}),
                 ("S3 reader warm (mirror, listing TTL 300 s)", "duckdb", "warm", {"LUMIBOT_DUCKDB_STORE": location}),
+                ("S3 reader warm (mirror, listings expired)", "duckdb", "warm", {"LUMIBOT_DUCKDB_STORE": location}),
                 ("S3 reader warm (mirror, listing TTL 0)", "duckdb", "warm",
                  {"LUMIBOT_DUCKDB_STORE": location, "LUMIBOT_DUCKDB_S3_LISTING_TTL": "0"}),
             ]
             for label, variant, phase, extra in runs:
                 workdir = where / ("reader" if "reader" in label else label.split()[0].lower())
+                if "expired" in label:  # as the next day: cached listings and notes too old, the mirror kept
+                    for cached in workdir.glob("duckdb/s3/*/*/listings/*") or []:
+                        cached.unlink()
+                    for cached in workdir.glob("duckdb/s3/*/*/notes/*") or []:
+                        cached.unlink()
                 proxy.reset()
                 result: RunResult = finish(spawn(scenario, variant, phase, workdir, env={**base, **extra}),
                                            timeout=1800)
@@ -198,7 +205,7 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"| {row['scenario']} | {row['run']} | {row['wall_seconds']:.2f} | {row['provider_requests']} "
                          f"| {row['s3_requests']}{f' ({methods})' if methods else ''} | {row['s3_bytes_down']:,} | "
                          f"{row['s3_bytes_up']:,} | {row['fills']} | {row['final_value']:,.2f} |")
-        lines += ["", "Parity of the five DuckDB runs (folder, S3 writer, S3 reader cold and warm): " + "; ".join(
+        lines += ["", "Parity of the six DuckDB runs (folder, S3 writer, S3 reader cold and warm): " + "; ".join(
             f"{name}: {'identical' if ok else 'DIFFERENT'}" for name, ok in result["parity"].items()) + ".",
             "Legacy beside them: " + "; ".join(
                 f"{name}: {'identical' if ok else 'differs (CCXT: the declared 3-decimal rounding of its cache)'}"

@@ -157,7 +157,7 @@ _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "up
 class S3Proxy:
     """HTTP proxy in front of an S3 endpoint, in a thread of this process: counts what goes through.
 
-    ``requests`` counts by method (``GET``, ``PUT``, ``DELETE``, ``HEAD``, ``POST``); ``bytes_in`` is
+    ``requests`` counts by kind (``LIST``, ``GET``, ``PUT``, ``DELETE``, ``HEAD``, ``POST``); ``bytes_in`` is
     response bodies (downloads), ``bytes_out`` request bodies (uploads). ``strip_conditions`` drops
     conditional-request headers, so the service behind it behaves as one that ignores them.
     """
@@ -209,8 +209,9 @@ class S3Proxy:
                     data = answer.read()
                 finally:
                     upstream.close()
+                kind = "LIST" if self.command == "GET" and "list-type=2" in self.path else self.command
                 with proxy._lock:
-                    proxy.requests[self.command] += 1
+                    proxy.requests[kind] += 1
                     proxy.bytes_out += len(body)
                     proxy.bytes_in += len(data)
                 self.send_response_only(answer.status, answer.reason)
