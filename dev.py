@@ -5,9 +5,9 @@
     python3 dev.py test        the test suite (DuckDB as Lumibot installs it, then the store tests on DuckDB 1.5)
     python3 dev.py bench ...   a benchmark script from benchmarks/ (see benchmarks/README.md)
 
-The first call creates ``.venv`` and installs the project with its test extras (Lumibot pulls
-~320 packages, about 3 minutes); later calls reuse it and reinstall only when pyproject.toml
-changed. Extra arguments go to the command (``python3 dev.py test -k store``).
+The first call creates ``.venv`` and installs the project with its test extras (and moto's S3 server
+for the S3-store tests; Lumibot pulls ~320 packages, about 3 minutes); later calls reuse it and
+reinstall only when pyproject.toml changed. Extra arguments go to the command (``python3 dev.py test -k store``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def ensure_environment() -> None:
         print(f"Creating {VENV} …", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     code = run(PYTHON, "-m", "pip", "install", "--upgrade", "pip") or run(
-        PYTHON, "-m", "pip", "install", "-e", f"{ROOT}[test,bench]")
+        PYTHON, "-m", "pip", "install", "-e", f"{ROOT}[test,bench,s3-test]")
     if code:
         sys.exit(code)
     STAMP.write_text(wanted)

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from lumibot_duckdb.store import DuckDBDataStorage
 
 STORE_OPTION = click.option(
-    "--store", "store_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Store folder (default: LUMIBOT_DUCKDB_CACHE_DIR, else <Lumibot cache>/duckdb).")
+    "--store", "store_dir", metavar="DIR|s3://BUCKET/PREFIX", default=None,
+    help="The store: a folder or s3://bucket/prefix (default: LUMIBOT_DUCKDB_STORE, else LUMIBOT_DUCKDB_CACHE_DIR, "
+         "else <Lumibot cache>/duckdb).")
 
 
 class _Group(click.Group):
@@ -53,7 +54,7 @@ def main() -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def ingest_command(paths: tuple[Path, ...], source: str, symbol: str | None, timeframe: str | None,
                    asset_type: str, quote: str, timezone: str | None, layout: str, repair: bool,
-                   store_dir: Path | None, as_json: bool, progress: bool | None) -> None:
+                   store_dir: str | None, as_json: bool, progress: bool | None) -> None:
     """Load CSV, zstd-compressed CSV (.csv.zst) or Parquet bar files (or folders of them) into the store.
 
     Yahoo, Polygon, Alpaca and generic timestamp,open,high,low,close,volume layouts are read from
@@ -75,9 +76,10 @@ def ingest_command(paths: tuple[Path, ...], source: str, symbol: str | None, tim
 
     from lumibot_duckdb.ingest.load import ingest
 
-    report = ingest(store_dir, list(paths), source=source, symbol=symbol, timeframe=timeframe,
-                    asset_type=asset_type, quote=quote, timezone=timezone, layout=layout,
-                    on_invalid="repair" if repair else "reject", progress=progress)
+    with _writable_store(store_dir) as store:
+        report = ingest(store, list(paths), source=source, symbol=symbol, timeframe=timeframe,
+                        asset_type=asset_type, quote=quote, timezone=timezone, layout=layout,
+                        on_invalid="repair" if repair else "reject", progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1, default=str))
         return
@@ -116,7 +118,7 @@ def ingest_command(paths: tuple[Path, ...], source: str, symbol: str | None, tim
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export_command(output: Path, symbol: str | None, query: str | None, source: str, timeframe: str,
                    asset_type: str, quote: str, exchange: str, adjustment: str, start: str | None, end: str | None,
-                   fmt: str | None, store_dir: Path | None, as_json: bool) -> None:
+                   fmt: str | None, store_dir: str | None, as_json: bool) -> None:
     """Write a stored series, or a SQL query's result, to a CSV or Parquet file (whole or not at all).
 
     Example: lumibot-duckdb export spy.csv --symbol SPY --timeframe day --store ./bars
@@ -144,16 +146,27 @@ def export_command(output: Path, symbol: str | None, query: str | None, source: 
 # -- status, query, maintenance (lumibot_duckdb.sql.query, lumibot_duckdb.store.maintenance) --------------------
 
 
-def _existing_store(store_dir: Path | None) -> DuckDBDataStorage:
-    """The store to inspect or maintain; a folder that does not exist is an error, not a new empty store."""
-    from lumibot_duckdb.config import Settings
+def _existing_store(store_dir: str | None, *, write: bool = False) -> DuckDBDataStorage:
+    """The store to inspect or maintain; a folder that does not exist is an error, not a new empty store.
+
+    ``write``: the command changes the store, so an S3 store is opened as a writer (it probes the service).
+    """
+    from lumibot_duckdb.config import Settings, is_s3
     from lumibot_duckdb.errors import ConfigError
     from lumibot_duckdb.store import DuckDBDataStorage
 
-    root = Settings.resolve(cache_dir=store_dir, use_duckdb=True).cache_dir
-    if not (root / "bars").is_dir():
-        raise ConfigError(f"No store at {root} (no bars/ folder). Pass --store DIR or set LUMIBOT_DUCKDB_CACHE_DIR.")
-    return DuckDBDataStorage(root)
+    location = Settings.resolve(store=store_dir, use_duckdb=True).location
+    if not is_s3(location) and not (Path(location) / "bars").is_dir():
+        raise ConfigError(f"No store at {location} (no bars/ folder). Pass --store DIR|s3://BUCKET/PREFIX or set "
+                          "LUMIBOT_DUCKDB_STORE / LUMIBOT_DUCKDB_CACHE_DIR.")
+    return DuckDBDataStorage(location, role="write" if write else None)
+
+
+def _writable_store(store_dir: str | None) -> DuckDBDataStorage:
+    """The store a command writes into (created if it is a new folder; an S3 store opened as a writer)."""
+    from lumibot_duckdb.store import DuckDBDataStorage
+
+    return DuckDBDataStorage(store_dir, role="write")
 
 
 def _console() -> Any:
@@ -191,7 +204,7 @@ def _when(ts: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON (coverage and gaps included).")
 @click.option("--source", default=None, help="Only series of this source.")
 @click.option("--symbol", default=None, help="Only series of this symbol.")
-def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol: str | None) -> None:
+def db_status(store_dir: str | None, as_json: bool, source: str | None, symbol: str | None) -> None:
     """What the store holds: per source and per series, the covered range, gaps, bars, files, bytes
     on disk and bytes per bar; empty answers waiting to be asked again; quarantined (damaged) and
     leftover temporary files.
@@ -220,7 +233,7 @@ def db_status(store_dir: Path | None, as_json: bool, source: str | None, symbol:
         return
     console = _console()
     per_bar = f"{report.bytes / report.rows:.1f} B/bar" if report.rows else "-"
-    console.print(f"[bold]{report.root}[/bold]: {len(report.series)} series, {report.rows:,} bars, "
+    console.print(f"[bold]{report.location or report.root}[/bold]: {len(report.series)} series, {report.rows:,} bars, "
                   f"{report.files:,} files, {_size(report.bytes)} ({per_bar})")
     if not report.series:
         console.print("The store is empty. Load bars with `lumibot-duckdb ingest FILE…` or run a backtest.")
@@ -298,7 +311,7 @@ def _flag(name: str, value: Any) -> str:
               help="Disk DuckDB may spill to when a query needs more than its memory (0 = no limit).")
 @STORE_OPTION
 def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limit: int | None, timeout: float,
-             memory_limit: str | None, max_temp: str, store_dir: Path | None) -> None:
+             memory_limit: str | None, max_temp: str, store_dir: str | None) -> None:
     """Run one read-only SQL statement (a SELECT) over the store.
 
     \b
@@ -418,7 +431,7 @@ def _selection(function: Any) -> Any:
 @click.option("--dry-run", is_flag=True, help="Only say which series would be rewritten.")
 @STORE_OPTION
 def maintain_compact(source: str | None, symbol: str | None, symbol_glob: str | None, timeframe: str | None,
-                     dry_run: bool, store_dir: Path | None) -> None:
+                     dry_run: bool, store_dir: str | None) -> None:
     """Rewrite fragmented or overlapping partitions as one sorted file per covered range.
 
     Every bar is kept; where two files overlap, the newer file's bars win (as on every read).
@@ -427,7 +440,7 @@ def maintain_compact(source: str | None, symbol: str | None, symbol_glob: str | 
     """
     from lumibot_duckdb.store.maintenance import compact
 
-    with _existing_store(store_dir) as store:
+    with _existing_store(store_dir, write=not dry_run) as store:
         report = compact(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob,
                          dry_run=dry_run)
     verb = "would rewrite" if dry_run else "rewrote"
@@ -442,7 +455,7 @@ def maintain_compact(source: str | None, symbol: str | None, symbol_glob: str | 
               help="Remove temporary files not modified for this long (30m, 2h, 1d); younger ones may be live.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @STORE_OPTION
-def maintain_clean_tmp(older_than: str, dry_run: bool, store_dir: Path | None) -> None:
+def maintain_clean_tmp(older_than: str, dry_run: bool, store_dir: str | None) -> None:
     """Remove files a stopped writer left in the store's .tmp/ folder.
 
     Example: lumibot-duckdb maintain clean-tmp --older-than 2h --dry-run
@@ -466,7 +479,7 @@ def maintain_clean_tmp(older_than: str, dry_run: bool, store_dir: Path | None) -
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @STORE_OPTION
 def maintain_prune(before: str | None, source: str | None, symbol: str | None, symbol_glob: str | None,
-                   timeframe: str | None, dry_run: bool, yes: bool, store_dir: Path | None) -> None:
+                   timeframe: str | None, dry_run: bool, yes: bool, store_dir: str | None) -> None:
     """Remove old bars (before a date) or whole series (of a source, symbol or timeframe).
 
     The coverage of removed time goes with the bars, so a backtest that asks for it fetches it
@@ -476,7 +489,7 @@ def maintain_prune(before: str | None, source: str | None, symbol: str | None, s
     """
     from lumibot_duckdb.store.maintenance import prune
 
-    with _existing_store(store_dir) as store:
+    with _existing_store(store_dir, write=not dry_run) as store:
         plan = prune(store, before=before, source=source, symbol=symbol, timeframe=timeframe,
                      symbol_glob=symbol_glob, dry_run=True)
         if dry_run or plan.series == 0 or (plan.files_removed + plan.files_rewritten) == 0:
@@ -499,7 +512,7 @@ def maintain_prune(before: str | None, source: str | None, symbol: str | None, s
               help="Set every damaged file aside in .quarantine/ now (as the next read would), so its range is "
                    "fetched again.")
 @STORE_OPTION
-def maintain_verify(as_json: bool, quarantine: bool, store_dir: Path | None) -> None:
+def maintain_verify(as_json: bool, quarantine: bool, store_dir: str | None) -> None:
     """Read every file and check the store with the checks every read runs (checksums, schema and types,
     series, covered ranges, sorted unique bars) plus names, partitions and overlapping files that
     disagree. Changes nothing unless --quarantine. Exits 1 when an error is found (warnings:
@@ -532,7 +545,7 @@ def maintain_verify(as_json: bool, quarantine: bool, store_dir: Path | None) -> 
 @click.option("--dry-run", is_flag=True, help="Only count the files that would be sealed.")
 @STORE_OPTION
 def maintain_seal(source: str | None, symbol: str | None, symbol_glob: str | None, timeframe: str | None,
-                  dry_run: bool, store_dir: Path | None) -> None:
+                  dry_run: bool, store_dir: str | None) -> None:
     """Give files written before checksums existed their checksum, so every read can prove them intact.
 
     Each file is checked first; a damaged one is listed and left alone (never sealed). The same bars,
@@ -559,7 +572,7 @@ def maintain_seal(source: str | None, symbol: str | None, symbol_glob: str | Non
 @click.option("--dry-run", is_flag=True, help="Only list the empty answers that would be forgotten.")
 @STORE_OPTION
 def maintain_forget_empty(source: str | None, symbol: str | None, symbol_glob: str | None, timeframe: str | None,
-                          start: str | None, end: str | None, dry_run: bool, store_dir: Path | None) -> None:
+                          start: str | None, end: str | None, dry_run: bool, store_dir: str | None) -> None:
     """Forget stored "no bars here" answers of a series (over a range), so the next backtest asks the
     provider again: for a provider that answered nothing during an outage. Bars are never removed.
 
@@ -595,7 +608,7 @@ def maintain_forget_empty(source: str | None, symbol: str | None, symbol_glob: s
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def import_cache_command(cache: Path | None, sources: tuple[str, ...], include_rounded: bool, symbols: str,
-                         dry_run: bool, store_dir: Path | None, as_json: bool, progress: bool | None) -> None:
+                         dry_run: bool, store_dir: str | None, as_json: bool, progress: bool | None) -> None:
     """Import the caches Lumibot already filled (Polygon, Yahoo, Alpaca, CCXT) into the store.
 
     CACHE is Lumibot's cache folder (default: LUMIBOT_CACHE_FOLDER, else Lumibot's own). Bars go
@@ -612,10 +625,12 @@ def import_cache_command(cache: Path | None, sources: tuple[str, ...], include_r
     """
     import json
 
+    from lumibot_duckdb.config import is_s3
     from lumibot_duckdb.ingest.cache import import_cache
 
     names = [s.strip() for s in symbols.split(",") if s.strip()]
-    report = import_cache(store_dir, cache, sources=list(sources) or None, include_rounded=include_rounded,
+    target = _writable_store(store_dir) if store_dir and is_s3(store_dir) else store_dir
+    report = import_cache(target, cache, sources=list(sources) or None, include_rounded=include_rounded,
                           dry_run=dry_run, symbols=names, credentials=_dotenv_credentials(), progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1, default=str))
@@ -707,7 +722,7 @@ def _when_text(text: str | None) -> str:
               help="A progress bar per series (default: when stderr is a terminal; LUMIBOT_DUCKDB_PROGRESS).")
 def fetch_command(symbols: tuple[str, ...], source: str, symbols_file: Any, timeframe: str, start: str | None,
                   end: str | None, days: int | None, asset_type: str | None, quote: str | None, exchange: str,
-                  adjustment: str, refresh: bool, store_dir: Path | None, as_json: bool,
+                  adjustment: str, refresh: bool, store_dir: str | None, as_json: bool,
                   progress: bool | None) -> None:
     """Fill the store for a universe, without running a backtest (a nightly job, say).
 
@@ -730,9 +745,9 @@ def fetch_command(symbols: tuple[str, ...], source: str, symbols_file: Any, time
 
     names = list(symbols) + (read_symbols(symbols_file.read()) if symbols_file is not None else [])
     with _warnings_above_bars():
-        report = fetch(store_dir, source=source, symbols=names, timeframe=timeframe, start=start, end=end, days=days,
-                       asset_type=asset_type, quote=quote, exchange=exchange, adjustment=adjustment, refresh=refresh,
-                       progress=progress)
+        report = fetch(_writable_store(store_dir), source=source, symbols=names, timeframe=timeframe, start=start,
+                       end=end, days=days, asset_type=asset_type, quote=quote, exchange=exchange,
+                       adjustment=adjustment, refresh=refresh, progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1, default=str))
     else:
@@ -794,6 +809,41 @@ def _print_fetch(report: Any) -> None:
     if report.interrupted:
         console.print("[yellow]Interrupted.[/yellow] Every answer stored so far is kept; run the same command again "
                       "to fetch only the rest.")
+
+@main.command("sync")
+@click.argument("source", metavar="SOURCE")
+@click.argument("target", metavar="TARGET")
+@click.option("--dry-run", is_flag=True, help="Only say what would be pushed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def sync_command(source: str, target: str, dry_run: bool, as_json: bool) -> None:
+    """Push what SOURCE holds and TARGET lacks into TARGET (each a folder or s3://bucket/prefix).
+
+    Only ranges TARGET does not cover are written (a range both hold keeps TARGET's bars), and notes TARGET
+    has not got; running it again pushes nothing. TARGET is opened as a writer (on S3: under each series'
+    lease, after probing that the service honours conditional writes).
+
+    Example: lumibot-duckdb sync ./bars s3://team-bars/lumibot
+
+    A reader's own fills (gaps it fetched from a provider and kept locally) are under
+    <LUMIBOT_DUCKDB_CACHE_DIR>/s3/<bucket>/<prefix>/: `db-status --store s3://…` names that folder.
+    """
+    import dataclasses
+    import json
+
+    from lumibot_duckdb.store import DuckDBDataStorage
+    from lumibot_duckdb.store.sync import sync
+
+    with _existing_store(source) as origin, DuckDBDataStorage(target, role=None if dry_run else "write") as into:
+        report = sync(origin, into, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), indent=1, default=str))
+        return
+    verb = "would push" if dry_run else "pushed"
+    click.echo(f"{report.series} series compared: {verb} {report.ranges} range(s) of {report.series_pushed} series "
+               f"({report.bars:,} bars) and {report.notes} note(s); {report.series_current} series already "
+               f"complete in {report.target} ({report.seconds:.1f} s).")
+    for line in report.details:
+        click.echo(f"  {line}")
 
 
 # -- demo -------------------------------------------------------------------------------------------

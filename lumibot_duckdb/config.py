@@ -10,7 +10,21 @@ Environment variables:
     every answer the store gives against what Lumibot's legacy path hands over for the same
     request (:mod:`lumibot_duckdb.sources.verify`; it costs the legacy path's requests and time).
 ``LUMIBOT_DUCKDB_CACHE_DIR``
-    Folder of the bar store. Default: ``<Lumibot cache folder>/duckdb``.
+    The local cache folder: the bar store itself, unless ``LUMIBOT_DUCKDB_STORE`` names another place
+    (then it holds this machine's mirror of that store). Default: ``<Lumibot cache folder>/duckdb``.
+``LUMIBOT_DUCKDB_STORE``
+    Where the bar store is: a folder, or ``s3://bucket/prefix`` (a team's store on S3 or an
+    S3-compatible service; credentials and endpoint from boto3's standard chain: ``AWS_*``
+    variables, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``). Default: the local cache folder.
+``LUMIBOT_DUCKDB_STORE_ROLE``
+    ``read`` (default) or ``write``. A reader never writes to a shared (S3) store: gaps it fetches are
+    kept on this machine. A writer publishes them. No effect on a folder store.
+``LUMIBOT_DUCKDB_S3_LISTING_TTL``
+    Seconds a series' S3 listing is reused (in memory and by the next process on this machine) before
+    listing again; never reused inside a writer's lease. Default 300; 0 lists on every lookup.
+``LUMIBOT_DUCKDB_S3_LEASE_TTL``
+    Seconds a writer's lease on a series lives without renewal (renewed every third of it while a fill
+    runs); a lease older than this, left by a writer that died, is taken over. Default 30.
 ``LUMIBOT_DUCKDB_STRICT``
     Same values as above. When on, a store failure raises instead of falling back to the
     legacy path. Default: off.
@@ -40,6 +54,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,6 +74,11 @@ DEFAULT_RETRY_WAIT = 60.0
 ENV_VERIFY_REPORT = "LUMIBOT_DUCKDB_VERIFY_REPORT"
 VERIFY = "verify"
 """The value of ``use_duckdb`` / ``LUMIBOT_USE_DUCKDB`` that turns verify mode on."""
+ENV_STORE = "LUMIBOT_DUCKDB_STORE"
+ENV_STORE_ROLE = "LUMIBOT_DUCKDB_STORE_ROLE"
+ENV_LISTING_TTL = "LUMIBOT_DUCKDB_S3_LISTING_TTL"
+ENV_LEASE_TTL = "LUMIBOT_DUCKDB_S3_LEASE_TTL"
+ROLES = ("read", "write")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -118,6 +138,58 @@ def parse_bytes(value: str | int | float | None, *, name: str) -> int | None:
     return int(amount)
 
 
+def parse_seconds(value: str | float | None, *, name: str, default: float, minimum: float = 0.0) -> float:
+    """A duration in seconds (``"300"``, ``2.5``); empty/None = ``default``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds >= minimum or seconds == float("inf"):
+        raise ConfigError(f"{name}={value!r} is not a number of seconds of at least {minimum:g}; unset {name} "
+                          f"for the default ({default:g}).")
+    return seconds
+
+
+S3_SCHEME = "s3://"
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+def is_s3(location: object) -> bool:
+    """True for an ``s3://`` location."""
+    return isinstance(location, str) and location.lower().startswith(S3_SCHEME)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix/`` -> ``("bucket", "some/prefix")``; a :class:`ConfigError` says what is wrong."""
+    if not is_s3(url):
+        raise ConfigError(f"{url!r} is not an S3 location; write s3://BUCKET/PREFIX.")
+    bucket, _, prefix = url[len(S3_SCHEME):].partition("/")
+    prefix = "/".join(part for part in prefix.split("/") if part)
+    if not _BUCKET.match(bucket):
+        raise ConfigError(f"{url!r}: {bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '.' "
+                          "and '-'); write s3://BUCKET/PREFIX.")
+    if any(part in (".", "..") for part in prefix.split("/")):
+        raise ConfigError(f"{url!r}: the prefix may not contain '.' or '..' segments.")
+    return bucket, prefix
+
+
+def parse_store(value: str | os.PathLike[str], *, name: str) -> str:
+    """A store location as users write it: ``s3://bucket/prefix`` (checked) or a folder (``~`` expanded)."""
+    text = os.fspath(value).strip() if isinstance(value, (str, os.PathLike)) else value
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"{name}={value!r} is not a store location; give a folder or s3://BUCKET/PREFIX.")
+    scheme, sep, _ = text.partition("://")
+    if sep:
+        if scheme.lower() != "s3":
+            raise ConfigError(f"{name}={text!r}: {scheme}:// stores are not supported; give a folder or "
+                              "s3://BUCKET/PREFIX (MinIO and other S3-compatible services: set AWS_ENDPOINT_URL).")
+        bucket, prefix = parse_s3_url(S3_SCHEME + text[len(scheme) + 3:])
+        return f"{S3_SCHEME}{bucket}/{prefix}".rstrip("/")
+    return str(Path(text).expanduser())
+
+
 def lumibot_cache_folder(environ: Mapping[str, str] | None = None) -> Path:
     """Lumibot's own cache folder, as Lumibot itself resolves it.
 
@@ -152,6 +224,16 @@ class Settings:
     """Verify mode: serve from the store and check each answer against Lumibot's legacy path."""
     verify_report: Path | None = None
     """Where verify mode writes its report (None: the default under ``./logs``)."""
+    store: str = ""
+    """Where the store is: ``s3://bucket/prefix`` or a folder; empty = :attr:`cache_dir` (see :attr:`location`)."""
+    store_role: str = "read"
+    listing_ttl: float = 300.0
+    lease_ttl: float = 30.0
+
+    @property
+    def location(self) -> str:
+        """The store's location: :attr:`store`, else the local cache folder."""
+        return self.store or str(self.cache_dir)
 
     @classmethod
     def resolve(
@@ -164,6 +246,8 @@ class Settings:
         retries: int | str | None = None,
         retry_wait: float | str | None = None,
         verify_report: str | os.PathLike[str] | None = None,
+        store: str | os.PathLike[str] | None = None,
+        store_role: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Apply the precedence: explicit argument, then environment, then default."""
@@ -197,9 +281,23 @@ class Settings:
                        name="retry_wait" if retry_wait is not None else ENV_RETRY_WAIT, default=DEFAULT_RETRY_WAIT,
                        whole=False, least=0)
         report_path = verify_report if verify_report is not None else (env.get(ENV_VERIFY_REPORT, "").strip() or None)
+        if store is None:
+            raw = env.get(ENV_STORE, "").strip()
+            location = parse_store(raw, name=ENV_STORE) if raw else ""
+        else:
+            location = parse_store(store, name="store")
+        role_name, raw_role = ("store_role", store_role) if store_role is not None else \
+            (ENV_STORE_ROLE, env.get(ENV_STORE_ROLE, ""))
+        role = str(raw_role).strip().lower() or "read"
+        if role not in ROLES:
+            raise ConfigError(f"{role_name}={raw_role!r} is not a store role; use read (never writes to a shared "
+                              "store) or write (publishes what it fetches).")
+        listing_ttl = parse_seconds(env.get(ENV_LISTING_TTL), name=ENV_LISTING_TTL, default=300.0)
+        lease_ttl = parse_seconds(env.get(ENV_LEASE_TTL), name=ENV_LEASE_TTL, default=30.0, minimum=1.0)
         return cls(use_duckdb=enabled, cache_dir=folder.expanduser(), strict=is_strict, max_memory=budget,
                    retries=int(attempts), retry_wait=float(wait),
-                   verify=verify, verify_report=Path(report_path).expanduser() if report_path else None)
+                   verify=verify, verify_report=Path(report_path).expanduser() if report_path else None,
+                   store=location, store_role=role, listing_ttl=listing_ttl, lease_ttl=lease_ttl)
 
 
 def _number(value: object, *, name: str, default: float, whole: bool, least: float) -> float:

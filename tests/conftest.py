@@ -91,6 +91,44 @@ def store_dir(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
+S3_BUCKET = "lumibot-tests"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 for the whole session (stopped by a watchdog if this process dies);
+    boto3's standard chain points at it (``AWS_ENDPOINT_URL`` and test credentials), and the network guard
+    lets connections to it through."""
+    try:
+        from lumibot_duckdb.testing.s3server import create_bucket, moto_server, s3_environment
+
+        server = moto_server(max_lifetime=3 * 3600, log=_SESSION / "moto.log")
+        endpoint = server.__enter__()
+    except RuntimeError as exc:
+        pytest.skip(f"no S3 server for the S3 backend tests: {exc}")
+    saved = dict(os.environ)
+    os.environ.update(s3_environment(endpoint))
+    create_bucket(endpoint, S3_BUCKET)
+    try:
+        yield endpoint
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def s3_store(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty S3 store (its own prefix) opened as a writer, its mirror in this test's folder; listings are
+    never reused, so it behaves as a folder does for processes that share it."""
+    import uuid
+
+    monkeypatch.setenv("LUMIBOT_DUCKDB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LUMIBOT_DUCKDB_STORE_ROLE", "write")
+    monkeypatch.setenv("LUMIBOT_DUCKDB_S3_LISTING_TTL", "0")
+    return f"s3://{S3_BUCKET}/{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
 def lumibot_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh legacy Lumibot cache for this test (Lumibot's Polygon helper reads the folder per call)."""

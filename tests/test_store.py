@@ -23,6 +23,18 @@ from lumibot_duckdb.store.coverage import utc
 VALUES = ["open", "high", "low", "close", "volume", "vwap", "trade_count"]
 
 
+@pytest.fixture(params=["folder", "s3"])
+def store_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """The same checks on every backend: a folder, and an S3 store on moto's server (tests/conftest.py).
+    Tests of what only a folder has (its .tmp/, files damaged in place) take ``store_folder`` instead."""
+    return tmp_path / "store" if request.param == "folder" else request.getfixturevalue("s3_store")
+
+
+@pytest.fixture
+def store_folder(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
 def test_round_trip_is_exact(store_dir: Path) -> None:
     bars = make_bars(periods=500)
     store = DuckDBDataStorage(store_dir)
@@ -162,8 +174,8 @@ def test_status_reports_rows_bytes_coverage_and_gaps(store_dir: Path) -> None:
     assert status.gaps == [Interval("2024-01-02 14:40", "2024-01-03 14:30")]
 
 
-def test_truncated_file_is_set_aside_and_the_rest_survives(store_dir: Path) -> None:
-    store = DuckDBDataStorage(store_dir)
+def test_truncated_file_is_set_aside_and_the_rest_survives(store_folder: Path) -> None:
+    store = DuckDBDataStorage(store_folder)
     store.write(key(), make_bars(periods=30))
     store.write(key(), make_bars("2024-01-03 14:30", periods=30, seed=1))
     damaged = store.files(key())[1].path
@@ -176,8 +188,8 @@ def test_truncated_file_is_set_aside_and_the_rest_survives(store_dir: Path) -> N
     assert len(store.read(key(), "2024-01-01", "2024-02-01")) == 30
 
 
-def test_garbage_file_with_a_valid_name_is_set_aside(store_dir: Path) -> None:
-    store = DuckDBDataStorage(store_dir)
+def test_garbage_file_with_a_valid_name_is_set_aside(store_folder: Path) -> None:
+    store = DuckDBDataStorage(store_folder)
     store.write(key(), make_bars(periods=5))
     folder = store.files(key())[0].path.parent
     (folder / "20240102T150000Z_20240102T160000Z_00000000000000000000ff.parquet").write_text("not parquet")
@@ -186,8 +198,8 @@ def test_garbage_file_with_a_valid_name_is_set_aside(store_dir: Path) -> None:
     assert len(store.read(key(), "2024-01-01", "2024-02-01")) == 5
 
 
-def test_stray_files_are_ignored(store_dir: Path) -> None:
-    store = DuckDBDataStorage(store_dir)
+def test_stray_files_are_ignored(store_folder: Path) -> None:
+    store = DuckDBDataStorage(store_folder)
     store.write(key(), make_bars(periods=5))
     folder = store.files(key())[0].path.parent
     (folder / "notes.txt").write_text("hello")
@@ -221,16 +233,16 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-def test_writer_killed_halfway_leaves_the_store_as_it_was(store_dir: Path) -> None:
-    store = DuckDBDataStorage(store_dir)
+def test_writer_killed_halfway_leaves_the_store_as_it_was(store_folder: Path) -> None:
+    store = DuckDBDataStorage(store_folder)
     store.write(key(), make_bars(periods=100))
     before = store.read(key(), "2024-01-01", "2024-03-01")
-    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(store_dir)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(store_folder)], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "writing"
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    assert list((store_dir / ".tmp").iterdir()), "the half-written file stays in .tmp/, invisible to readers"
-    fresh = DuckDBDataStorage(store_dir)
+    assert list((store_folder / ".tmp").iterdir()), "the half-written file stays in .tmp/, invisible to readers"
+    fresh = DuckDBDataStorage(store_folder)
     pd.testing.assert_frame_equal(fresh.read(key(), "2024-01-01", "2024-03-01"), before)
     assert fresh.coverage(key()) == store.coverage(key())
     with fresh.writer(key()):  # the dead writer's lock was released with its process

@@ -229,7 +229,7 @@ def ingest(
     files = find_files(paths)
     own = not isinstance(store, DuckDBDataStorage)
     db = store if isinstance(store, DuckDBDataStorage) else DuckDBDataStorage(store)
-    report = IngestReport(store=str(db.root), on_invalid=on_invalid)
+    report = IngestReport(store=db.location, on_invalid=on_invalid)
     started = time.perf_counter()
     options = _Options(source=source, symbol=symbol, timeframe=wanted_timeframe, asset_type=asset_type, quote=quote,
                        exchange=exchange, adjustment=adjustment, tz=tz, layout=layout, repair=on_invalid == "repair",

@@ -155,6 +155,12 @@ class EnhancedDataSourceBacktesting:
         ``data_source.duckdb_verifier``).
     ``cache_dir``
         The store folder; default ``LUMIBOT_DUCKDB_CACHE_DIR`` or ``<Lumibot cache>/duckdb``.
+    ``store``
+        Another place for the store: a folder or ``s3://bucket/prefix`` (a team's store, mirrored under
+        ``cache_dir``); default ``LUMIBOT_DUCKDB_STORE``, else ``cache_dir``.
+    ``store_role``
+        ``"read"`` (never writes to a shared store; gaps are kept on this machine) or ``"write"``;
+        default ``LUMIBOT_DUCKDB_STORE_ROLE``, else read.
     ``strict``
         Raise store failures instead of falling back to the legacy path; default
         ``LUMIBOT_DUCKDB_STRICT`` (off).
@@ -173,14 +179,16 @@ class EnhancedDataSourceBacktesting:
 
     def __init__(self, *args: Any, use_duckdb: bool | str | None = None, cache_dir: Any = None,
                  strict: bool | str | None = None, max_memory: Any = None, verify_report: Any = None,
-                 **kwargs: Any) -> None:
+                 store: Any = None, store_role: str | None = None, **kwargs: Any) -> None:
         enabled = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict).use_duckdb
         if not enabled and self.LEGACY_TAKES_MAX_MEMORY:
             kwargs["max_memory"] = max_memory  # the legacy path gets Lumibot's own behaviour, whatever it is
             max_memory = None
         self.duckdb_settings = Settings.resolve(use_duckdb=use_duckdb, cache_dir=cache_dir, strict=strict,
                                                 max_memory=max_memory if enabled else None,
-                                                verify_report=verify_report)
+                                                verify_report=verify_report,
+                                                store=store if enabled else None,
+                                                store_role=store_role if enabled else None)
         self.duckdb_verifier: Verifier | None = None
         """Verify mode's checks of this data source (None unless ``use_duckdb="verify"``)."""
         if self.duckdb_settings.verify:
@@ -195,7 +203,9 @@ class EnhancedDataSourceBacktesting:
         self.duckdb_error: BaseException | None = None
         """An error that must reach the user although a Lumibot layer above the seam may swallow it (a refused
         provider answer; a store failure in strict mode): re-raised by :meth:`reraise_swallowed`."""
-        self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.cache_dir))
+        self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.location,
+                                                             cache_dir=self.duckdb_settings.cache_dir,
+                                                             role=self.duckdb_settings.store_role))
         super().__init__(*args, **kwargs)
 
     # -- switches ------------------------------------------------------------------------------
@@ -280,7 +290,7 @@ class EnhancedDataSourceBacktesting:
             self._duckdb_failure = exc
             self.duckdb_stats.add(fallbacks=1)
             warnings.warn(
-                f"lumibot-duckdb: the bar store at {self.duckdb_settings.cache_dir} failed "
+                f"lumibot-duckdb: the bar store at {self.duckdb_settings.location} failed "
                 f"({type(exc).__name__}: {exc}). {type(self).__name__} continues on Lumibot's legacy "
                 "data path for the rest of this backtest. Pass strict=True (or set "
                 "LUMIBOT_DUCKDB_STRICT=1) to make this an error instead.",

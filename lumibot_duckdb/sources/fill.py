@@ -82,12 +82,15 @@ def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval | list[Inter
     if not ranges:
         return result
     source = str(getattr(provider, "name", key.source))
+    if not refresh and not any(store.missing_ranges(key, want.start, want.end) for want in ranges) and \
+            not _rechecks(lambda want: answers.empty_answers(store.files(key, want)), ranges, answers.now()):
+        return result  # nothing to ask: no lock taken (on a shared store, no lease); the lock would find the same
     with store.writer(key) as writer:
         asked_at = answers.now()
 
         def gaps() -> tuple[list[Interval], list[answers.EmptyAnswer]]:
             missing = list(ranges) if refresh else [g for want in ranges for g in writer.missing(want)]
-            return missing, _rechecks(writer, ranges, asked_at, every=refresh)
+            return missing, _rechecks(writer.empty_answers, ranges, asked_at, every=refresh)
 
         missing, recheck = gaps()
         if not missing and not recheck:
@@ -175,13 +178,13 @@ def fill(store: DuckDBDataStorage, key: SeriesKey, wanted: Interval | list[Inter
     return result
 
 
-def _rechecks(writer: Any, wanted: list[Interval], at: pd.Timestamp, *,
-              every: bool = False) -> list[answers.EmptyAnswer]:
-    """Empty answers in ``wanted`` that the rule of :mod:`lumibot_duckdb.store.answers` asks again at ``at``
-    (``every``: all of them, for a refresh that asks everything again)."""
+def _rechecks(recorded: Callable[[Interval], list[answers.EmptyAnswer]], wanted: list[Interval], at: pd.Timestamp,
+              *, every: bool = False) -> list[answers.EmptyAnswer]:
+    """Empty answers in ``wanted`` (``recorded(range)`` lists them) that the rule of
+    :mod:`lumibot_duckdb.store.answers` asks again at ``at`` (``every``: all of them, for a refresh)."""
     found: dict[Any, answers.EmptyAnswer] = {}
     for want in wanted:
-        for answer in writer.empty_answers(want):
+        for answer in recorded(want):
             if every or answer.due(at):
                 found[answer.file.path] = answer
     return list(found.values())

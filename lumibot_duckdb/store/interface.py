@@ -130,8 +130,8 @@ class DataStorageInterface(ABC):
 
 class Backend(Protocol):
     """Where the bytes of a store live: the contract :class:`~lumibot_duckdb.store.store.DuckDBDataStorage`
-    runs on. :class:`~lumibot_duckdb.store.local.LocalFolder` (a folder) is the one implementation today; an
-    object store or a lakehouse catalog implements the same operations.
+    runs on. :class:`~lumibot_duckdb.store.local.LocalFolder` (a folder) and
+    :class:`~lumibot_duckdb.store.s3.S3Backend` (a bucket prefix on S3, read through a local mirror) implement it.
 
     Invariants every backend keeps (the store and its tests rely on them):
 
@@ -145,9 +145,16 @@ class Backend(Protocol):
     * **One writer per series at a time,** across processes (and machines, for a shared backend), through
       :meth:`lock`; readers take no lock.
     * **Damage is set aside, never deleted:** :meth:`quarantine` moves a file out of the series with its reason.
+    * **DuckDB reads local files.** A file's ``path`` is where its bytes are on this machine once :meth:`local`
+      returned (for a folder, at once; for S3, its mirror copy).
     """
 
     root: Any
+    """A local folder of this store: the store itself, or where a remote store's mirror lives."""
+    tmp: Any
+    """Local temporary files (``maintain clean-tmp`` removes old ones)."""
+    quarantine_dir: Any
+    """Where damaged files are set aside on this machine."""
 
     def ensure(self) -> None:
         """Create what the backend needs to accept writes (idempotent)."""
@@ -158,6 +165,24 @@ class Backend(Protocol):
     def files(self, key: SeriesKey, within: Interval | None = None) -> list[Any]:
         """The published files of ``key`` (``BarFile``: path, key, partition, interval, token), those overlapping
         ``within`` if given, oldest first. Listing reads names only, never file contents."""
+
+    def local(self, files: list[Any]) -> list[Any]:
+        """Make the bytes of ``files`` readable at their ``path`` on this machine (a remote store downloads what
+        it lacks); returns ``files``. A file gone since it was listed is left absent (the reader lists again)."""
+
+    def footer(self, bar_file: Any) -> Any:
+        """The Parquet footer (``pyarrow.parquet.FileMetaData``) of a file, or None if it cannot be read; a remote
+        store reads only the footer's bytes."""
+
+    def rewritable(self, files: list[Any]) -> list[Any]:
+        """Those of ``files`` this process may rewrite and remove (compaction): all of them, except that a reader
+        of a shared store may only rewrite what it keeps locally."""
+
+    def strays(self) -> list[tuple[str, str, str]]:
+        """``(kind, where, message)`` of everything under ``bars/`` that readers ignore (for ``verify``)."""
+
+    def notes(self) -> list[tuple[str, ...]]:
+        """The names of every note (the ``parts`` of :meth:`read_json`)."""
 
     def publish(self, key: SeriesKey, partition: str, table: Any, interval: Interval) -> Any:
         """Write ``table`` (Arrow, the store's schema) as the answer for ``interval`` and make it visible at once."""

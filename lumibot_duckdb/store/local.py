@@ -233,6 +233,46 @@ class LocalFolder:
                     found.append(BarFile(Path(entry.path), key, part.name, interval, token))
         return sorted(found, key=lambda f: f.token)
 
+    def local(self, files: list[BarFile]) -> list[BarFile]:
+        """The files are on this machine already."""
+        return files
+
+    def footer(self, bar_file: BarFile) -> pq.FileMetaData | None:
+        return read_footer(str(bar_file.path))
+
+    def rewritable(self, files: list[BarFile]) -> list[BarFile]:
+        """Compaction may rewrite every file of a folder."""
+        return files
+
+    def strays(self) -> list[tuple[str, str, str]]:
+        """``(kind, path, message)`` of every file or folder in ``bars/`` that readers ignore."""
+        found: list[tuple[str, str, str]] = []
+        if not self.bars.is_dir():
+            return found
+        depth_of_series = len(_KEY_FIELDS)
+        for folder, dirs, names in os.walk(self.bars):
+            depth = len(Path(folder).relative_to(self.bars).parts)
+            for name in names:
+                path = str(Path(folder) / name)
+                if depth != depth_of_series + 1:
+                    found.append(("stray-file", path,
+                                  "not in a partition folder of a series; readers ignore it — move it away"))
+                elif parse_file_name(name) is None:
+                    found.append(("stray-file", path,
+                                  "name is not <start>_<end>_<token>.parquet; readers ignore it — move it away"))
+            if depth > depth_of_series:
+                for name in dirs:
+                    found.append(("stray-folder", str(Path(folder) / name),
+                                  "a folder inside a partition; readers ignore it — move it away"))
+                dirs.clear()
+        return found
+
+    def notes(self) -> list[tuple[str, ...]]:
+        """The names of every note (``read_json``'s parts)."""
+        if not self.meta.is_dir():
+            return []
+        return sorted(path.relative_to(self.meta).parts for path in self.meta.rglob("*") if path.is_file())
+
     # -- writing ----------------------------------------------------------------------------
     def publish(self, key: SeriesKey, partition: str, table: pa.Table, interval: Interval, *,
                 published: str | None = None) -> BarFile:

@@ -45,14 +45,12 @@ from lumibot_duckdb.store.coverage import (
     normalize,
     utc,
 )
-from lumibot_duckdb.store.local import BarFile, parse_file_name, partition_interval, partition_scheme, read_footer
+from lumibot_duckdb.store.local import BarFile, partition_interval, partition_scheme, read_footer
 from lumibot_duckdb.store.schema import ARROW_SCHEMA, VALUE_COLUMNS, empty_bars
 from lumibot_duckdb.store.store import DuckDBDataStorage, mergeable
 
 TMP_GRACE = dt.timedelta(hours=1)
 """Temporary files younger than this are left alone by :func:`clean_tmp` (a writer may still own them)."""
-
-_KEY_DEPTH = 7  # bars/<source>/<asset_type>/<symbol>/<quote>/<exchange>/<timeframe>/<adjustment>/
 
 
 def parse_age(text: str) -> dt.timedelta:
@@ -127,6 +125,8 @@ class StoreReport:
     series: list[SeriesRow]
     quarantined: list[LooseFile]
     temporary: list[LooseFile]
+    location: str = ""
+    """The store's location (a folder, or ``s3://bucket/prefix`` whose mirror is in ``root``)."""
 
     @property
     def rows(self) -> int:
@@ -165,6 +165,7 @@ class StoreReport:
 
         return {
             "root": str(self.root),
+            "location": self.location or str(self.root),
             "totals": {"series": len(self.series), "files": self.files, "rows": self.rows, "bytes": self.bytes,
                        "bytes_per_bar": round(self.bytes / self.rows, 2) if self.rows else None,
                        "empty_answers_waiting": sum(len(s.waiting) for s in self.series),
@@ -190,7 +191,7 @@ def status(store: DuckDBDataStorage, /) -> StoreReport:
     rows = [SeriesRow(s.key, s.files, s.rows, s.bytes, s.coverage, s.gaps, s.first_bar, s.last_bar, store.flags(s.key),
                       empty_answers(store.files(s.key)))
             for s in store.status()]
-    return StoreReport(store.root, rows, _quarantined(store), _temporary(store))
+    return StoreReport(store.root, rows, _quarantined(store), _temporary(store), store.location)
 
 
 def _loose(folder: Path) -> Iterable[tuple[Path, os.stat_result]]:
@@ -443,9 +444,9 @@ def verify(store: DuckDBDataStorage, /, *, quarantine: bool = False) -> VerifyRe
     for key in store.series():
         report.series_checked += 1
         try:
-            files = store.files(key)
+            files = store.local_files(key)
         except (OSError, StoreError) as exc:
-            problems.append(Problem("error", "unreadable", str(store.backend.series_dir(key)),
+            problems.append(Problem("error", "unreadable", _where(store, key),
                                     f"the series folder cannot be listed ({exc})"))
             continue
         sound: list[BarFile] = []
@@ -460,7 +461,7 @@ def verify(store: DuckDBDataStorage, /, *, quarantine: bool = False) -> VerifyRe
                 with contextlib.suppress(FileNotFoundError, OSError):
                     report.quarantined.append(str(store.backend.quarantine(bar_file.path, str(damage))))
         if unsealed:
-            problems.append(Problem("warning", "unsealed", str(store.backend.series_dir(key)),
+            problems.append(Problem("warning", "unsealed", _where(store, key),
                                     f"{unsealed} file(s) of {key} were written before files carried a checksum: "
                                     "damage that still reads as Parquet cannot be told from data in them; "
                                     "`maintain seal` checks them and adds it"))
@@ -475,25 +476,15 @@ def verify(store: DuckDBDataStorage, /, *, quarantine: bool = False) -> VerifyRe
     return report
 
 
+def _where(store: DuckDBDataStorage, key: SeriesKey) -> str:
+    """Where a series lives, for a problem report (its folder; on S3 its key)."""
+    folder = getattr(store.backend, "series_dir", None)
+    return str(folder(key)) if folder is not None else f"{store.location} {key}"
+
+
 def _find_strays(store: DuckDBDataStorage, problems: list[Problem]) -> None:
-    bars_dir = store.backend.bars
-    if not bars_dir.is_dir():
-        return
-    for folder, dirs, names in os.walk(bars_dir):
-        depth = len(Path(folder).relative_to(bars_dir).parts)
-        for name in names:
-            path = Path(folder) / name
-            if depth != _KEY_DEPTH + 1:
-                problems.append(Problem("error", "stray-file", str(path),
-                                        "not in a partition folder of a series; readers ignore it — move it away"))
-            elif parse_file_name(name) is None:
-                problems.append(Problem("error", "stray-file", str(path),
-                                        "name is not <start>_<end>_<token>.parquet; readers ignore it — move it away"))
-        if depth > _KEY_DEPTH:
-            for name in dirs:
-                problems.append(Problem("error", "stray-folder", str(Path(folder) / name),
-                                        "a folder inside a partition; readers ignore it — move it away"))
-            dirs.clear()
+    for kind, path, message in store.backend.strays():
+        problems.append(Problem("error", kind, path, message))
 
 
 def _check_file(bar_file: BarFile, problems: list[Problem]) -> integrity.Damage | None:

@@ -28,11 +28,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from lumibot_duckdb.config import Settings
+from lumibot_duckdb.config import Settings, is_s3
 from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreError
 from lumibot_duckdb.store import answers, integrity
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, has_overlaps, missing_ranges, normalize
-from lumibot_duckdb.store.interface import DataStorageInterface
+from lumibot_duckdb.store.interface import Backend, DataStorageInterface
 from lumibot_duckdb.store.local import BarFile, LocalFolder, partitions_for, read_footer
 from lumibot_duckdb.store.schema import VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
 from lumibot_duckdb.store.views import create_views
@@ -81,9 +81,16 @@ class DuckDBDataStorage(DataStorageInterface):
     Thread-safe: each thread queries through its own DuckDB cursor.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike[str] | None = None, /, *, lock_timeout: float = 600.0) -> None:
-        self.root = Settings.resolve(cache_dir=cache_dir, use_duckdb=True).cache_dir
-        self.backend = LocalFolder(self.root)
+    def __init__(self, location: str | os.PathLike[str] | None = None, /, *, lock_timeout: float = 600.0,
+                 cache_dir: str | os.PathLike[str] | None = None, role: str | None = None) -> None:
+        """``location``: a folder or ``s3://bucket/prefix`` (default: ``LUMIBOT_DUCKDB_STORE``, else the local
+        cache folder ``cache_dir`` / ``LUMIBOT_DUCKDB_CACHE_DIR``, which also holds an S3 store's mirror).
+        ``role``: ``"read"`` or ``"write"`` (default ``LUMIBOT_DUCKDB_STORE_ROLE``, else read; see
+        :mod:`lumibot_duckdb.store.s3`)."""
+        settings = Settings.resolve(store=location, cache_dir=cache_dir, store_role=role, use_duckdb=True)
+        self.location = settings.location
+        self.backend = _open_backend(settings)
+        self.root = Path(self.backend.root)
         self.lock_timeout = lock_timeout
         try:
             self.backend.ensure()
@@ -97,7 +104,7 @@ class DuckDBDataStorage(DataStorageInterface):
         _OPEN_STORES.add(self)
 
     def __repr__(self) -> str:
-        return f"DuckDBDataStorage({str(self.root)!r})"
+        return f"DuckDBDataStorage({self.location!r})"
 
     # -- connections ---------------------------------------------------------------------------
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -133,6 +140,10 @@ class DuckDBDataStorage(DataStorageInterface):
 
     def files(self, key: SeriesKey, /, within: Interval | None = None) -> list[BarFile]:
         return self.backend.files(key, within)
+
+    def local_files(self, key: SeriesKey, /, within: Interval | None = None) -> list[BarFile]:
+        """:meth:`files`, with their bytes on this machine (an S3 store downloads what its mirror lacks)."""
+        return self.backend.local(self.backend.files(key, within))
 
     def coverage(self, key: SeriesKey, /) -> list[Interval]:
         return normalize(f.interval for f in self.backend.files(key))
@@ -173,6 +184,17 @@ class DuckDBDataStorage(DataStorageInterface):
         else:
             flags[name] = value
         self.write_note({"series": key.as_dict(), "flags": flags}, *_flags_note(key))
+
+    def remote_stats(self) -> dict[str, Any]:
+        """What this store asked of a remote service so far (S3: requests by operation, bytes each way, lease
+        waits and takeovers); empty for a folder."""
+        stats = getattr(self.backend, "stats", None)
+        return stats.as_dict() if stats is not None else {}
+
+    def notes(self) -> list[tuple[str, ...]]:
+        """The names of every note the store holds (each a tuple for :meth:`read_note`)."""
+        with _as_store_error("list the notes"):
+            return self.backend.notes()
 
     def add_views(self, con: duckdb.DuckDBPyConnection, /) -> None:
         """Create the views of :mod:`lumibot_duckdb.store.views` on ``con``, over what the store holds now."""
@@ -287,6 +309,7 @@ class DuckDBDataStorage(DataStorageInterface):
         return present
 
     def _query_files(self, files: list[BarFile], wanted: Interval, names: list[str]) -> pd.DataFrame:
+        files = self.backend.local(files)  # DuckDB reads local files (an S3 store: its mirror, filled here)
         paths = [str(f.path) for f in files]
         # Columns null in every file (a source that has no VWAP, no dividends…) are not read at all.
         absent = functools.reduce(frozenset.intersection, (_null_columns(p) for p in paths))
@@ -352,7 +375,7 @@ class DuckDBDataStorage(DataStorageInterface):
 
     def _compact_locked(self, key: SeriesKey, *, partitions: set[str] | None, only_if_fragmented: bool) -> int:
         by_partition: dict[str, list[BarFile]] = {}
-        for bar_file in self.backend.files(key):
+        for bar_file in self.backend.rewritable(self.backend.files(key)):
             by_partition.setdefault(bar_file.partition, []).append(bar_file)
         removed = 0
         damage: CorruptFileError | None = None
@@ -395,7 +418,7 @@ class DuckDBDataStorage(DataStorageInterface):
             rows = size = 0
             first = last = None
             for bar_file in files:
-                meta = read_footer(str(bar_file.path))
+                meta = self.backend.footer(bar_file)
                 if meta is None:  # damaged: set aside by the next read
                     continue
                 rows += meta.num_rows
@@ -579,6 +602,16 @@ def _as_store_error(action: str) -> Iterator[None]:
     except OSError as exc:
         raise StoreError(f"Could not {action}: {exc}. Files published before this error are kept; check "
                          "free space and permissions of the store folder (LUMIBOT_DUCKDB_CACHE_DIR).") from exc
+
+
+def _open_backend(settings: Settings) -> Backend:
+    """The backend of a resolved location: a folder, or an S3 store (its module imported only then)."""
+    if is_s3(settings.location):
+        from lumibot_duckdb.store.s3 import S3Backend
+
+        return S3Backend(settings.location, cache_dir=settings.cache_dir, role=settings.store_role,
+                         listing_ttl=settings.listing_ttl, lease_ttl=settings.lease_ttl)
+    return LocalFolder(settings.location)
 
 
 def _new_connection() -> duckdb.DuckDBPyConnection:

@@ -28,7 +28,7 @@ def file_rows(path: str) -> int | None:
 
 def create_views(con: duckdb.DuckDBPyConnection, store: Any) -> None:
     """Create the human-facing views on ``con`` from the files ``store`` (a :class:`DuckDBDataStorage`) holds now."""
-    files: list[BarFile] = [f for key in store.series() for f in store.files(key)]
+    files: list[BarFile] = [f for key in store.series() for f in store.local_files(key)]
     key_values: dict[str, list[object]] = {name: [f.key.as_dict()[name] for f in files] for name in KEY_COLUMNS}
     _table(con, "files", {
         **{name: (values, pa.string()) for name, values in key_values.items()},

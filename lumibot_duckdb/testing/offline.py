@@ -48,11 +48,38 @@ class NetworkBlocked(ConnectionError):
     retryable = False  # never worth another try (lumibot_duckdb.sources.retry.transient)
 
 
-class NetworkGuard:
-    """Patches the network entry points; remembers every attempt, even ones the caller swallowed."""
+ENV_ALLOW = "LUMIBOT_DUCKDB_OFFLINE_ALLOW"
+"""``127.0.0.1:PORT[,127.0.0.1:PORT…]``: loopback servers a test started itself (an S3 server), still reachable."""
 
-    def __init__(self) -> None:
+
+_STARTED: set[tuple[str, int]] = set()
+
+
+def allow_loopback(port: int) -> None:
+    """Let every guard of this process through to ``127.0.0.1:port``: a server this process started itself."""
+    _STARTED.add(("127.0.0.1", int(port)))
+
+
+def allowed_loopback(environ: Mapping[str, str] | None = None) -> frozenset[tuple[str, int]]:
+    """The loopback addresses :data:`ENV_ALLOW` lets through (anything not on 127.0.0.1 is ignored)."""
+    found = set()
+    for item in (os.environ if environ is None else environ).get(ENV_ALLOW, "").split(","):
+        host, _, port = item.strip().rpartition(":")
+        if host == "127.0.0.1" and port.isdigit():
+            found.add((host, int(port)))
+    return frozenset(found)
+
+
+class NetworkGuard:
+    """Patches the network entry points; remembers every attempt, even ones the caller swallowed.
+
+    ``allow`` (default: :func:`allowed_loopback`) lists ``(127.0.0.1, port)`` servers a parent process started;
+    servers this process started register with :func:`allow_loopback`.
+    """
+
+    def __init__(self, allow: frozenset[tuple[str, int]] | None = None) -> None:
         self.attempts: list[str] = []
+        self.allow = allowed_loopback() if allow is None else allow
         self._lock = threading.Lock()
         self._undo: list[tuple[Any, str, Any]] = []
 
@@ -68,26 +95,37 @@ class NetworkGuard:
     def install(self) -> NetworkGuard:
         guard = self
 
+        def allowed(address: Any) -> bool:
+            return isinstance(address, tuple) and (tuple(address[:2]) in guard.allow or tuple(address[:2]) in _STARTED)
+
         def connect(sock: socket.socket, address: Any, *args: Any) -> Any:
-            if sock.family == getattr(socket, "AF_UNIX", object()):
+            if sock.family == getattr(socket, "AF_UNIX", object()) or allowed(address):
                 return _original_connect(sock, address, *args)
             guard._refuse(f"socket connect to {address!r}")
 
         def connect_ex(sock: socket.socket, address: Any, *args: Any) -> Any:
-            if sock.family == getattr(socket, "AF_UNIX", object()):
+            if sock.family == getattr(socket, "AF_UNIX", object()) or allowed(address):
                 return _original_connect_ex(sock, address, *args)
             guard._refuse(f"socket connect_ex to {address!r}")
 
-        def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        def getaddrinfo(host: Any, port: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if allowed((host, int(port) if str(port).isdigit() else port)):
+                return _original_getaddrinfo(host, port, *args, **kwargs)
             guard._refuse(f"DNS lookup of {host!r}")
+
+        def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
+            if allowed(address):
+                return _original_create_connection(address, *args, **kwargs)
+            guard._refuse(f"create_connection to {address!r}")
 
         _original_connect = socket.socket.connect
         _original_connect_ex = socket.socket.connect_ex
+        _original_getaddrinfo = socket.getaddrinfo
+        _original_create_connection = socket.create_connection
         self._patch(socket.socket, "connect", connect)
         self._patch(socket.socket, "connect_ex", connect_ex)
         self._patch(socket, "getaddrinfo", getaddrinfo)
-        self._patch(socket, "create_connection",
-                    lambda address, *a, **k: guard._refuse(f"create_connection to {address!r}"))
+        self._patch(socket, "create_connection", create_connection)
         try:
             from curl_cffi import curl
             from curl_cffi import requests as curl_requests
