@@ -33,6 +33,7 @@ reason. Nothing here writes anywhere (:mod:`lumibot_duckdb.ingest.cache` stores 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
@@ -98,19 +99,47 @@ def _day_start(day: dt.date, tz: str) -> pd.Timestamp:
     return pd.Timestamp(day).tz_localize(tz).tz_convert("UTC")
 
 
-def _days(intervals: Iterable[dt.date], tz: str) -> list[Interval]:
-    """Whole days (in ``tz``) as merged UTC intervals."""
-    return normalize(Interval(_day_start(d, tz), _day_start(d + dt.timedelta(days=1), tz)) for d in intervals)
+def _days(days: Iterable[dt.date], tz: str) -> list[Interval]:
+    """Whole days (in ``tz``) as merged UTC intervals, one per run of consecutive days."""
+    runs: list[list[dt.date]] = []
+    for day in sorted(set(days)):
+        if runs and (day - runs[-1][1]).days == 1:
+            runs[-1][1] = day
+        else:
+            runs.append([day, day])
+    return [Interval(_day_start(a, tz), _day_start(b + dt.timedelta(days=1), tz)) for a, b in runs]
+
+
+_EPOCH = dt.date(1970, 1, 1)
+_DAY_NS = 86_400 * 10**9
+
+
+def day_numbers(index: pd.DatetimeIndex, tz: str) -> np.ndarray:
+    """The calendar day (in ``tz``) of each instant, as days since 1970-01-01 (fast to compare, unlike dates)."""
+    return np.floor_divide(index.tz_convert(tz).tz_localize(None).asi8, _DAY_NS)
+
+
+def _date(number: int) -> dt.date:
+    return _EPOCH + dt.timedelta(days=int(number))
 
 
 def _trading_days(asset_type: str, first: dt.date, last: dt.date) -> set[dt.date]:
     """Trading dates as Lumibot's Polygon helper counts them (NYSE; CME FX for forex; every day for crypto)."""
     if asset_type == "crypto":
         return {first + dt.timedelta(days=i) for i in range((last - first).days + 1)}
+    calendar = "CME_FX" if asset_type == "forex" else "NYSE"
+    days: set[dt.date] = set()
+    for year in range(first.year, last.year + 1):
+        days |= _calendar_year(calendar, year)
+    return {d for d in days if first <= d <= last}
+
+
+@functools.lru_cache(maxsize=64)
+def _calendar_year(calendar: str, year: int) -> frozenset[dt.date]:
     import pandas_market_calendars as mcal
 
-    calendar = mcal.get_calendar("CME_FX" if asset_type == "forex" else "NYSE")
-    return set(calendar.schedule(start_date=first, end_date=last).index.date)
+    schedule = mcal.get_calendar(calendar).schedule(start_date=dt.date(year, 1, 1), end_date=dt.date(year, 12, 31))
+    return frozenset(schedule.index.date)
 
 
 # -- Polygon -----------------------------------------------------------------------------------------
@@ -173,22 +202,25 @@ def _polygon_file(path: Path, *, now: pd.Timestamp | None) -> Found:
     else:  # only placeholder rows were ever written
         priced = np.zeros(len(frame), dtype=bool)
     found.skip("rows without prices that are not placeholders", int((~priced & ~placeholder).sum()))
-    bar_days = set(index[priced].tz_convert(day_tz).date)
+    local_day = day_numbers(index, day_tz)
+    bar_days = {_date(d) for d in np.unique(local_day[priced])}
     # Lumibot stamps a placeholder at midnight of its date in local mean time (04:56 UTC): the UTC date is its date
-    placeholder_days = set(index[placeholder].tz_convert("UTC").date)
+    utc_day = day_numbers(index, "UTC")
+    placeholder_days = {_date(d) for d in np.unique(utc_day[placeholder])}
     if not bar_days and not placeholder_days:
         found.reason = "no bars and no placeholder rows"
         return found
     # A day proves its bars only if it had ended (and settled) when the file was last written
     settle = SETTLE if key.timeframe != "day" else pd.Timedelta(0)
     ended = {d for d in bar_days | placeholder_days if _day_start(d + dt.timedelta(days=1), day_tz) + settle <= cut}
-    bar_dates = index[priced].tz_convert(day_tz).date
+    unfinished = [(d - _EPOCH).days for d in bar_days - ended]
     found.skip(f"bars of days not over when Lumibot last wrote the file ({written:%Y-%m-%d %H:%M} UTC)",
-               int(np.isin(bar_dates, list(bar_days - ended)).sum()))
+               int((priced & np.isin(local_day, unfinished)).sum()))
     first, last = min(bar_days | placeholder_days), max(bar_days | placeholder_days)
     trading = _trading_days(key.asset_type, first - dt.timedelta(days=10), last + dt.timedelta(days=10))
     proven = ended
-    hidden = sorted(d for d in set(index.tz_convert("UTC").date) - proven - placeholder_days
+    believed = {_date(d) for d in np.unique(utc_day)}  # what Lumibot's get_missing_dates takes as held
+    hidden = sorted(d for d in believed - proven - placeholder_days
                     if d in trading and d not in bar_days and key.asset_type != "crypto")
     if hidden:
         shown = ", ".join(map(str, hidden[:4])) + (", …" if len(hidden) > 4 else "")
@@ -197,7 +229,7 @@ def _polygon_file(path: Path, *, now: pd.Timestamp | None) -> Found:
     if placeholder_days:
         found.notes.append(f"{len(placeholder_days & proven)} placeholder day(s): covered, no bars")
     found.coverage = _days(_with_closed_days(proven, trading, first, last, cut, day_tz), day_tz)
-    keep = priced & np.isin(index.tz_convert(day_tz).date, list(proven))
+    keep = priced & np.isin(local_day, [(d - _EPOCH).days for d in proven])
     found.bars = _polygon_bars(frame[keep], index[keep])
     found.as_of = _polygon_as_of(path, written, key)
     return found
@@ -225,14 +257,20 @@ def _polygon_bars(frame: pd.DataFrame, index: pd.DatetimeIndex) -> pd.DataFrame:
                 else np.full(len(frame), np.nan))
 
     trades = pd.to_numeric(frame["transactions"], errors="coerce") if "transactions" in frame.columns else None
-    otc = frame["otc"] if "otc" in frame.columns else pd.Series([None] * len(frame))
+    metadata = np.full(len(frame), None, dtype=object)
+    if "otc" in frame.columns:
+        otc = frame["otc"].to_numpy(dtype=object)
+        present = pd.notna(otc)
+        if present.any():
+            flags = otc[present].astype(bool)
+            metadata[present] = np.where(flags, json.dumps({"otc": True}), json.dumps({"otc": False}))
     return pd.DataFrame(
         {
             "open": column("open"), "high": column("high"), "low": column("low"), "close": column("close"),
             "volume": column("volume"), "vwap": column("vwap"),
             "trade_count": (pd.array(trades.round(), dtype="Int64") if trades is not None
                             else pd.array([pd.NA] * len(frame), dtype="Int64")),
-            "metadata": [None if v is None or v != v else json.dumps({"otc": bool(v)}) for v in otc],
+            "metadata": metadata,
         },
         index=pd.DatetimeIndex(index, name="ts").tz_convert("UTC"),
     )
