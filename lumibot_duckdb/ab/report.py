@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lumibot_duckdb.ab.harness import REFERENCE, VERIFY, RunResult
-from lumibot_duckdb.ab.session import DECLARED, DIFFERENT, IDENTICAL, ABResult, _at, summary_rows
+from lumibot_duckdb.ab.session import DECLARED, DIFFERENT, IDENTICAL, ABResult, bar_at, summary_rows
 
 MAX_POINTS = 5_000
 """Points drawn per equity curve (every k-th and the last when a curve has more; the difference's
@@ -237,7 +237,7 @@ def _difference_html(d: Any) -> str:
     for label, records in (("legacy", d.legacy_bars), ("DuckDB", d.duckdb_bars)):
         fill = d.legacy if label == "legacy" else d.duckdb
         for record in records:
-            at = _at(record["rows"], fill[0] if fill else None)
+            at = bar_at(record["rows"], fill[0] if fill else None)
             parts.append(f"<p>Bars {label} held in <code>{_e(record['held'])}</code> (bold: the bar at the fill):"
                          "</p><table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in record["columns"]) + "</tr>"
                          + "".join(f"<tr{' style=font-weight:bold' if i == at else ''}>"

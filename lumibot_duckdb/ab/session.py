@@ -73,7 +73,7 @@ class FillDifference:
                 lines.append(f"  bars {label} held in {record['held']} (> the bar at the fill):")
                 head, *names = record["columns"]
                 lines.append(f"      {head:<25}" + "".join(f"{c:>20}" for c in names))
-                at = _at(record["rows"], fill[0] if fill else None)
+                at = bar_at(record["rows"], fill[0] if fill else None)
                 for number, row in enumerate(record["rows"]):
                     mark = ">" if number == at else " "
                     lines.append(f"    {mark} {row[0]!s:<25}" + "".join(f"{_cell(v):>20}" for v in row[1:]))
@@ -582,7 +582,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _at(rows: list[list[Any]], when: Any) -> int | None:
+def bar_at(rows: list[list[Any]], when: Any) -> int | None:
     """Index of the last bar starting at or before ``when`` (the bar a fill at ``when`` saw), or None."""
     if when is None or not rows:
         return None
