@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lumibot_duckdb.ab.harness import REFERENCE, VERIFY, RunResult
-from lumibot_duckdb.ab.session import DECLARED, DIFFERENT, IDENTICAL, ABResult, summary_rows
+from lumibot_duckdb.ab.session import DECLARED, DIFFERENT, IDENTICAL, ABResult, bar_at, summary_rows
 
 MAX_POINTS = 5_000
 """Points drawn per equity curve (every k-th and the last when a curve has more; the difference's
@@ -235,11 +235,14 @@ def _difference_html(d: Any) -> str:
     if d.defects_seen:
         parts.append(f"<p>Seen in the legacy cache: {_e(d.defects_seen)}</p>")
     for label, records in (("legacy", d.legacy_bars), ("DuckDB", d.duckdb_bars)):
+        fill = d.legacy if label == "legacy" else d.duckdb
         for record in records:
-            parts.append(f"<p>Bars {label} held in <code>{_e(record['held'])}</code>:</p><table><tr>"
-                         + "".join(f"<th>{_e(c)}</th>" for c in record["columns"]) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td>{_e(_num(v))}</td>" for v in row) + "</tr>"
-                                   for row in record["rows"]) + "</table>")
+            at = bar_at(record["rows"], fill[0] if fill else None)
+            parts.append(f"<p>Bars {label} held in <code>{_e(record['held'])}</code> (bold: the bar at the fill):"
+                         "</p><table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in record["columns"]) + "</tr>"
+                         + "".join(f"<tr{' style=font-weight:bold' if i == at else ''}>"
+                                   + "".join(f"<td>{_e(_num(v))}</td>" for v in row) + "</tr>"
+                                   for i, row in enumerate(record["rows"])) + "</table>")
         if not records:
             parts.append(f"<p>Bars {label} held: not recorded.</p>")
     return "\n".join(parts)

@@ -68,10 +68,15 @@ class FillDifference:
         for label, records in (("legacy", self.legacy_bars), ("DuckDB", self.duckdb_bars)):
             if not records:
                 lines.append(f"  bars {label} held: not recorded")
+            fill = self.legacy if label == "legacy" else self.duckdb
             for record in records:
-                lines.append(f"  bars {label} held in {record['held']}:")
-                lines.append("    " + "  ".join(f"{c:>12}" for c in record["columns"]))
-                lines.extend("    " + "  ".join(_cell(v) for v in row) for row in record["rows"])
+                lines.append(f"  bars {label} held in {record['held']} (> the bar at the fill):")
+                head, *names = record["columns"]
+                lines.append(f"      {head:<25}" + "".join(f"{c:>20}" for c in names))
+                at = bar_at(record["rows"], fill[0] if fill else None)
+                for number, row in enumerate(record["rows"]):
+                    mark = ">" if number == at else " "
+                    lines.append(f"    {mark} {row[0]!s:<25}" + "".join(f"{_cell(v):>20}" for v in row[1:]))
         if self.explained_by:
             lines.append(f"  explained by the declared legacy defect(s): {'; '.join(self.explained_by)}")
         else:
@@ -416,7 +421,7 @@ def _equity_parts(a: RunResult, b: RunResult) -> str:
     for when, value in a.equity:
         theirs = other.get(when)
         if theirs is not None and theirs != value:
-            return f"{when}: legacy {value:,.2f}, DuckDB {theirs:,.2f}"
+            return f"{when}: legacy {value!r}, DuckDB {theirs!r} (DuckDB - legacy {theirs - value:+.3g})"
     return ""
 
 
@@ -571,6 +576,24 @@ def _fill(fill: list[Any] | None) -> str:
 
 
 def _cell(value: Any) -> str:
+    """Every digit of a float (what the paths compare is the bits): the shortest repr that round-trips."""
     if isinstance(value, float):
-        return f"{value:>12.6f}" if abs(value) < 1e7 else f"{value:>12.6g}"
-    return f"{str(value)[:25]:>12}"
+        return repr(value) if value != int(value) or abs(value) >= 1e16 else f"{value:.1f}"
+    return str(value)
+
+
+def bar_at(rows: list[list[Any]], when: Any) -> int | None:
+    """Index of the last bar starting at or before ``when`` (the bar a fill at ``when`` saw), or None."""
+    if when is None or not rows:
+        return None
+    import pandas as pd
+
+    try:
+        stamp = pd.Timestamp(when)
+        times = [pd.Timestamp(r[0]) for r in rows]
+        if (stamp.tzinfo is None) != (times[0].tzinfo is None):
+            return None
+    except (TypeError, ValueError):
+        return None
+    before = [i for i, t in enumerate(times) if t <= stamp]
+    return before[-1] if before else None
