@@ -32,12 +32,13 @@ exact frame Lumibot's helper returns); small helpers; the route, installed last.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -93,10 +94,21 @@ class Provider(Protocol):
 
 @dataclass
 class DataLayerStats:
-    """What the data layer of one data source did (read it as ``data_source.duckdb_stats``)."""
+    """What the data layer of one data source did (read it as ``data_source.duckdb_stats``).
+
+    ``seam_seconds`` is all the time spent in the data layer: Lumibot's calls of the seam and the
+    work done outside them (a window rolled or read again, :meth:`EnhancedDataSourceBacktesting.data_layer`),
+    each counted once however they nest; ``window_calls`` / ``window_seconds`` are that outside part.
+    ``store_reads`` counts every query of the store (each a DuckDB read of Parquet files), wherever
+    it happens, and ``store_read_seconds`` their time.
+    """
 
     seam_calls: int = 0
     seam_seconds: float = 0.0
+    window_calls: int = 0
+    window_seconds: float = 0.0
+    store_reads: int = 0
+    store_read_seconds: float = 0.0
     provider_requests: int = 0
     bars_fetched: int = 0
     bars_served: int = 0
@@ -110,6 +122,21 @@ class DataLayerStats:
 
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class CountedStorage(DuckDBDataStorage):
+    """The store as one data source uses it: every read counted in its :class:`DataLayerStats`."""
+
+    def __init__(self, cache_dir: Any, /, *, stats: DataLayerStats) -> None:
+        super().__init__(cache_dir)
+        self.stats = stats
+
+    def read(self, key: SeriesKey, start: Any, end: Any, /, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        started = time.perf_counter()
+        try:
+            return super().read(key, start, end, columns=columns)
+        finally:
+            self.stats.add(store_reads=1, store_read_seconds=time.perf_counter() - started)
 
 
 class _Once(Generic[T]):
@@ -162,9 +189,10 @@ class EnhancedDataSourceBacktesting:
                                                 max_memory=max_memory if enabled else None)
         self.duckdb_windows = WindowBook(budget=self.duckdb_settings.max_memory, policy=self.WINDOW_POLICY)
         self.duckdb_stats = DataLayerStats()
+        self._duckdb_depth = threading.local()
         self._duckdb_failure: BaseException | None = None
         self.duckdb_strict_error: BaseException | None = None
-        self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.cache_dir))
+        self._duckdb_store = _Once(lambda: CountedStorage(self.duckdb_settings.cache_dir, stats=self.duckdb_stats))
         super().__init__(*args, **kwargs)
 
     # -- switches ------------------------------------------------------------------------------
@@ -178,21 +206,41 @@ class EnhancedDataSourceBacktesting:
         """The store this data source reads and fills (opened on first use)."""
         return self._duckdb_store.get()
 
-    def via_store(self, store_call: Callable[[], T], legacy_call: Callable[[], T]) -> T:
-        """``store_call()``; on a store failure, ``legacy_call()`` from then on (one warning), unless strict."""
+    def via_store(self, store_call: Callable[[], T], legacy_call: Callable[[], T], *, seam: bool = True) -> T:
+        """``store_call()``; on a store failure, ``legacy_call()`` from then on (one warning), unless strict.
+
+        ``seam=False`` for work of the data layer that is not a call of Lumibot's seam (a window
+        rolled or read again): counted as ``window_calls`` instead of ``seam_calls``.
+        """
         if not self.use_duckdb:
             return legacy_call()
+        with self.data_layer(seam=seam):
+            try:
+                return store_call()
+            except (StoreError, duckdb.Error) as exc:
+                if self.duckdb_settings.strict:
+                    self.duckdb_strict_error = exc  # for callers above a Lumibot layer that swallows errors
+                    raise
+                self._fall_back(exc)
+                return legacy_call()
+
+    @contextlib.contextmanager
+    def data_layer(self, *, seam: bool = True) -> Iterator[None]:
+        """Time the block as data-layer work in :attr:`duckdb_stats` (outermost blocks only: nothing counts twice)."""
+        local = self._duckdb_depth
+        depth = getattr(local, "depth", 0)
+        local.depth = depth + 1
         started = time.perf_counter()
         try:
-            return store_call()
-        except (StoreError, duckdb.Error) as exc:
-            if self.duckdb_settings.strict:
-                self.duckdb_strict_error = exc  # for callers above a Lumibot layer that swallows errors
-                raise
-            self._fall_back(exc)
-            return legacy_call()
+            yield
         finally:
-            self.duckdb_stats.add(seam_calls=1, seam_seconds=time.perf_counter() - started)
+            local.depth = depth
+            if depth == 0:
+                elapsed = time.perf_counter() - started
+                if seam:
+                    self.duckdb_stats.add(seam_calls=1, seam_seconds=elapsed)
+                else:
+                    self.duckdb_stats.add(window_calls=1, window_seconds=elapsed, seam_seconds=elapsed)
 
     def _fall_back(self, exc: BaseException) -> None:
         if self._duckdb_failure is None:
