@@ -91,7 +91,15 @@ class RunResult:
     final_value: float
     detail: str = ""
     store_reads: int = 0
-    """Reads of the store (DuckDB queries) the data source made (DuckDB path; 0 on the legacy path)."""
+    """Reads of the store the data source made (DuckDB path; 0 on the legacy path)."""
+    startup_seconds: float = 0.0
+    """From starting the process to starting the backtest: Python, Lumibot and the data source imported
+    (0 for a run inside an existing process)."""
+
+    @property
+    def total_seconds(self) -> float:
+        """What a user waits for: the process's startup and the backtest."""
+        return self.startup_seconds + self.wall_seconds
 
     @property
     def bytes_per_bar(self) -> float:
@@ -144,7 +152,7 @@ def spawn(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fast: 
     """
     workdir.mkdir(parents=True, exist_ok=True)
     spec = json.dumps({"scenario": dataclasses.asdict(scenario), "variant": variant, "phase": phase,
-                       "workdir": str(workdir), "fast": fast})
+                       "workdir": str(workdir), "fast": fast, "spawned": time.time()})
     return subprocess.Popen([sys.executable, "-m", "lumibot_duckdb.ab.harness", spec], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**child_environment(workdir), **(env or {})},
                             cwd=workdir)
@@ -190,12 +198,13 @@ def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = 
 
 
 def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fast: bool = False,
-             on_serve: Callable[[Any], None] | None = None) -> RunResult:
+             on_serve: Callable[[Any], None] | None = None, spawned: float | None = None) -> RunResult:
     """Run one backtest in this process (Lumibot's environment must already point into ``workdir``).
 
     ``fast=True`` removes the legacy path's deliberate provider sleeps (tests only: the harness
     measures what users wait for). ``on_serve(provider)`` is called with the offline provider
-    before the backtest starts (tests inject faults with it).
+    before the backtest starts (tests inject faults with it). ``spawned``: ``time.time()`` when the
+    process was started, for :attr:`RunResult.startup_seconds`.
     """
     import contextlib
     import resource
@@ -230,6 +239,7 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
         provider = stack.enter_context(source.serve(_market(scenario), fast=fast))
         if on_serve is not None:
             on_serve(provider)
+        startup = time.time() - spawned if spawned is not None else 0.0
         started = time.perf_counter()
         _, strategy = strategy_class.run_backtest(
             data_source, dt.datetime.combine(start, dt.time()), dt.datetime.combine(end, dt.time()),
@@ -250,7 +260,8 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
     outside = stats.window_seconds if stats is not None else 0.0
     return RunResult(scenario.name, variant, phase, wall, seam["seconds"] + outside, int(seam["calls"]), requests,
                      requested_days, peak, rss_after_import, size, bars, fills_of(strategy),
-                     float(strategy.portfolio_value), store_reads=stats.store_reads if stats is not None else 0)
+                     float(strategy.portfolio_value), store_reads=stats.store_reads if stats is not None else 0,
+                     startup_seconds=startup)
 
 
 def _timed(owner: Any, attribute: str, seam: dict[str, float]) -> Any:
@@ -409,7 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Child entry: ``python -m lumibot_duckdb.ab.harness '<json spec>'`` prints one RunResult as JSON."""
     spec = json.loads((argv or sys.argv[1:])[0])
     scenario = Scenario(**spec["scenario"])
-    result = run_here(scenario, spec["variant"], spec["phase"], Path(spec["workdir"]), fast=spec.get("fast", False))
+    result = run_here(scenario, spec["variant"], spec["phase"], Path(spec["workdir"]), fast=spec.get("fast", False),
+                      spawned=spec.get("spawned"))
     print(json.dumps(dataclasses.asdict(result)), flush=True)
     return 0
 

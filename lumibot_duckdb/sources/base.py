@@ -41,16 +41,21 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-import duckdb
 import pandas as pd
 
 from lumibot_duckdb.config import Settings
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
 from lumibot_duckdb.sources.window import DEFAULT_POLICY, WindowBook, WindowPolicy
-from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
+from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey, missing_ranges
+from lumibot_duckdb.store.lazy import lazy_module
 from lumibot_duckdb.store.store import SeriesWriter
+
+if TYPE_CHECKING:
+    import duckdb
+else:
+    duckdb = lazy_module("duckdb")  # a backtest reading bars never imports it (store/lazy.py)
 
 log = logging.getLogger("lumibot_duckdb")
 T = TypeVar("T")
@@ -280,6 +285,8 @@ class EnhancedDataSourceBacktesting:
         raise AssertionError("unreachable")
 
     def _fill(self, key: SeriesKey, wanted: Interval, provider: Provider, *, refresh: bool) -> None:
+        if not refresh and not missing_ranges(self.store.coverage(key), wanted):
+            return  # all stored already (published files never change): no lock to take
         with self.store.writer(key) as writer:
             missing = [wanted] if refresh else writer.missing(wanted)
             if not missing:
