@@ -212,7 +212,8 @@ class DuckDBDataStorage(DataStorageInterface):
         touched = set()
         with _as_store_error(f"write bars of {key}"):
             for partition, piece in partitions_for(key.timeframe, covered_iv):
-                rows = bars[(bars.index >= piece.start) & (bars.index < piece.end)]
+                first, stop = bars.index.searchsorted([piece.start, piece.end])  # (bars are sorted by ts)
+                rows = bars.iloc[first:stop]
                 self.backend.publish(key, partition, to_arrow(rows, key), piece)
                 touched.add(partition)
         return len(bars), touched
