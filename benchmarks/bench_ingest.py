@@ -117,7 +117,7 @@ def render(result: dict[str, object]) -> str:
         f"{r['label']}: {r['rows']:,} rows, {r['input_bytes'] / 1e6:,.1f} MB of input, n={r['n']}",
         f"  first ingest   {_spread(r['first_s'], '.2f')} s, {_spread(r['rows_per_s'], ',.0f')} rows/s",
         f"  on disk        {r['bytes_per_bar']:.1f} bytes/bar in {r['store_files']} file(s)",
-        f"  peak RSS       {_spread(r['peak_rss_mb'], ',.0f')} MB (the whole process: Python, pandas, DuckDB)",
+        f"  peak RSS       {_spread(r['peak_rss_mb'], ',.0f')} MB (the whole process: Python, pandas, Arrow)",
         f"  second ingest  {_spread(r['second_s'], '.2f')} s, rows added {r['second_added']}",
     ])
 

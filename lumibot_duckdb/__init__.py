@@ -6,7 +6,8 @@
 ``YahooDataBacktesting``, ``AlpacaBacktesting`` and ``CcxtBacktesting`` work the same way, on the
 same store.
 
-Importing this package is cheap; the data-source classes import Lumibot on first access.
+Importing this package is cheap: the data-source classes (Lumibot) and the store (pyarrow) are imported on
+first access.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from lumibot_duckdb.errors import (
 )
 from lumibot_duckdb.registry import SOURCES
 from lumibot_duckdb.sources.install import install, uninstall
-from lumibot_duckdb.store import DataStorageInterface, DuckDBDataStorage, Interval, SeriesKey
 
 __version__ = "0.1.0"
 
@@ -62,6 +62,8 @@ _moved.install()
 _LAZY = {
     **{spec.class_name: spec.module for spec in SOURCES.values()},
     "EnhancedDataSourceBacktesting": "lumibot_duckdb.sources.base",
+    # the store (pyarrow) too: a process that only runs Lumibot's own classes never loads it
+    **dict.fromkeys(("DataStorageInterface", "DuckDBDataStorage", "Interval", "SeriesKey"), "lumibot_duckdb.store"),
 }
 
 

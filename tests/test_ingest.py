@@ -300,6 +300,47 @@ def test_repair_drops_sorts_dedupes_and_counts_each_repair(tmp_path, store_dir, 
         np.testing.assert_allclose(got["close"], expected["close"])
 
 
+@pytest.mark.parametrize("on_invalid", ["reject", "repair"])
+@pytest.mark.parametrize("case", [*CASES, "none-literal", "padded", "hash-na", "epoch", "offset"])
+def test_typed_reading_reports_and_stores_what_reading_as_text_does(tmp_path, case, on_invalid, monkeypatch):
+    """Arrow parses times and numbers while reading a CSV; whatever a file holds, the outcome is that of
+    reading every cell as text (a cell Arrow cannot read as its type makes the file be read as text)."""
+    frame = generic_frame(minute_bars(3000))
+    if case in CASES:
+        frame, _ = _corrupt(case, frame)
+    else:
+        frame = frame.astype({"close": object, "timestamp": object})
+        if case == "none-literal":
+            frame.loc[20, "close"] = "none"
+        elif case == "padded":
+            frame.loc[20, "close"] = f" {frame.loc[20, 'close']} "
+        elif case == "hash-na":
+            frame.loc[20, "close"] = "#N/A"
+        elif case == "epoch":
+            frame["timestamp"] = pd.to_datetime(frame["timestamp"]).astype("int64") // 10**6
+        elif case == "offset":
+            frame["timestamp"] = [f"{t}-05:00" for t in frame["timestamp"]]
+    path = write(frame, tmp_path / "AAA_1m.csv")
+
+    def outcome(store_dir: Path) -> tuple[object, object]:
+        try:
+            report = ingest(store_dir, path, on_invalid=on_invalid, chunk_bytes=32_768).to_dict()
+        except BarsValidationError as exc:
+            return str(exc).replace(str(store_dir), "<store>"), None
+        for file in report["files"]:
+            file.pop("seconds")
+        report.pop("seconds"), report.pop("store")
+        return report, stored(store_dir, key())
+
+    typed = outcome(tmp_path / "typed")
+    original = ingest_module._FileIngest._ingest
+    monkeypatch.setattr(ingest_module._FileIngest, "_ingest", lambda self, typed: original(self, typed=False))
+    text = outcome(tmp_path / "text")
+    assert typed[0] == text[0]
+    if typed[1] is not None:
+        pd.testing.assert_frame_equal(typed[1], text[1])
+
+
 def test_future_bars_are_judged_by_the_clock(tmp_path, store_dir, monkeypatch):
     bars = minute_bars()
     monkeypatch.setattr(ingest_module, "_now", lambda: bars.index[20])

@@ -362,3 +362,51 @@ def test_each_connection_sees_the_files_of_its_moment(store_dir: Path) -> None:
     assert store.sql("SELECT count(*) AS n FROM market_data")["n"].iloc[0] == 15
     early.close()
     assert len(store.read(key(), "2024-01-01", "2024-02-01")) == 15
+
+
+# -- the read path: pyarrow gives DuckDB's answer, and a backtest never starts DuckDB ----------------
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.tuples(st.integers(0, 2000), st.integers(1, 800), st.booleans()), min_size=1, max_size=5),
+       window=st.tuples(st.integers(-100, 2500), st.integers(1, 3000)))
+def test_reads_are_what_duckdbs_query_answers(tmp_path_factory: pytest.TempPathFactory, writes: list[tuple[int, int,
+                                              bool]], window: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overlapping answers (the newest wins), gaps, nulls and a year boundary, any range: the same frame."""
+    from lumibot_duckdb.store import store as store_module
+
+    store = DuckDBDataStorage(tmp_path_factory.mktemp("reads"))
+    for seed, (offset, length, sparse) in enumerate(writes):
+        bars = make_bars("2023-12-31 20:00", periods=length, seed=seed, price=100.0 + seed)
+        bars.index = bars.index + pd.Timedelta(minutes=offset)
+        bars["trade_count"] = pd.array(bars["trade_count"], dtype="Int64")
+        bars.loc[bars.index[::3], "trade_count"] = pd.NA
+        bars["metadata"] = [None if i % 4 else f'{{"i": {i}}}' for i in range(length)]
+        if sparse:
+            bars = bars.iloc[::5]
+        store.write(key(), bars, covered=(bars.index[0], bars.index[-1] + pd.Timedelta(minutes=1)))
+    start = utc("2023-12-31 20:00") + pd.Timedelta(minutes=window[0])
+    end = start + pd.Timedelta(minutes=window[1])
+    ours = store.read(key(), start, end)
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "read_files", _unreadable)  # what read() does when pyarrow cannot: DuckDB
+        theirs = store.read(key(), start, end)
+    pd.testing.assert_frame_equal(ours, theirs)
+    assert ours.index.is_unique and ours.index.is_monotonic_increasing
+
+
+def _unreadable(*args: object, **kwargs: object) -> None:
+    raise OSError("pyarrow could not read it")
+
+
+def test_a_backtest_reading_bars_never_imports_duckdb(store_dir: Path) -> None:
+    DuckDBDataStorage(store_dir).write(key(), make_bars(periods=50))
+    code = textwrap.dedent(f"""
+        import sys
+        import lumibot_duckdb
+        from lumibot_duckdb.store import DuckDBDataStorage, SeriesKey
+        from lumibot_duckdb.sources import base
+        bars = DuckDBDataStorage({str(store_dir)!r}).read(SeriesKey("test", "SPY", "minute", quote="USD"),
+                                                          "2024-01-01", "2024-02-01")
+        print(len(bars), "duckdb" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["50", "False"]

@@ -277,3 +277,58 @@ def test_a_window_finds_the_bar_at_the_clock_as_lumibots_data_does(gaps: list[in
         assert by_cursor.get_iter_count(when) == expected
         assert window.get_iter_count(when) == expected, (clock, list(frame.index))
         assert window.get_iter_count(when) == expected  # asked again at the same clock
+
+
+# -- store reads: only when a window is read, never per simulated step -------------------------------
+def store_reads_per_step(scenario: Scenario, workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                         phase: str = "cold") -> tuple[list[int], Any]:
+    """Run ``scenario`` on the DuckDB path; the store reads made in each clock step, and the run."""
+    from lumibot_duckdb.testing.kits import kit
+
+    cls = kit(scenario.source).duckdb_class
+    original = cls._update_datetime
+    totals: list[int] = []
+
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        totals.append(self.duckdb_stats.store_reads)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "_update_datetime", step)
+    result = run_here(scenario, "duckdb", phase, workdir, fast=True)
+    return [now - before for before, now in zip([0, *totals], totals)], result
+
+
+SIMPLE_START_WITHOUT_MINUTE_BARS = Scenario(
+    "Lumibot's simple_start_single_file, SPY with daily bars only", "simple_start", {"symbol": "SPY"},
+    "2019-02-01", "2019-02-15", market="lumibot_duckdb.testing.market:daily_bars_only")
+
+
+@pytest.mark.backtest
+@pytest.mark.parametrize("scenario", [
+    SIMPLE_START_WITHOUT_MINUTE_BARS,
+    Scenario("minute SMA", "minute_sma", {"symbol": "AAA", "fast": 10, "slow": 30, "quantity": 1},
+             "2024-01-08", "2024-01-13", timestep="minute"),
+    Scenario("minute SMA without candles", "minute_sma",
+             {"symbol": "BTC", "fast": 10, "slow": 30, "quantity": 1, "asset_type": "crypto", "quote": "USDT"},
+             "2024-01-08", "2024-01-10", source="ccxt", timestep="minute",
+             market="lumibot_duckdb.testing.market:daily_bars_only"),
+], ids=["polygon-no-minute-bars", "polygon-minute", "ccxt-no-minute-candles"])
+def test_the_store_is_read_when_a_window_is_read_not_at_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  scenario: Scenario) -> None:
+    """Every quote and history request of a step is served from memory, a series without bars included:
+    an empty window is held like any other (Lumibot's example asking SPY quotes every step once read the
+    store at 3,598 of 3,600 steps)."""
+    for phase in ("cold", "warm"):
+        reads, result = store_reads_per_step(scenario, tmp_path / "duckdb", monkeypatch, phase)
+        assert len(reads) >= 40, f"{phase}: too few steps ({len(reads)}) to tell"
+        assert sum(reads) == result.store_reads
+        reading = [n for n in reads if n]
+        assert len(reading) <= 3 and max(reads) <= 4, f"{phase}: store reads per step {reads}"
+
+
+@pytest.mark.backtest
+def test_a_series_without_bars_gives_the_legacy_results(tmp_path: Path) -> None:
+    scenario = SIMPLE_START_WITHOUT_MINUTE_BARS
+    results = [run_here(scenario, variant, "cold", tmp_path / variant, fast=True) for variant in ("legacy", "duckdb")]
+    (parity,) = compare(results)
+    assert parity.identical, parity.detail

@@ -116,6 +116,16 @@ class RunResult:
     """Per fill, the bars the data source held around it (:func:`~lumibot_duckdb.ab.record.recording_fills`)."""
     verify: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Verify mode's counts and times (variant ``verify``)."""
+    store_reads: int = 0
+    """Reads of the store the data source made (DuckDB path; 0 on the legacy path)."""
+    startup_seconds: float = 0.0
+    """From starting the process to starting the backtest: Python, Lumibot and the data source imported
+    (0 for a run inside an existing process)."""
+
+    @property
+    def total_seconds(self) -> float:
+        """What a user waits for: the process's startup and the backtest."""
+        return self.startup_seconds + self.wall_seconds
 
     @property
     def bytes_per_bar(self) -> float:
@@ -178,7 +188,7 @@ def spawn(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fast: 
     """
     workdir.mkdir(parents=True, exist_ok=True)
     spec = json.dumps({"scenario": dataclasses.asdict(scenario), "variant": variant, "phase": phase,
-                       "workdir": str(workdir), "fast": fast})
+                       "workdir": str(workdir), "fast": fast, "spawned": time.time()})
     environment = {**child_environment(workdir, scenario), **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "lumibot_duckdb.ab.harness", spec], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=environment, cwd=workdir)
@@ -198,16 +208,19 @@ def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = 
                 progress: Callable[[RunResult], None] | None = None) -> list[RunResult]:
     """For each variant, the phases in order on that variant's own cache folders.
 
-    Where legacy and DuckDB differ, :func:`compare` needs legacy on an empty cache for that window:
-    that reference run is made on demand, in its own folder.
+    The variants alternate (legacy cold, DuckDB cold, legacy warm, ...), so that a machine busy with
+    something else slows both alike; results come back variant by variant. Where legacy and DuckDB
+    differ, :func:`compare` needs legacy on an empty cache for that window: that reference run is made
+    on demand, in its own folder.
     """
-    phases = list(phases)
-    results = []
-    for variant in variants:
-        for phase in phases:
-            results.append(run_subprocess(scenario, variant, phase, workdir / variant))
+    phases, variants = list(phases), list(variants)
+    runs: dict[tuple[str, str], RunResult] = {}
+    for phase in phases:
+        for variant in variants:
+            runs[(variant, phase)] = run_subprocess(scenario, variant, phase, workdir / variant)
             if progress:
-                progress(results[-1])
+                progress(runs[(variant, phase)])
+    results = [runs[(variant, phase)] for variant in variants for phase in phases]
     if any(not p.identical for p in compare(results)):
         from lumibot_duckdb.testing.kits import kit
 
@@ -221,12 +234,13 @@ def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = 
 
 
 def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fast: bool = False,
-             on_serve: Callable[[Any], None] | None = None) -> RunResult:
+             on_serve: Callable[[Any], None] | None = None, spawned: float | None = None) -> RunResult:
     """Run one backtest in this process (Lumibot's environment must already point into ``workdir``).
 
     ``fast=True`` removes the legacy path's deliberate provider sleeps (tests only: the harness
     measures what users wait for). ``on_serve(provider)`` is called with the offline provider
-    before the backtest starts (tests inject faults with it).
+    before the backtest starts (tests inject faults with it). ``spawned``: ``time.time()`` when the
+    process was started, for :attr:`RunResult.startup_seconds`.
     """
     import contextlib
     import resource
@@ -288,6 +302,7 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
         if on_serve is not None:
             on_serve(provider)
         around = stack.enter_context(recording_fills())
+        startup = time.time() - spawned if spawned is not None else 0.0
         started = time.perf_counter()
         _, strategy = strategy_class.run_backtest(
             data_source, dt.datetime.combine(start, dt.time()), dt.datetime.combine(end, dt.time()),
@@ -312,10 +327,14 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
     if verifier is not None:
         verifier.write()
     fills = fills_of(strategy)
-    return RunResult(scenario.name, variant, phase, wall, seam["seconds"], int(seam["calls"]), requests, requested_days,
-                     peak, rss_after_import, size, bars, fills, float(strategy.portfolio_value),
+    # the DuckDB path's data layer also works outside the seam timed on both paths (rolling its windows)
+    stats = getattr(strategy.broker.data_source, "duckdb_stats", None)
+    outside = stats.window_seconds if stats is not None else 0.0
+    return RunResult(scenario.name, variant, phase, wall, seam["seconds"] + outside, int(seam["calls"]), requests,
+                     requested_days, peak, rss_after_import, size, bars, fills, float(strategy.portfolio_value),
                      equity=equity_of(strategy), around_fills=around if len(around) <= len(fills) else [],
-                     verify=checks)
+                     verify=checks, store_reads=stats.store_reads if stats is not None else 0,
+                     startup_seconds=startup)
 
 
 def _fixes(source: Any, variant: str) -> list[Any] | None:
@@ -481,7 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Child entry: ``python -m lumibot_duckdb.ab.harness '<json spec>'`` prints one RunResult as JSON."""
     spec = json.loads((argv or sys.argv[1:])[0])
     scenario = Scenario(**spec["scenario"])
-    result = run_here(scenario, spec["variant"], spec["phase"], Path(spec["workdir"]), fast=spec.get("fast", False))
+    result = run_here(scenario, spec["variant"], spec["phase"], Path(spec["workdir"]), fast=spec.get("fast", False),
+                      spawned=spec.get("spawned"))
     print(json.dumps(dataclasses.asdict(result)), flush=True)
     return 0
 

@@ -59,9 +59,20 @@ def _format_of(path: Path) -> str:
 
 
 # -- reading -----------------------------------------------------------------------------------
-def _read_blocks(path: Path, fmt: str, chunk_bytes: int,
-                 advance: Callable[[int], object]) -> tuple[list[str], Iterator[pa.RecordBatch]]:
-    """Column names and record batches of a file (CSV columns as strings: values are parsed later)."""
+class TypedReadFailed(Exception):
+    """A CSV read with typed columns met a cell its type cannot hold: read the file again as text."""
+
+
+def _read_blocks(path: Path, fmt: str, chunk_bytes: int, advance: Callable[[int], object], *,
+                 types: Callable[[list[str]], dict[str, pa.DataType]] | None = None,
+                 ) -> tuple[list[str], Iterator[pa.RecordBatch | pa.Table]]:
+    """Column names and record batches (or tables) of a file.
+
+    CSV columns are read as text (values are parsed later), or, with ``types`` (the header's names ->
+    the type of some columns), those columns are parsed by Arrow's CSV reader while it reads, several
+    times faster; a cell that does not parse then raises :class:`TypedReadFailed` (the cells Arrow reads
+    as null, e.g. empty ones, are null in both ways).
+    """
     if fmt == "parquet":
         try:
             parquet = pq.ParquetFile(path)
@@ -95,39 +106,77 @@ def _read_blocks(path: Path, fmt: str, chunk_bytes: int,
         delimiter = ","
     names = [n.strip().strip('"').strip() for n in first.split(delimiter)]
     raw.close()
-    raw = open(path, "rb")
-    stream = pa.input_stream(raw, compression="zstd" if fmt == "csv.zst" else None)
-    try:
-        reader = pacsv.open_csv(
-            stream,
-            read_options=pacsv.ReadOptions(block_size=chunk_bytes, use_threads=True),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
-            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                 strings_can_be_null=True),
-        )
-    except (pa.ArrowException, OSError) as exc:
-        raw.close()
-        raise BarsValidationError(f"{path} is not CSV that can be read ({_arrow_message(exc)}); {_CSV_HINT}") from exc
+    column_types: dict[str, pa.DataType] = {n: pa.string() for n in names}
+    typed = types(names) if types is not None else {}
+    column_types.update(typed)
+    convert = pacsv.ConvertOptions(column_types=column_types, strings_can_be_null=True)
+    parse = pacsv.ParseOptions(delimiter=delimiter)
 
-    def csv_batches() -> Iterator[pa.RecordBatch]:
-        position = 0
+    def parsed(chunk: bytes, header: list[str] | None) -> pa.Table:
+        options = pacsv.ReadOptions(use_threads=True, block_size=max(1 << 20, len(chunk) // 2 + 1),
+                                    column_names=header or [])
+        try:
+            return pacsv.read_csv(pa.BufferReader(chunk), read_options=options, parse_options=parse,
+                                  convert_options=convert)
+        except (pa.ArrowException, OSError) as exc:
+            if typed and isinstance(exc, pa.ArrowInvalid):
+                raise TypedReadFailed(str(exc)) from exc
+            raise BarsValidationError(f"{path} is not CSV that can be read ({_arrow_message(exc)}); "
+                                      f"{_CSV_HINT}") from exc
+
+    # Blocks of whole lines, each parsed on its own (in parallel inside the block): Arrow's streaming
+    # reader reads ahead as far as it can, so memory would grow with the file instead of the block size.
+    raw = open(path, "rb")
+    blocks = _line_blocks(pa.input_stream(raw, compression="zstd" if fmt == "csv.zst" else None), chunk_bytes)
+
+    def next_block() -> bytes | None:
+        try:
+            return next(blocks, None)
+        except (pa.ArrowException, OSError) as exc:
+            raise BarsValidationError(f"{path} cannot be read as {fmt} ({_arrow_message(exc)}); is it really a "
+                                      f"{'zstd-compressed ' if fmt == 'csv.zst' else ''}CSV file?") from exc
+
+    try:
+        table = parsed(next_block() or b"", None)
+    except BaseException:
+        raw.close()
+        raise
+    header = [str(c) for c in table.schema.names]
+
+    def csv_batches() -> Iterator[pa.Table]:
+        position, current = 0, table
         try:
             while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    break
-                except (pa.ArrowException, OSError) as exc:
-                    raise BarsValidationError(f"{path} is not CSV that can be read ({_arrow_message(exc)}); "
-                                              f"{_CSV_HINT}") from exc
                 now = raw.tell()
                 advance(now - position)
                 position = now
-                yield batch
+                yield current  # (one table per block: the store gets one file per block and partition)
+                block = next_block()
+                if block is None:
+                    break
+                current = parsed(block, header)
         finally:
             raw.close()
 
-    return [str(c) for c in reader.schema.names], csv_batches()
+    return header, csv_batches()
+
+
+def _line_blocks(stream: pa.NativeFile, size: int) -> Iterator[bytes]:
+    """The stream's bytes in blocks of about ``size``, each ending at the end of a line."""
+    rest = b""
+    while True:
+        data = stream.read(size)
+        if not data:
+            if rest:
+                yield rest
+            return
+        data = rest + data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:  # a line longer than a block: read on
+            rest = data
+            continue
+        rest = data[cut:]
+        yield data[:cut]
 
 
 _CSV_HINT = ("check that it is UTF-8 text (iconv -f latin1 -t utf-8 converts it), the delimiter, and that "

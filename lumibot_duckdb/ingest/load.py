@@ -45,12 +45,17 @@ ingest published for it are removed before the error is raised: earlier files st
 failed one is absent. After a hard crash (kill -9) a large file may be partly present; ingesting
 it again adds exactly the rest.
 
-**Memory**: large files are read in blocks (``chunk_bytes``, 16 MiB of CSV by default) and
+**Memory**: large files are read in blocks (``chunk_bytes``, 8 MiB of CSV by default) and
 written one block at a time: memory depends on the block size, not on the file size.
+
+**Speed**: CSV blocks are parsed by Arrow with the time and number columns typed as they are read (a
+file with a cell that does not read as its type, e.g. ``n/a`` or ``12,5``, is read again with every cell
+as text, and reported exactly as before), and each block is written to Parquet while the next one is read.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import os
@@ -58,7 +63,8 @@ import sys
 import time
 import zoneinfo
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +78,7 @@ from lumibot_duckdb.ingest.formats import (
     _PRICES,
     EXTENSIONS,
     LAYOUTS,
+    TypedReadFailed,
     _as_ns,
     _as_strings,
     _columns,
@@ -85,13 +92,15 @@ from lumibot_duckdb.ingest.formats import (
 )
 from lumibot_duckdb.store import DuckDBDataStorage
 from lumibot_duckdb.store.coverage import TIMEFRAMES, Interval, SeriesKey, canonical_timeframe, missing_ranges
+from lumibot_duckdb.store.schema import release_unused
 from lumibot_duckdb.store.validate import row_problems
 
 __all__ = ["LAYOUTS", "FileReport", "IngestReport", "find_files", "ingest"]
 
-CHUNK_BYTES = 16 << 20
-"""Measured on 3M minute bars: peak RSS 1.19 GB with 64 MiB blocks, 0.60 GB with 16 MiB, 0.49 GB with 8 MiB, at
-about the same speed; with 16 MiB it stays at 0.8–1.0 GB over a 10M-bar file (flat after the first blocks)."""
+CHUNK_BYTES = 8 << 20
+"""Measured on the 10M-bar minute CSV of ``benchmarks/bench_ingest.py`` (one run each, shared machine): peak RSS
+264 MB with 8 MiB blocks, 397 MB with 16 MiB, flat over the file; about the same speed. (Blocks are parsed one
+at a time and written one behind: memory depends on the block size, not on the file's.)"""
 PROBLEMS = {
     "unparseable": "unparseable time or number",
     "missing": "missing price or volume",
@@ -106,6 +115,8 @@ PROBLEMS = {
 }
 """Validation findings, by the name used in :attr:`FileReport.issues` and :attr:`FileReport.repairs`."""
 
+WRITES_AHEAD = 1
+"""Blocks parsed ahead of the one being written: memory is that of a few blocks, whatever the file's size."""
 _COMPARED = ("open", "high", "low", "close", "volume")
 _STEP = {"minute": pd.Timedelta(minutes=1), "hour": pd.Timedelta(hours=1)}
 _EXAMPLES = 3
@@ -316,6 +327,10 @@ class _FileIngest:
         self.last: dict[SeriesKey, np.datetime64] = {}
         self.covered: dict[SeriesKey, list[pd.Timestamp]] = {}
         self.timeframe = options.timeframe
+        self.typed = False
+        self.pool: ThreadPoolExecutor | None = None
+        self.writes: collections.deque[Future[int]] = collections.deque()
+        self.failed = False
         self.file_symbol, self.file_timeframe = _name_parts(path)
 
     def run(self) -> None:
@@ -323,7 +338,12 @@ class _FileIngest:
         try:
             with self.stack:
                 try:
-                    self._ingest()
+                    try:
+                        self._ingest(typed=self.report.format != "parquet")
+                    except TypedReadFailed:  # a cell Arrow cannot read as its type: every cell read as text
+                        self._roll_back()
+                        self._restart()
+                        self._ingest(typed=False)
                 except BaseException:
                     self._roll_back()
                     raise
@@ -338,8 +358,26 @@ class _FileIngest:
         self.report.covered = [f"{k}: [{v[0].isoformat()}, {v[1].isoformat()})" for k, v in self.covered.items()]
         self.report.series = [str(k) for k in self.covered]
 
-    def _ingest(self) -> None:
-        names, batches = _read_blocks(self.path, self.report.format, self.opt.chunk_bytes, self.advance)
+    def _restart(self) -> None:
+        """Forget what a first read of the file found (its published parts were removed by ``_roll_back``)."""
+        fresh = FileReport(path=self.report.path, format=self.report.format)
+        for name in fields(FileReport):
+            setattr(self.report, name.name, getattr(fresh, name.name))
+        self.notes.clear()
+        self.pending.clear()
+        self.last.clear()
+        self.covered.clear()
+        self.timeframe = self.opt.timeframe
+        self.typed = False
+        self.failed = False
+
+    def _ingest(self, *, typed: bool) -> None:
+        """Read, check and write the file; ``typed``: Arrow parses the time and number columns while reading
+        (several times faster), and a cell that does not parse raises :class:`TypedReadFailed`."""
+        self.typed = typed
+        types = self._column_types if typed else None
+        names, batches = _read_blocks(self.path, self.report.format, self.opt.chunk_bytes, self.advance,
+                                      types=types)
         layout, mapping = _columns(names, self.opt.layout, self.path)
         self.report.layout = layout
         ignored = [n for n in names if n not in mapping.values()]
@@ -356,9 +394,20 @@ class _FileIngest:
         self._problems_or_raise()
         for key in list(self.pending):
             self._flush(key, None)
+        self._written(0)
+
+    def _column_types(self, names: list[str]) -> dict[str, pa.DataType]:
+        """The time column as naive timestamps, the number columns as float64 (what the text would parse to)."""
+        try:
+            _, mapping = _columns(names, self.opt.layout, self.path)
+        except BarsValidationError:
+            return {}  # (the text read reports it)
+        types: dict[str, pa.DataType] = {mapping["ts"]: pa.timestamp("ns")}
+        types.update({mapping[name]: pa.float64() for name in _NUMBERS if name in mapping})
+        return types
 
     # -- a block of rows ---------------------------------------------------------------------
-    def _block(self, batch: pa.RecordBatch, mapping: dict[str, str], offset: int) -> None:
+    def _block(self, batch: pa.RecordBatch | pa.Table, mapping: dict[str, str], offset: int) -> None:
         n = batch.num_rows
         first_line = 2 if self.report.format != "parquet" else 1
         lines = np.arange(offset + first_line, offset + first_line + n, dtype=np.int64)
@@ -366,7 +415,7 @@ class _FileIngest:
         timeframe = self._timeframe(ts)
         if timeframe == "day":
             ts = _daily_stamps(ts, self.opt.tz, self.notes)
-        frame = pd.DataFrame({"ts": ts, "line": lines})
+        columns: dict[str, Any] = {"ts": ts, "line": lines}
         unparseable = np.isnat(ts)
         missing = np.zeros(n, dtype=bool)
         unreadable: dict[str, np.ndarray] = {}
@@ -378,22 +427,25 @@ class _FileIngest:
                 with np.errstate(invalid="ignore"):
                     bad |= np.abs(values) >= 2.0**62
                 values = np.where(bad, np.nan, values)
-            frame[name] = values
+            if self.typed and bad.any():  # (reported with the cell's own text, as read as text)
+                raise TypedReadFailed(f"{mapping[name]}: unparseable value")
+            columns[name] = values
             unreadable[mapping[name]] = bad
             unparseable |= bad
             if name in (*_PRICES, "volume"):
                 missing |= empty
-        if "volume" not in frame:
-            frame["volume"] = 0.0
+        if "volume" not in columns:
+            columns["volume"] = np.zeros(n)
+        count = np.round(columns["trade_count"]) if "trade_count" in columns else np.full(n, np.nan)
         for name in _NUMBERS:  # every schema column in its final dtype: the store then only checks them
             if name == "trade_count":
-                frame[name] = (frame[name].round() if name in frame else pd.Series(np.nan, index=frame.index)
-                               ).astype("Int64")
-            elif name not in frame:
-                frame[name] = np.nan
+                absent = np.isnan(count)
+                columns[name] = pd.arrays.IntegerArray(np.where(absent, 0, count).astype("int64"), absent)
+            elif name not in columns:
+                columns[name] = np.full(n, np.nan)
+        frame = pd.DataFrame(columns, copy=False)
         missing &= ~unparseable
-        o, h, lo, c, v = (frame[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
-        count = frame["trade_count"].to_numpy(dtype="float64", na_value=np.nan)
+        o, h, lo, c, v = (columns[k] for k in ("open", "high", "low", "close", "volume"))
         # the store's rules for every bar (provider answers pass the same ones: lumibot_duckdb.store.validate)
         found = row_problems(o, h, lo, c, v, count, asset_type=self.opt.asset_type, starts=ts,
                              now=_now().tz_localize(None).to_datetime64(), skip=unparseable | missing)
@@ -438,7 +490,8 @@ class _FileIngest:
                 self.notes.add(f"timeframe {self.timeframe} inferred from the bars' spacing")
         return self.timeframe
 
-    def _symbols(self, batch: pa.RecordBatch, mapping: dict[str, str], invalid: np.ndarray) -> str | np.ndarray:
+    def _symbols(self, batch: pa.RecordBatch | pa.Table, mapping: dict[str, str],
+                 invalid: np.ndarray) -> str | np.ndarray:
         """One symbol for the whole block, or the symbol of each valid row."""
         if "symbol" in mapping:
             values = pd.Series(_as_strings(batch.column(mapping["symbol"])).to_pandas(), dtype=object)[~invalid]
@@ -472,15 +525,16 @@ class _FileIngest:
         ts = rows["ts"].to_numpy()
         lines = rows["line"].to_numpy()
         previous = self.last.get(key)
+        increasing = len(ts) < 2 or bool((ts[1:] > ts[:-1]).all())  # sorted, no repeated time (the usual file)
         earlier = np.zeros(len(ts), dtype=bool)
-        if len(ts) > 1:
+        if len(ts) > 1 and not increasing:
             earlier[1:] = ts[1:] < np.maximum.accumulate(ts)[:-1]
         if previous is not None:
             earlier |= ts < previous
         self.report._found("unsorted", earlier, lines)
-        if earlier.any() or (len(ts) > 1 and not (np.diff(ts.astype("int64")) > 0).all()):
+        if not increasing:
             rows = rows.sort_values("ts", kind="stable")
-        duplicated = rows["ts"].duplicated(keep="last").to_numpy()
+        duplicated = np.zeros(len(ts), dtype=bool) if increasing else rows["ts"].duplicated(keep="last").to_numpy()
         if previous is not None:
             duplicated |= rows["ts"].to_numpy() == previous
         if duplicated.any():
@@ -495,8 +549,8 @@ class _FileIngest:
                 if problem in self.report.issues:
                     self.report.repairs[f"{problem}: {what}"] = self.report.issues[problem]
             rows = rows[~duplicated]
-        bars = rows.drop(columns="line").set_index("ts")
-        bars.index = pd.DatetimeIndex(bars.index).tz_localize("UTC")
+        bars = pd.DataFrame({name: rows[name].array for name in rows.columns if name not in ("ts", "line")},
+                            index=pd.DatetimeIndex(rows["ts"].to_numpy(), name="ts").tz_localize("UTC"), copy=False)
         if bars.empty:
             return
         self.last[key] = max(bars.index[-1].to_datetime64(), previous) if previous is not None else \
@@ -541,7 +595,7 @@ class _FileIngest:
         index = bars.index
         for gap in missing_ranges(self.existing[key], covered):
             inside = (index >= gap.start) & (index < gap.end)
-            self.writers[key].write(bars if inside.all() else bars[inside], covered=gap)
+            self._write(key, bars if inside.all() else bars[inside], gap)
             written |= inside
         self.report.rows_added += int(written.sum())
         rest = bars[~written]
@@ -568,8 +622,33 @@ class _FileIngest:
             "file, or ingest with on_invalid='repair' (CLI: --repair) to drop invalid rows, sort and keep the "
             "last of duplicate times, each repair counted in the report.")
 
+    def _write(self, key: SeriesKey, bars: pd.DataFrame, covered: Interval) -> None:
+        """Publish ``bars`` in the background (encoding Parquet overlaps reading the next block), in order."""
+        if self.pool is None:
+            self.pool = self.stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="lumibot-duckdb-ingest"))
+        self.writes.append(self.pool.submit(self._publish, key, bars, covered))
+        self._written(WRITES_AHEAD)
+
+    def _publish(self, key: SeriesKey, bars: pd.DataFrame, covered: Interval) -> int:
+        if self.failed:  # a write before this one failed: nothing more is written (it is all rolled back)
+            return 0
+        try:
+            return int(self.writers[key].write(bars, covered=covered))
+        except BaseException:
+            self.failed = True
+            raise
+
+    def _written(self, ahead: int) -> None:
+        """Wait until at most ``ahead`` writes are pending (memory stays that of a few blocks); raise their errors."""
+        while len(self.writes) > ahead:
+            self.writes.popleft().result()
+        release_unused()
+
     def _roll_back(self) -> None:
         """Remove what this ingest published for the file (it holds the series' locks, so nobody else did)."""
+        while self.writes:  # (finished or failed: nothing is being written while files are removed)
+            with contextlib.suppress(Exception):
+                self.writes.popleft().result()
         for key, before in self.before.items():
             with contextlib.suppress(OSError, StoreError):
                 mine = [f for f in self.store.files(key) if f.path not in before]

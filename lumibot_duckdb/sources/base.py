@@ -38,12 +38,11 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-import duckdb
 import pandas as pd
 
 from lumibot_duckdb.config import Settings, progress_wanted
@@ -54,7 +53,13 @@ from lumibot_duckdb.sources.verify import Verifier
 from lumibot_duckdb.sources.window import DEFAULT_POLICY, WindowBook, WindowPolicy
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
 from lumibot_duckdb.store.coverage import normalize
+from lumibot_duckdb.store.lazy import lazy_module
 from lumibot_duckdb.store.store import SeriesWriter
+
+if TYPE_CHECKING:
+    import duckdb
+else:
+    duckdb = lazy_module("duckdb")  # a backtest reading bars never imports it (store/lazy.py)
 
 log = logging.getLogger("lumibot_duckdb")
 T = TypeVar("T")
@@ -103,10 +108,21 @@ class Provider(Protocol):
 
 @dataclass
 class DataLayerStats:
-    """What the data layer of one data source did (read it as ``data_source.duckdb_stats``)."""
+    """What the data layer of one data source did (read it as ``data_source.duckdb_stats``).
+
+    ``seam_seconds`` is all the time spent in the data layer: Lumibot's calls of the seam and the
+    work done outside them (a window rolled or read again, :meth:`EnhancedDataSourceBacktesting.data_layer`),
+    each counted once however they nest; ``window_calls`` / ``window_seconds`` are that outside part.
+    ``store_reads`` counts every query of the store (each a DuckDB read of Parquet files), wherever
+    it happens, and ``store_read_seconds`` their time.
+    """
 
     seam_calls: int = 0
     seam_seconds: float = 0.0
+    window_calls: int = 0
+    window_seconds: float = 0.0
+    store_reads: int = 0
+    store_read_seconds: float = 0.0
     provider_requests: int = 0
     bars_fetched: int = 0
     bars_served: int = 0
@@ -125,6 +141,21 @@ class DataLayerStats:
 
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class CountedStorage(DuckDBDataStorage):
+    """The store as one data source uses it: every read counted in its :class:`DataLayerStats`."""
+
+    def __init__(self, location: Any, /, *, stats: DataLayerStats, **options: Any) -> None:
+        super().__init__(location, **options)
+        self.stats = stats
+
+    def read(self, key: SeriesKey, start: Any, end: Any, /, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        started = time.perf_counter()
+        try:
+            return super().read(key, start, end, columns=columns)
+        finally:
+            self.stats.add(store_reads=1, store_read_seconds=time.perf_counter() - started)
 
 
 class _Once(Generic[T]):
@@ -199,13 +230,14 @@ class EnhancedDataSourceBacktesting:
         self.duckdb_stats = DataLayerStats()
         self.duckdb_retry = RetryPolicy.from_settings(self.duckdb_settings)
         """How provider requests are retried (``LUMIBOT_DUCKDB_RETRIES``, ``LUMIBOT_DUCKDB_RETRY_WAIT``)."""
+        self._duckdb_depth = threading.local()
         self._duckdb_failure: BaseException | None = None
         self.duckdb_error: BaseException | None = None
         """An error that must reach the user although a Lumibot layer above the seam may swallow it (a refused
         provider answer; a store failure in strict mode): re-raised by :meth:`reraise_swallowed`."""
-        self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.location,
-                                                             cache_dir=self.duckdb_settings.cache_dir,
-                                                             role=self.duckdb_settings.store_role))
+        self._duckdb_store = _Once(lambda: CountedStorage(self.duckdb_settings.location, stats=self.duckdb_stats,
+                                                         cache_dir=self.duckdb_settings.cache_dir,
+                                                         role=self.duckdb_settings.store_role))
         super().__init__(*args, **kwargs)
 
     # -- switches ------------------------------------------------------------------------------
@@ -220,30 +252,48 @@ class EnhancedDataSourceBacktesting:
         return self._duckdb_store.get()
 
     def via_store(self, store_call: Callable[[], T], legacy_call: Callable[[], T], *,
-                  check: Callable[[T], None] | None = None) -> T:
+                  check: Callable[[T], None] | None = None, seam: bool = True) -> T:
         """``store_call()``; on a store failure, ``legacy_call()`` from then on (one warning), unless strict.
 
         ``check(answer)`` runs after the store answered, in verify mode only (see :meth:`verify_check`).
+        ``seam=False`` for work of the data layer that is not a call of Lumibot's seam (a window
+        rolled or read again): counted as ``window_calls`` instead of ``seam_calls``.
         """
         if not self.use_duckdb:
             return legacy_call()
-        started = time.perf_counter()
-        try:
-            answer = store_call()
-        except ProviderDataError as exc:
-            self.duckdb_error = exc  # for callers above a Lumibot layer that swallows errors
-            raise
-        except (StoreError, duckdb.Error) as exc:
-            if self.duckdb_settings.strict:
-                self.duckdb_error = exc
+        with self.data_layer(seam=seam):
+            try:
+                answer = store_call()
+            except ProviderDataError as exc:
+                self.duckdb_error = exc  # for callers above a Lumibot layer that swallows errors
                 raise
-            self._fall_back(exc)
-            return legacy_call()
-        finally:
-            self.duckdb_stats.add(seam_calls=1, seam_seconds=time.perf_counter() - started)
+            except (StoreError, duckdb.Error) as exc:
+                if self.duckdb_settings.strict:
+                    self.duckdb_error = exc
+                    raise
+                self._fall_back(exc)
+                return legacy_call()
         if check is not None and self.duckdb_verifier is not None:
             check(answer)
         return answer
+
+    @contextlib.contextmanager
+    def data_layer(self, *, seam: bool = True) -> Iterator[None]:
+        """Time the block as data-layer work in :attr:`duckdb_stats` (outermost blocks only: nothing counts twice)."""
+        local = self._duckdb_depth
+        depth = getattr(local, "depth", 0)
+        local.depth = depth + 1
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            local.depth = depth
+            if depth == 0:
+                elapsed = time.perf_counter() - started
+                if seam:
+                    self.duckdb_stats.add(seam_calls=1, seam_seconds=elapsed)
+                else:
+                    self.duckdb_stats.add(window_calls=1, window_seconds=elapsed, seam_seconds=elapsed)
 
     # -- verify mode -----------------------------------------------------------------------------
     def verify_check(self, legacy_call: Callable[[], Any], **where: Any) -> Callable[[Any], None] | None:

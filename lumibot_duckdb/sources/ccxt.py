@@ -145,11 +145,14 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
         limit = pd.Timestamp(end - bar)
         window = self.duckdb_windows.need(key, bar * (int(length) + ROW_MARGIN), int(length) + 1)
         data = self._data_store.get(key)
-        if data is None or window.due(limit) or self._too_short(data, window, limit):
+        if data is None:
+            if not (window.bare and window.held and not window.due(limit)):  # (an empty window still current:
+                data = self._read_window(key, symbol, timeframe, limit)      # reading it again finds nothing)
+        elif window.due(limit) or self._too_short(data, window, limit):
             data = self._read_window(key, symbol, timeframe, limit)
-            if data is None:
-                log.error("%s did not return data for asset %s. Make sure this symbol is valid.", self.SOURCE, symbol)
-                return None
+        if data is None:
+            log.error("%s did not return data for asset %s. Make sure this symbol is valid.", self.SOURCE, symbol)
+            return None
         stop = int(data.index.searchsorted(limit, side="right"))
         return data.iloc[max(0, stop - int(length)):stop].copy()
 
@@ -161,6 +164,10 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
 
     def _read_window(self, key: str, symbol: str, timeframe: str, limit: pd.Timestamp) -> pd.DataFrame | None:
         """Read (or roll) the window of ``key`` around ``limit`` from the store; None if the series has no bars."""
+        with self.data_layer(seam=False):
+            return self._read_window_now(key, symbol, timeframe, limit)
+
+    def _read_window_now(self, key: str, symbol: str, timeframe: str, limit: pd.Timestamp) -> pd.DataFrame | None:
         window = self.duckdb_windows.window(key)
         first = self._to_utc_timezone(self.datetime_start) - self._prebuffer(timeframe)
         last = self._to_utc_timezone(self.datetime_end)
@@ -180,9 +187,11 @@ class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):
             return frame if frame is not None else pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC"))
 
         frame, start = window.read(start, limit, read)
-        if frame.empty:
+        if frame.empty:  # an empty window is a window: held (no candles) until the clock reaches its end
             self._data_store.pop(key, None)
-            self.duckdb_windows.dropped(key)
+            for other in self.duckdb_windows.loaded(key, start, stop, 0):
+                self._data_store.pop(other, None)
+            window.bare = self.use_duckdb
             return None
         data = self._append_data(key, frame)
         if not self.use_duckdb:  # fell back to Lumibot's cache: it returned the whole range

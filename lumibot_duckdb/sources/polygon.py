@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import json
 import logging
 import threading
@@ -40,6 +41,7 @@ from lumibot_duckdb.sources.fill import bad_answer
 from lumibot_duckdb.sources.lumibot_data import WindowData, data_bytes, prepare
 from lumibot_duckdb.sources.verify import between, patched_attributes
 from lumibot_duckdb.store import Interval, SeriesKey, series_key
+from lumibot_duckdb.store.schema import empty_bars
 from lumibot_duckdb.store.store import SeriesWriter
 
 log = logging.getLogger("lumibot_duckdb")
@@ -98,8 +100,8 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         windowed = _WINDOWED.set(True) if _WINDOWED.get() is None else None
         seams = self._seams
         try:
-            # (a window that holds no Data was dropped by the budget: read again)
-            if window.first is not None and (window.due(now) or not window.data_id):
+            # (a window no longer held was dropped by the budget: read again)
+            if window.first is not None and (window.due(now) or not window.held):
                 self._read_window(key, now)
             waiting = self.duckdb_error
             try:
@@ -191,11 +193,21 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
 
     def _read_window(self, key: Any, now: pd.Timestamp) -> None:
         """(Re)build the ``Data`` of ``key`` over the window around ``now``, from the store."""
+        def legacy_call() -> None:  # the store failed: Lumibot loads the series its own way from here on
+            self.pandas_data.pop(key, None)
+            self.duckdb_windows.dropped(key)
+
+        self.via_store(lambda: self._read_window_now(key, now), legacy_call, seam=False)
+
+    def _read_window_now(self, key: Any, now: pd.Timestamp) -> None:
         asset, quote = key
         window = self.duckdb_windows.window(key)
         start, end = window.bounds(now)
         series = polygon_series_key(asset, quote, window.timestep)
+        bars_read = 0
+
         def read(since: pd.Timestamp) -> pd.DataFrame:
+            nonlocal bars_read
             until = end + pd.Timedelta(microseconds=1)
             try:
                 bars = self.store.read(series, since, until, columns=POLYGON_COLUMNS)
@@ -207,6 +219,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
                     Interval(since, since)
                 provider = PolygonFetcher(getattr(self, "_api_key", None), asset, quote, window.timestep)
                 bars = self.serve(series, refill, provider, columns=POLYGON_COLUMNS, read=Interval(since, until))
+            bars_read = len(bars)
             return legacy_filter(legacy_frame(bars), window.request_start, self.datetime_end, window.timestep)
 
         frame, start = window.read(start, now, read)
@@ -215,15 +228,27 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
                 frame, hold=(key, window.timestep), series=f"{asset} {window.timestep}",
                 request=f"window {start} .. {end}",
                 select=lambda whole: between(whole, start, end + pd.Timedelta(microseconds=1)))
-        if frame.empty:  # nothing in the whole range: Lumibot would hold no Data either
-            self.pandas_data.pop(key, None)
-            self.duckdb_windows.dropped(key)
-            return
         window.cover(start, end)
+        if frame.empty:
+            self._bare(key, window, start, end, bars_read == 0)
+            return
         data = WindowData(asset, frame, timestep=window.timestep, quote=quote)
         self.pandas_data[key] = data
         window.holds(id(data))
         self._held(key, data, window)
+
+    def _bare(self, key: Any, window: Any, start: pd.Timestamp, end: pd.Timestamp, no_bars: bool) -> None:
+        """The window around the clock has no bars: Lumibot holds no ``Data`` of this series (as on the legacy
+        path, where an empty answer leaves ``pandas_data`` as it was), and the window is held empty until due.
+
+        ``no_bars``: the store has no bar at all in ``[start, end]`` (not only none the range filter kept), so
+        a request inside the window can be answered "no bars" without reading it again.
+        """
+        for other in self.duckdb_windows.loaded(key, start, end, 0):
+            self.pandas_data.pop(other, None)
+        window.holds(0)
+        window.bare = no_bars
+        self._next_roll = self.duckdb_windows.next_roll()
 
     def _update_datetime(self, new_datetime: Any, *args: Any, **kwargs: Any) -> Any:
         result = super()._update_datetime(new_datetime, *args, **kwargs)
@@ -265,7 +290,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
         if self.use_duckdb:
             key = _data_key(asset, quote)
             window = self.duckdb_windows.windows.get(key)
-            if window is not None and window.first is not None and key not in self.pandas_data:
+            if window is not None and window.first is not None and not window.held:
                 self._read_window(key, self._now())  # dropped by the budget: read it again
         return super().get_quote(asset, quote=quote, exchange=exchange)
 
@@ -309,24 +334,35 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             day_tz = _day_timezone(asset)
             wanted = Interval(_day_start(start.date(), day_tz), _day_start(end.date() + dt.timedelta(days=1), day_tz))
             provider = PolygonFetcher(api_key, asset, quote_asset, timespan, max_workers=max_workers)
-            window = self.duckdb_windows.window(_data_key(asset, quote_asset))
+            data_key = _data_key(asset, quote_asset)
+            window = self.duckdb_windows.window(data_key)
             window.place(wanted.start, wanted.end, timespan, request_start=start)
             now = self._now()
-            read_start, read_end = window.bounds(now) if _WINDOWED.get() else (wanted.start, wanted.end)
+            windowed = bool(_WINDOWED.get())
+            read_start, read_end = window.bounds(now) if windowed else (wanted.start, wanted.end)
+            if windowed and window.bare and window.held and not force_cache_update and not window.due(now) \
+                    and window.start <= read_start and window.has_filled(wanted.start, wanted.end):
+                return _no_polygon_bars()  # an empty window, still current: what reading it again would give
             filled = False
+            bars_read = 0
 
             def read(since: pd.Timestamp) -> pd.DataFrame:
-                nonlocal filled  # the whole range is filled by the first read; later ones only read further back
+                nonlocal filled, bars_read  # the whole range is filled by the first read; later ones read further back
                 fill = Interval(wanted.start, wanted.start) if filled else wanted
                 until = read_end + pd.Timedelta(microseconds=1)
                 bars = self.serve(key, fill, provider, refresh=force_cache_update and not filled,
                                   columns=POLYGON_COLUMNS, read=Interval(since, until))
+                if not filled:
+                    window.fill(wanted.start, wanted.end)
                 filled = True
+                bars_read = len(bars)
                 return legacy_filter(legacy_frame(bars), start, end, timespan)
 
             frame, read_start = window.read(read_start, now, read)
             window.cover(read_start, read_end)
             served[:] = [read_start, read_end + pd.Timedelta(microseconds=1)]
+            if frame.empty and windowed:
+                self._bare(data_key, window, read_start, read_end, bars_read == 0)
             return frame
 
         def legacy_call() -> pd.DataFrame | None:
@@ -342,6 +378,16 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
 
     def _legacy_cache_at(self, folder: Path) -> contextlib.AbstractContextManager[None]:
         return patched_attributes((polygon_helper, "LUMIBOT_CACHE_FOLDER", str(folder)))
+
+
+@functools.lru_cache(maxsize=1)
+def _empty_frame() -> pd.DataFrame:
+    return legacy_frame(empty_bars()[list(POLYGON_COLUMNS)])
+
+
+def _no_polygon_bars() -> pd.DataFrame:
+    """The frame the seam returns for a range without bars (Lumibot then leaves ``pandas_data`` as it was)."""
+    return _empty_frame().copy(deep=False)
 
 
 def _data_key(asset: Any, quote: Any) -> tuple[Any, Any]:

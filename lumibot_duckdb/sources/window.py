@@ -94,6 +94,12 @@ class Window:
     """Per request kind, the earliest clock (ns) from which the source's own check found that object
     enough for the request: the check only gets easier as the clock advances, so later requests of the
     kind may skip it. Forgotten when the object changes."""
+    bare: bool = False
+    """The last read found no bar in ``[start, end]``: the window is held all the same (an empty window is a
+    window, read again when it is due like any other), and the source holds nothing for it."""
+    filled: tuple[pd.Timestamp, pd.Timestamp] | None = None
+    """The range this process already made present in the store for the window's series (a request inside it
+    needs no fill), or None."""
     _live: tuple[object, object, object, int, int] = field(default=(None, None, None, 0, 0), repr=False)
 
     @property
@@ -150,6 +156,18 @@ class Window:
         if timestep != self.timestep:
             self.timestep = timestep
             self.before_span, self.before_rows = pd.Timedelta(0), 0
+            self.bare, self.filled = False, None
+
+    def fill(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
+        """The store now holds (or knows there are no bars in) ``[start, end)`` of the window's series."""
+        known = self.filled
+        if known is not None and start <= known[1] and known[0] <= end:  # overlapping or adjacent: one range
+            start, end = min(start, known[0]), max(end, known[1])
+        self.filled = (start, end)
+
+    def has_filled(self, start: pd.Timestamp, end: pd.Timestamp) -> bool:
+        known = self.filled
+        return known is not None and known[0] <= start and end <= known[1]
 
     def holds(self, data_id: int) -> None:
         """The window's in-memory object is now the one with ``id()`` ``data_id`` (0: none)."""
@@ -193,15 +211,16 @@ class Window:
              read: Callable[[pd.Timestamp], pd.DataFrame]) -> tuple[pd.DataFrame, pd.Timestamp]:
         """``read(start)``, from further back until the frame holds the longest lookback in bars behind ``now``.
 
-        A lookback in time can leave too few bars (a halted or sparse series); the legacy path, which
-        holds everything from ``first``, would still give them. Returns the frame and where it starts.
+        A lookback in time can leave too few bars (a halted or sparse series), or none at all; the legacy
+        path, which holds everything from ``first``, would still give them. Returns the frame and where it
+        starts.
         """
         assert self.first is not None, "a window is read after its range is known"
         while True:
             frame = read(start)
-            if start <= self.first or frame.empty:
+            if start <= self.first:
                 return frame, start
-            behind = int(frame.index.searchsorted(now, side="right"))
+            behind = int(frame.index.searchsorted(now, side="right")) if len(frame) else 0
             if behind > 0 and behind >= self.rows + ROW_MARGIN:
                 return frame, start
             start = max(self.first, now - max(now - start, pd.Timedelta(days=1)) * 2)
@@ -248,7 +267,8 @@ class WindowBook:
 
     def next_roll(self) -> pd.Timestamp | None:
         """The earliest clock at which some held window is due to roll."""
-        ends = [w.end - w.guard for w in self.windows.values() if w.held and not w.complete() and w.end is not None]
+        ends = [w.end - w.guard for w in self.windows.values()
+                if w.held and not w.bare and not w.complete() and w.end is not None]
         return min(ends) if ends else None
 
     def loaded(self, key: Hashable, start: pd.Timestamp, end: pd.Timestamp, nbytes: int) -> list[Hashable]:
@@ -256,6 +276,7 @@ class WindowBook:
         with self._lock:
             found = self.windows[key]
             found.start, found.end, found.nbytes = start, end, nbytes
+            found.bare = False  # (the source says so again after an empty read)
             found.sized()
             self.loads += 1
             self.clock += 1
@@ -281,6 +302,7 @@ class WindowBook:
         if found is None:
             return
         found.holds(0)  # whatever it held is gone, held or not (its id may be reused)
+        found.bare = False
         if found.held:
             found.start = found.end = None
             found.nbytes = 0

@@ -40,7 +40,6 @@ from urllib.parse import quote, unquote
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from filelock import FileLock, Timeout
 
 from lumibot_duckdb.errors import StoreLockTimeout
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, utc
@@ -333,6 +332,8 @@ class LocalFolder:
         self.ensure()
         digest = hashlib.sha1(str(key).encode()).hexdigest()[:20]
         path = self.locks / f"{digest}.lock"
+        from filelock import FileLock, Timeout  # (here: a warm backtest takes no lock, and filelock imports asyncio)
+
         lock = FileLock(str(path), timeout=timeout, thread_local=False, is_singleton=False)
         try:
             lock.acquire()

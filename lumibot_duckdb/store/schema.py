@@ -89,6 +89,9 @@ def normalize_bars(frame: pd.DataFrame) -> pd.DataFrame:
     """
     if not isinstance(frame, pd.DataFrame):
         raise BarsValidationError(f"Bars must be a pandas DataFrame, not {type(frame).__name__}.")
+    ready = _already_normal(frame)
+    if ready is not None:
+        return ready
     data = frame.copy()
     if "ts" not in data.columns:
         if not isinstance(data.index, pd.DatetimeIndex):
@@ -122,9 +125,42 @@ def normalize_bars(frame: pd.DataFrame) -> pd.DataFrame:
     if "metadata" not in data.columns:
         data["metadata"] = None
     data = data[list(BAR_COLUMNS)]
-    if not (data["ts"].is_monotonic_increasing and data["ts"].is_unique):
+    if not _strictly_increasing(data["ts"].to_numpy()):
         data = data.sort_values("ts", kind="stable").drop_duplicates("ts", keep="last")
     return data.set_index("ts")
+
+
+def _strictly_increasing(values: np.ndarray) -> bool:
+    """Sorted with no repeated value (one vectorised pass; the same as monotonic and unique)."""
+    return len(values) < 2 or bool((values[1:] > values[:-1]).all())
+
+
+def _already_normal(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """``frame`` itself (its columns, no copy) when it already is what :func:`normalize_bars` makes, else None.
+
+    That is: a UTC ``DatetimeIndex``, strictly increasing, and exactly the value columns with their dtypes
+    (``metadata`` optional) and finite prices. Callers that build bars themselves (ingest, the sources'
+    answer parsers) hand such frames over; normalizing them again would copy every column several times.
+    """
+    index = frame.index
+    if not isinstance(index, pd.DatetimeIndex) or str(index.tz) != "UTC" or "ts" in frame.columns:
+        return None
+    extra = set(frame.columns) - {*VALUE_COLUMNS, "metadata"}
+    if extra or not set(VALUE_COLUMNS) <= set(frame.columns):
+        return None
+    for name in VALUE_COLUMNS:
+        dtype = frame[name].dtype
+        if dtype != (pd.Int64Dtype() if name == "trade_count" else np.dtype("float64")):
+            return None
+    if not all(np.isfinite(frame[name].to_numpy()).all() for name in PRICE_COLUMNS):
+        return None
+    micros = pd.DatetimeIndex(index.as_unit("us").asi8.view("datetime64[us]"), name="ts").tz_localize("UTC")
+    if not _strictly_increasing(micros.asi8):
+        return None
+    columns: dict[str, Any] = {name: frame[name].array for name in VALUE_COLUMNS}
+    columns["metadata"] = frame["metadata"].to_numpy() if "metadata" in frame.columns else \
+        np.full(len(frame), None, dtype=object)
+    return pd.DataFrame(columns, index=micros, copy=False)
 
 
 def to_arrow(bars: pd.DataFrame, key: SeriesKey) -> pa.Table:
@@ -144,3 +180,9 @@ def to_arrow(bars: pd.DataFrame, key: SeriesKey) -> pa.Table:
     columns["metadata"] = (pa.nulls(n, pa.string()) if metadata.isna().all() else
                            pa.array(metadata.astype(object).where(metadata.notna(), None), type=pa.string()))
     return pa.Table.from_pydict(columns, schema=ARROW_SCHEMA)
+
+
+def release_unused() -> None:
+    """Give back to the system the memory Arrow keeps for reuse (its allocator holds on to freed blocks:
+    a process writing many large files would otherwise grow with the data written, not with what it holds)."""
+    pa.default_memory_pool().release_unused()

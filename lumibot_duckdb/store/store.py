@@ -21,9 +21,8 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -33,9 +32,15 @@ from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreEr
 from lumibot_duckdb.store import answers, integrity
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, has_overlaps, missing_ranges, normalize
 from lumibot_duckdb.store.interface import Backend, DataStorageInterface
+from lumibot_duckdb.store.lazy import lazy_module
 from lumibot_duckdb.store.local import BarFile, LocalFolder, partitions_for, read_footer
+from lumibot_duckdb.store.reader import READ_ERRORS, read_files
 from lumibot_duckdb.store.schema import VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
-from lumibot_duckdb.store.views import create_views
+
+if TYPE_CHECKING:
+    import duckdb
+else:
+    duckdb = lazy_module("duckdb")  # a backtest reading bars never imports it (store/lazy.py)
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +203,8 @@ class DuckDBDataStorage(DataStorageInterface):
 
     def add_views(self, con: duckdb.DuckDBPyConnection, /) -> None:
         """Create the views of :mod:`lumibot_duckdb.store.views` on ``con``, over what the store holds now."""
+        from lumibot_duckdb.store.views import create_views  # (SQL only: a backtest never needs it)
+
         create_views(con, self)
 
     # -- writing -------------------------------------------------------------------------------
@@ -247,7 +254,8 @@ class DuckDBDataStorage(DataStorageInterface):
         touched = set()
         with _as_store_error(f"write bars of {key}"):
             for partition, piece in partitions_for(key.timeframe, covered_iv):
-                rows = bars[(bars.index >= piece.start) & (bars.index < piece.end)]
+                first, stop = bars.index.searchsorted([piece.start, piece.end])  # (bars are sorted by ts)
+                rows = bars.iloc[first:stop]
                 table = to_arrow(rows, key)
                 if marks:
                     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **marks})
@@ -270,6 +278,8 @@ class DuckDBDataStorage(DataStorageInterface):
                 files = self.backend.files(key, wanted)
             if not files:
                 return empty_bars()[names]
+            with _as_store_error(f"fetch the files of {key}"):
+                files = self.backend.local(files)  # checks and reads need the bytes here (S3: the mirror)
             try:
                 if not self._check(files):
                     raise _Vanished
@@ -313,9 +323,15 @@ class DuckDBDataStorage(DataStorageInterface):
         paths = [str(f.path) for f in files]
         # Columns null in every file (a source that has no VWAP, no dividends…) are not read at all.
         absent = functools.reduce(frozenset.intersection, (_null_columns(p) for p in paths))
-        read = ", ".join(["ts", *(n for n in names if n not in absent)])
+        present = [n for n in names if n not in absent]
+        overlaps = has_overlaps(f.interval for f in files)
+        try:  # pyarrow decodes the row groups itself, no engine to start (store/reader.py) ...
+            return _bars_frame(read_files(files, wanted, present, dedupe=overlaps), names)
+        except READ_ERRORS:
+            pass  # ... and where a file cannot be read, DuckDB's read below says which (see read())
+        read = ", ".join(["ts", *present])
         params = [paths, wanted.start.to_pydatetime(), wanted.end.to_pydatetime()]
-        if has_overlaps(f.interval for f in files):
+        if overlaps:
             sql = (f"SELECT {read} FROM read_parquet(?, filename = true) WHERE ts >= ? AND ts < ? "
                    f"QUALIFY row_number() OVER (PARTITION BY ts ORDER BY {_TOKEN_OF_FILENAME} DESC) = 1 "
                    "ORDER BY ts")

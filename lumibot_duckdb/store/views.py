@@ -7,15 +7,17 @@ writes to the store.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pyarrow as pa
 
 from lumibot_duckdb.registry import STORE_SOURCES
 from lumibot_duckdb.store.coverage import has_overlaps, normalize
 from lumibot_duckdb.store.local import BarFile, read_footer
 from lumibot_duckdb.store.schema import ARROW_SCHEMA, BAR_COLUMNS, KEY_COLUMNS
+
+if TYPE_CHECKING:
+    import duckdb
 
 VIEWS = ("market_data", "symbols", "data_sources", "coverage", "files")
 

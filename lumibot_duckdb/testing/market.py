@@ -244,6 +244,38 @@ def _to_utc(value: object) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
+class PartialMarket:
+    """``market`` with only some of its bars, like a provider plan that has a symbol's daily bars but no minute bars.
+
+    ``timeframes`` maps a symbol to the timeframes it has (``default`` for symbols not listed); a
+    timeframe it lacks is answered with no bars, as Polygon answers a symbol it has no minute bars for.
+
+    >>> PartialMarket(SyntheticMarket(), {"SPY": ("day",)}).bars("SPY", "minute", "2024-01-02", "2024-01-03").empty
+    True
+    """
+
+    def __init__(self, market: object, timeframes: dict[str, tuple[str, ...]] | None = None, *,
+                 default: tuple[str, ...] = ("minute", "hour", "day")) -> None:
+        self.market = market
+        self.timeframes = dict(timeframes or {})
+        self.default = default
+
+    def __repr__(self) -> str:
+        return f"PartialMarket({self.market!r}, {self.timeframes!r}, default={self.default!r})"
+
+    def bars(self, symbol: str, timeframe: str, start: object, end: object, *,
+             asset_type: str = "stock") -> pd.DataFrame:
+        if timeframe not in self.timeframes.get(symbol, self.default):
+            return _empty()
+        return self.market.bars(symbol, timeframe, start, end, asset_type=asset_type)  # type: ignore[attr-defined]
+
+
+def daily_bars_only() -> PartialMarket:
+    """The synthetic market (seed 1) with daily bars only: every minute request is answered with no bars
+    (``Scenario(market="lumibot_duckdb.testing.market:daily_bars_only")``)."""
+    return PartialMarket(SyntheticMarket(1), default=("day",))
+
+
 class FrameMarket:
     """Serves bars from frames you already have (e.g. CSV exports), one per (symbol, timeframe).
 
