@@ -68,8 +68,9 @@ def test_invalid_flag_is_reported_even_when_the_default_would_do() -> None:
         Settings.resolve(environ={ENV_STRICT: "enabled"})
 
 
-@pytest.mark.parametrize("text, words", [("1e400", "finite"), ("inf", "not a memory size"), ("nan", "not a memory size"),
-                                         ("-5", "positive"), ("0.5", "less than one byte"), ("12 parsecs", "unit")])
+@pytest.mark.parametrize("text, words", [("1e400", "finite"), ("inf", "not a memory size"),
+                                         ("nan", "not a memory size"), ("-5", "positive"),
+                                         ("0.5", "less than one byte"), ("12 parsecs", "unit")])
 def test_a_memory_budget_that_is_not_a_positive_finite_size_names_the_variable(text: str, words: str) -> None:
     from lumibot_duckdb.config import ENV_MAX_MEMORY
 
