@@ -145,6 +145,9 @@ class Backend(Protocol):
     * **One writer per series at a time,** across processes (and machines, for a shared backend), through
       :meth:`lock`; readers take no lock.
     * **Damage is set aside, never deleted:** :meth:`quarantine` moves a file out of the series with its reason.
+    * **Every file proves itself:** its token ends with the CRC-32 of its bytes and its footer names its series
+      and range (:mod:`lumibot_duckdb.store.integrity`), so any reader can check it is the file that was written;
+      the metadata of the published table (e.g. an empty answer's record) is kept in the file.
     """
 
     root: Any
@@ -159,8 +162,10 @@ class Backend(Protocol):
         """The published files of ``key`` (``BarFile``: path, key, partition, interval, token), those overlapping
         ``within`` if given, oldest first. Listing reads names only, never file contents."""
 
-    def publish(self, key: SeriesKey, partition: str, table: Any, interval: Interval) -> Any:
-        """Write ``table`` (Arrow, the store's schema) as the answer for ``interval`` and make it visible at once."""
+    def publish(self, key: SeriesKey, partition: str, table: Any, interval: Interval, *,
+                published: str | None = None) -> Any:
+        """Write ``table`` (Arrow, the store's schema) as the answer for ``interval`` and make it visible at once,
+        named with the CRC-32 of the written bytes; ``published`` keeps an earlier token's publish time."""
 
     def remove(self, files: list[Any]) -> None:
         """Remove published files (after compaction, pruning or a provider re-writing history)."""
