@@ -32,9 +32,9 @@ import pandas as pd
 
 from lumibot_duckdb.errors import CorruptFileError
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey, integrity
+from lumibot_duckdb.store.damage import data_pages, flip_bit
 from lumibot_duckdb.store.local import file_name
 from lumibot_duckdb.store.maintenance import verify
-from lumibot_duckdb.testing.damage import data_pages, flip_bit
 
 KEY = SeriesKey("polygon", "AAA", "minute", quote="USD", adjustment="split")
 

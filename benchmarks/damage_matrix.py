@@ -1,6 +1,6 @@
 """The damage matrix: each kind of damage to a store file, through a backtest, ``store.read`` and ``verify``.
 
-For every kind of :mod:`lumibot_duckdb.testing.damage` (in place on a file the store wrote, and as a file without
+For every kind of :mod:`lumibot_duckdb.store.damage` (in place on a file the store wrote, and as a file without
 a checksum, as written before checksums or by another tool):
 
 * **backtest**: a store filled by a cold backtest (a daily momentum strategy over three symbols, offline
@@ -32,8 +32,8 @@ import pandas as pd
 from lumibot_duckdb.ab.harness import Scenario, run_subprocess
 from lumibot_duckdb.errors import CorruptFileError
 from lumibot_duckdb.store import DuckDBDataStorage, SeriesKey, integrity, missing_ranges
+from lumibot_duckdb.store.damage import KINDS, UNSEALED_MAYBE, Hit, damage, describe, reasons
 from lumibot_duckdb.store.maintenance import verify
-from lumibot_duckdb.testing.damage import KINDS, UNSEALED_MAYBE, Hit, damage, describe, reasons
 
 SPY, QQQ = SeriesKey("test", "SPY", "minute", quote="USD"), SeriesKey("test", "QQQ", "minute", quote="USD")
 
@@ -81,7 +81,7 @@ def backtest_column(template: Path, work: Path, scenario: Scenario, cold: object
     if work.exists():
         shutil.rmtree(work)
     shutil.copytree(template, work)
-    root = work / "duckdb" / "duckdb"
+    root = work / "duckdb"
     with DuckDBDataStorage(root) as store:
         keys = sorted(k for k in store.series() if k.source == source)
         target = next(k for k in keys if k.symbol == keys[0].symbol and k.timeframe == "day") if any(

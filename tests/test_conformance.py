@@ -621,7 +621,7 @@ def test_a_damaged_file_is_set_aside_fetched_again_and_never_a_fallback(name: st
                                                                        tmp_path: Path) -> None:
     from lumibot_duckdb.sources.base import DuckDBFallbackWarning
     from lumibot_duckdb.store import integrity
-    from lumibot_duckdb.testing.damage import damage, reasons
+    from lumibot_duckdb.store.damage import damage, reasons
 
     source = kit(name)
     scenario = buy_and_hold(source, "2024-01-02", "2024-01-20")

@@ -23,8 +23,8 @@ from factories import key, make_bars
 from lumibot_duckdb.cli import main
 from lumibot_duckdb.errors import CorruptFileError
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, integrity, missing_ranges
+from lumibot_duckdb.store.damage import DAMAGES, KINDS, UNSEALED_MAYBE, damage, flip_bit, reasons
 from lumibot_duckdb.store.maintenance import verify
-from lumibot_duckdb.testing.damage import DAMAGES, KINDS, UNSEALED_MAYBE, damage, flip_bit, reasons
 
 SPY, QQQ = key("SPY"), key("QQQ")
 WHOLE = ("2024-01-01", "2024-02-01")

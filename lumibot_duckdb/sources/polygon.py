@@ -22,7 +22,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -217,7 +217,8 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
                 ranges = [iv for iv in exc.intervals if isinstance(iv, Interval)]
                 refill = Interval(min(iv.start for iv in ranges), max(iv.end for iv in ranges)) if ranges else \
                     Interval(since, since)
-                provider = PolygonFetcher(getattr(self, "_api_key", None), asset, quote, window.timestep)
+                api_key = cast(str, getattr(self, "_api_key", None))  # (what Lumibot hands the seam)
+                provider = PolygonFetcher(api_key, asset, quote, window.timestep)
                 bars = self.serve(series, refill, provider, columns=POLYGON_COLUMNS, read=Interval(since, until))
             bars_read = len(bars)
             return legacy_filter(legacy_frame(bars), window.request_start, self.datetime_end, window.timestep)

@@ -62,6 +62,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lumibot_duckdb.errors import ConfigError, QueryLimitError, StoreError
 from lumibot_duckdb.sql.macros import register
@@ -326,11 +327,13 @@ def _nested(type_name: str) -> bool:
 def python_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
     """The values of an Arrow column as Python objects; times Python cannot hold (before year 1 or after 9999,
     a 24:00 time) as ISO text, anything else Python cannot convert as Arrow's text of it."""
+    kind = column.type
+    if pa.types.is_time(kind) and _past_midnight(column):
+        return _temporal_text(column)  # (Python has no 24:00; pyarrow would wrap it to 00:00 silently)
     try:
         return column.to_pylist()
     except (OverflowError, ValueError, pa.ArrowException):
         pass
-    kind = column.type
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
         return _temporal_text(column)
     values: list[Any] = []
@@ -342,6 +345,13 @@ def python_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
             except (OverflowError, ValueError, pa.ArrowException):
                 values.append(str(scalar))
     return values
+
+
+def _past_midnight(column: pa.ChunkedArray | pa.Array) -> bool:
+    per_day = 86_400 * {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[column.type.unit]
+    raw = column.cast(pa.int64())
+    top = pc.max(raw).as_py() if len(raw) else None
+    return top is not None and top >= per_day
 
 
 def _temporal_text(column: pa.ChunkedArray | pa.Array) -> list[Any]:

@@ -159,7 +159,31 @@ def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough:
     if failed(_timestamps(table.column("ts"), interval)):
         return
     if thorough or SERIES_MARK not in (parquet.schema_arrow.metadata or {}):
-        failed(_key_columns(table if thorough else parquet, key))
+        if failed(_key_columns(table if thorough else parquet, key)):
+            return
+    if thorough:  # DuckDB's Parquet reader is not pyarrow's: a file one decodes may be beyond the other
+        failed(_duckdb_reads(path))
+
+
+_DUCKDB: list[Any] = []
+_DUCKDB_LOCK = threading.Lock()
+
+
+def _duckdb_reads(path: Path) -> Damage | None:
+    import duckdb
+
+    with _DUCKDB_LOCK:
+        if not _DUCKDB:
+            _DUCKDB.append(duckdb.connect(":memory:", config={"python_enable_replacements": False}))
+        try:
+            _DUCKDB[0].execute("SELECT * FROM read_parquet(?)", [str(path)]).fetchnumpy()
+        except duckdb.IOException:
+            if not path.exists():
+                raise FileNotFoundError(path) from None
+            raise
+        except duckdb.Error as exc:
+            return Damage("unreadable", f"DuckDB cannot read it ({_first_line(exc)})")
+    return None
 
 
 def _schema(schema: pa.Schema) -> Damage | None:

@@ -147,6 +147,9 @@ class Backend(Protocol):
     * **Damage is set aside, never deleted:** :meth:`quarantine` moves a file out of the series with its reason.
     * **DuckDB reads local files.** A file's ``path`` is where its bytes are on this machine once :meth:`local`
       returned (for a folder, at once; for S3, its mirror copy).
+    * **Every file proves itself:** its token ends with the CRC-32 of its bytes and its footer names its series
+      and range (:mod:`lumibot_duckdb.store.integrity`), so any reader can check it is the file that was written;
+      the metadata of the published table (e.g. an empty answer's record) is kept in the file.
     """
 
     root: Any
@@ -184,8 +187,10 @@ class Backend(Protocol):
     def notes(self) -> list[tuple[str, ...]]:
         """The names of every note (the ``parts`` of :meth:`read_json`)."""
 
-    def publish(self, key: SeriesKey, partition: str, table: Any, interval: Interval) -> Any:
-        """Write ``table`` (Arrow, the store's schema) as the answer for ``interval`` and make it visible at once."""
+    def publish(self, key: SeriesKey, partition: str, table: Any, interval: Interval, *,
+                published: str | None = None) -> Any:
+        """Write ``table`` (Arrow, the store's schema) as the answer for ``interval`` and make it visible at once,
+        named with the CRC-32 of the written bytes; ``published`` keeps an earlier token's publish time."""
 
     def remove(self, files: list[Any]) -> None:
         """Remove published files (after compaction, pruning or a provider re-writing history)."""

@@ -256,13 +256,16 @@ class S3Backend:
         return sorted(names)
 
     # -- writing ----------------------------------------------------------------------------------
-    def publish(self, key: SeriesKey, partition: str, table: pa.Table, interval: Interval) -> BarFile:
-        """Publish ``table`` as one new object (``If-None-Match: *``); a reader keeps it on this machine instead."""
+    def publish(self, key: SeriesKey, partition: str, table: pa.Table, interval: Interval, *,
+                published: str | None = None) -> BarFile:
+        """Publish ``table`` as one new object (``If-None-Match: *``); a reader keeps it on this machine instead.
+        ``published``: as :meth:`LocalFolder.publish` (the file keeps an earlier token's publish time)."""
         if not self.writable:
-            return self.overlay.publish(key, partition, table, interval)
+            return self.overlay.publish(key, partition, table, interval, published=published)
         self._require_write()
         self._check_lease(key)
-        staged = self.mirror.publish(key, partition, table, interval)  # encoded exactly as the folder backend
+        # encoded exactly as the folder backend (its checksum in the name, its marks in the footer)
+        staged = self.mirror.publish(key, partition, table, interval, published=published)
         object_key = self.base + staged.path.relative_to(self.mirror.root).as_posix()
         try:
             data = staged.path.read_bytes()
@@ -273,13 +276,13 @@ class S3Backend:
             with contextlib.suppress(FileNotFoundError):
                 staged.path.unlink()
             raise
-        published = S3BarFile(staged.path, key, partition, interval, staged.token, object_key, len(data))
+        done = S3BarFile(staged.path, key, partition, interval, staged.token, object_key, len(data))
         with self._lock:
             listed = self._listings.get(key)
             if listed is not None:
-                self._listings[key] = (listed[0], [*listed[1], published])
+                self._listings[key] = (listed[0], [*listed[1], done])
         self._forget_on_disk(key)
-        return published
+        return done
 
     def remove(self, files: list[BarFile]) -> None:
         """Delete objects (a writer) or mask them on this machine (a reader); a reader's own files are deleted."""

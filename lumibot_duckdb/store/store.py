@@ -340,9 +340,23 @@ class DuckDBDataStorage(DataStorageInterface):
         return _bars_frame(self._cursor().execute(sql, params).fetchnumpy(), names)
 
     def _raise_for_damage(self, files: list[BarFile], exc: Exception) -> None:
-        """Find the damaged file(s) behind a failed read, set them aside, and say so."""
-        damaged = [(f, integrity.Damage("unreadable", f"DuckDB cannot read it ({_first_line(exc)})"))
-                   for f in files if not _readable(f.path)]
+        """Find the damaged file(s) behind a failed read, set them aside, and say so.
+
+        A file is damaged when pyarrow cannot read it whole, or DuckDB cannot read it alone (their Parquet
+        readers differ: a footer one of them still parses can be beyond the other)."""
+        damaged = []
+        for bar_file in files:
+            reason = None if _readable(bar_file.path) else f"pyarrow cannot read it ({_first_line(exc)})"
+            if reason is None:
+                try:
+                    self._cursor().execute("SELECT * FROM read_parquet(?)", [str(bar_file.path)]).fetchnumpy()
+                except duckdb.IOException as alone:
+                    if bar_file.path.exists():
+                        reason = f"DuckDB cannot read it ({_first_line(alone)})"
+                except duckdb.Error as alone:
+                    reason = f"DuckDB cannot read it ({_first_line(alone)})"
+            if reason is not None:
+                damaged.append((bar_file, integrity.Damage("unreadable", reason)))
         if not damaged:
             raise StoreError(f"DuckDB could not read {len(files)} file(s) of {files[0].key}: {exc}") from exc
         self._set_aside(damaged, cause=exc)

@@ -126,7 +126,7 @@ def bar_problems(bars: pd.DataFrame, *, asset_type: str = "stock") -> str:
         else np.zeros(len(bars))
     counts = bars["trade_count"] if "trade_count" in bars.columns else None
     values = [bars[c].to_numpy(dtype="float64", na_value=np.nan) for c in PRICES]
-    found = row_problems(*values, volume, counts, asset_type=asset_type)
+    found = row_problems(values[0], values[1], values[2], values[3], volume, counts, asset_type=asset_type)
     for name, mask in found.items():
         if mask.any():
             first = int(np.flatnonzero(mask)[0])

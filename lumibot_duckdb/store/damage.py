@@ -1,4 +1,6 @@
-"""Damage a store's files the ways disks, tools and people do, to prove the store notices.
+"""Damage a store's files the ways disks, tools and people do, to prove the store notices (tests, benchmarks).
+
+It lives beside the folder backend because it damages that backend's files where they lie.
 
 Each kind of :data:`DAMAGES` takes one published file of a series and leaves it damaged in place, the
 way it would be found after a crash, a bad disk, a copy from elsewhere or a hand edit. With
