@@ -334,8 +334,8 @@ def write_png(result: ABResult, path: str | Path, *, dpi: int = 130) -> Path:
 
     phases = _phases(result)
     figure, axes = plt.subplots(3, 2, figsize=(15, 12), gridspec_kw={"height_ratios": [3, 1.4, 1.4]})
-    figure.suptitle(f"A/B {result.scenario.name}, {result.scenario.start} .. {result.scenario.end}\n"
-                    f"{result.verdict_line()}", fontsize=11, color=VERDICT_COLOURS[result.verdict])
+    figure.suptitle(_literal(f"A/B {result.scenario.name}, {result.scenario.start} .. {result.scenario.end}\n"
+                             f"{result.verdict_line()}"), fontsize=11, color=VERDICT_COLOURS[result.verdict])
     curves, deltas = axes[0][0], axes[1][0]
     styles = {"cold": "-", "warm": "--", "shifted": ":"}
     for phase in phases:
@@ -385,13 +385,19 @@ def write_png(result: ABResult, path: str | Path, *, dpi: int = 130) -> Path:
         axis.legend(fontsize=8)
         axis.grid(alpha=0.3, axis="y")
     axes[2][0].axis("off")
-    axes[2][0].text(0, 1, _png_text(result), va="top", ha="left", family="monospace", fontsize=7.5, wrap=True)
+    axes[2][0].text(0, 1, _literal(_png_text(result)), va="top", ha="left", family="monospace", fontsize=7.5,
+                    wrap=True)
     figure.tight_layout()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(target, dpi=dpi)
     plt.close(figure)
     return target
+
+
+def _literal(text: str) -> str:
+    """``text`` as matplotlib shows it literally: a ``$`` (tagged parameters) would start math mode."""
+    return text.replace("$", r"\$")
 
 
 def _png_text(result: ABResult) -> str:
