@@ -220,10 +220,10 @@ def test_timeframe_is_inferred_from_spacing_when_the_name_has_none(tmp_path, sto
 
 
 def test_unknown_symbol_or_timeframe_is_a_clear_error_and_stores_nothing(tmp_path, store_dir):
-    with pytest.raises(ConfigError, match=r"Cannot tell the symbol of .*data.csv.*--symbol"):
+    with pytest.raises(ConfigError, match=r"Cannot tell the symbol of .*data.csv.*symbol="):
         ingest(store_dir, write(generic_frame(minute_bars()), tmp_path / "data.csv"))
     irregular = generic_frame(minute_bars()).iloc[[0, 3, 7, 12, 20]]
-    with pytest.raises(ConfigError, match=r"Cannot tell the timeframe .*--timeframe"):
+    with pytest.raises(ConfigError, match=r"Cannot tell the timeframe .*timeframe="):
         ingest(store_dir, write(irregular, tmp_path / "AAA.csv"))
     assert DuckDBDataStorage(store_dir).series() == []
 
@@ -278,7 +278,7 @@ def test_invalid_rows_reject_the_file_naming_file_line_and_remedy(tmp_path, stor
     with pytest.raises(BarsValidationError) as caught:
         ingest(store_dir, path)
     message = str(caught.value)
-    assert str(path) in message and "line 1" in message and "--repair" in message and "\n" not in message
+    assert str(path) in message and "line 1" in message and "on_invalid='repair'" in message and "\n" not in message
     assert ingest_module.PROBLEMS[case] in message
     assert DuckDBDataStorage(store_dir).series() == []
 

@@ -33,7 +33,6 @@ exact frame Lumibot's helper returns); small helpers; the route, installed last.
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 import time
 import warnings
@@ -47,11 +46,12 @@ import pandas as pd
 
 from lumibot_duckdb.config import Settings
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
+from lumibot_duckdb.log import get_logger
 from lumibot_duckdb.sources.window import DEFAULT_POLICY, WindowBook, WindowPolicy
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
 
-log = logging.getLogger("lumibot_duckdb")
+log = get_logger(__name__)
 T = TypeVar("T")
 
 

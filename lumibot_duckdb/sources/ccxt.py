@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import functools
-import logging
 import math
 import threading
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from lumibot.tools.symbol_normalization import (
 )
 
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
+from lumibot_duckdb.log import get_logger
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
 from lumibot_duckdb.sources.window import ROW_MARGIN, WindowPolicy, frame_bytes
 from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey
@@ -70,7 +70,7 @@ MARKETS_META = ("ccxt", "markets")
 _BUILDING: contextvars.ContextVar[CcxtBacktesting | None] = contextvars.ContextVar("lumibot_duckdb_ccxt",
                                                                                      default=None)
 _MARKETS_LOCK = threading.RLock()
-log = logging.getLogger("lumibot_duckdb")
+log = get_logger(__name__)
 
 
 class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):

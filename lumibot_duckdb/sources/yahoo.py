@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import json
-import logging
 import threading
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -40,11 +39,12 @@ from lumibot.entities import Asset
 from lumibot.tools.yahoo_helper import YahooHelper
 
 from lumibot_duckdb.errors import ProviderDataError
+from lumibot_duckdb.log import get_logger
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, bad_answer, route
 from lumibot_duckdb.store import Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
 
-log = logging.getLogger("lumibot_duckdb")
+log = get_logger(__name__)
 T = TypeVar("T")
 
 SOURCE = "yahoo"

@@ -48,7 +48,7 @@ import duckdb
 import pyarrow as pa
 
 from lumibot_duckdb.errors import ConfigError, StoreError
-from lumibot_duckdb.sql.macros import register
+from lumibot_duckdb.sql.macros import our_message, register
 from lumibot_duckdb.store.store import DuckDBDataStorage
 from lumibot_duckdb.store.views import VIEWS
 
@@ -137,7 +137,7 @@ def connect(store: DuckDBDataStorage, /, *, analytics: bool = True) -> duckdb.Du
         con.execute("SET temp_directory = ?", [str(Path(tempfile.gettempdir()) / f"lumibot-duckdb-{os.getpid()}")])
         store.add_views(con)
         if analytics:
-            register(con)
+            register(con, where=store.describe())
         con.execute("SET allowed_directories = ?", [_allowed_directories(store.root)])
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -179,7 +179,7 @@ def query(store: DuckDBDataStorage, sql: str, /, *, params: Sequence[Any] | None
             raise ConfigError(f"Refused by the read-only connection: {_one_line(exc)} (only files of the store "
                               f"folder {store.root} can be read).") from exc
         except duckdb.Error as exc:
-            raise ConfigError(f"SQL error: {_one_line(exc)}") from exc
+            raise ConfigError(our_message(exc) or f"SQL error: {_one_line(exc)}") from exc
 
 
 def write_result(table: pa.Table, /, *, fmt: str, output: str | os.PathLike[str] | None = None) -> str | None:

@@ -32,9 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lumibot_duckdb.errors import ConfigError, StoreError
-from lumibot_duckdb.store.coverage import Interval, SeriesKey, canonical_timeframe, has_overlaps, normalize, utc
+from lumibot_duckdb.errors import ConfigError, StoreError, spell
+from lumibot_duckdb.store.coverage import Interval, SeriesKey, canonical_timeframe, has_overlaps, normalize
 from lumibot_duckdb.store.local import BarFile, parse_file_name, partition_interval, partition_scheme
+from lumibot_duckdb.store.naming import parse_time, show_time
 from lumibot_duckdb.store.schema import ARROW_SCHEMA, KEY_COLUMNS, VALUE_COLUMNS
 from lumibot_duckdb.store.store import DuckDBDataStorage
 
@@ -209,7 +210,10 @@ class CompactReport:
 def compact(store: DuckDBDataStorage, /, *, source: str | None = None, symbol: str | None = None,
             timeframe: str | None = None, dry_run: bool = False) -> CompactReport:
     """Rewrite every partition that has several files for one covered run, or overlapping files,
-    as one sorted file per run (where files overlap, the newer file's bars are kept, as on read)."""
+    as one sorted file per run (where files overlap, the newer file's bars are kept, as on read).
+
+    With ``dry_run`` nothing changes and ``files_after`` is what the real run would leave
+    (:func:`files_after_compaction`)."""
     report = CompactReport(dry_run=dry_run)
     for key in select_series(store, source=source, symbol=symbol, timeframe=timeframe):
         files = store.files(key)
@@ -219,16 +223,27 @@ def compact(store: DuckDBDataStorage, /, *, source: str | None = None, symbol: s
             report.rewritten.append(str(key))
             if not dry_run:
                 store.compact(key)
-        report.files_after += len(files) if dry_run else len(store.files(key))
+        report.files_after += files_after_compaction(files) if dry_run else len(store.files(key))
     return report
 
 
-def _needs_compaction(files: list[BarFile]) -> bool:
+def files_after_compaction(files: list[BarFile]) -> int:
+    """How many files :meth:`DuckDBDataStorage.compact` leaves of ``files`` (one series): one per covered
+    run in each partition it rewrites, the others as they are (the rule of ``_compact_locked``)."""
+    count = 0
     for _, group in itertools.groupby(sorted(files, key=lambda f: f.partition), key=lambda f: f.partition):
         parts = list(group)
-        if len(parts) != len(normalize(f.interval for f in parts)) or has_overlaps(f.interval for f in parts):
-            return True
-    return False
+        count += len(normalize(f.interval for f in parts)) if _partition_needs_compaction(parts) else len(parts)
+    return count
+
+
+def _partition_needs_compaction(parts: list[BarFile]) -> bool:
+    return len(parts) != len(normalize(f.interval for f in parts)) or has_overlaps(f.interval for f in parts)
+
+
+def _needs_compaction(files: list[BarFile]) -> bool:
+    return any(_partition_needs_compaction(list(group)) for _, group in
+               itertools.groupby(sorted(files, key=lambda f: f.partition), key=lambda f: f.partition))
 
 
 # -- clean-tmp ---------------------------------------------------------------------------------------
@@ -278,7 +293,8 @@ class PruneReport:
 def prune(store: DuckDBDataStorage, /, *, before: Any = None, source: str | None = None,
           symbol: str | None = None, timeframe: str | None = None, dry_run: bool = False) -> PruneReport:
     """Remove bars with ``ts < before`` (and the coverage of that time) from the selected series, or
-    every bar of them when ``before`` is None. At least one of the four filters is required.
+    every bar of them when ``before`` is None. At least one of the four filters is required. A naive
+    ``before`` is in Lumibot's default time zone (New York), as everywhere.
 
     A file that straddles ``before`` is replaced by one covering ``[before, its end)`` with the
     bars it keeps; the replacement is published before the old file is removed, under the
@@ -286,9 +302,9 @@ def prune(store: DuckDBDataStorage, /, *, before: Any = None, source: str | None
     time fetches it again.
     """
     if before is None and source is None and symbol is None and timeframe is None:
-        raise ConfigError("prune needs --before DATE and/or --source/--symbol/--timeframe; refusing to empty the "
-                          "whole store (delete its folder for that).")
-    cut = utc(before) if before is not None else None
+        raise ConfigError(f"prune needs {spell('before')} and/or {spell('source')}, {spell('symbol')} or "
+                          f"{spell('timeframe')}; refusing to empty the whole store (delete its folder for that).")
+    cut = parse_time(before) if before is not None else None
     report = PruneReport(dry_run=dry_run)
     for key in select_series(store, source=source, symbol=symbol, timeframe=timeframe):
         report.series += 1
@@ -316,7 +332,7 @@ def prune(store: DuckDBDataStorage, /, *, before: Any = None, source: str | None
             report.files_removed += len(affected) - rewritten
             report.bars_removed += removed_bars
             report.details.append(f"{key}: {len(affected) - rewritten} file(s) removed, {rewritten} rewritten "
-                                  f"from {cut.isoformat()}")
+                                  f"from {show_time(cut)}")
     return report
 
 
@@ -334,7 +350,7 @@ def _prune_plan(store: DuckDBDataStorage, key: SeriesKey, cut: pd.Timestamp | No
     report.files_removed += len(affected) - len(straddling)
     report.files_rewritten += len(straddling)
     report.details.append(f"{key}: would remove {len(affected) - len(straddling)} file(s), rewrite "
-                          f"{len(straddling)} from {cut.isoformat()}")
+                          f"{len(straddling)} from {show_time(cut)}")
 
 
 def _bars_before(store: DuckDBDataStorage, key: SeriesKey, cut: pd.Timestamp | None) -> int:

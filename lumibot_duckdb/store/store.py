@@ -13,7 +13,6 @@ import atexit
 import contextlib
 import datetime as dt
 import functools
-import logging
 import os
 import threading
 import time
@@ -29,14 +28,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from lumibot_duckdb.config import Settings
-from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreError
+from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreError, spell
+from lumibot_duckdb.log import get_logger
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, has_overlaps, missing_ranges, normalize
 from lumibot_duckdb.store.interface import DataStorageInterface
 from lumibot_duckdb.store.local import BarFile, LocalFolder, partitions_for, read_footer
+from lumibot_duckdb.store.naming import parse_time
 from lumibot_duckdb.store.schema import VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
 from lumibot_duckdb.store.views import create_views
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 COMPACT_AFTER_FILES = 8
 """A partition with more published files than this is rewritten as one file per covered run."""
@@ -47,7 +48,10 @@ _BAR_STEP = {"minute": pd.Timedelta(minutes=1), "hour": pd.Timedelta(hours=1), "
 
 
 def _as_interval(value: tuple[Any, Any] | Interval) -> Interval:
-    return value if isinstance(value, Interval) else Interval(*value)
+    if isinstance(value, Interval):
+        return value
+    start, end = value
+    return Interval(parse_time(start), parse_time(end))
 
 
 @dataclass(frozen=True)
@@ -80,15 +84,29 @@ class DuckDBDataStorage(DataStorageInterface):
     Thread-safe: each thread queries through its own DuckDB cursor.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike[str] | None = None, /, *, lock_timeout: float = 600.0) -> None:
-        self.root = Settings.resolve(cache_dir=cache_dir, use_duckdb=True).cache_dir
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None, /, *, lock_timeout: float = 600.0,
+                 create_parents: bool = False) -> None:
+        """Open the store in ``cache_dir`` (default: ``LUMIBOT_DUCKDB_CACHE_DIR``, else ``<Lumibot cache>/duckdb``).
+
+        A folder that does not exist is created as a new, empty store, but only inside an existing folder
+        (or for the default location): a store named in a folder that does not exist either is far more
+        often a typo than a wish, so that is a :class:`StoreError` unless ``create_parents=True``.
+        """
+        settings = Settings.resolve(cache_dir=cache_dir, use_duckdb=True)
+        self.root = settings.cache_dir
         self.backend = LocalFolder(self.root)
         self.lock_timeout = lock_timeout
+        missing = next((p for p in reversed(self.root.parents) if not p.exists()), None)
+        if missing is not None and not (create_parents or settings.cache_dir_from == "default"):
+            named = f"{settings.cache_dir_from} {self.root}" if settings.cache_dir_from != "cache_dir=" else \
+                str(self.root)
+            raise StoreError(f"No store at {named}, and its folder {missing} does not exist either: is the path "
+                             f"mistyped? To start a new store there, create the folder first (mkdir -p {self.root}).")
         try:
             self.backend.ensure()
         except OSError as exc:
             raise StoreError(f"Cannot create the store folder {self.root}: {exc}. "
-                             "Set LUMIBOT_DUCKDB_CACHE_DIR or cache_dir= to a writable folder.") from exc
+                             f"Set LUMIBOT_DUCKDB_CACHE_DIR or {spell('cache_dir')} to a writable folder.") from exc
         self._closed = False
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
@@ -97,6 +115,9 @@ class DuckDBDataStorage(DataStorageInterface):
 
     def __repr__(self) -> str:
         return f"DuckDBDataStorage({str(self.root)!r})"
+
+    def describe(self) -> str:
+        return f"the store {self.root}"
 
     # -- connections ---------------------------------------------------------------------------
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -214,9 +235,11 @@ class DuckDBDataStorage(DataStorageInterface):
     def read(self, key: SeriesKey, start: Any, end: Any, /, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Bars of ``key`` with ``start <= ts < end`` (UTC index ``ts``), oldest first.
 
-        ``columns`` limits the value columns read (default: all of them, in schema order).
+        ``columns`` limits the value columns read (default: all of them, in schema order). Naive times
+        are in Lumibot's default time zone (New York). ``key`` is read as given: a key the store does
+        not hold reads as no bars (:meth:`get_historical_prices` checks the name first).
         """
-        wanted = Interval(start, end)
+        wanted = Interval(parse_time(start), parse_time(end))
         names = _value_columns(columns)
         for attempt in range(_READ_ATTEMPTS):
             with _as_store_error(f"list the files of {key}"):
