@@ -8,6 +8,7 @@ store is keyed by series (never by backtest window) and asks Alpaca only for wha
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,7 @@ def test_store_holds_raw_bars_per_series(alpaca, store_dir) -> None:
 
 
 def test_damaged_store_file_is_fetched_again_transparently(alpaca, store_dir, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="lumibot.lumibot_duckdb")  # our records obey Lumibot's levels
     first = window(make_source("duckdb", store_dir), AAA, "minute")
     source = make_source("duckdb", store_dir)
     damaged = source.store.files(key_of(source, AAA, "minute"))[0].path

@@ -8,6 +8,7 @@ repeating an earlier candle's values), asking the exchange only for what the sto
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,7 @@ def test_an_unknown_market_is_lumibots_error(exchange, store_dir) -> None:
 
 
 def test_damaged_store_file_is_fetched_again_transparently(exchange, store_dir, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="lumibot.lumibot_duckdb")  # our records obey Lumibot's levels
     first = download(make_source("duckdb", store_dir), "BTC/USDT", "1m", utc(2024, 1, 2), utc(2024, 1, 3, 23, 59))
     source = make_source("duckdb", store_dir)
     damaged = source.store.files(ccxt_series_key("BTC/USDT", "1m", "binance"))[0].path

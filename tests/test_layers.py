@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lumibot_duckdb"
-FLOORS = {"errors": 0, "_moved": 0, "log": 0, "registry": 1, "config": 2, "store": 3, "sources": 4, "sql": 4, "ingest": 4,
-          "testing": 5, "ab": 6, "cli": 7, "__main__": 8, "": 8}
+FLOORS = {"errors": 0, "_moved": 0, "log": 0, "registry": 1, "config": 2, "store": 3, "sources": 4, "sql": 4,
+          "ingest": 4, "testing": 5, "ab": 6, "cli": 7, "__main__": 8, "": 8}
 
 
 def _modules() -> dict[str, Path]:

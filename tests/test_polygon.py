@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,7 @@ def test_a_failed_chunk_keeps_the_others_and_is_asked_again(polygon, store_dir) 
 
 
 def test_damaged_store_file_is_fetched_again_transparently(polygon, store_dir, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="lumibot.lumibot_duckdb")  # our records obey Lumibot's levels
     first = fetch(make_source("duckdb", store_dir), Asset("AAA"), ny(2024, 1, 2), ny(2024, 2, 29), "minute")
     source = make_source("duckdb", store_dir)
     damaged = source.store.files(polygon_series_key(Asset("AAA"), USD, "minute"))[0].path

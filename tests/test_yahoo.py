@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,7 @@ def test_provider_error_is_raised_and_nothing_is_stored(yahoo, store_dir) -> Non
 
 
 def test_damaged_store_file_is_fetched_again_transparently(yahoo, store_dir, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="lumibot.lumibot_duckdb")  # our records obey Lumibot's levels
     first = fetch(make_source("duckdb", store_dir), "AAA")
     source = make_source("duckdb", store_dir)
     damaged = source.store.files(key())[0].path
