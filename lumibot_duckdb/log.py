@@ -14,6 +14,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    _Adapter = logging.LoggerAdapter[logging.Logger]
+else:  # LoggerAdapter is subscriptable from Python 3.11 only
+    _Adapter = logging.LoggerAdapter
 
 PREFIX = "lumibot."
 _configured = False
@@ -37,7 +43,7 @@ def _configure() -> None:
         _configured = True
 
 
-class _Logger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _Logger(_Adapter):
     """A logger that sets up Lumibot's logging before its first level check (only that method is ours,
     so a record's file and line stay the caller's)."""
 
@@ -46,6 +52,6 @@ class _Logger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return self.logger.isEnabledFor(level)
 
 
-def get_logger(module: str) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+def get_logger(module: str) -> _Adapter:
     """The logger of ``module`` (its ``__name__``), under Lumibot's ``lumibot`` logger."""
     return _Logger(logging.getLogger(PREFIX + module), {})

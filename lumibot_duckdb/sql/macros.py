@@ -203,8 +203,9 @@ def register(con: duckdb.DuckDBPyConnection, /, *, where: str = "the store") -> 
         ("_lbd_tf", _timeframe, [varchar], varchar),
         ("_lbd_time", _time, [varchar], duckdb.sqltype("TIMESTAMPTZ")),
     ]
+    create: Any = con.create_function  # (its stubs want an enum for null_handling; DuckDB 1.5 and 2 take the name)
     for name, function, parameters, returns in functions:
-        con.create_function(name, function, parameters, returns, null_handling="special", side_effects=False)
+        create(name, function, parameters, returns, null_handling="special", side_effects=False)
     for statement in _macros():
         con.execute(statement)
 
