@@ -11,10 +11,14 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
-import tomllib
 from pathlib import Path
 
 import lumibot_duckdb
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli, which pytest itself depends on there
+    import tomli as tomllib  # type: ignore[no-redef]
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -50,7 +54,8 @@ def test_the_version_is_written_once() -> None:
 def test_classifiers_and_project_urls() -> None:
     project = PYPROJECT["project"]
     assert {"Development Status :: 3 - Alpha", "Topic :: Office/Business :: Financial :: Investment",
-            "Programming Language :: Python :: 3.10", "Operating System :: OS Independent"} <= set(project["classifiers"])
+            "Programming Language :: Python :: 3.10", "Operating System :: OS Independent"} <= set(
+        project["classifiers"])
     assert not any(c.startswith("License ::") for c in project["classifiers"])  # the SPDX expression says it
     assert all(url.startswith("https://") for url in project["urls"].values())
 
