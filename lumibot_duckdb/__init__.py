@@ -21,17 +21,19 @@ from lumibot_duckdb.errors import (
     CorruptFileError,
     LumibotDuckDBError,
     ProviderDataError,
+    SeriesNotFoundError,
     StoreError,
     StoreLockTimeout,
 )
 from lumibot_duckdb.registry import SOURCES
 from lumibot_duckdb.sources.install import install, uninstall
-from lumibot_duckdb.store import DataStorageInterface, DuckDBDataStorage, Interval, SeriesKey
+from lumibot_duckdb.store import DataStorageInterface, DuckDBDataStorage, Interval, SeriesKey, SeriesName
 
 __version__ = "0.1.0"
 
 # The public surface (tests/test_public_api.py checks it): the drop-in class of every source of
-# lumibot_duckdb.registry.SOURCES, the store, the settings, the errors and install()/uninstall().
+# lumibot_duckdb.registry.SOURCES, the store and how series are named, the settings, the errors and
+# install()/uninstall().
 __all__ = [
     "AlpacaBacktesting",
     "BarsValidationError",
@@ -46,6 +48,8 @@ __all__ = [
     "PolygonDataBacktesting",
     "ProviderDataError",
     "SeriesKey",
+    "SeriesName",
+    "SeriesNotFoundError",
     "Settings",
     "StoreError",
     "StoreLockTimeout",

@@ -214,9 +214,9 @@ def test_a_store_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path, monk
     assert (tmp_path / "bars" / "bars").is_dir()
     DuckDBDataStorage("deep/er/store", create_parents=True).close()
     assert (tmp_path / "deep" / "er" / "store" / "bars").is_dir()
-    monkeypatch.setenv("LUMIBOT_DUCKDB_CACHE_DIR", str(tmp_path / "nope" / "store"))
-    with pytest.raises(StoreError, match="LUMIBOT_DUCKDB_CACHE_DIR"):
-        DuckDBDataStorage()
+    monkeypatch.setenv("LUMIBOT_DUCKDB_CACHE_DIR", str(tmp_path / "configured" / "store"))
+    DuckDBDataStorage().close()  # a deployment's setting: created, parents included
+    assert (tmp_path / "configured" / "store" / "bars").is_dir()
     (tmp_path / "SPY_1d.csv").write_text("date,open,high,low,close\n2024-01-02,1,1,1,1\n")
     code, out = run("ingest", tmp_path / "SPY_1d.csv", "--store", "typo/bars")
     assert code == 1 and "mkdir -p typo/bars" in out and not (tmp_path / "typo").exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from lumibot_duckdb import config
 from lumibot_duckdb.config import Settings, find_dotenv, lumibot_environment
 from lumibot_duckdb.log import get_logger
 
@@ -115,6 +116,7 @@ def test_settings_read_dotenv_only_when_lumibot_has_not(tmp_path: Path, monkeypa
     monkeypatch.delenv("LUMIBOT_DISABLE_DOTENV")
     monkeypatch.setattr(sys, "argv", [str(tmp_path / "script.py")])
     monkeypatch.delitem(sys.modules, "lumibot.credentials", raising=False)
+    monkeypatch.setattr(config, "_applied_to_process", False)  # as in a process where the CLI did not start
     settings = Settings.resolve()
     assert settings.cache_dir == tmp_path / "from-dotenv" and settings.cache_dir_from == "LUMIBOT_DUCKDB_CACHE_DIR"
     assert "LUMIBOT_DUCKDB_CACHE_DIR" not in os.environ  # read, not loaded: the library changes nothing

@@ -159,7 +159,7 @@ def test_analytics_functions_refuse_unknown_series_with_python_options(store: Du
     ("SELECT * FROM ema('SPY', 5, src := 'polygon')", "src := 'ingest'"),
     ("SELECT * FROM rolling_corr('SPY', 'TLT', 5)", "holds no series TLT"),
     ("SELECT * FROM asof_align(['SPY', 'QQQ'])", "holds no series QQQ"),
-    ("SELECT * FROM vwap(NULL, tf := 'minute')", "timeframes held: day"),
+    ("SELECT * FROM vwap(NULL, tf := 'minute')", "Timeframes held: day"),
     ("SELECT * FROM sma('SPY', 5, tf := 'weekly')", "Weekly bars are not stored"),
 ])
 def test_sql_macros_raise_instead_of_returning_nothing(store: DuckDBDataStorage, sql: str, says: str) -> None:

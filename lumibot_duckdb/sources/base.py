@@ -164,7 +164,7 @@ class EnhancedDataSourceBacktesting:
         self.duckdb_stats = DataLayerStats()
         self._duckdb_failure: BaseException | None = None
         self.duckdb_strict_error: BaseException | None = None
-        self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.cache_dir))
+        self._duckdb_store = _Once(lambda: DuckDBDataStorage(self.duckdb_settings.cache_dir, create_parents=True))
         super().__init__(*args, **kwargs)
 
     # -- switches ------------------------------------------------------------------------------

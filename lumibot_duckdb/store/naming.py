@@ -209,7 +209,7 @@ def _other_values(name: SeriesName, near: list[SeriesKey], *, on: str | None) ->
     for field, value in name.given().items():
         values = sorted({getattr(k, field) for k in near} - {value})
         if values:
-            parts.append(f"{field.replace('_', ' ')}s held: {', '.join(values)} (pass "
+            parts.append(f"{field.replace('_', ' ').capitalize()}s held: {', '.join(values)} (pass "
                          f"{' or '.join(spell(field, v, on=on) for v in values[:3])})")
     return "; ".join(parts) + "." if parts else ""
 

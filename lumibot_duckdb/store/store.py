@@ -88,19 +88,19 @@ class DuckDBDataStorage(DataStorageInterface):
                  create_parents: bool = False) -> None:
         """Open the store in ``cache_dir`` (default: ``LUMIBOT_DUCKDB_CACHE_DIR``, else ``<Lumibot cache>/duckdb``).
 
-        A folder that does not exist is created as a new, empty store, but only inside an existing folder
-        (or for the default location): a store named in a folder that does not exist either is far more
-        often a typo than a wish, so that is a :class:`StoreError` unless ``create_parents=True``.
+        A folder that does not exist is created as a new, empty store. A ``cache_dir`` given here whose
+        parent folder does not exist either is far more often a typo than a wish: that is a
+        :class:`StoreError` unless ``create_parents=True``. The default folder and one configured
+        with ``LUMIBOT_DUCKDB_CACHE_DIR`` (a deployment's setting) are created with their parents, as
+        are the data sources' stores.
         """
         settings = Settings.resolve(cache_dir=cache_dir, use_duckdb=True)
         self.root = settings.cache_dir
         self.backend = LocalFolder(self.root)
         self.lock_timeout = lock_timeout
         missing = next((p for p in reversed(self.root.parents) if not p.exists()), None)
-        if missing is not None and not (create_parents or settings.cache_dir_from == "default"):
-            named = f"{settings.cache_dir_from} {self.root}" if settings.cache_dir_from != "cache_dir=" else \
-                str(self.root)
-            raise StoreError(f"No store at {named}, and its folder {missing} does not exist either: is the path "
+        if missing is not None and settings.cache_dir_from == "cache_dir=" and not create_parents:
+            raise StoreError(f"No store at {self.root}, and its folder {missing} does not exist either: is the path "
                              f"mistyped? To start a new store there, create the folder first (mkdir -p {self.root}).")
         try:
             self.backend.ensure()
