@@ -23,6 +23,7 @@ from lumibot_duckdb.errors import (
     LumibotDuckDBError,
     ProviderDataError,
     ProviderRequestError,
+    SeriesNotFoundError,
     StoreError,
     StoreLockTimeout,
 )
@@ -32,7 +33,8 @@ from lumibot_duckdb.sources.install import install, uninstall
 __version__ = "0.1.0"
 
 # The public surface (tests/test_public_api.py checks it): the drop-in class of every source of
-# lumibot_duckdb.registry.SOURCES, the store, the settings, the errors and install()/uninstall().
+# lumibot_duckdb.registry.SOURCES, the store and how series are named, the settings, the errors and
+# install()/uninstall().
 __all__ = [
     "AlpacaBacktesting",
     "BarsValidationError",
@@ -48,6 +50,8 @@ __all__ = [
     "ProviderDataError",
     "ProviderRequestError",
     "SeriesKey",
+    "SeriesName",
+    "SeriesNotFoundError",
     "Settings",
     "StoreError",
     "StoreLockTimeout",
@@ -63,7 +67,8 @@ _LAZY = {
     **{spec.class_name: spec.module for spec in SOURCES.values()},
     "EnhancedDataSourceBacktesting": "lumibot_duckdb.sources.base",
     # the store (pyarrow) too: a process that only runs Lumibot's own classes never loads it
-    **dict.fromkeys(("DataStorageInterface", "DuckDBDataStorage", "Interval", "SeriesKey"), "lumibot_duckdb.store"),
+    **dict.fromkeys(("DataStorageInterface", "DuckDBDataStorage", "Interval", "SeriesKey", "SeriesName"),
+                   "lumibot_duckdb.store"),
 }
 
 

@@ -1,4 +1,12 @@
-"""The ``lumibot-duckdb`` command: a thin layer over the library (parse, call, print)."""
+"""The ``lumibot-duckdb`` command: a thin layer over the library (parse, call, print).
+
+Before any command runs, the ``.env`` files a Lumibot backtest started in the current folder would
+load are loaded (:func:`lumibot_duckdb.config.load_dotenv`), so the command line and backtests agree
+on the store. Errors name the command line's flags (:func:`lumibot_duckdb.errors.surface`). Tables
+never split a value across lines: piped, they are as wide as they need; in a terminal narrower than
+a table, cut values end in ``…`` and a line says so. Times are shown in Lumibot's default time zone,
+said under every table, daily bars as dates.
+"""
 
 from __future__ import annotations
 
@@ -9,64 +17,152 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lumibot_duckdb.errors import LumibotDuckDBError
+from lumibot_duckdb.errors import LumibotDuckDBError, surface
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from lumibot_duckdb.store import DuckDBDataStorage
 
 STORE_OPTION = click.option(
     "--store", "store_dir", metavar="DIR|s3://BUCKET/PREFIX", default=None,
     help="The store: a folder or s3://bucket/prefix (default: LUMIBOT_DUCKDB_STORE, else LUMIBOT_DUCKDB_CACHE_DIR, "
-         "else <Lumibot cache>/duckdb).")
+         "from the environment or a .env file as Lumibot reads it, else <Lumibot cache>/duckdb).")
+NAIVE = "naive = America/New_York, Lumibot's default time zone"
 
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except LumibotDuckDBError as exc:
-            raise click.ClickException(str(exc)) from exc
+        with surface("cli"):
+            try:
+                return super().invoke(ctx)
+            except LumibotDuckDBError as exc:
+                raise click.ClickException(str(exc)) from exc
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="lumibot-duckdb")
 def main() -> None:
     """One DuckDB + Parquet bar store behind Lumibot's backtesting data sources."""
+    from lumibot_duckdb.config import load_dotenv
+
+    load_dotenv([Path.cwd()])  # the .env (and .env.local) Lumibot would load for a backtest started here
+
+
+# -- printing -----------------------------------------------------------------------------------------
+def _table(title: str | None = None, *, caption: str | None = None) -> Table:
+    from rich.table import Table
+
+    return Table(title=title, caption=caption, caption_justify="left")
+
+
+def _column(table: Table, name: str, *, numeric: bool = False) -> None:
+    """A column whose values stay on one line (cut with … only if a terminal is too narrow)."""
+    table.add_column(name, justify="right" if numeric else "left", no_wrap=True, overflow="ellipsis")
+
+
+def _print(*items: Any) -> None:
+    """Print rich tables and lines: as wide as needed when piped, cut visibly (…) in a narrow terminal."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    tables = [t for t in items if isinstance(t, Table)]
+    natural = max((Console(width=100_000).measure(t).maximum for t in tables), default=0)
+    if sys.stdout.isatty():
+        console = Console(highlight=False)
+    else:
+        console = Console(width=max(natural, 100), highlight=False, soft_wrap=True)
+    for item in items:
+        console.print(item, markup=False)
+    if natural > console.width:
+        console.print(f"(Values ending in … are cut to fit this {console.width}-column terminal; a wider one, "
+                      "or --json / --format csv, shows them whole.)")
+
+
+def _zone() -> str:
+    from lumibot_duckdb.config import default_timezone
+
+    return default_timezone()
+
+
+def _local(ts: Any, *, dates: bool = False) -> str:
+    """A time in the display zone: a date for daily bars (``dates``) at local midnight, else minutes
+    (seconds if any)."""
+    import pandas as pd
+
+    if ts is None:
+        return "-"
+    local = pd.Timestamp(ts).tz_convert(_zone())
+    if dates and local == local.normalize():
+        return local.strftime("%Y-%m-%d")
+    return local.strftime("%Y-%m-%d %H:%M:%S" if local.second or local.microsecond else "%Y-%m-%d %H:%M")
+
+
+def _size(n: float) -> str:
+    from lumibot_duckdb.config import format_bytes
+
+    return format_bytes(n)
 
 
 # -- ingest and export (lumibot_duckdb.ingest.load, lumibot_duckdb.sql.export) ------------------------------
+
+
+def _mapping(items: tuple[str, ...]) -> dict[str, str]:
+    from lumibot_duckdb.errors import ConfigError
+
+    mapping = {}
+    for item in items:
+        field, equals, column = item.partition("=")
+        if not equals or not field.strip() or not column:
+            raise ConfigError(f"--column {item!r}: write FIELD=COLUMN, e.g. --column close=\"Adj Close\".")
+        mapping[field.strip()] = column
+    return mapping
 
 
 @main.command("ingest")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--source", default="ingest", show_default=True, help="Source name of the series written.")
 @click.option("--symbol", default=None, help="Symbol (default: a symbol column, else the file name: SPY_1d.csv).")
-@click.option("--timeframe", default=None, help="minute, hour or day (default: file name, else bar spacing).")
+@click.option("--timeframe", default=None,
+              help="minute, hour or day, or 1m/1h/1d (default: file name, else bar spacing).")
 @click.option("--asset-type", default="stock", show_default=True, help="stock, crypto, future, index, forex…")
 @click.option("--quote", default="USD", show_default=True, help="Quote currency of the series.")
 @click.option("--tz", "timezone", default=None,
-              help="Time zone of naive timestamps (default: America/New_York; UTC for crypto).")
+              help="Time zone of naive timestamps (default: America/New_York, Lumibot's default time zone).")
 @click.option("--layout", type=click.Choice(["auto", "yahoo", "polygon", "alpaca", "generic"]), default="auto",
               show_default=True, help="Column layout; auto reads it from the header.")
+@click.option("--time-column", default=None, help="The column holding the bar times (default: from the header).")
+@click.option("--column", "columns", multiple=True, metavar="FIELD=COLUMN",
+              help="Read a bar field from this column, e.g. --column close=\"Adj Close\" (repeatable).")
 @click.option("--repair", is_flag=True, help="Drop invalid rows, sort and de-duplicate instead of rejecting the file.")
 @STORE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def ingest_command(paths: tuple[Path, ...], source: str, symbol: str | None, timeframe: str | None,
-                   asset_type: str, quote: str, timezone: str | None, layout: str, repair: bool,
-                   store_dir: str | None, as_json: bool, progress: bool | None) -> None:
+                   asset_type: str, quote: str, timezone: str | None, layout: str, time_column: str | None,
+                   columns: tuple[str, ...], repair: bool, store_dir: str | None, as_json: bool,
+                   progress: bool | None) -> None:
     """Load CSV, zstd-compressed CSV (.csv.zst) or Parquet bar files (or folders of them) into the store.
 
     Yahoo, Polygon, Alpaca and generic timestamp,open,high,low,close,volume layouts are read from
-    the header. Invalid rows (unparseable, missing or negative values, high/low not bracketing
-    open/close, future bars, duplicates, unsorted rows) reject the file unless --repair is given.
-    Ingesting a file again adds nothing; where a file overlaps stored bars, the stored bars win.
+    the header, and so is pandas' own DataFrame.to_csv() / to_parquet() output; name other columns
+    with --time-column and --column. Naive timestamps are in America/New_York (Lumibot's default
+    time zone) unless --tz says otherwise. Invalid rows (unparseable, missing or negative values,
+    high/low not bracketing open/close, future bars, duplicates, unsorted rows) reject the file
+    unless --repair is given. Ingesting a file again adds nothing; where a file overlaps stored
+    bars, the stored bars win. Weekly and monthly bars are refused: the store keeps the minute,
+    hour and day bars Lumibot backtests on.
 
+    \b
     Example: lumibot-duckdb ingest data/SPY_1d_2019.csv data/TLT_1d_2019.csv --store ./bars
+    Example: lumibot-duckdb ingest prices.csv --symbol SPY --time-column when --column close="Adj Close"
 
     Then backtest offline, without an API key (Python):
 
     \b
+        from datetime import datetime
         from lumibot.backtesting import PandasDataBacktesting
         from lumibot_duckdb.sources.pandas_data import pandas_data
         MyStrategy.backtest(PandasDataBacktesting, datetime(2019, 2, 1), datetime(2019, 12, 31),
@@ -78,51 +174,54 @@ def ingest_command(paths: tuple[Path, ...], source: str, symbol: str | None, tim
 
     with _writable_store(store_dir) as store:
         report = ingest(store, list(paths), source=source, symbol=symbol, timeframe=timeframe,
-                        asset_type=asset_type, quote=quote, timezone=timezone, layout=layout,
-                        on_invalid="repair" if repair else "reject", progress=progress)
+                        asset_type=asset_type, quote=quote, timezone=timezone, layout=layout, time_column=time_column,
+                        columns=_mapping(columns), on_invalid="repair" if repair else "reject", progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1, default=str))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Ingest into {report.store}")
+    table = _table(f"Ingest into {report.store}")
     for name in ("file", "layout", "series", "read", "added", "present", "conflicts", "repairs", "status"):
-        table.add_column(name, justify="right" if name in ("read", "added", "present", "conflicts") else "left")
+        _column(table, name, numeric=name in ("read", "added", "present", "conflicts"))
     for item in report.files:
         table.add_row(Path(item.path).name, item.layout, "\n".join(item.series), f"{item.rows_read:,}",
                       f"{item.rows_added:,}", f"{item.rows_present:,}", f"{item.conflicts:,}",
                       "\n".join(f"{k} ({v:,})" for k, v in item.repairs.items()) or "-", item.status)
-    console = Console(width=160)
-    console.print(table)
-    console.print(f"{len(report.files)} file(s), {report.rows_read:,} rows read, {report.rows_added:,} added, "
-                  f"{report.rows_present:,} already stored, {report.conflicts:,} conflicting (stored kept), "
-                  f"{report.seconds:.2f} s")
+    notes = [f"{Path(item.path).name}: {note}" for item in report.files for note in item.notes]
+    _print(table, *notes,
+           f"{len(report.files)} file(s), {report.rows_read:,} rows read, {report.rows_added:,} added, "
+           f"{report.rows_present:,} already stored, {report.conflicts:,} conflicting (stored kept), "
+           f"{report.seconds:.2f} s")
 
 
 @main.command("export")
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--symbol", default=None, help="Export this series (with --source, --timeframe…).")
+@click.option("--symbol", default=None, help="Export this series (with --source, --timeframe… where it is not the "
+                                             "only one of its symbol).")
 @click.option("--query", default=None, help="Export the result of one SELECT over market_data, symbols…")
-@click.option("--source", default="ingest", show_default=True)
-@click.option("--timeframe", default="day", show_default=True)
-@click.option("--asset-type", default="stock", show_default=True)
-@click.option("--quote", default="USD", show_default=True)
-@click.option("--exchange", default="", help="Venue of the series (CCXT exchange id), if any.")
-@click.option("--adjustment", default="raw", show_default=True)
-@click.option("--start", default=None, help="First time exported (series only; naive = UTC).")
-@click.option("--end", default=None, help="Export bars before this time (series only; naive = UTC).")
+@click.option("--source", default=None, help="Source of the series (default: the one the store holds).")
+@click.option("--timeframe", default=None, help="minute, hour or day, or 1m/1h/1d (default: the one held).")
+@click.option("--asset-type", default=None, help="Asset type of the series (default: the one held).")
+@click.option("--quote", default=None, help="Quote currency of the series (default: the one held).")
+@click.option("--exchange", default=None, help="Venue of the series (CCXT exchange id), if any.")
+@click.option("--adjustment", default=None, help="raw, split, all… (default: the one held).")
+@click.option("--start", default=None, help=f"First time exported (series only; {NAIVE}).")
+@click.option("--end", default=None, help=f"Export bars before this time (series only; {NAIVE}).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default=None,
               help="Default: from the file extension.")
 @STORE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def export_command(output: Path, symbol: str | None, query: str | None, source: str, timeframe: str,
-                   asset_type: str, quote: str, exchange: str, adjustment: str, start: str | None, end: str | None,
-                   fmt: str | None, store_dir: str | None, as_json: bool) -> None:
+def export_command(output: Path, symbol: str | None, query: str | None, source: str | None, timeframe: str | None,
+                   asset_type: str | None, quote: str | None, exchange: str | None, adjustment: str | None,
+                   start: str | None, end: str | None, fmt: str | None, store_dir: str | None,
+                   as_json: bool) -> None:
     """Write a stored series, or a SQL query's result, to a CSV or Parquet file (whole or not at all).
 
-    Example: lumibot-duckdb export spy.csv --symbol SPY --timeframe day --store ./bars
+    A series is named by its symbol and, where the store holds several for it, --source,
+    --timeframe, --quote, --adjustment…; a name it does not hold is an error saying what it holds.
+    Times in the file are UTC, written with their offset.
 
+    \b
+    Example: lumibot-duckdb export spy.csv --symbol SPY --timeframe day --store ./bars
     Example: lumibot-duckdb export counts.parquet --query "SELECT symbol, count(*) FROM market_data GROUP BY 1"
     """
     import dataclasses
@@ -130,17 +229,21 @@ def export_command(output: Path, symbol: str | None, query: str | None, source: 
 
     from lumibot_duckdb.errors import ConfigError
     from lumibot_duckdb.sql.export import export
-    from lumibot_duckdb.store import SeriesKey
+    from lumibot_duckdb.store.naming import SeriesName
 
     if (symbol is None) == (query is None):
         raise ConfigError("Pass either --symbol (a series) or --query (one SELECT), not both and not neither.")
-    what = query if query is not None else SeriesKey(source, symbol or "", timeframe, asset_type, quote, exchange,
-                                                      adjustment)
+    what = query if query is not None else SeriesName(symbol, source=source, timeframe=timeframe,
+                                                      asset_type=asset_type, quote=quote, exchange=exchange,
+                                                      adjustment=adjustment)
     result = export(store_dir, what, output, format=fmt, start=start, end=end)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(result)))
-    else:
-        click.echo(f"{result.rows:,} rows written to {result.path} ({result.format}, {result.bytes:,} bytes)")
+        return
+    click.echo(f"{result.rows:,} rows written to {result.path} ({result.format}, {_size(result.bytes)})"
+               + (f" from {result.series}" if result.series else ""))
+    if result.note:
+        click.echo(result.note)
 
 
 # -- status, query, maintenance (lumibot_duckdb.sql.query, lumibot_duckdb.store.maintenance) --------------------
@@ -158,7 +261,7 @@ def _existing_store(store_dir: str | None, *, write: bool = False) -> DuckDBData
     location = Settings.resolve(store=store_dir, use_duckdb=True).location
     if not is_s3(location) and not (Path(location) / "bars").is_dir():
         raise ConfigError(f"No store at {location} (no bars/ folder). Pass --store DIR|s3://BUCKET/PREFIX or set "
-                          "LUMIBOT_DUCKDB_STORE / LUMIBOT_DUCKDB_CACHE_DIR.")
+                          "LUMIBOT_DUCKDB_STORE / LUMIBOT_DUCKDB_CACHE_DIR (in the environment or a .env file).")
     return DuckDBDataStorage(location, role="write" if write else None)
 
 
@@ -176,13 +279,6 @@ def _console() -> Any:
 
     return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
 
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n:,.1f} GB"
 
 
 def _series_cells(key: Any) -> tuple[str, str, str, str, str]:
@@ -209,16 +305,16 @@ def db_status(store_dir: str | None, as_json: bool, source: str | None, symbol: 
     on disk and bytes per bar; empty answers waiting to be asked again; quarantined (damaged) and
     leftover temporary files.
 
-    Read from file names and Parquet footers only: fast on large stores.
+    Read from file names and Parquet footers only: fast on large stores. Times are shown in
+    America/New_York (Lumibot's default time zone; --json gives UTC), daily ones as dates; a
+    covered range runs up to, not including, its "until" time. Sizes are 1024-based (KiB, MiB).
 
+    \b
     Example: lumibot-duckdb db-status --store ./bars
-
     Example: lumibot-duckdb db-status --json | jq '.series[] | select(.gaps != [])'
     """
     import dataclasses
     import json
-
-    from rich.table import Table
 
     from lumibot_duckdb.store.maintenance import status
 
@@ -227,64 +323,71 @@ def db_status(store_dir: str | None, as_json: bool, source: str | None, symbol: 
     if source or symbol:  # (symbols match exactly, case kept, as in every other command)
         keep = [s for s in report.series if (source is None or s.key.source == source.strip().lower())
                 and (symbol is None or s.key.symbol == symbol.strip())]
+        if not keep and report.series:
+            held = sorted({s.key.symbol for s in report.series} if symbol else {s.key.source for s in report.series})
+            asked = " and ".join(f for f in (f"--symbol {symbol}" if symbol else "",
+                                             f"--source {source}" if source else "") if f)
+            raise click.ClickException(f"No series of {report.location or report.root} matches {asked}; it holds "
+                                       f"{'symbols' if symbol else 'sources'} {', '.join(held[:20])}"
+                                       f"{', …' if len(held) > 20 else ''}.")
         report = dataclasses.replace(report, series=keep)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
         return
-    console = _console()
     per_bar = f"{report.bytes / report.rows:.1f} B/bar" if report.rows else "-"
-    console.print(f"[bold]{report.location or report.root}[/bold]: {len(report.series)} series, {report.rows:,} bars, "
-                  f"{report.files:,} files, {_size(report.bytes)} ({per_bar})")
+    lines: list[Any] = [f"{report.location or report.root}: {len(report.series)} series, {report.rows:,} bars, "
+                        f"{report.files:,} files, {_size(report.bytes)} ({per_bar})"]
+    zone = (f"Times in {_zone()} (Lumibot's default time zone), daily ones as dates; each range runs from "
+            "'covered from' up to, not including, 'covered until'.")
     if not report.series:
-        console.print("The store is empty. Load bars with `lumibot-duckdb ingest FILE…` or run a backtest.")
+        lines.append("The store is empty. Load bars with `lumibot-duckdb ingest FILE…` or run a backtest.")
     else:
-        sources = Table(title="Sources")
-        for name in ("source", "series", "symbols", "files", "bars", "on disk", "B/bar", "from", "to"):
-            sources.add_column(name, justify="left" if name in ("source", "from", "to") else "right")
+        sources = _table("Sources", caption=zone)
+        for name in ("source", "series", "symbols", "files", "bars", "on disk", "B/bar", "covered from",
+                     "covered until"):
+            _column(sources, name, numeric=name not in ("source", "covered from", "covered until"))
         for row in report.sources():
             sources.add_row(row["source"], str(row["series"]), str(row["symbols"]), f"{row['files']:,}",
                             f"{row['rows']:,}", _size(row["bytes"]),
                             "-" if row["bytes_per_bar"] is None else f"{row['bytes_per_bar']:.1f}",
-                            _when(row["covered_from"]), _when(row["covered_to"]))
-        console.print(sources)
-        series = Table(title="Series")
-        for name in ("source", "symbol", "type", "timeframe", "adj", "covered from", "covered to", "gaps",
-                     "bars", "files", "on disk", "B/bar"):
-            series.add_column(name, justify="right" if name in ("gaps", "bars", "files", "on disk", "B/bar")
-                              else "left")
+                            _local(row["covered_from"], dates=True), _local(row["covered_to"], dates=True))
+        series = _table("Series", caption=zone)
         flagged = any(s.flags for s in report.series)
-        if flagged:
-            series.add_column("flags")
+        for name in ("source", "symbol", "type", "timeframe", "adj", "covered from", "covered until", "gaps",
+                     "bars", "files", "on disk", "B/bar", *(("flags",) if flagged else ())):
+            _column(series, name, numeric=name in ("gaps", "bars", "files", "on disk", "B/bar"))
         for s in report.series:
-            cells = [*_series_cells(s.key), _when(s.coverage[0].start) if s.coverage else "-",
-                     _when(s.coverage[-1].end) if s.coverage else "-", str(len(s.gaps)), f"{s.rows:,}",
-                     str(s.files), _size(s.bytes), "-" if s.bytes_per_bar is None else f"{s.bytes_per_bar:.1f}"]
+            cells = [*_series_cells(s.key),
+                     _local(s.coverage[0].start, dates=True) if s.coverage else "-",
+                     _local(s.coverage[-1].end, dates=True) if s.coverage else "-", str(len(s.gaps)),
+                     f"{s.rows:,}", str(s.files), _size(s.bytes),
+                     "-" if s.bytes_per_bar is None else f"{s.bytes_per_bar:.1f}"]
             if flagged:
                 cells.append(", ".join(_flag(name, value) for name, value in s.flags.items()) or "-")
             series.add_row(*cells)
-        console.print(series)
+        lines += [sources, series]
         rounded = [s for s in report.series if "rounded" in s.flags]
         if rounded:
-            console.print(f"[yellow]{len(rounded)} series hold bars imported from Lumibot's CCXT cache, rounded to 3 "
-                          "decimals[/yellow] (import-cache --include-rounded). To replace them with the exchange's "
-                          "own prices: `lumibot-duckdb maintain prune --source ccxt --symbol BASE`, then fetch.")
+            lines.append(f"{len(rounded)} series hold bars imported from Lumibot's CCXT cache, rounded to 3 decimals "
+                         "(import-cache --include-rounded). To replace them with the exchange's own prices: "
+                         "`lumibot-duckdb maintain prune --source ccxt --symbol BASE`, then fetch.")
     waiting = [(s.key, a) for s in report.series for a in s.waiting]
     if waiting:
-        console.print(f"[yellow]{len(waiting)} empty answer(s)[/yellow] over ranges where the market was open, "
-                      "each asked again once at the first request after the time shown "
-                      "(`lumibot-duckdb maintain forget-empty` asks at the next one):")
-        for key, answer in waiting[:20]:
-            console.print(f"  {key}  {answer.file.interval}  answered empty {_when(answer.asked)}, "
-                          f"asked again after {_when(answer.recheck_after)}")
+        lines.append(f"{len(waiting)} empty answer(s) over ranges where the market was open, each asked again once "
+                     "at the first request after the time shown (`lumibot-duckdb maintain forget-empty` asks at "
+                     "the next one):")
+        lines += [f"  {key}  {answer.file.interval}  answered empty {_local(answer.asked)}, asked again after "
+                  f"{_local(answer.recheck_after)}" for key, answer in waiting[:20]]
         if len(waiting) > 20:
-            console.print(f"  … and {len(waiting) - 20} more (--json lists them all)")
+            lines.append(f"  … and {len(waiting) - 20} more (--json lists them all)")
     if report.quarantined:
-        console.print(f"[yellow]{len(report.quarantined)} quarantined file(s)[/yellow] in "
-                      f"{report.root / '.quarantine'} (damaged, set aside; their ranges are fetched again).")
+        lines.append(f"{len(report.quarantined)} quarantined file(s) in {report.root / '.quarantine'} (damaged, set "
+                     "aside; their ranges are fetched again).")
     stale = [f for f in report.temporary if f.age_seconds >= 3600]
     if stale:
-        console.print(f"[yellow]{len(stale)} leftover temporary file(s)[/yellow] "
-                      f"({_size(sum(f.bytes for f in stale))}); remove them with `lumibot-duckdb maintain clean-tmp`.")
+        lines.append(f"{len(stale)} leftover temporary file(s) ({_size(sum(f.bytes for f in stale))}); remove them "
+                     "with `lumibot-duckdb maintain clean-tmp`.")
+    _print(*lines)
 
 
 def _flag(name: str, value: Any) -> str:
@@ -319,15 +422,19 @@ def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limi
            exchange, timeframe, adjustment, open, high, low, close, volume, vwap,
            trade_count, adj_close, dividend, split_ratio, metadata), symbols,
            data_sources, coverage, files.
-    Analytics (table macros; options tf := 'day'|'hour'|'minute', src := 'yahoo',
-    as_of := TIMESTAMPTZ '…' (no bar after it is used), since := …):
+    Analytics (table macros; options tf := 'day'|'hour'|'minute' (or '1d', '1m'…),
+    src := 'yahoo', as_of := '2024-03-01 15:00' (no bar after it is used),
+    since := …; naive times are America/New_York):
       sma(sym, n)  ema(sym, n [, sma_seed := true])  bollinger(sym, n [, k := 2])
       rsi(sym, n)  vwap(sym [, tz := 'America/New_York'])
       volatility(sym, n [, annualize := 252])  rolling_corr(sym_a, sym_b, n)
       asof_align(['SPY', 'TLT'])         (sym NULL = every symbol of the timeframe)
+    A symbol the store does not hold is an error saying what it holds.
 
-    Anything that would change the store or touch other files (INSERT, CREATE, COPY, ATTACH,
-    INSTALL, SET, PRAGMA, several statements…) is refused; only files of the store can be read.
+    The table shows times in America/New_York (Lumibot's default time zone), daily bars as
+    dates; csv, json and parquet keep UTC. Anything that would change the store or touch other
+    files (INSERT, CREATE, COPY, ATTACH, INSTALL, SET, PRAGMA, several statements…) is refused;
+    only files of the store can be read.
     A statement is stopped at --timeout, and at --memory-limit (plus --max-temp of spill files);
     csv, json and parquet output is written as it comes, so its size is not held in memory.
 
@@ -342,7 +449,7 @@ def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limi
 
     from lumibot_duckdb.config import parse_bytes
     from lumibot_duckdb.errors import ConfigError
-    from lumibot_duckdb.sql.query import TABLE_LIMIT, Limits, default_memory, python_rows, query, stream, write_stream
+    from lumibot_duckdb.sql.query import TABLE_LIMIT, Limits, default_memory, query, stream, write_stream
 
     if (sql is None) == (sql_file is None):
         raise ConfigError("Give the SQL as an argument or with --file, not both and not neither. "
@@ -366,19 +473,45 @@ def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limi
         return
     with _existing_store(store_dir) as store:
         result = query(store, text, limit=wanted or None, limits=limits, printable=True)
-    import pyarrow.types as kinds
-    from rich.table import Table
-
-    table = Table()
-    for field in result.table.schema:
-        numeric = kinds.is_integer(field.type) or kinds.is_floating(field.type) or kinds.is_decimal(field.type)
-        table.add_column(field.name, overflow="fold", justify="right" if numeric else "left")
-    for row in python_rows(result.table):
-        table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
-    console = _console()
-    console.print(table)
+    table, zoned = _result_table(result.table)
     more = f"; more exist (--limit {wanted * 10} or --limit 0 for all)" if result.truncated else ""
-    console.print(f"{result.table.num_rows:,} row(s){more}")
+    lines: list[Any] = [table]
+    if zoned:
+        lines.append(f"Times in {_zone()} (Lumibot's default time zone); --format csv or json gives UTC.")
+    if result.table.num_rows == 0:
+        lines.append("0 rows: nothing matched. (A series the store does not hold would be an error; "
+                     "`lumibot-duckdb db-status` shows what it holds.)")
+    else:
+        lines.append(f"{result.table.num_rows:,} row(s){more}")
+    _print(*lines)
+
+
+def _result_table(rows: Any) -> tuple[Table, bool]:
+    """A query result as a table: numbers whole, times with a zone in the display zone (dates when every
+    value is a local midnight). Also says whether any column was zoned."""
+    import pandas as pd
+    import pyarrow.types as kinds
+
+    table = _table()
+    columns: list[list[str]] = []
+    zoned = False
+    from lumibot_duckdb.sql.query import python_values
+
+    for field, column in zip(rows.schema, rows.columns):
+        values = python_values(column)  # (times Python cannot hold come as text: printed as they are)
+        numeric = kinds.is_integer(field.type) or kinds.is_floating(field.type) or kinds.is_decimal(field.type)
+        if kinds.is_timestamp(field.type) and field.type.tz is not None:
+            zoned = True
+            stamps = [v if v is None or isinstance(v, str) else pd.Timestamp(v).tz_convert(_zone()) for v in values]
+            daily = all(v is None or isinstance(v, str) or v == v.normalize() for v in stamps)
+            text = ["NULL" if v is None else v if isinstance(v, str) else _local(v, dates=daily) for v in stamps]
+        else:
+            text = ["NULL" if v is None else str(v) for v in values]
+        _column(table, field.name, numeric=numeric)
+        columns.append(text)
+    for row in zip(*columns):
+        table.add_row(*row)
+    return table, zoned
 
 
 class _Capped:
@@ -410,6 +543,7 @@ def maintain() -> None:
     Safe while backtests read the store: rewrites take the series' lock, publish the new file
     before removing the old ones, and readers retry. Commands that delete have --dry-run.
 
+    \b
     Example: lumibot-duckdb maintain verify --store ./bars
     """
 
@@ -436,6 +570,7 @@ def maintain_compact(source: str | None, symbol: str | None, symbol_glob: str | 
 
     Every bar is kept; where two files overlap, the newer file's bars win (as on every read).
 
+    \b
     Example: lumibot-duckdb maintain compact --source polygon --store ./bars
     """
     from lumibot_duckdb.store.maintenance import compact
@@ -458,6 +593,7 @@ def maintain_compact(source: str | None, symbol: str | None, symbol_glob: str | 
 def maintain_clean_tmp(older_than: str, dry_run: bool, store_dir: str | None) -> None:
     """Remove files a stopped writer left in the store's .tmp/ folder.
 
+    \b
     Example: lumibot-duckdb maintain clean-tmp --older-than 2h --dry-run
     """
     from lumibot_duckdb.store.maintenance import clean_tmp, parse_age
@@ -473,7 +609,7 @@ def maintain_clean_tmp(older_than: str, dry_run: bool, store_dir: str | None) ->
 
 
 @maintain.command("prune")
-@click.option("--before", default=None, help="Remove bars before this date/time (naive = UTC), e.g. 2020-01-01.")
+@click.option("--before", default=None, help=f"Remove bars before this date/time ({NAIVE}), e.g. 2020-01-01.")
 @_selection
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -485,6 +621,7 @@ def maintain_prune(before: str | None, source: str | None, symbol: str | None, s
     The coverage of removed time goes with the bars, so a backtest that asks for it fetches it
     again. A file that straddles --before is rewritten to keep the later bars.
 
+    \b
     Example: lumibot-duckdb maintain prune --before 2020-01-01 --source polygon --dry-run
     """
     from lumibot_duckdb.store.maintenance import prune
@@ -518,6 +655,7 @@ def maintain_verify(as_json: bool, quarantine: bool, store_dir: str | None) -> N
     disagree. Changes nothing unless --quarantine. Exits 1 when an error is found (warnings:
     files without a checksum, quarantined files, leftover temporary files, overlaps that agree, do not fail).
 
+    \b
     Example: lumibot-duckdb maintain verify --store ./bars && echo sound
     """
     import json
@@ -964,6 +1102,7 @@ def demo(workdir: Path | None, source: str, report: Path | None, png: Path | Non
     and whether fills and final portfolio value are identical (or differ only by a declared
     legacy defect).
 
+    \b
     Example: lumibot-duckdb demo --source ccxt --workdir ./demo-run --report demo.html
     """
     from lumibot_duckdb.ab.harness import demo_scenario

@@ -3,6 +3,17 @@
 Nothing here runs at import time; :meth:`Settings.resolve` is called when a data source or a store
 is built.
 
+**The environment is Lumibot's.** Lumibot loads ``.env`` (and ``.env.local`` beside it) when it is
+imported: the first folder upward from the script's folder that holds a ``.env``, else the first
+upward from the current folder; ``.env`` never overrides a variable already set, ``.env.local``
+does; ``LUMIBOT_DISABLE_DOTENV`` skips both, ``LUMIBOT_DISABLE_DOTENV_LOCAL`` the local one.
+:func:`lumibot_environment` applies the same files with the same precedence when Lumibot has not
+been imported (the command line, a script that only uses the store), so a backtest and
+``lumibot-duckdb db-status`` agree on the store folder.
+
+**Naive times** (no time zone) are read everywhere in Lumibot's default time zone,
+:func:`default_timezone` (``America/New_York``), as Lumibot itself reads them.
+
 Environment variables:
 
 ``LUMIBOT_USE_DUCKDB``
@@ -48,6 +59,8 @@ Environment variables:
     Where verify mode writes its report (JSON). Default:
     ``logs/lumibot-duckdb-verify-<source>-<time>-<pid>.json`` under the working directory, beside
     Lumibot's own backtest logs.
+    Units: ``KB``/``MB``/``GB`` are powers of 1000, ``KiB``/``MiB``/``GiB`` powers of 1024 (sizes
+    printed by the command line use the latter).
 """
 
 from __future__ import annotations
@@ -56,7 +69,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +92,10 @@ ENV_STORE_ROLE = "LUMIBOT_DUCKDB_STORE_ROLE"
 ENV_LISTING_TTL = "LUMIBOT_DUCKDB_S3_LISTING_TTL"
 ENV_LEASE_TTL = "LUMIBOT_DUCKDB_S3_LEASE_TTL"
 ROLES = ("read", "write")
+ENV_DISABLE_DOTENV = "LUMIBOT_DISABLE_DOTENV"
+ENV_DISABLE_DOTENV_LOCAL = "LUMIBOT_DISABLE_DOTENV_LOCAL"
+LUMIBOT_DEFAULT_TIMEZONE = "America/New_York"
+"""Lumibot's default time zone (``lumibot.constants.LUMIBOT_DEFAULT_TIMEZONE``), the meaning of naive times."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -190,6 +207,17 @@ def parse_store(value: str | os.PathLike[str], *, name: str) -> str:
     return str(Path(text).expanduser())
 
 
+def format_bytes(count: float) -> str:
+    """A byte size for people, 1024-based and labelled so: ``512 B``, ``10.8 KiB``, ``1.5 GiB``
+    (:func:`parse_bytes` reads ``KiB``/``MiB``… as powers of 1024 and ``KB``/``MB``… as powers of 1000)."""
+    n = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} TiB"  # pragma: no cover - the loop always returns
+
+
 def lumibot_cache_folder(environ: Mapping[str, str] | None = None) -> Path:
     """Lumibot's own cache folder, as Lumibot itself resolves it.
 
@@ -206,6 +234,102 @@ def lumibot_cache_folder(environ: Mapping[str, str] | None = None) -> Path:
     import appdirs  # a Lumibot dependency; the same call Lumibot makes
 
     return Path(appdirs.user_cache_dir(appauthor="LumiWealth", appname="lumibot", version="1.0"))
+
+
+def default_timezone() -> str:
+    """The time zone naive times are read in: Lumibot's default (``lumibot.constants.LUMIBOT_DEFAULT_TIMEZONE``).
+
+    Lumibot's value when Lumibot is imported, else the same constant (without importing Lumibot).
+    """
+    constants = sys.modules.get("lumibot.constants")
+    return str(getattr(constants, "LUMIBOT_DEFAULT_TIMEZONE", LUMIBOT_DEFAULT_TIMEZONE))
+
+
+# -- .env, the way Lumibot reads it -----------------------------------------------------------------
+_applied_to_process = False
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    return environ.get(name, "").strip().lower() in _TRUE  # Lumibot's _env_flag_enabled
+
+
+def dotenv_files(start: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> list[Path]:
+    """The files Lumibot's ``find_and_load_dotenv(start)`` loads, in order: the ``.env`` of the first folder
+    upward from ``start`` that has one, then the ``.env.local`` beside it (unless
+    ``LUMIBOT_DISABLE_DOTENV_LOCAL``). Empty when there is none."""
+    env = os.environ if environ is None else environ
+    current = Path(os.path.abspath(start))
+    if current.is_file():
+        current = current.parent
+    for folder in (current, *current.parents):
+        dotenv = folder / ".env"
+        if dotenv.is_file():
+            local = folder / ".env.local"
+            return [dotenv, local] if local.is_file() and not _flag(env, ENV_DISABLE_DOTENV_LOCAL) else [dotenv]
+    return []
+
+
+def lumibot_start_folders() -> list[Path]:
+    """Where Lumibot starts looking for ``.env``: the folder of the script being run, then the current folder."""
+    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    return [Path(os.path.dirname(os.path.abspath(script))), Path.cwd()]
+
+
+def find_dotenv(start: Sequence[str | os.PathLike[str]] | None = None,
+                environ: Mapping[str, str] | None = None) -> list[Path]:
+    """The ``.env`` files Lumibot would load searching from ``start`` (default :func:`lumibot_start_folders`):
+    those of the first start folder where a search finds any; none with ``LUMIBOT_DISABLE_DOTENV``."""
+    env = os.environ if environ is None else environ
+    if _flag(env, ENV_DISABLE_DOTENV):
+        return []
+    for folder in lumibot_start_folders() if start is None else start:
+        found = dotenv_files(folder, env)
+        if found:
+            return found
+    return []
+
+
+def _apply(files: Sequence[Path], environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with ``files`` applied as Lumibot applies them: ``.env`` under what is set, ``.env.local`` over."""
+    from dotenv import dotenv_values  # python-dotenv, a Lumibot dependency
+
+    merged = dict(environ)
+    for path in files:
+        try:
+            values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Cannot read {path}: {exc}. Fix or remove it, or set "
+                              f"{ENV_DISABLE_DOTENV}=true.") from exc
+        if path.name == ".env.local":
+            merged.update(values)
+        else:
+            merged.update({k: v for k, v in values.items() if k not in merged})
+    return merged
+
+
+def lumibot_environment(environ: Mapping[str, str] | None = None, *,
+                        start: Sequence[str | os.PathLike[str]] | None = None) -> Mapping[str, str]:
+    """The environment a Lumibot backtest started here sees: ``environ`` (default ``os.environ``) plus the
+    ``.env`` files Lumibot loads (:func:`find_dotenv`), unless they were loaded already (Lumibot is
+    imported, or :func:`load_dotenv` ran) or ``LUMIBOT_DISABLE_DOTENV`` is set. Nothing is changed."""
+    env = os.environ if environ is None else environ
+    if environ is None and (_applied_to_process or "lumibot.credentials" in sys.modules):
+        return env
+    files = find_dotenv(start, env)
+    return _apply(files, env) if files else env
+
+
+def load_dotenv(start: Sequence[str | os.PathLike[str]] | None = None) -> list[Path]:
+    """Load the ``.env`` files Lumibot would load (searching from ``start``) into ``os.environ``, with
+    Lumibot's precedence; what a process entry point (the command line) does once at start-up, as
+    importing Lumibot does. Returns the files loaded."""
+    global _applied_to_process
+    files = [] if "lumibot.credentials" in sys.modules else find_dotenv(start)
+    if files:
+        merged = _apply(files, os.environ)
+        os.environ.update({k: v for k, v in merged.items() if os.environ.get(k) != v})
+    _applied_to_process = True
+    return files
 
 
 @dataclass(frozen=True)
@@ -234,6 +358,8 @@ class Settings:
     def location(self) -> str:
         """The store's location: :attr:`store`, else the local cache folder."""
         return self.store or str(self.cache_dir)
+    cache_dir_from: str = "default"
+    """Where ``cache_dir`` came from: ``"cache_dir="`` (a keyword), ``"LUMIBOT_DUCKDB_CACHE_DIR"`` or ``"default"``."""
 
     @classmethod
     def resolve(
@@ -250,8 +376,9 @@ class Settings:
         store_role: str | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
-        """Apply the precedence: explicit argument, then environment, then default."""
-        env = os.environ if environ is None else environ
+        """Apply the precedence: explicit argument, then environment (with Lumibot's ``.env`` files, see
+        :func:`lumibot_environment`), then default."""
+        env = lumibot_environment() if environ is None else environ
 
         if use_duckdb is None:
             raw = env.get(ENV_USE_DUCKDB)
@@ -268,8 +395,9 @@ class Settings:
         if cache_dir is None:
             raw = env.get(ENV_CACHE_DIR, "").strip()
             folder = Path(raw) if raw else lumibot_cache_folder(env) / "duckdb"
+            origin = ENV_CACHE_DIR if raw else "default"
         else:
-            folder = Path(cache_dir)
+            folder, origin = Path(cache_dir), "cache_dir="
         if max_memory is None:
             budget = parse_bytes(env.get(ENV_MAX_MEMORY), name=ENV_MAX_MEMORY)
         else:
@@ -297,7 +425,8 @@ class Settings:
         return cls(use_duckdb=enabled, cache_dir=folder.expanduser(), strict=is_strict, max_memory=budget,
                    retries=int(attempts), retry_wait=float(wait),
                    verify=verify, verify_report=Path(report_path).expanduser() if report_path else None,
-                   store=location, store_role=role, listing_ttl=listing_ttl, lease_ttl=lease_ttl)
+                   store=location, store_role=role, listing_ttl=listing_ttl, lease_ttl=lease_ttl,
+                   cache_dir_from=origin)
 
 
 def _number(value: object, *, name: str, default: float, whole: bool, least: float) -> float:

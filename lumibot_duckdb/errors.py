@@ -4,6 +4,7 @@ One root, branches that also inherit the builtin a caller would expect::
 
     LumibotDuckDBError
     ├── ConfigError (ValueError)            a flag or path that cannot be used
+    │   └── SeriesNotFoundError (LookupError) a read names a series the store does not hold
     ├── StoreError (RuntimeError)           the store cannot be read or written
     │   ├── CorruptFileError                a file in the store failed its integrity check; set aside
     │   └── StoreLockTimeout (TimeoutError) another process holds a series for too long
@@ -16,9 +17,18 @@ One root, branches that also inherit the builtin a caller would expect::
 
 A ``StoreError`` on the DuckDB path of a data source makes it fall back to the legacy path
 (with one warning) unless strict mode is on; provider errors are never hidden that way.
+
+Messages name options the way the caller writes them (:func:`spell`): ``timeframe='day'`` from
+Python, ``--timeframe day`` on the command line (the CLI sets :func:`surface`), ``tf := 'day'`` in
+the SQL macros.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import shlex
+from collections.abc import Iterator, Sequence
 
 
 class LumibotDuckDBError(Exception):
@@ -27,6 +37,19 @@ class LumibotDuckDBError(Exception):
 
 class ConfigError(ValueError, LumibotDuckDBError):
     """A configuration value (keyword argument or environment variable) is not usable."""
+
+
+class SeriesNotFoundError(LookupError, ConfigError):
+    """A read names a series the store does not hold (never answered with an empty frame).
+
+    ``wanted`` is what was asked for; ``near`` the series the store holds for that symbol (same
+    symbol in another case, quote, adjustment, timeframe or source), closest first.
+    """
+
+    def __init__(self, message: str, *, wanted: object = None, near: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.wanted = wanted
+        self.near = list(near)
 
 
 class StoreError(RuntimeError, LumibotDuckDBError):
@@ -115,3 +138,53 @@ class ABRunError(RuntimeError, LumibotDuckDBError):
 class ParityError(AssertionError, LumibotDuckDBError):
     """Lumibot's legacy path and the DuckDB path gave different fills or final value, and no declared
     legacy defect explains it (raised by :func:`lumibot_duckdb.ab.assert_parity`, with the first differing fill)."""
+
+
+# -- how a message names an option ----------------------------------------------------------------
+SURFACES = ("python", "cli", "sql")
+_SURFACE: contextvars.ContextVar[str] = contextvars.ContextVar("lumibot_duckdb_surface", default="python")
+_CLI_FLAGS = {"timezone": "--tz", "cache_dir": "--store", "store": "--store", "columns": "--column",
+              "fmt": "--format", "output": "--output"}
+_SQL_NAMES = {"timeframe": "tf", "source": "src", "start": "since", "symbol": "sym"}
+_NO_VALUE = object()
+
+
+@contextlib.contextmanager
+def surface(name: str) -> Iterator[None]:
+    """Inside the block, :func:`spell` names options for ``name`` (``"python"``, ``"cli"`` or ``"sql"``)."""
+    if name not in SURFACES:
+        raise ValueError(f"surface {name!r}: use one of {', '.join(SURFACES)}")
+    token = _SURFACE.set(name)
+    try:
+        yield
+    finally:
+        _SURFACE.reset(token)
+
+
+def current_surface() -> str:
+    return _SURFACE.get()
+
+
+def spell(name: str, value: object = _NO_VALUE, *, on: str | None = None) -> str:
+    """Option ``name`` (a Python keyword, e.g. ``"time_column"``) as the user of ``on`` (default: the
+    current :func:`surface`) writes it, with ``value`` if given.
+
+    >>> spell("time_column", "Date"), spell("time_column", "Date", on="cli"), spell("timeframe", "day", on="sql")
+    ("time_column='Date'", '--time-column Date', "tf := 'day'")
+    """
+    where = on or _SURFACE.get()
+    if where == "cli":
+        if name == "on_invalid" and value == "repair":
+            return "--repair"
+        flag = _CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
+        return flag if value is _NO_VALUE else f"{flag} {shlex.quote(str(value))}"
+    if where == "sql" and name in _SQL_NAMES:
+        word = _SQL_NAMES[name]
+        return word if value is _NO_VALUE else f"{word} := {_sql_literal(value)}"
+    return f"{name}=" if value is _NO_VALUE else f"{name}={value!r}"
+
+
+def _sql_literal(value: object) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"

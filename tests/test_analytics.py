@@ -11,7 +11,7 @@ import pandas_ta_classic as ta
 import pytest
 from factories import key, make_bars
 
-from lumibot_duckdb.errors import ConfigError
+from lumibot_duckdb.errors import ConfigError, SeriesNotFoundError
 from lumibot_duckdb.sql import analytics
 from lumibot_duckdb.sql.query import query
 from lumibot_duckdb.store import DuckDBDataStorage, SeriesKey
@@ -219,9 +219,10 @@ def test_macros_are_reachable_from_sql_and_refuse_bad_arguments(store: DuckDBDat
         analytics.sma(store, "AAA", 0, timeframe="minute")
     with pytest.raises(ConfigError, match="Unknown option"):
         analytics.sma(store, "AAA", 5, timeframe="minute", until="2024")
-    assert analytics.sma(store, "ZZZ", 5, timeframe="minute").empty
+    with pytest.raises(SeriesNotFoundError, match="holds no series ZZZ"):  # never an empty answer
+        analytics.sma(store, "ZZZ", 5, timeframe="minute")
     staleness = analytics.asof_align(store, ["AAA", "BBB"], timeframe="minute", column="staleness_seconds",
-                                     as_of="2024-01-02 16:00")
+                                     as_of="2024-01-02 11:00")  # naive: New York, 16:00 UTC
     assert len(staleness) == 91 and (staleness == 0).all().all()
     with pytest.raises(ConfigError, match="column="):
         analytics.asof_align(store, ["AAA"], column="adj_close")

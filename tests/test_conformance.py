@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -456,6 +457,7 @@ def test_damaged_store_file_is_fetched_again_transparently(name: str, tmp_path: 
                                                            caplog: pytest.LogCaptureFixture) -> None:
     """A truncated bar file is set aside, its range (and only that) is fetched again, and the strategy
     gets the same bars; no error reaches it."""
+    caplog.set_level(logging.WARNING, logger="lumibot.lumibot_duckdb")  # our records obey Lumibot's levels
     source = kit(name)
     symbol, timestep, store = symbols(source)[0], timesteps(source)[-1], tmp_path / "store"
     with offline_provider(source, tmp_path / "lumibot-cache") as provider:

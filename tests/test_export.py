@@ -43,7 +43,7 @@ def test_a_series_round_trips_through_export_and_ingest(store, tmp_path, fmt):
 
 def test_series_export_honours_start_and_end_and_leaves_out_empty_columns(store, tmp_path):
     path = tmp_path / "part.csv"
-    export(store, KEY, path, start="2024-01-02 15:00", end="2024-01-02 16:00")
+    export(store, KEY, path, start="2024-01-02 10:00", end="2024-01-02 11:00")  # naive: New York time
     frame = pd.read_csv(path)
     assert len(frame) == 60
     assert frame["ts"].iloc[0].startswith("2024-01-02 15:00:00")

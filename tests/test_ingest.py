@@ -220,10 +220,10 @@ def test_timeframe_is_inferred_from_spacing_when_the_name_has_none(tmp_path, sto
 
 
 def test_unknown_symbol_or_timeframe_is_a_clear_error_and_stores_nothing(tmp_path, store_dir):
-    with pytest.raises(ConfigError, match=r"Cannot tell the symbol of .*data.csv.*--symbol"):
+    with pytest.raises(ConfigError, match=r"Cannot tell the symbol of .*data.csv.*symbol="):
         ingest(store_dir, write(generic_frame(minute_bars()), tmp_path / "data.csv"))
     irregular = generic_frame(minute_bars()).iloc[[0, 3, 7, 12, 20]]
-    with pytest.raises(ConfigError, match=r"Cannot tell the timeframe .*--timeframe"):
+    with pytest.raises(ConfigError, match=r"Cannot tell the timeframe .*timeframe="):
         ingest(store_dir, write(irregular, tmp_path / "AAA.csv"))
     assert DuckDBDataStorage(store_dir).series() == []
 
@@ -278,7 +278,7 @@ def test_invalid_rows_reject_the_file_naming_file_line_and_remedy(tmp_path, stor
     with pytest.raises(BarsValidationError) as caught:
         ingest(store_dir, path)
     message = str(caught.value)
-    assert str(path) in message and "line 1" in message and "--repair" in message and "\n" not in message
+    assert str(path) in message and "line 1" in message and "on_invalid='repair'" in message and "\n" not in message
     assert ingest_module.PROBLEMS[case] in message
     assert DuckDBDataStorage(store_dir).series() == []
 
@@ -580,3 +580,71 @@ def test_cli_ingest_help_has_an_example_and_bad_input_exits_with_one_line(tmp_pa
     assert len(lines) == 1 and lines[0].startswith("Error:") and "--repair" in lines[0]
     result = runner.invoke(main, ["ingest", str(path), "--store", str(store_dir), "--repair", "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["files"][0]["issues"] == {"ohlc": 1}
+
+
+# -- pandas' own output, named columns, weekly and monthly bars ----------------------------------------------
+def _pandas_bars(periods: int = 30) -> pd.DataFrame:
+    """Daily bars as a pandas user holds them: an unnamed DatetimeIndex, capitalised columns."""
+    bars = make_bars("2024-01-02", periods, freq="1D")
+    frame = bars[["open", "high", "low", "close", "volume"]].rename(columns=str.capitalize)
+    frame.index = pd.date_range("2024-01-02", periods=periods, freq="B")  # naive dates, no name
+    return frame
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_pandas_default_output_is_ingested_as_it_is(tmp_path, store_dir, suffix):
+    """Issue 15: a df.to_csv() file (header ",Open,High,Low,Close,Volume") was refused with no way out."""
+    frame = _pandas_bars()
+    path = tmp_path / f"SPY_1d.{suffix}"
+    frame.to_csv(path) if suffix == "csv" else frame.to_parquet(path)
+    if suffix == "csv":
+        assert path.read_text().splitlines()[0] == ",Open,High,Low,Close,Volume"
+    report = ingest(store_dir, path)
+    assert report.rows_added == 30 and any("pandas' index" in n for n in report.files[0].notes)
+    got = stored(store_dir, key("SPY", "day"))
+    assert list(got.index) == list(frame.index.tz_localize(NY).tz_convert("UTC"))
+    assert got["close"].tolist() == frame["Close"].tolist()
+
+
+def test_the_time_column_and_other_columns_can_be_named(tmp_path, store_dir):
+    frame = _pandas_bars()
+    odd = pd.DataFrame({"when": frame.index.strftime("%Y-%m-%d"), "first": frame["Open"], "top": frame["High"],
+                        "bottom": frame["Low"], "last": frame["Close"], "Adj Close": frame["Close"] * 0.9,
+                        "qty": frame["Volume"]})
+    path = tmp_path / "SPY_1d.csv"
+    odd.to_csv(path, index=False)
+    with pytest.raises(BarsValidationError, match=r"time_column='<column>'"):
+        ingest(store_dir, path)
+    columns = {"open": "first", "high": "top", "low": "bottom", "close": "last", "volume": "qty"}
+    report = ingest(store_dir, path, time_column="when", columns=columns)
+    assert report.rows_added == 30
+    assert stored(store_dir, key("SPY", "day"))["volume"].tolist() == frame["Volume"].tolist()
+    result = CliRunner().invoke(main, ["ingest", str(path), "--store", str(tmp_path / "cli"), "--time-column", "when",
+                                       *[f"--column={k}={v}" for k, v in columns.items()], "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["rows_added"] == 30
+    with pytest.raises(ConfigError, match="not a bar field"):
+        ingest(store_dir, path, columns={"closing": "last"})
+
+
+@pytest.mark.parametrize(("name", "freq", "kind"), [
+    ("SPY_1wk.csv", "W-FRI", "Weekly"), ("SPY_weekly.csv", "D", "Weekly"), ("SPY.csv", "W-FRI", "Weekly"),
+    ("SPY_1mo.csv", "MS", "Monthly"), ("SPY.csv", "MS", "Monthly")])
+def test_weekly_and_monthly_bars_are_refused_saying_what_to_do(tmp_path, store_dir, name, freq, kind):
+    days = pd.date_range("2023-01-06", periods=12, freq=freq)
+    frame = pd.DataFrame({"date": days.strftime("%Y-%m-%d"), "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5,
+                          "volume": 10.0})
+    with pytest.raises(ConfigError, match=rf"{kind} bars are not stored.*day bars.*resample"):
+        ingest(store_dir, write(frame, tmp_path / name))
+    assert DuckDBDataStorage(store_dir).series() == []
+
+
+def test_an_explicit_timeframe_over_weekly_bars_is_stored_with_a_note(tmp_path, store_dir):
+    days = pd.date_range("2023-01-06", periods=12, freq="W-FRI")
+    frame = pd.DataFrame({"date": days.strftime("%Y-%m-%d"), "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5})
+    report = ingest(store_dir, write(frame, tmp_path / "SPY.csv"), timeframe="day")
+    assert report.rows_added == 12 and any("the bars are weekly" in n for n in report.files[0].notes)
+
+
+def test_1M_is_refused_as_ambiguous(tmp_path, store_dir):
+    with pytest.raises(ConfigError, match=r"ambiguous.*one month"):
+        ingest(store_dir, write(generic_frame(minute_bars()), tmp_path / "AAA.csv"), timeframe="1M")

@@ -2,7 +2,7 @@
 
 Floors, lowest first (a module may import its own folder and any lower floor, nothing else):
 
-    0  errors, _moved                    what everything may use
+    0  errors, _moved, log               what everything may use
     1  registry                          the list of sources (pure data)
     2  config                            settings
     3  store/                            the store contract, its folder backend, views, maintenance
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lumibot_duckdb"
-FLOORS = {"errors": 0, "_moved": 0, "registry": 1, "config": 2, "store": 3, "sources": 4, "sql": 4, "ingest": 4,
-          "fetch": 5, "testing": 6, "ab": 7, "cli": 8, "__main__": 9, "": 9}
+FLOORS = {"errors": 0, "_moved": 0, "log": 0, "registry": 1, "config": 2, "store": 3, "sources": 4, "sql": 4,
+          "ingest": 4, "fetch": 5, "testing": 6, "ab": 7, "cli": 8, "__main__": 9, "": 9}
 
 
 def _modules() -> dict[str, Path]:

@@ -137,7 +137,7 @@ def test_prune_by_source_removes_whole_series_and_a_daily_cut(store: DuckDBDataS
     daily = all_bars(store, DAILY)
     report = prune(store, source="test")
     assert report.bars_removed == 100 and store.series() == [DAILY]
-    prune(store, before="2024-01-01", timeframe="day")
+    prune(store, before="2024-01-01Z", timeframe="day")
     pd.testing.assert_frame_equal(all_bars(store, DAILY), daily.loc["2024-01-01":])
     assert store.coverage(DAILY)[0].start == pd.Timestamp("2024-01-01", tz="UTC")
     with pytest.raises(ConfigError, match="refusing to empty"):
@@ -175,13 +175,13 @@ def test_symbol_filters_match_exactly_with_case_kept_and_patterns_on_request(sto
 
 def test_prune_cli_dry_run_confirmation_and_yes(store: DuckDBDataStorage) -> None:
     store.write(SPY, make_bars(periods=100, seed=1))
-    code, out = run("maintain", "prune", "--before", "2024-01-02 15:00", "--dry-run", "--store", store.root)
+    code, out = run("maintain", "prune", "--before", "2024-01-02 10:00", "--dry-run", "--store", store.root)
     assert code == 0 and "would remove 0 file(s), rewrite 1, 30 bar(s)" in out
     assert len(all_bars(store, SPY)) == 100
-    result = CliRunner().invoke(main, ["maintain", "prune", "--before", "2024-01-02 15:00", "--store",
+    result = CliRunner().invoke(main, ["maintain", "prune", "--before", "2024-01-02 10:00", "--store",
                                        str(store.root)], input="n\n")
     assert result.exit_code == 1 and len(all_bars(store, SPY)) == 100
-    code, out = run("maintain", "prune", "--before", "2024-01-02 15:00", "--yes", "--store", store.root)
+    code, out = run("maintain", "prune", "--before", "2024-01-02 10:00", "--yes", "--store", store.root)
     assert code == 0 and "30 bar(s) gone" in out and len(all_bars(store, SPY)) == 70
     code, out = run("maintain", "prune", "--before", "yesterday-ish", "--yes", "--store", store.root)
     assert code == 1 and out.startswith("Error:")

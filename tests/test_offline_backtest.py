@@ -69,9 +69,9 @@ def test_pandas_data_hands_lumibot_the_stored_bars_in_new_york_time(shared_data,
 
 def test_a_series_not_in_the_store_is_named_with_what_is_there(shared_data, store_dir):
     ingest(store_dir, shared_data / "SPY_1d_2019.csv")
-    with pytest.raises(ConfigError, match=r"no series ingest:stock:SPY/USD:minute:raw.*SPY/USD:day"):
+    with pytest.raises(ConfigError, match=r"holds no series SPY \(timeframe minute\).*ingest:stock:SPY/USD:day"):
         pandas_data(store_dir, ["SPY"], timeframe="minute")
-    with pytest.raises(ConfigError, match="ingest its bars first"):
+    with pytest.raises(ConfigError, match=r"holds no series QQQ.*It holds 1 symbol\(s\): SPY"):
         pandas_data(store_dir, ["QQQ"])
     with pytest.raises(ConfigError, match="day or minute"):
         pandas_data(store_dir, ["SPY"], timeframe="hour")

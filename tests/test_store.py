@@ -69,8 +69,8 @@ def test_round_trip_property(tmp_path_factory: pytest.TempPathFactory, prices: l
     index = pd.DatetimeIndex(sorted(pd.Timestamp("2023-06-01", tz="UTC") + pd.to_timedelta(offsets[:n], "s")))
     bars = pd.DataFrame({c: prices[:n] for c in ("open", "high", "low", "close", "volume")}, index=index)
     with DuckDBDataStorage(tmp_path_factory.mktemp("s")) as store:
-        store.write(key(), bars, covered=("2023-06-01", "2023-07-01"))
-        back = store.read(key(), "2023-06-01", "2023-07-01")
+        store.write(key(), bars, covered=("2023-06-01Z", "2023-07-01Z"))
+        back = store.read(key(), "2023-06-01Z", "2023-07-01Z")
     assert back.index.equals(index.as_unit("us")) or list(back.index) == list(index)
     assert back["close"].tolist() == prices[:n]
 
@@ -171,7 +171,7 @@ def test_status_reports_rows_bytes_coverage_and_gaps(store_dir: Path) -> None:
     (status,) = store.status()
     assert status.rows == 15 and status.files == 2 and status.bytes > 0
     assert status.first_bar == utc("2024-01-02 14:30") and status.last_bar == utc("2024-01-03 14:34")
-    assert status.gaps == [Interval("2024-01-02 14:40", "2024-01-03 14:30")]
+    assert status.gaps == [Interval("2024-01-02 14:40Z", "2024-01-03 14:30Z")]
 
 
 def test_truncated_file_is_set_aside_and_the_rest_survives(store_folder: Path) -> None:
@@ -184,7 +184,7 @@ def test_truncated_file_is_set_aside_and_the_rest_survives(store_folder: Path) -
         store.read(key(), "2024-01-01", "2024-02-01")
     assert "fetched again" in str(info.value) and info.value.quarantined_to
     assert Path(info.value.quarantined_to).exists()  # kept for inspection, not deleted
-    assert store.coverage(key()) == [Interval("2024-01-02 14:30", "2024-01-02 15:00")]
+    assert store.coverage(key()) == [Interval("2024-01-02 14:30Z", "2024-01-02 15:00Z")]
     assert len(store.read(key(), "2024-01-01", "2024-02-01")) == 30
 
 
@@ -253,7 +253,7 @@ def _write_same_gap(store_dir: str, barrier, seed: int) -> None:
     store = DuckDBDataStorage(store_dir)
     barrier.wait()
     with store.writer(key()) as writer:
-        for gap in writer.missing(Interval("2024-01-02 14:30", "2024-01-02 16:30")):
+        for gap in writer.missing(Interval("2024-01-02 14:30Z", "2024-01-02 16:30Z")):
             bars = make_bars(periods=120, seed=seed)
             writer.write(bars[(bars.index >= gap.start) & (bars.index < gap.end)], covered=gap)
 

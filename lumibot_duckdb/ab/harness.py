@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lumibot_duckdb.ab.record import fills_of
+from lumibot_duckdb.config import format_bytes
 from lumibot_duckdb.errors import ABRunError
 
 __all__ = ["PHASES", "REFERENCE", "VARIANTS", "VERIFY", "Parity", "RunResult", "Scenario", "compare",
@@ -465,12 +466,13 @@ def render(results: Sequence[RunResult], *, title: str = "A/B: Lumibot legacy vs
 
     table = Table(title=title, show_lines=False)
     for column in ("scenario", "phase", "variant", "wall s", "data layer s", "provider requests", "days asked",
-                   "peak RSS MB", "on disk", "bytes/bar", "fills", "final value"):
-        table.add_column(column, justify="left" if column in ("scenario", "phase", "variant") else "right")
+                   "peak RSS MiB", "on disk", "bytes/bar", "fills", "final value"):
+        table.add_column(column, justify="left" if column in ("scenario", "phase", "variant") else "right",
+                         no_wrap=True)
     for r in results:
         requests = ", ".join(f"{k} {v}" for k, v in r.requests.items() if v) or "0"
         table.add_row(r.scenario, r.phase, r.variant, f"{r.wall_seconds:.2f}", f"{r.data_layer_seconds:.2f}",
-                      requests, str(r.requested_days), f"{r.peak_rss_mb:.0f}", _size(r.bytes_on_disk),
+                      requests, str(r.requested_days), f"{r.peak_rss_mb:.0f}", format_bytes(r.bytes_on_disk),
                       f"{r.bytes_per_bar:.1f}",
                       str(len(r.fills)), f"{r.final_value:,.2f}")
     console = Console(width=160, record=True, file=open(os.devnull, "w"))
@@ -485,15 +487,6 @@ def render(results: Sequence[RunResult], *, title: str = "A/B: Lumibot legacy vs
             verdict = f"DIFFERENT: {parity.detail}"
         console.print(f"parity {parity.scenario} / {parity.phase}: {verdict}")
     return console.export_text()
-
-
-def _size(count: int) -> str:
-    n = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

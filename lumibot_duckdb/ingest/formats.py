@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from lumibot_duckdb.errors import BarsValidationError, ConfigError
-from lumibot_duckdb.store.coverage import canonical_timeframe
+from lumibot_duckdb.errors import BarsValidationError, ConfigError, spell
+from lumibot_duckdb.store.coverage import canonical_timeframe, unsupported_timeframe
 
 EXTENSIONS = (".csv", ".csv.zst", ".parquet")
 LAYOUTS = ("auto", "yahoo", "polygon", "alpaca", "generic")
@@ -78,12 +78,9 @@ def _read_blocks(path: Path, fmt: str, chunk_bytes: int, advance: Callable[[int]
             parquet = pq.ParquetFile(path)
         except (pa.ArrowException, OSError) as exc:
             raise BarsValidationError(f"{path} is not a readable Parquet file ({exc}).") from exc
-        size, total = path.stat().st_size, max(parquet.metadata.num_rows, 1)
 
         def parquet_batches() -> Iterator[pa.RecordBatch]:
-            for batch in parquet.iter_batches(batch_size=max(1024, chunk_bytes // 80)):
-                advance(size * batch.num_rows // total)
-                yield batch
+            yield from parquet.iter_batches(batch_size=max(1024, chunk_bytes // 80))
 
         return list(parquet.schema_arrow.names), parquet_batches()
     raw: BinaryIO = open(path, "rb")
@@ -179,6 +176,25 @@ def _line_blocks(stream: pa.NativeFile, size: int) -> Iterator[bytes]:
         yield data[:cut]
 
 
+def estimate_rows(path: Path, fmt: str) -> int | None:
+    """About how many rows ``path`` holds, for a progress bar: exact for Parquet (its footer), the file size
+    over the mean line length of its first 64 KiB for CSV; None for compressed CSV (no cheap estimate)."""
+    try:
+        if fmt == "parquet":
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        if fmt == "csv":
+            size = path.stat().st_size
+            with open(path, "rb") as raw:
+                head = raw.read(1 << 16)
+            lines = head.count(b"\n")
+            if not lines:
+                return 1
+            return max(1, round(size / (len(head) / lines)) - 1)  # minus the header
+    except (OSError, pa.ArrowException):
+        return None
+    return None
+
+
 _CSV_HINT = ("check that it is UTF-8 text (iconv -f latin1 -t utf-8 converts it), the delimiter, and that "
              "every row has as many fields as the header.")
 
@@ -187,8 +203,19 @@ def _arrow_message(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:300]
 
 
-def _columns(names: list[str], layout: str, path: Path) -> tuple[str, dict[str, str]]:
-    """The layout of a header and the file column of each bar field."""
+FIELDS = ("ts", *_NUMBERS, "symbol")
+"""Bar fields a file column can be mapped to (``columns=``/``--column FIELD=COLUMN``)."""
+_INDEX_NAMES = ("", "unnamed: 0", "index")  # a first column holding pandas' unnamed index, as to_csv() writes it
+
+
+def _columns(names: list[str], layout: str, path: Path,
+             overrides: Mapping[str, str] | None = None) -> tuple[str, dict[str, str], list[str]]:
+    """The layout of a header, the file column of each bar field, and notes on how they were found.
+
+    ``overrides`` maps bar fields to file columns (``{"ts": "Date", "close": "Adj Close"}``) and wins
+    over detection. Without a named time column, an unnamed first column (pandas' index, as
+    ``DataFrame.to_csv()`` and ``to_parquet()`` write it) is the time column.
+    """
     clean = [n.strip().lstrip("\ufeff").strip() for n in names]
     twice = sorted({n for n in clean if clean.count(n) > 1})
     if twice:
@@ -198,6 +225,7 @@ def _columns(names: list[str], layout: str, path: Path) -> tuple[str, dict[str, 
     lower = {c.lower(): n for c, n in zip(clean, names) if len(c) > 1}
     lowered = {c.lower() for c in clean}
     auto = layout == "auto"
+    notes: list[str] = []
     if auto:  # the label only: auto-detected files are read with every known column name
         if "adj close" in lowered or {"dividends", "stock splits"} <= lowered:
             layout = "yahoo"
@@ -226,15 +254,35 @@ def _columns(names: list[str], layout: str, path: Path) -> tuple[str, dict[str, 
             mapping[name] = column
     if layout in _LAYOUT_COLUMNS and "symbol" not in mapping and (column := pick(_ALIASES["symbol"])):
         mapping["symbol"] = column
+    for field, column in (overrides or {}).items():
+        if field not in FIELDS:
+            raise ConfigError(f"{spell('columns')}: {field!r} is not a bar field; map one of {', '.join(FIELDS)}.")
+        found = exact.get(str(column).strip())
+        if found is None:
+            raise ConfigError(f"{path} has no column {column!r} (for {field}); its header is {names[:12]}.")
+        for other, used in list(mapping.items()):
+            if used == found and other != field:
+                del mapping[other]
+        mapping[field] = found
+    index = next((n for c, n in zip(clean, names) if c.lower() == "__index_level_0__"), None)
+    if index is None and names and clean[0].lower() in _INDEX_NAMES:
+        index = names[0]
+    if "ts" not in mapping and index is not None:
+        mapping["ts"] = index
+        notes.append("times from the unnamed index column (pandas' index, as DataFrame.to_csv() or to_parquet() "
+                     "writes it)")
     missing = [n for n in ("ts", *_PRICES) if n not in mapping]
     if missing:
         wanted = ", ".join("time column (timestamp/datetime/date/time)" if n == "ts" else n for n in missing)
         hint = ""
         if len(names) == 1 and any(d in names[0] for d in ",;\t| "):
             hint = " The header has one column only: is the delimiter one of , ; tab |?"
-        raise BarsValidationError(f"{path}: the header {names[:12]} has no {wanted} (layout {layout}). Rename "
-                                  f"the columns or pass layout= one of {', '.join(LAYOUTS[1:])}.{hint}")
-    return layout, mapping
+        fix = " or ".join(spell("columns", f"{n}=<column>") if n != "ts" else spell("time_column", "<column>")
+                          for n in missing[:2])
+        raise BarsValidationError(f"{path}: the header {names[:12]} has no {wanted} (layout {layout}). Name the "
+                                  f"column(s) with {fix}, rename them, or pass {spell('layout')} one of "
+                                  f"{', '.join(LAYOUTS[1:])}.{hint}")
+    return layout, mapping, notes
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -375,6 +423,25 @@ def _daily_stamps(ts: np.ndarray, tz: str, notes: set[str]) -> np.ndarray:
     return out
 
 
+def _spacing(ts: np.ndarray) -> str | None:
+    """``'weekly'``/``'monthly'``/``'quarterly or yearly'`` when the bars' most common spacing says so."""
+    valid = np.sort(ts[~np.isnat(ts)])
+    if len(valid) < 3:
+        return None
+    diffs = np.diff(valid.astype("int64")) / (86_400 * 10**9)
+    diffs = diffs[diffs > 0]
+    if not diffs.size:
+        return None
+    days = float(np.median(diffs))
+    if 6.5 <= days <= 7.5:
+        return "weekly"
+    if 27.5 <= days <= 31.5:
+        return "monthly"
+    if days >= 88:
+        return "quarterly or yearly"
+    return None
+
+
 def _infer_timeframe(ts: np.ndarray, tz: str) -> str | None:
     valid = np.sort(ts[~np.isnat(ts)])
     if len(valid) < 2:
@@ -395,16 +462,21 @@ def _infer_timeframe(ts: np.ndarray, tz: str) -> str | None:
     return None
 
 
-def _name_parts(path: Path) -> tuple[str | None, str | None]:
-    """Symbol and timeframe from a file name like ``SPY_1d_2019.csv`` (either may be None)."""
+def _name_parts(path: Path) -> tuple[str | None, str | None, str | None]:
+    """Symbol, timeframe and an unsupported timeframe (``'weekly'``…) from a file name like ``SPY_1d_2019.csv``
+    (each may be None)."""
     stem = path.name
     for ext in (".csv.zstd", ".csv.zst", ".csv", ".parquet", ".pq"):
         if stem.lower().endswith(ext):
             stem = stem[: -len(ext)]
             break
     parts = [p for p in re.split(r"[_\s]+", stem) if p]
-    timeframe = None
+    timeframe = unsupported = None
     for part in parts[1:]:
+        kind = unsupported_timeframe(part)
+        if kind is not None:
+            unsupported = unsupported or kind
+            continue
         with contextlib.suppress(ConfigError):
             timeframe = canonical_timeframe(part)
             break
@@ -413,4 +485,4 @@ def _name_parts(path: Path) -> tuple[str | None, str | None]:
     first = parts[0] if parts else ""
     looks = bool(re.fullmatch(r"[A-Za-z0-9.\-^=]+", first)) and not first.isdigit()
     symbol = first.upper() if looks and (first == first.upper() or timeframe is not None) else None
-    return symbol, timeframe
+    return symbol, timeframe, None if timeframe is not None else unsupported

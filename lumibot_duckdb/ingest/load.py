@@ -8,19 +8,28 @@ recursively for those extensions). **Layouts**, recognised by their header (or f
 ``layout=``): Yahoo (``Date,Open,High,Low,Close,Adj Close,Volume,Dividends,Stock Splits``),
 Polygon (``t,o,h,l,c,v,vw,n`` with epoch ``t``, or ``timestamp,…,vwap,transactions``), Alpaca
 (``timestamp,…,trade_count,vwap``) and generic (``timestamp|datetime|date|time|ts`` and
-``open,high,low,close[,volume]``, any case). The delimiter (``, ; tab |``) is read from the header.
+``open,high,low,close[,volume]``, any case). pandas' own output works as it is: ``df.to_csv()`` and
+``df.to_parquet()`` of bars with an unnamed DatetimeIndex (an unnamed first column is the time).
+Any other header: name the columns with ``time_column=`` and ``columns={"close": "Adj Close"}``
+(CLI: ``--time-column``, ``--column close="Adj Close"``). The delimiter (``, ; tab |``) is read from
+the header.
 
-**Times**: naive timestamps are in ``timezone`` (default America/New_York, UTC for crypto);
-timestamps with an offset (``-05:00``, ``Z``) keep it; integers are epoch seconds, milliseconds,
-microseconds or nanoseconds (told apart by magnitude). Daily bars are stamped at 00:00 of their
-date in ``timezone``, as every daily series of the store (a daily bar stamped at 00:00 UTC is
-taken as that UTC date; one stamped at any other time as its local date).
+**Times**: naive timestamps are in ``timezone`` (default: Lumibot's default time zone,
+America/New_York, the rule of the whole package — crypto included: pass ``timezone="UTC"`` for an
+exchange export in UTC); timestamps with an offset (``-05:00``, ``Z``) keep it; integers are epoch
+seconds, milliseconds, microseconds or nanoseconds (told apart by magnitude). Daily bars are stamped
+at 00:00 of their date — the trading day's start: in ``timezone`` for stocks and everything else, in
+UTC for crypto (whose days are UTC days, as exchanges count them) — as every daily series of the
+store (a daily bar stamped at 00:00 UTC is taken as that UTC date; one stamped at any other time as
+its local date).
 
 **Series**: symbol from ``symbol=``, else a ``symbol``/``ticker`` column (several symbols per file
 are fine), else the file name's first ``_``-separated part when it is written in capitals or followed by a
 timeframe (``SPY_1d_2019.csv``, ``AAPL.csv``, ``spy_1m.csv``; not ``data.csv``);
 timeframe from ``timeframe=``, else the file name (``1m``, ``1h``, ``1d``, ``minute``, ``daily``…),
-else the bars' most common spacing (exactly 1 minute, 1 hour or 1 day).
+else the bars' most common spacing (exactly 1 minute, 1 hour or 1 day). Weekly, monthly and longer
+bars (by name, ``SPY_1wk.csv``, or by spacing) are refused with what to do instead: the store keeps
+the minute, hour and day bars Lumibot backtests on.
 
 **Validation** finds rows with unparseable values, missing prices, negative volumes, prices at or
 below zero for asset types whose prices are positive (stocks, crypto...; futures and spreads may go
@@ -51,6 +60,9 @@ written one block at a time: memory depends on the block size, not on the file s
 **Speed**: CSV blocks are parsed by Arrow with the time and number columns typed as they are read (a
 file with a cell that does not read as its type, e.g. ``n/a`` or ``12,5``, is read again with every cell
 as text, and reported exactly as before), and each block is written to Parquet while the next one is read.
+
+**Progress** counts rows stored, block by block (a Parquet file's rows are known from its footer,
+a CSV's estimated from its first lines and corrected when the file is done).
 """
 
 from __future__ import annotations
@@ -62,7 +74,7 @@ import os
 import sys
 import time
 import zoneinfo
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -72,7 +84,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lumibot_duckdb.errors import BarsValidationError, ConfigError, LumibotDuckDBError, StoreError
+from lumibot_duckdb.config import default_timezone
+from lumibot_duckdb.errors import BarsValidationError, ConfigError, LumibotDuckDBError, StoreError, spell
 from lumibot_duckdb.ingest.formats import (
     _NUMBERS,
     _PRICES,
@@ -88,10 +101,19 @@ from lumibot_duckdb.ingest.formats import (
     _name_parts,
     _numbers,
     _read_blocks,
+    _spacing,
     _times,
+    estimate_rows,
 )
 from lumibot_duckdb.store import DuckDBDataStorage
-from lumibot_duckdb.store.coverage import TIMEFRAMES, Interval, SeriesKey, canonical_timeframe, missing_ranges
+from lumibot_duckdb.store.coverage import (
+    TIMEFRAMES,
+    Interval,
+    SeriesKey,
+    canonical_timeframe,
+    missing_ranges,
+    unsupported_timeframe_message,
+)
 from lumibot_duckdb.store.schema import release_unused
 from lumibot_duckdb.store.validate import row_problems
 
@@ -214,26 +236,34 @@ def ingest(
     adjustment: str = "raw",
     timezone: str | None = None,
     layout: str = "auto",
+    time_column: str | None = None,
+    columns: Mapping[str, str] | None = None,
     on_invalid: str = "reject",
     progress: bool | None = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> IngestReport:
     """Ingest bar files into ``store`` (a store or its folder); see the module docstring for the rules.
 
-    ``progress``: a tqdm bar on stderr; ``None`` shows it when stderr is a terminal.
+    ``time_column`` names the file column with the bar times, ``columns`` maps bar fields to file
+    columns (``{"close": "Adj Close", "volume": "Vol"}``); both win over what the header suggests.
+    ``progress``: a tqdm bar on stderr counting rows stored; ``None`` shows it when stderr is a terminal.
     Raises :class:`BarsValidationError` for an unusable or (with ``on_invalid="reject"``) invalid
     file, :class:`ConfigError` for options that cannot be used or a series that cannot be named,
     :class:`StoreError` when the store cannot be written. Files before the failing one stay ingested.
     """
     if on_invalid not in ("reject", "repair"):
-        raise ConfigError(f"on_invalid={on_invalid!r}: use 'reject' or 'repair'.")
+        raise ConfigError(f"{spell('on_invalid', on_invalid)}: use 'reject' or 'repair'.")
     if layout not in LAYOUTS:
-        raise ConfigError(f"layout={layout!r}: use one of {', '.join(LAYOUTS)}.")
-    tz = timezone or ("UTC" if str(asset_type).lower() == "crypto" else "America/New_York")
+        raise ConfigError(f"{spell('layout', layout)}: use one of {', '.join(LAYOUTS)}.")
+    tz = timezone or default_timezone()
     try:
         zoneinfo.ZoneInfo(tz)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"timezone={tz!r} is not a time zone name; use e.g. America/New_York or UTC.") from None
+        raise ConfigError(f"{spell('timezone', tz)} is not a time zone name; use e.g. America/New_York or "
+                          "UTC.") from None
+    overrides = {str(k).strip(): str(v) for k, v in (columns or {}).items()}
+    if time_column is not None:
+        overrides["ts"] = time_column
     wanted_timeframe = canonical_timeframe(timeframe) if timeframe else None
     if chunk_bytes < 1024:
         raise ConfigError("chunk_bytes must be at least 1024.")
@@ -242,20 +272,22 @@ def ingest(
     db = store if isinstance(store, DuckDBDataStorage) else DuckDBDataStorage(store)
     report = IngestReport(store=db.location, on_invalid=on_invalid)
     started = time.perf_counter()
+    day_tz = "UTC" if str(asset_type).strip().lower() == "crypto" else tz
     options = _Options(source=source, symbol=symbol, timeframe=wanted_timeframe, asset_type=asset_type, quote=quote,
-                       exchange=exchange, adjustment=adjustment, tz=tz, layout=layout, repair=on_invalid == "repair",
-                       chunk_bytes=chunk_bytes)
-    from tqdm.auto import tqdm
-
+                       exchange=exchange, adjustment=adjustment, tz=tz, day_tz=day_tz, tz_given=timezone is not None,
+                       layout=layout, columns=overrides, repair=on_invalid == "repair", chunk_bytes=chunk_bytes)
     show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, disable=not show,
-               desc="ingest", file=sys.stderr, mininterval=0.5)
+    estimates = [estimate_rows(p, _format_of(p)) if show else None for p in files]
+    bar = _progress_bar(None if None in estimates else sum(e or 0 for e in estimates), show)
     try:
         for number, path in enumerate(files):
             file_report = FileReport(path=str(path), format=_format_of(path))
             bar.set_postfix_str(path.name)
             try:
                 _FileIngest(db, path, options, file_report, bar.update).run()
+                if bar.total is not None and estimates[number] is not None:  # the estimate, now known exactly
+                    bar.total += file_report.rows_read - (estimates[number] or 0)
+                    bar.refresh()
             except LumibotDuckDBError as exc:
                 if not number:
                     raise
@@ -272,6 +304,14 @@ def ingest(
         if own:
             db.close()
     return report
+
+
+def _progress_bar(total: int | None, show: bool) -> Any:
+    """The tqdm bar of an ingest: rows stored, on stderr (a function, so tests can watch it)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=" rows", unit_scale=True, disable=not show, desc="ingest", file=sys.stderr,
+                mininterval=0.5)
 
 
 def find_files(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -306,7 +346,10 @@ class _Options:
     exchange: str
     adjustment: str
     tz: str
+    day_tz: str
+    tz_given: bool
     layout: str
+    columns: dict[str, str]
     repair: bool
     chunk_bytes: int
 
@@ -331,7 +374,8 @@ class _FileIngest:
         self.pool: ThreadPoolExecutor | None = None
         self.writes: collections.deque[Future[int]] = collections.deque()
         self.failed = False
-        self.file_symbol, self.file_timeframe = _name_parts(path)
+        self.file_symbol, self.file_timeframe, self.file_unsupported = _name_parts(path)
+        self.spacing_checked = False
 
     def run(self) -> None:
         started = time.perf_counter()
@@ -354,6 +398,11 @@ class _FileIngest:
                              "folder, then ingest it again.") from exc
         finally:
             self.report.seconds = time.perf_counter() - started
+        naive = f"naive timestamps read in {self.opt.tz}"
+        if naive in self.notes and self.opt.asset_type.strip().lower() == "crypto" and not self.opt.tz_given:
+            self.notes.discard(naive)
+            self.notes.add(f"{naive} (Lumibot's default time zone; crypto exports are often in UTC: if so, pass "
+                           f"{spell('timezone', 'UTC')})")
         self.report.notes = sorted(self.notes)
         self.report.covered = [f"{k}: [{v[0].isoformat()}, {v[1].isoformat()})" for k, v in self.covered.items()]
         self.report.series = [str(k) for k in self.covered]
@@ -370,15 +419,18 @@ class _FileIngest:
         self.timeframe = self.opt.timeframe
         self.typed = False
         self.failed = False
+        self.spacing_checked = False
 
     def _ingest(self, *, typed: bool) -> None:
         """Read, check and write the file; ``typed``: Arrow parses the time and number columns while reading
         (several times faster), and a cell that does not parse raises :class:`TypedReadFailed`."""
         self.typed = typed
         types = self._column_types if typed else None
-        names, batches = _read_blocks(self.path, self.report.format, self.opt.chunk_bytes, self.advance,
+        # (progress counts rows stored, below, not bytes read ahead)
+        names, batches = _read_blocks(self.path, self.report.format, self.opt.chunk_bytes, lambda _: None,
                                       types=types)
-        layout, mapping = _columns(names, self.opt.layout, self.path)
+        layout, mapping, found = _columns(names, self.opt.layout, self.path, self.opt.columns)
+        self.notes.update(found)
         self.report.layout = layout
         ignored = [n for n in names if n not in mapping.values()]
         if ignored:
@@ -389,6 +441,7 @@ class _FileIngest:
                 self.report.rows_read = offset + batch.num_rows
                 self._block(batch, mapping, offset)
                 offset += batch.num_rows
+                self.advance(batch.num_rows)  # after the block is validated and its bars handed to the store
         if offset == 0:
             self.notes.add("no rows (header only)")
         self._problems_or_raise()
@@ -399,7 +452,7 @@ class _FileIngest:
     def _column_types(self, names: list[str]) -> dict[str, pa.DataType]:
         """The time column as naive timestamps, the number columns as float64 (what the text would parse to)."""
         try:
-            _, mapping = _columns(names, self.opt.layout, self.path)
+            _, mapping, _ = _columns(names, self.opt.layout, self.path, self.opt.columns)
         except BarsValidationError:
             return {}  # (the text read reports it)
         types: dict[str, pa.DataType] = {mapping["ts"]: pa.timestamp("ns")}
@@ -414,7 +467,7 @@ class _FileIngest:
         ts = _as_ns(_times(batch.column(mapping["ts"]), self.opt.tz, self.notes))
         timeframe = self._timeframe(ts)
         if timeframe == "day":
-            ts = _daily_stamps(ts, self.opt.tz, self.notes)
+            ts = _daily_stamps(ts, self.opt.day_tz, self.notes)
         columns: dict[str, Any] = {"ts": ts, "line": lines}
         unparseable = np.isnat(ts)
         missing = np.zeros(n, dtype=bool)
@@ -482,12 +535,21 @@ class _FileIngest:
 
     def _timeframe(self, ts: np.ndarray) -> str:
         if self.timeframe is None:
-            self.timeframe = self.file_timeframe or _infer_timeframe(ts, self.opt.tz)
+            spacing = _spacing(ts)
+            kind = self.file_unsupported or spacing
+            if kind is not None and (self.file_timeframe is None or spacing is not None):
+                how = "its name says so" if self.file_unsupported else "its bars are that far apart"
+                raise ConfigError(f"{self.path} holds {kind} bars ({how}). {unsupported_timeframe_message(kind)}")
+            self.timeframe = self.file_timeframe or _infer_timeframe(ts, self.opt.day_tz)
             if self.timeframe is None:
-                raise ConfigError(f"Cannot tell the timeframe of {self.path}: pass timeframe= (CLI: --timeframe) "
-                                  f"one of {', '.join(TIMEFRAMES)}, or name the file like SPY_1m_2020.csv.")
+                raise ConfigError(f"Cannot tell the timeframe of {self.path}: pass {spell('timeframe')} one of "
+                                  f"{', '.join(TIMEFRAMES)}, or name the file like SPY_1m_2020.csv.")
             if self.file_timeframe is None and self.opt.timeframe is None:
                 self.notes.add(f"timeframe {self.timeframe} inferred from the bars' spacing")
+        elif self.opt.timeframe is not None and not self.spacing_checked and (kind := _spacing(ts)):
+            self.notes.add(f"the bars are {kind} ({spell('timeframe', self.timeframe)} was given): "
+                           "is that what the file holds?")
+        self.spacing_checked = True
         return self.timeframe
 
     def _symbols(self, batch: pa.RecordBatch | pa.Table, mapping: dict[str, str],
@@ -499,15 +561,15 @@ class _FileIngest:
             if self.opt.symbol:
                 if values.dropna().nunique() > 1:
                     raise ConfigError(f"{self.path} holds several symbols in column {mapping['symbol']!r}; "
-                                      "do not pass symbol= for it (each symbol becomes its own series).")
+                                      f"do not pass {spell('symbol')} for it (each symbol becomes its own series).")
                 return self.opt.symbol
             if values.isna().any():
                 raise BarsValidationError(f"{self.path}: {int(values.isna().sum())} row(s) have no "
-                                          f"{mapping['symbol']!r}; fill it or pass symbol=.")
+                                          f"{mapping['symbol']!r}; fill it or pass {spell('symbol')}.")
             return str(values.iloc[0]) if values.nunique() == 1 else values.to_numpy()
         symbol = self.opt.symbol or self.file_symbol
         if not symbol:
-            raise ConfigError(f"Cannot tell the symbol of {self.path}: pass symbol= (CLI: --symbol), add a symbol "
+            raise ConfigError(f"Cannot tell the symbol of {self.path}: pass {spell('symbol')}, add a symbol "
                               "column, or name the file like SPY_1d_2019.csv.")
         return symbol
 
@@ -576,9 +638,9 @@ class _FileIngest:
         """Start of the bar after ``last``: one minute or hour later, or the next local midnight."""
         if key.timeframe in _STEP:
             return last + _STEP[key.timeframe]
-        local = last.tz_convert(self.opt.tz)
+        local = last.tz_convert(self.opt.day_tz)
         following = pd.Timestamp(local.date() + dt.timedelta(days=1)).tz_localize(
-            self.opt.tz, ambiguous=True, nonexistent="shift_forward")
+            self.opt.day_tz, ambiguous=True, nonexistent="shift_forward")
         return following.tz_convert("UTC")
 
     def _flush(self, key: SeriesKey, until: pd.Timestamp | None) -> None:
@@ -619,7 +681,7 @@ class _FileIngest:
                           f"{', …' if count > len(r.examples[p]) else ''})" for p, count in r.issues.items())
         raise BarsValidationError(
             f"{self.path}: {found}, in the {r.rows_read:,} rows read. Nothing of this file was stored. Fix the "
-            "file, or ingest with on_invalid='repair' (CLI: --repair) to drop invalid rows, sort and keep the "
+            f"file, or ingest with {spell('on_invalid', 'repair')} to drop invalid rows, sort and keep the "
             "last of duplicate times, each repair counted in the report.")
 
     def _write(self, key: SeriesKey, bars: pd.DataFrame, covered: Interval) -> None:

@@ -220,7 +220,7 @@ class AlpacaBacktesting(EnhancedDataSourceBacktesting, _LegacyAlpacaBacktesting)
                        refresh: bool) -> pd.DataFrame:
         """Raw bars answering ``request`` (start and end inclusive, as Alpaca reads them), via the store."""
         key = alpaca_series_key(asset, quote, timestep, request)
-        wanted = Interval(request.start, _utc(request.end) + _INCLUSIVE)
+        wanted = Interval(_utc(request.start), _utc(request.end) + _INCLUSIVE)  # naive: UTC, as Alpaca reads it
         fetcher = AlpacaFetcher(self._alpaca_request, client, request, timestep=timestep,
                                 asset_type=key.asset_type, what=what)
         return self.serve(key, wanted, fetcher, refresh=refresh, columns=OHLCV)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import threading
 import time
 import warnings
@@ -47,6 +46,7 @@ import pandas as pd
 
 from lumibot_duckdb.config import Settings, progress_wanted
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
+from lumibot_duckdb.log import get_logger
 from lumibot_duckdb.sources.fill import fill
 from lumibot_duckdb.sources.retry import RetryPolicy
 from lumibot_duckdb.sources.verify import Verifier
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 else:
     duckdb = lazy_module("duckdb")  # a backtest reading bars never imports it (store/lazy.py)
 
-log = logging.getLogger("lumibot_duckdb")
+log = get_logger(__name__)
 T = TypeVar("T")
 
 
@@ -237,7 +237,8 @@ class EnhancedDataSourceBacktesting:
         provider answer; a store failure in strict mode): re-raised by :meth:`reraise_swallowed`."""
         self._duckdb_store = _Once(lambda: CountedStorage(self.duckdb_settings.location, stats=self.duckdb_stats,
                                                          cache_dir=self.duckdb_settings.cache_dir,
-                                                         role=self.duckdb_settings.store_role))
+                                                         role=self.duckdb_settings.store_role,
+                                                         create_parents=True))
         super().__init__(*args, **kwargs)
 
     # -- switches ------------------------------------------------------------------------------

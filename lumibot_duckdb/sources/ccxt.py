@@ -27,7 +27,6 @@ import contextlib
 import contextvars
 import datetime as dt
 import functools
-import logging
 import math
 import threading
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from lumibot.tools.symbol_normalization import (
 )
 
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError, StoreError
+from lumibot_duckdb.log import get_logger
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, legacy_function, route
 from lumibot_duckdb.sources.fill import bad_answer
 from lumibot_duckdb.sources.retry import RetryPolicy
@@ -75,7 +75,7 @@ MARKETS_META = ("ccxt", "markets")
 _BUILDING: contextvars.ContextVar[CcxtBacktesting | None] = contextvars.ContextVar("lumibot_duckdb_ccxt",
                                                                                      default=None)
 _MARKETS_LOCK = threading.RLock()
-log = logging.getLogger("lumibot_duckdb")
+log = get_logger(__name__)
 
 
 class CcxtBacktesting(EnhancedDataSourceBacktesting, _LegacyCcxtBacktesting):

@@ -29,7 +29,6 @@ import contextlib
 import contextvars
 import datetime as dt
 import json
-import logging
 import threading
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,13 +41,14 @@ from lumibot.entities import Asset
 from lumibot.tools.yahoo_helper import YahooHelper
 
 from lumibot_duckdb.errors import ProviderDataError
+from lumibot_duckdb.log import get_logger
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, route
 from lumibot_duckdb.sources.fill import bad_answer
 from lumibot_duckdb.sources.verify import first_difference, patched_attributes
 from lumibot_duckdb.store import Interval, SeriesKey
 from lumibot_duckdb.store.store import SeriesWriter
 
-log = logging.getLogger("lumibot_duckdb")
+log = get_logger(__name__)
 T = TypeVar("T")
 
 SOURCE = "yahoo"

@@ -11,6 +11,11 @@ connection :mod:`lumibot_duckdb.sql.query` makes):
 
       rsi(store, "SPY", 14, timeframe="minute", as_of=strategy.get_datetime())
 
+  A symbol (with ``timeframe``/``source``) the store does not hold is a
+  :class:`~lumibot_duckdb.errors.SeriesNotFoundError` saying what it holds for that symbol, from
+  Python and from SQL alike; an empty frame means the series has no bar in the range asked.
+  Naive ``as_of``/``start`` are in Lumibot's default time zone (New York).
+
   Each call on a store opens a read-only connection (~50 ms: views and macros); for many calls,
   open one with :func:`lumibot_duckdb.sql.query.connect` and pass it instead of the store.
 
@@ -55,8 +60,10 @@ import pandas as pd
 
 from lumibot_duckdb.errors import ConfigError
 from lumibot_duckdb.sql.macros import KEY_COLUMNS_SQL as _KEY
+from lumibot_duckdb.sql.macros import held_series, our_message
 from lumibot_duckdb.sql.query import connection
-from lumibot_duckdb.store.coverage import canonical_timeframe, utc
+from lumibot_duckdb.store.coverage import canonical_timeframe
+from lumibot_duckdb.store.naming import SeriesName, matching, parse_time
 from lumibot_duckdb.store.store import DuckDBDataStorage
 
 Target = DuckDBDataStorage | duckdb.DuckDBPyConnection
@@ -150,17 +157,22 @@ def _frame(store: Target, macro: str, args: list[Any], named: dict[str, Any], op
     named = {**named,
              "tf": canonical_timeframe(options.get("timeframe", "day")),
              "src": None if options.get("source") is None else str(options["source"]).strip().lower(),
-             "as_of": None if options.get("as_of") is None else utc(options["as_of"]).to_pydatetime(),
-             "since": None if options.get("start") is None else utc(options["start"]).to_pydatetime()}
+             "as_of": None if options.get("as_of") is None else parse_time(options["as_of"]).to_pydatetime(),
+             "since": None if options.get("start") is None else parse_time(options["start"]).to_pydatetime()}
     placeholders = ", ".join(["?"] * len(args) + [f"{name} := ?" for name in named])
     sql = f"SELECT * FROM {macro}({placeholders}) ORDER BY ts"
+    symbols = [a for a in args if isinstance(a, str)] + [s for a in args if isinstance(a, list) for s in a]
     with contextlib.ExitStack() as stack:
         con = store if isinstance(store, duckdb.DuckDBPyConnection) else stack.enter_context(connection(store))
+        held = held_series(con)
+        where = store.describe() if isinstance(store, DuckDBDataStorage) else "the store"
+        for symbol in symbols:  # checked here, to name the Python options (the macros would say tf :=, src :=)
+            matching(SeriesName(symbol, source=named["src"], timeframe=named["tf"]), held, where=where)
         try:
             frame = con.execute(sql, [*args, *named.values()]).df()
         except duckdb.Error as exc:
             message = str(exc).strip().splitlines()[0]
-            raise ConfigError(f"{macro}: {message}") from exc
+            raise ConfigError(our_message(exc) or f"{macro}: {message}") from exc
     frame = frame.drop(columns=[c for c in ("_ambiguous",) if c in frame.columns])
     if "ts" in frame.columns:
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True)

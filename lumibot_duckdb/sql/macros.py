@@ -13,6 +13,13 @@ max difference 5.5e-12, i.e. ~2e-15 relative). Cost: O(n) — one running-sum wi
 GROUP BY and one hash join per smoothed column, all vectorized; a recursive CTE would need one
 iteration (one join) per bar. ``benchmarks/bench_analytics.py`` times it.
 
+**Names and times.** The macros name series the way the rest of the package does
+(:mod:`lumibot_duckdb.store.naming`, registered here as three Python functions): ``tf`` takes the
+timeframe aliases (``'1d'``, ``'daily'``, ``'1m'``…), ``sym`` may be ``'BTC/USDT'``, and a name
+that matches no stored series is an error saying what the store holds for that symbol (an empty
+result means the series exists but has no bar in the range asked). Naive ``as_of``/``since`` are
+in Lumibot's default time zone (New York), as everywhere in the package.
+
 **Speed.** Windows partition by ``sid``, a small integer per series (joined in from the few rows of
 ``files``), not by the seven text key columns: sorting on those made every window 2-3x slower.
 The one-series-per-symbol checks use a GROUP BY rather than a window over every bar, and RSI's
@@ -21,11 +28,22 @@ seeds (the mean of the first n gains/losses) are summed by the EMA's own running
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import duckdb
+
+from lumibot_duckdb.errors import LumibotDuckDBError
+from lumibot_duckdb.store.coverage import SeriesKey, canonical_timeframe
+from lumibot_duckdb.store.naming import SeriesName, matching, parse_time
 
 KEY_COLUMNS_SQL = _KEY = "source, symbol, asset_type, quote, exchange, timeframe, adjustment"
 _COMMON = "tf := 'day', src := NULL, as_of := NULL, since := NULL"
 _BARS = "_lbd_bars(sym, tf, src, as_of, since, n)"
+_NULLS = ", ".join(["NULL"] * 14)  # one per column of _lbd_bars
+# sym names a series' symbol, or BASE/QUOTE of one stored as BASE with that quote (store.naming's rule)
+_SYMBOL = ("(symbol = {sym} OR (contains({sym}, '/') AND symbol = split_part({sym}, '/', 1) "
+           "AND quote = upper(split_part({sym}, '/', 2))))")
 _WINDOW = "PARTITION BY sid ORDER BY ts"
 _ROWS = f"({_WINDOW} ROWS BETWEEN CAST(n AS BIGINT) - 1 PRECEDING AND CURRENT ROW)"
 _DEPTH = "CASE WHEN (1 - {alpha}) <= 0 THEN 1 ELSE greatest(1, ceil(ln(1e-18) / ln(1 - ({alpha}))))::BIGINT END"
@@ -73,10 +91,15 @@ def _macros() -> list[str]:
                  -- sid: a small integer per series, numbered the same way on every evaluation
                  JOIN (SELECT *, row_number() OVER (ORDER BY {_KEY}) AS sid FROM (SELECT DISTINCT {_KEY} FROM files))
                  USING ({_KEY})
-            WHERE CASE WHEN n IS NULL OR n < 1 THEN error('n (the window length) must be 1 or more') ELSE true END
-              AND (sym IS NULL OR symbol = sym) AND timeframe = tf AND (src IS NULL OR source = src)
-              AND (as_of IS NULL OR ts <= CAST(as_of AS TIMESTAMPTZ))
-              AND (since IS NULL OR ts >= CAST(since AS TIMESTAMPTZ))""",
+            WHERE (sym IS NULL OR {_SYMBOL.format(sym="sym")}) AND timeframe = _lbd_tf(tf)
+              AND (src IS NULL OR source = lower(src))
+              AND (as_of IS NULL OR ts <= _lbd_time(CAST(as_of AS VARCHAR)))
+              AND (since IS NULL OR ts >= _lbd_time(CAST(since AS VARCHAR)))
+            -- The checks, on a one-row side that always runs (a WHERE over no bars would never raise):
+            UNION ALL
+            SELECT {_NULLS} FROM (SELECT _lbd_check([sym], tf, src) AS problem)
+            WHERE CASE WHEN n IS NULL OR n < 1 THEN error('n (the window length) must be 1 or more')
+                       WHEN problem IS NOT NULL THEN error(problem) ELSE false END""",
         # One series per symbol where two symbols are put side by side.
         """CREATE OR REPLACE TEMP MACRO _lbd_one_series(sym, tf, src, as_of, since) AS TABLE
             WITH b AS (SELECT sid, ts, close FROM _lbd_bars(sym, tf, src, as_of, since, 2))
@@ -145,7 +168,8 @@ def _macros() -> list[str]:
             FROM j WINDOW w AS (ORDER BY ts ROWS BETWEEN CAST(n AS BIGINT) - 1 PRECEDING AND CURRENT ROW)""",
         """CREATE OR REPLACE TEMP MACRO asof_align(syms, tf := 'day', src := NULL, as_of := NULL, since := NULL,
                                                    base := NULL) AS TABLE
-            WITH b AS (SELECT * FROM _lbd_bars(NULL, tf, src, as_of, since, 1) WHERE list_contains(syms, symbol)),
+            WITH b AS (SELECT * FROM _lbd_bars(NULL, tf, src, as_of, since, 1)
+                       WHERE list_contains(syms, symbol) OR list_contains(syms, symbol || '/' || quote)),
                  -- One series per symbol: a GROUP BY (a window over every bar took seconds).
                  series AS (SELECT max(c) AS c FROM (SELECT count(DISTINCT sid) AS c FROM b GROUP BY symbol)),
                  checked AS (SELECT b.* FROM b CROSS JOIN series
@@ -153,16 +177,84 @@ def _macros() -> list[str]:
                                         THEN error('a symbol is held by several series; pass src := ''<source>''')
                                         ELSE true END),
                  t AS (SELECT DISTINCT ts FROM b WHERE base IS NULL OR symbol = base),
-                 grid AS (SELECT t.ts, s.symbol FROM t CROSS JOIN (SELECT DISTINCT unnest(syms) AS symbol) s)
-            SELECT grid.ts, grid.symbol, checked.ts AS bar_ts,
-                   epoch(grid.ts) - epoch(checked.ts) AS staleness_seconds,
-                   checked.open, checked.high, checked.low, checked.close, checked.volume
-            FROM grid ASOF LEFT JOIN checked ON grid.symbol = checked.symbol AND grid.ts >= checked.ts
-            ORDER BY grid.ts, grid.symbol""",
+                 grid AS (SELECT t.ts, s.symbol FROM t CROSS JOIN (SELECT DISTINCT unnest(syms) AS symbol) s),
+                 named AS (SELECT *, CASE WHEN list_contains(syms, symbol) THEN symbol
+                                          ELSE symbol || '/' || quote END AS named FROM checked)
+            SELECT grid.ts, grid.symbol, named.ts AS bar_ts,
+                   epoch(grid.ts) - epoch(named.ts) AS staleness_seconds,
+                   named.open, named.high, named.low, named.close, named.volume
+            FROM grid ASOF LEFT JOIN named ON grid.symbol = named.named AND grid.ts >= named.ts
+            UNION ALL
+            SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+            FROM (SELECT _lbd_check(syms, tf, src) AS problem)
+            WHERE CASE WHEN problem IS NOT NULL THEN error(problem) ELSE false END
+            ORDER BY 1, 2""",
     ]
 
 
-def register(con: duckdb.DuckDBPyConnection, /) -> None:
-    """Create the analytics macros on ``con`` (which must have the ``market_data`` view)."""
+def register(con: duckdb.DuckDBPyConnection, /, *, where: str = "the store") -> None:
+    """Create the analytics macros on ``con`` (which must have the ``market_data`` and ``files`` views of
+    :mod:`lumibot_duckdb.store.views`); ``where`` names the store in error messages."""
+    held = held_series(con)
+    varchar = duckdb.sqltype("VARCHAR")
+    functions: list[tuple[str, Any, list[Any], Any]] = [
+        ("_lbd_check", lambda syms, tf, src: _problem(held, syms, tf, src, where),
+         [duckdb.sqltype("VARCHAR[]"), varchar, varchar], varchar),
+        ("_lbd_tf", _timeframe, [varchar], varchar),
+        ("_lbd_time", _time, [varchar], duckdb.sqltype("TIMESTAMPTZ")),
+    ]
+    create: Any = con.create_function  # (its stubs want an enum for null_handling; DuckDB 1.5 and 2 take the name)
+    for name, function, parameters, returns in functions:
+        create(name, function, parameters, returns, null_handling="special", side_effects=False)
     for statement in _macros():
         con.execute(statement)
+
+
+def held_series(con: duckdb.DuckDBPyConnection, /) -> list[SeriesKey]:
+    """The series of the ``files`` view of ``con`` (what the store held when the connection was made)."""
+    rows = con.execute(f"SELECT DISTINCT {_KEY} FROM files").fetchall()
+    names = _KEY.split(", ")
+    return sorted(SeriesKey(**dict(zip(names, row))) for row in rows)
+
+
+_OURS: dict[str, None] = {}  # messages the checks raised (recent ones), to recognise them in DuckDB's errors
+_UDF_ERROR = re.compile(r"Python exception occurred while executing the UDF: (\w+): (.*)$")
+_OUR_ERRORS = {"ConfigError", "SeriesNotFoundError", "LumibotDuckDBError"}
+
+
+def _problem(held: list[SeriesKey], syms: list[str | None] | None, tf: str | None, src: str | None,
+             where: str) -> str | None:
+    """Why (sym, tf, src) names no stored series — the resolver's message, in SQL's words — or None."""
+    try:
+        for sym in syms if syms else [None]:
+            matching(SeriesName(symbol=sym, source=src, timeframe=tf if tf is not None else "day"), held,
+                     where=where, on="sql")
+    except LumibotDuckDBError as exc:
+        message = str(exc)
+        _OURS[message] = None
+        while len(_OURS) > 64:
+            _OURS.pop(next(iter(_OURS)))
+        return message
+    return None
+
+
+def our_message(exc: BaseException) -> str | None:
+    """The message of a check of these macros inside a DuckDB error (its own words, without DuckDB's
+    ``Invalid Input Error:`` wrapping), or None when the error is DuckDB's own."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text.removeprefix("Invalid Input Error: ")
+    udf = _UDF_ERROR.search(text)
+    if udf and udf.group(1) in _OUR_ERRORS:
+        return udf.group(2)
+    return text if text in _OURS or text.startswith("n (the window length)") else None
+
+
+def _timeframe(tf: str | None) -> str | None:
+    try:
+        return canonical_timeframe(tf if tf is not None else "day")
+    except LumibotDuckDBError:
+        return tf  # matches nothing; _lbd_check raises the reason
+
+
+def _time(value: str | None) -> Any:
+    return None if value is None else parse_time(value).to_pydatetime()

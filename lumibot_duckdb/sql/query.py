@@ -65,7 +65,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lumibot_duckdb.errors import ConfigError, QueryLimitError, StoreError
-from lumibot_duckdb.sql.macros import register
+from lumibot_duckdb.sql.macros import our_message, register
 from lumibot_duckdb.store.store import DuckDBDataStorage
 from lumibot_duckdb.store.views import VIEWS
 
@@ -190,7 +190,7 @@ def connect(store: DuckDBDataStorage, /, *, analytics: bool = True,
             con.execute("SET max_temp_directory_size = ?", [f"{limits.temp}B"])
         store.add_views(con)
         if analytics:
-            register(con)
+            register(con, where=store.describe())
         con.execute("SET allowed_directories = ?", [_allowed_directories(store.root)])
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -300,7 +300,7 @@ def _sql_errors(store: DuckDBDataStorage, limits: Limits, fired: threading.Event
             raise QueryLimitError(f"Stopped: the query needs more than its memory limit "
                                   f"({_bytes(limits.memory)}) and {_bytes(limits.temp)} of spill files "
                                   f"({text}). Narrow the query, or raise --memory-limit / --max-temp.") from None
-        raise ConfigError(f"SQL error: {text}") from exc
+        raise ConfigError(our_message(exc) or f"SQL error: {text}") from exc
 
 
 _TEXT_TYPES = re.compile(r"\b(BIGNUM|VARINT|BIT|GEOMETRY|TIME WITH TIME ZONE|UNION)\b")

@@ -2,6 +2,7 @@
 
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, missing_ranges
 from lumibot_duckdb.store.interface import DataStorageInterface, series_key
+from lumibot_duckdb.store.naming import SeriesName
 from lumibot_duckdb.store.store import DuckDBDataStorage, SeriesStatus
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "DuckDBDataStorage",
     "Interval",
     "SeriesKey",
+    "SeriesName",
     "SeriesStatus",
     "missing_ranges",
     "series_key",

@@ -4,6 +4,10 @@ A *series* is one stream of bars from one provider (:class:`SeriesKey`). Its *co
 of half-open UTC intervals ``[start, end)`` the store has asked the provider for and holds the
 answer to — including answers with no bars at all. Coverage never mentions a backtest window.
 
+Times are kept in UTC. Naive times given to an :class:`Interval` (or anywhere in the package) are
+in Lumibot's default time zone, America/New_York (:func:`parse_time`); :func:`utc` (naive = UTC) is
+for the store's own stamps only (file names, partitions).
+
 Everything in this module is pure: no I/O, no clock, no Lumibot.
 """
 
@@ -18,24 +22,55 @@ from typing import Any
 
 import pandas as pd
 
+from lumibot_duckdb.config import default_timezone
 from lumibot_duckdb.errors import ConfigError
 
 TIMEFRAMES = ("minute", "hour", "day")
 _TIMEFRAME_ALIASES = {
-    "1m": "minute", "1min": "minute", "min": "minute", "minute": "minute", "1minute": "minute", "t": "minute",
-    "1h": "hour", "h": "hour", "hour": "hour", "1hour": "hour", "60min": "hour",
-    "1d": "day", "d": "day", "day": "day", "1day": "day", "daily": "day",
+    **dict.fromkeys(("1m", "1min", "min", "minute", "minutes", "1minute", "1t", "t", "m1"), "minute"),
+    **dict.fromkeys(("1h", "h", "hour", "hours", "1hour", "hourly", "60m", "60min", "60minutes", "h1"), "hour"),
+    **dict.fromkeys(("1d", "d", "day", "days", "1day", "daily", "24h", "d1"), "day"),
+}
+_UNSUPPORTED = {
+    **dict.fromkeys(("1w", "w", "1wk", "wk", "week", "weeks", "1week", "weekly", "w1"), "weekly"),
+    **dict.fromkeys(("1mo", "mo", "1mth", "month", "months", "1month", "monthly", "mn1"), "monthly"),
+    **dict.fromkeys(("1q", "q", "quarter", "quarterly", "1y", "y", "year", "yearly", "annual"), "quarterly or yearly"),
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_UTC_DATE = re.compile(r"^\s*(\d{4}-\d{2}-\d{2})\s*(?:Z|UTC)\s*$", re.IGNORECASE)
+
+
+def unsupported_timeframe_message(kind: str) -> str:
+    """Why weekly/monthly bars are not a timeframe of the store, and what to do instead."""
+    return (f"{kind.capitalize()} bars are not stored: the store keeps minute, hour and day bars, the timesteps "
+            "Lumibot backtests on. Store daily bars and build longer bars from them where you need them "
+            "(Lumibot's get_historical_prices(asset, n, 'day'), then pandas .resample('W') or 'ME').")
 
 
 def canonical_timeframe(value: str) -> str:
-    """``'1m'``, ``'minute'``, ``'1Day'``… → ``'minute'`` / ``'hour'`` / ``'day'``."""
-    key = str(value).strip().lower().replace(" ", "")
-    try:
+    """``'1m'``, ``'minute'``, ``'1Day'``, ``'daily'``, ``'1h'``… → ``'minute'`` / ``'hour'`` / ``'day'``.
+
+    Case, spaces, dashes and underscores do not matter (``'1 Day'``, ``'1-min'``). Weekly, monthly and
+    longer names are refused with what to do instead (:func:`unsupported_timeframe_message`).
+    """
+    if re.fullmatch(r"\s*1?\s*M\s*", str(value)):
+        raise ConfigError(f"Timeframe {value!r} is ambiguous: '1M' is one month in ccxt and pandas. Write 1m or "
+                          "minute for minute bars; " + unsupported_timeframe_message("monthly")[0].lower()
+                          + unsupported_timeframe_message("monthly")[1:])
+    key = re.sub(r"[\s_\-]+", "", str(value).strip().lower())
+    if key in _TIMEFRAME_ALIASES:
         return _TIMEFRAME_ALIASES[key]
-    except KeyError:
-        raise ConfigError(f"Unknown timeframe {value!r}; use one of {', '.join(TIMEFRAMES)}.") from None
+    if key in _UNSUPPORTED:
+        raise ConfigError(unsupported_timeframe_message(_UNSUPPORTED[key]))
+    raise ConfigError(f"Unknown timeframe {value!r}; use one of {', '.join(TIMEFRAMES)} "
+                      "(or 1m, 1h, 1d, minute, hour, day, daily).")
+
+
+def unsupported_timeframe(value: str) -> str | None:
+    """``'weekly'``/``'monthly'``/… when ``value`` names one of those (e.g. in a file name ``SPY_1wk.csv``)."""
+    if re.fullmatch(r"\s*1?\s*M\s*", str(value)):
+        return "monthly"
+    return _UNSUPPORTED.get(re.sub(r"[\s_\-]+", "", str(value).strip().lower()))
 
 
 @dataclass(frozen=True, order=True)
@@ -100,10 +135,38 @@ class SeriesKey:
         return f"{self.source}:{self.asset_type}:{pair}{venue}:{self.timeframe}:{self.adjustment}"
 
 
-def utc(value: Any) -> pd.Timestamp:
-    """A UTC :class:`pandas.Timestamp` from a datetime, date, string or timestamp.
+def parse_time(value: Any, /, *, tz: str | None = None) -> pd.Timestamp:
+    """A time as a user writes it (datetime, date, string, Timestamp), as a UTC :class:`pandas.Timestamp`.
 
-    Naive values and plain dates are taken as UTC; aware values are converted.
+    Aware values are converted; naive values and plain dates are taken in ``tz`` (default: Lumibot's
+    default time zone, America/New_York), as Lumibot takes them.
+
+    >>> str(parse_time("2024-03-01 09:30"))
+    '2024-03-01 14:30:00+00:00'
+    """
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if isinstance(value, str):  # "2024-01-02Z", "2024-01-02 UTC": a UTC date (pandas reads neither)
+        value = _UTC_DATE.sub(r"\1T00:00+00:00", value)
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{value!r} is not a date or a time.") from exc
+    if ts is pd.NaT:
+        raise ConfigError("A missing time (NaT) cannot bound a range.")
+    if ts.tzinfo is not None:
+        return ts.tz_convert("UTC")
+    zone = tz or default_timezone()
+    try:
+        return ts.tz_localize(zone, ambiguous=True, nonexistent="shift_forward").tz_convert("UTC")
+    except (KeyError, ValueError) as exc:  # an unknown zone name (pytz and zoneinfo raise KeyErrors)
+        raise ConfigError(f"{zone!r} is not a time zone name; use e.g. America/New_York or UTC.") from exc
+
+
+def utc(value: Any) -> pd.Timestamp:
+    """A UTC :class:`pandas.Timestamp` from a datetime, date, string or timestamp, **naive values and plain
+    dates taken as UTC** (aware values are converted): for the store's own UTC stamps (file names,
+    partition bounds). What users write goes through :func:`parse_time`.
     """
     if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         value = dt.datetime(value.year, value.month, value.day)
@@ -118,14 +181,15 @@ def utc(value: Any) -> pd.Timestamp:
 
 @dataclass(frozen=True, order=True)
 class Interval:
-    """A half-open UTC time range ``[start, end)``; empty when ``end <= start``."""
+    """A half-open time range ``[start, end)``, kept in UTC; empty when ``end <= start``. Naive bounds are in
+    Lumibot's default time zone (:func:`parse_time`)."""
 
     start: pd.Timestamp
     end: pd.Timestamp
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "start", utc(self.start))
-        object.__setattr__(self, "end", utc(self.end))
+        object.__setattr__(self, "start", parse_time(self.start))
+        object.__setattr__(self, "end", parse_time(self.end))
 
     @property
     def empty(self) -> bool:
@@ -158,7 +222,7 @@ def normalize(intervals: Iterable[Interval]) -> list[Interval]:
 def missing_ranges(covered: Iterable[Interval], wanted: Interval) -> list[Interval]:
     """The parts of ``wanted`` that ``covered`` does not hold, in time order.
 
-    >>> gaps = missing_ranges([Interval("2024-01-03", "2024-01-05")], Interval("2024-01-01", "2024-01-10"))
+    >>> gaps = missing_ranges([Interval("2024-01-03Z", "2024-01-05Z")], Interval("2024-01-01Z", "2024-01-10Z"))
     >>> [str(g) for g in gaps]
     ['[2024-01-01T00:00:00+00:00, 2024-01-03T00:00:00+00:00)', '[2024-01-05T00:00:00+00:00, 2024-01-10T00:00:00+00:00)']
     """

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, missing_ranges
+from lumibot_duckdb.store.naming import SeriesName, matching, not_found, option_symbol, parse_time, resolve
 
 
 def series_key(
@@ -51,14 +52,6 @@ def series_key(
     )
 
 
-def option_symbol(underlying: str, expiration: Any, right: str, strike: float) -> str:
-    """OCC-style contract symbol: ``SPY240119C00470000`` (root, YYMMDD, C/P, strike x 1000 in 8 digits)."""
-    side = str(right).strip().upper()[:1]
-    if side not in ("C", "P"):
-        raise ValueError(f"Option right must be CALL or PUT, not {right!r}.")
-    return f"{underlying}{expiration:%y%m%d}{side}{round(float(strike) * 1000):08d}"
-
-
 class DataStorageInterface(ABC):
     """A store of OHLCV bars keyed by series, with coverage kept as data.
 
@@ -83,8 +76,9 @@ class DataStorageInterface(ABC):
         """Store ``data`` (bars with a ``ts`` column or a datetime index) and record its coverage.
 
         ``covered`` is the range the bars answer for, so that a range with no bars is recorded
-        too; by default it runs from the first bar to the end of the last one. Returns the
-        number of bars stored.
+        too; by default it runs from the first bar to the end of the last one. Naive times (of
+        ``covered`` or of the bars) are in Lumibot's default time zone. Returns the number of
+        bars stored.
         """
         key = series_key(asset, source, timeframe, quote=quote, exchange=exchange, adjustment=adjustment)
         return self.write(key, data, covered=covered)
@@ -100,15 +94,57 @@ class DataStorageInterface(ABC):
         *,
         quote: Any = None,
         exchange: str | None = None,
-        adjustment: str = "raw",
+        adjustment: str | None = None,
     ) -> pd.DataFrame:
-        """Bars of one series with ``start <= ts < end`` (UTC index ``ts``), oldest first."""
-        key = series_key(asset, source, timeframe, quote=quote, exchange=exchange, adjustment=adjustment)
+        """Bars of the series ``asset`` names, with ``start <= ts < end`` (UTC index ``ts``), oldest first.
+
+        ``timeframe`` takes its aliases (``"1d"``, ``"daily"``, ``"1m"``…); ``quote``, ``exchange`` and
+        ``adjustment`` left out match whatever the store holds (see :meth:`find_series`). Naive
+        ``start``/``end`` are in Lumibot's default time zone (New York). A series the store does not
+        hold raises :class:`~lumibot_duckdb.errors.SeriesNotFoundError` naming what it holds for that
+        symbol; a held series with no bars in the range gives an empty frame.
+        """
+        key = self.find_series(asset, source=source, timeframe=timeframe, quote=quote, exchange=exchange,
+                               adjustment=adjustment)
         return self.read(key, start, end)
 
+    def find_series(self, asset: Any, /, *, source: str | None = None, timeframe: str | None = None,
+                    quote: Any = None, exchange: str | None = None, adjustment: str | None = None,
+                    asset_type: str | None = None) -> SeriesKey:
+        """The one series the store holds that ``asset`` and the options given name (options left out
+        match anything; see :mod:`lumibot_duckdb.store.naming`). Raises
+        :class:`~lumibot_duckdb.errors.SeriesNotFoundError` when none matches (saying what is held for
+        that symbol) and :class:`~lumibot_duckdb.errors.ConfigError` when several do (naming the option
+        that tells them apart)."""
+        name = SeriesName.of(asset, source=source, timeframe=timeframe, quote=quote, exchange=exchange,
+                             adjustment=adjustment, asset_type=asset_type)
+        return resolve(name, self.held_series(name), where=self.describe())
+
+    def find_all(self, name: SeriesName, /) -> list[SeriesKey]:
+        """Every held series ``name`` matches (at least one, else :class:`SeriesNotFoundError`)."""
+        return matching(name, self.held_series(name), where=self.describe())
+
+    def held_series(self, name: SeriesName | None = None, /) -> list[SeriesKey]:
+        """The series holding coverage (bars, or answers with no bars). With ``name``, those it matches
+        if any does (coverage is listed only for them), else every held series (for the error)."""
+        every = self.series()
+        if name is not None:
+            wanted = [k for k in every if name.matches(k) and self.coverage(k)]
+            if wanted:
+                return wanted
+        held = [k for k in every if self.coverage(k)]
+        if name is not None and not held:
+            raise not_found(name, [], where=self.describe())
+        return held
+
+    def describe(self) -> str:
+        """How messages name this store (``"the store /path"``)."""
+        return "the store"
+
     def missing_ranges(self, key: SeriesKey, start: Any, end: Any, /) -> list[Interval]:
-        """What a fetch of ``[start, end)`` for ``key`` would have to ask the provider for."""
-        return missing_ranges(self.coverage(key), Interval(start, end))
+        """What a fetch of ``[start, end)`` for ``key`` would have to ask the provider for (naive = Lumibot's
+        default time zone)."""
+        return missing_ranges(self.coverage(key), Interval(parse_time(start), parse_time(end)))
 
     # -- what implementations provide ----------------------------------------------------------
     @abstractmethod
@@ -117,7 +153,9 @@ class DataStorageInterface(ABC):
 
     @abstractmethod
     def read(self, key: SeriesKey, start: Any, end: Any, /, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """Bars of one series in ``[start, end)`` (all value columns, or ``columns``)."""
+        """Bars of one series in ``[start, end)`` (all value columns, or ``columns``); naive times are in
+        Lumibot's default time zone. A key without coverage reads as no bars: use
+        :meth:`get_historical_prices` or :meth:`find_series` for a read that checks the name."""
 
     @abstractmethod
     def coverage(self, key: SeriesKey, /) -> list[Interval]:

@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lumibot_duckdb.errors import ConfigError, StoreError
+from lumibot_duckdb.errors import ConfigError, StoreError, spell
 from lumibot_duckdb.store import integrity
 from lumibot_duckdb.store.answers import EmptyAnswer, empty_answers
 from lumibot_duckdb.store.coverage import (
@@ -46,6 +46,7 @@ from lumibot_duckdb.store.coverage import (
     utc,
 )
 from lumibot_duckdb.store.local import BarFile, partition_interval, partition_scheme, read_footer
+from lumibot_duckdb.store.naming import parse_time, show_time
 from lumibot_duckdb.store.schema import ARROW_SCHEMA, VALUE_COLUMNS, empty_bars
 from lumibot_duckdb.store.store import DuckDBDataStorage, mergeable
 
@@ -240,7 +241,10 @@ class CompactReport:
 def compact(store: DuckDBDataStorage, /, *, source: str | None = None, symbol: str | None = None,
             timeframe: str | None = None, symbol_glob: str | None = None, dry_run: bool = False) -> CompactReport:
     """Rewrite every partition that has several files for one covered run, or overlapping files,
-    as one sorted file per run (where files overlap, the newer file's bars are kept, as on read)."""
+    as one sorted file per run (where files overlap, the newer file's bars are kept, as on read).
+
+    With ``dry_run`` nothing changes and ``files_after`` is what the real run would leave
+    (:func:`files_after_compaction`)."""
     report = CompactReport(dry_run=dry_run)
     for key in select_series(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob):
         files = store.files(key)
@@ -250,16 +254,29 @@ def compact(store: DuckDBDataStorage, /, *, source: str | None = None, symbol: s
             report.rewritten.append(str(key))
             if not dry_run:
                 store.compact(key)
-        report.files_after += len(files) if dry_run else len(store.files(key))
+        report.files_after += files_after_compaction(files) if dry_run else len(store.files(key))
     return report
 
 
-def _needs_compaction(files: list[BarFile]) -> bool:
+def files_after_compaction(files: list[BarFile]) -> int:
+    """How many files :meth:`DuckDBDataStorage.compact` leaves of ``files`` (one series): one per covered
+    run in each partition it rewrites, the others as they are (the rule of ``_compact_locked``)."""
+    count = 0
     for _, group in itertools.groupby(sorted(files, key=lambda f: f.partition), key=lambda f: f.partition):
-        parts = mergeable(list(group))
-        if len(parts) != len(normalize(f.interval for f in parts)) or has_overlaps(f.interval for f in parts):
-            return True
-    return False
+        parts = list(group)
+        merged = mergeable(parts)  # (the files compaction may merge; the others stay as they are)
+        count += len(parts) - len(merged) + len(normalize(f.interval for f in merged)) \
+            if _partition_needs_compaction(merged) else len(parts)
+    return count
+
+
+def _partition_needs_compaction(parts: list[BarFile]) -> bool:
+    return len(parts) != len(normalize(f.interval for f in parts)) or has_overlaps(f.interval for f in parts)
+
+
+def _needs_compaction(files: list[BarFile]) -> bool:
+    return any(_partition_needs_compaction(mergeable(list(group))) for _, group in
+               itertools.groupby(sorted(files, key=lambda f: f.partition), key=lambda f: f.partition))
 
 
 # -- clean-tmp ---------------------------------------------------------------------------------------
@@ -310,7 +327,8 @@ def prune(store: DuckDBDataStorage, /, *, before: Any = None, source: str | None
           symbol: str | None = None, timeframe: str | None = None, symbol_glob: str | None = None,
           dry_run: bool = False) -> PruneReport:
     """Remove bars with ``ts < before`` (and the coverage of that time) from the selected series, or
-    every bar of them when ``before`` is None. At least one of the four filters is required.
+    every bar of them when ``before`` is None. At least one of the four filters is required. A naive
+    ``before`` is in Lumibot's default time zone (New York), as everywhere.
 
     A file that straddles ``before`` is replaced by one covering ``[before, its end)`` with the
     bars it keeps; the replacement is published before the old file is removed, under the
@@ -318,9 +336,10 @@ def prune(store: DuckDBDataStorage, /, *, before: Any = None, source: str | None
     time fetches it again.
     """
     if before is None and source is None and symbol is None and timeframe is None and symbol_glob is None:
-        raise ConfigError("prune needs --before DATE and/or --source/--symbol/--symbol-glob/--timeframe; refusing "
-                          "to empty the whole store (delete its folder for that).")
-    cut = utc(before) if before is not None else None
+        raise ConfigError(f"prune needs {spell('before')} and/or {spell('source')}, {spell('symbol')}, "
+                          f"{spell('symbol_glob')} or {spell('timeframe')}; refusing to empty the whole store "
+                          "(delete its folder for that).")
+    cut = parse_time(before) if before is not None else None
     report = PruneReport(dry_run=dry_run)
     for key in select_series(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob):
         report.series += 1
@@ -353,7 +372,7 @@ def prune(store: DuckDBDataStorage, /, *, before: Any = None, source: str | None
             report.files_removed += len(affected) - rewritten
             report.bars_removed += removed_bars
             report.details.append(f"{key}: {len(affected) - rewritten} file(s) removed, {rewritten} rewritten "
-                                  f"from {cut.isoformat()}")
+                                  f"from {show_time(cut)}")
     return report
 
 
@@ -371,7 +390,7 @@ def _prune_plan(store: DuckDBDataStorage, key: SeriesKey, cut: pd.Timestamp | No
     report.files_removed += len(affected) - len(straddling)
     report.files_rewritten += len(straddling)
     report.details.append(f"{key}: would remove {len(affected) - len(straddling)} file(s), rewrite "
-                          f"{len(straddling)} from {cut.isoformat()}")
+                          f"{len(straddling)} from {show_time(cut)}")
 
 
 def _bars_before(store: DuckDBDataStorage, key: SeriesKey, cut: pd.Timestamp | None) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from lumibot_duckdb.config import default_timezone
 from lumibot_duckdb.errors import BarsValidationError
 from lumibot_duckdb.store.coverage import SeriesKey
 
@@ -82,7 +83,8 @@ def _pandas_dtype(name: str) -> Any:
 def normalize_bars(frame: pd.DataFrame) -> pd.DataFrame:
     """Check and coerce bars into the value columns of the schema, sorted by ``ts``, unique ``ts``.
 
-    ``frame`` has a ``ts`` column or a datetime index (naive = UTC) and at least
+    ``frame`` has a ``ts`` column or a datetime index (naive times are in Lumibot's default time zone,
+    New York, as Lumibot reads them) and at least
     ``open high low close``; ``volume`` defaults to 0, every other value column to null.
     Raises :class:`BarsValidationError` with the reason when the frame cannot be stored.
     Duplicate timestamps keep the last row, as a provider's later correction would.
@@ -98,7 +100,7 @@ def normalize_bars(frame: pd.DataFrame) -> pd.DataFrame:
             raise BarsValidationError("Bars need a 'ts' column or a DatetimeIndex with the bar start times.")
         data = data.rename_axis("ts").reset_index()
     try:
-        ts = pd.to_datetime(data["ts"], utc=True)
+        ts = _bar_times(data["ts"])
     except (TypeError, ValueError) as exc:
         raise BarsValidationError(f"Column 'ts' does not hold times: {exc}") from exc
     if ts.isna().any():
@@ -161,6 +163,26 @@ def _already_normal(frame: pd.DataFrame) -> pd.DataFrame | None:
     columns["metadata"] = frame["metadata"].to_numpy() if "metadata" in frame.columns else \
         np.full(len(frame), None, dtype=object)
     return pd.DataFrame(columns, index=micros, copy=False)
+
+
+def _bar_times(column: pd.Series) -> pd.Series:
+    """Bar start times in UTC: aware values converted, naive ones taken in Lumibot's default time zone."""
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        return column.dt.tz_convert("UTC")
+    if not pd.api.types.is_datetime64_any_dtype(column.dtype):
+        try:
+            parsed = pd.to_datetime(column)
+        except (TypeError, ValueError):  # offsets that differ from row to row
+            return pd.to_datetime(column, utc=True)
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+            return parsed.dt.tz_convert("UTC")
+        column = parsed
+    zone = default_timezone()
+    try:
+        local = column.dt.tz_localize(zone, ambiguous="infer", nonexistent="shift_forward")
+    except (TypeError, ValueError):  # an ambiguous hour that order cannot settle: the earlier reading
+        local = column.dt.tz_localize(zone, ambiguous=np.ones(len(column), dtype=bool), nonexistent="shift_forward")
+    return local.dt.tz_convert("UTC")
 
 
 def to_arrow(bars: pd.DataFrame, key: SeriesKey) -> pa.Table:

@@ -13,7 +13,6 @@ import atexit
 import contextlib
 import datetime as dt
 import functools
-import logging
 import os
 import threading
 import time
@@ -28,12 +27,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from lumibot_duckdb.config import Settings, is_s3
-from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreError
+from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreError, spell
+from lumibot_duckdb.log import get_logger
 from lumibot_duckdb.store import answers, integrity
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, has_overlaps, missing_ranges, normalize
 from lumibot_duckdb.store.interface import Backend, DataStorageInterface
 from lumibot_duckdb.store.lazy import lazy_module
 from lumibot_duckdb.store.local import BarFile, LocalFolder, partitions_for, read_footer
+from lumibot_duckdb.store.naming import parse_time
 from lumibot_duckdb.store.reader import READ_ERRORS, read_files
 from lumibot_duckdb.store.schema import VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 else:
     duckdb = lazy_module("duckdb")  # a backtest reading bars never imports it (store/lazy.py)
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 COMPACT_AFTER_FILES = 8
 """A partition with more published files than this is rewritten as one file per covered run."""
@@ -53,7 +54,10 @@ _BAR_STEP = {"minute": pd.Timedelta(minutes=1), "hour": pd.Timedelta(hours=1), "
 
 
 def _as_interval(value: tuple[Any, Any] | Interval) -> Interval:
-    return value if isinstance(value, Interval) else Interval(*value)
+    if isinstance(value, Interval):
+        return value
+    start, end = value
+    return Interval(parse_time(start), parse_time(end))
 
 
 @dataclass(frozen=True)
@@ -87,21 +91,34 @@ class DuckDBDataStorage(DataStorageInterface):
     """
 
     def __init__(self, location: str | os.PathLike[str] | None = None, /, *, lock_timeout: float = 600.0,
-                 cache_dir: str | os.PathLike[str] | None = None, role: str | None = None) -> None:
+                 cache_dir: str | os.PathLike[str] | None = None, role: str | None = None,
+                 create_parents: bool = False) -> None:
         """``location``: a folder or ``s3://bucket/prefix`` (default: ``LUMIBOT_DUCKDB_STORE``, else the local
-        cache folder ``cache_dir`` / ``LUMIBOT_DUCKDB_CACHE_DIR``, which also holds an S3 store's mirror).
-        ``role``: ``"read"`` or ``"write"`` (default ``LUMIBOT_DUCKDB_STORE_ROLE``, else read; see
-        :mod:`lumibot_duckdb.store.s3`)."""
+        cache folder ``cache_dir`` / ``LUMIBOT_DUCKDB_CACHE_DIR``, else ``<Lumibot cache>/duckdb``, which also
+        holds an S3 store's mirror). ``role``: ``"read"`` or ``"write"`` (default ``LUMIBOT_DUCKDB_STORE_ROLE``,
+        else read; see :mod:`lumibot_duckdb.store.s3`).
+
+        A folder that does not exist is created as a new, empty store. A folder given here whose parent
+        folder does not exist either is far more often a typo than a wish: that is a :class:`StoreError`
+        unless ``create_parents=True``. The default folder and one configured with
+        ``LUMIBOT_DUCKDB_CACHE_DIR`` (a deployment's setting) are created with their parents, as are the
+        data sources' stores.
+        """
         settings = Settings.resolve(store=location, cache_dir=cache_dir, store_role=role, use_duckdb=True)
         self.location = settings.location
         self.backend = _open_backend(settings)
         self.root = Path(self.backend.root)
+        named = (location is not None and not is_s3(str(location))) or settings.cache_dir_from == "cache_dir="
         self.lock_timeout = lock_timeout
+        missing = next((p for p in reversed(self.root.parents) if not p.exists()), None)
+        if missing is not None and named and not create_parents:
+            raise StoreError(f"No store at {self.root}, and its folder {missing} does not exist either: is the path "
+                             f"mistyped? To start a new store there, create the folder first (mkdir -p {self.root}).")
         try:
             self.backend.ensure()
         except OSError as exc:
             raise StoreError(f"Cannot create the store folder {self.root}: {exc}. "
-                             "Set LUMIBOT_DUCKDB_CACHE_DIR or cache_dir= to a writable folder.") from exc
+                             f"Set LUMIBOT_DUCKDB_CACHE_DIR or {spell('cache_dir')} to a writable folder.") from exc
         self._closed = False
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
@@ -110,6 +127,9 @@ class DuckDBDataStorage(DataStorageInterface):
 
     def __repr__(self) -> str:
         return f"DuckDBDataStorage({self.location!r})"
+
+    def describe(self) -> str:
+        return f"the store {self.root}"
 
     # -- connections ---------------------------------------------------------------------------
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -269,9 +289,10 @@ class DuckDBDataStorage(DataStorageInterface):
 
         ``columns`` limits the value columns read (default: all of them, in schema order). Every file
         read is checked first (:mod:`lumibot_duckdb.store.integrity`); a damaged one is set aside with
-        its reason and :class:`CorruptFileError` says which range is no longer covered.
+        its reason and :class:`CorruptFileError` says which range is no longer covered. Naive times
+        are in Lumibot's default time zone (New York).
         """
-        wanted = Interval(start, end)
+        wanted = Interval(parse_time(start), parse_time(end))
         names = _value_columns(columns)
         for attempt in range(_READ_ATTEMPTS):
             with _as_store_error(f"list the files of {key}"):
