@@ -8,7 +8,6 @@ store is keyed by series (never by backtest window) and asks Alpaca only for wha
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 from pathlib import Path
 from typing import Any

@@ -8,7 +8,6 @@ repeating an earlier candle's values), asking the exchange only for what the sto
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import warnings
 from pathlib import Path
 from typing import Any

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
