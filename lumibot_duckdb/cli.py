@@ -486,10 +486,19 @@ def db_query(sql: str | None, sql_file: Any, fmt: str, output: Path | None, limi
     _print(*lines)
 
 
+def _zoned(value: Any) -> Any:
+    """A zoned time in the display zone, or its text where pandas cannot hold it (past 2262, before 1677)."""
+    import pandas as pd
+
+    try:
+        return pd.Timestamp(value).tz_convert(_zone())
+    except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):
+        return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def _result_table(rows: Any) -> tuple[Table, bool]:
     """A query result as a table: numbers whole, times with a zone in the display zone (dates when every
     value is a local midnight). Also says whether any column was zoned."""
-    import pandas as pd
     import pyarrow.types as kinds
 
     table = _table()
@@ -502,8 +511,9 @@ def _result_table(rows: Any) -> tuple[Table, bool]:
         numeric = kinds.is_integer(field.type) or kinds.is_floating(field.type) or kinds.is_decimal(field.type)
         if kinds.is_timestamp(field.type) and field.type.tz is not None:
             zoned = True
-            stamps = [v if v is None or isinstance(v, str) else pd.Timestamp(v).tz_convert(_zone()) for v in values]
-            daily = all(v is None or isinstance(v, str) or v == v.normalize() for v in stamps)
+            stamps = [v if v is None or isinstance(v, str) else _zoned(v) for v in values]
+            daily = all(v is None or isinstance(v, str) or (v.hour, v.minute, v.second, v.microsecond, v.nanosecond)
+                        == (0, 0, 0, 0, 0) for v in stamps)  # (normalize() overflows near pandas' last day)
             text = ["NULL" if v is None else v if isinstance(v, str) else _local(v, dates=daily) for v in stamps]
         else:
             text = ["NULL" if v is None else str(v) for v in values]

@@ -40,6 +40,19 @@ from lumibot_duckdb.store.sync import sync
 from lumibot_duckdb.testing.s3server import S3Proxy, free_port
 from lumibot_duckdb.testing.team import expected_gaps, race_plan, series
 
+
+@pytest.fixture(autouse=True)
+def naive_times_in_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The times written naive in this file are UTC: the store's rule reads naive times in Lumibot's default
+    time zone (lumibot_duckdb.config.default_timezone), set to UTC here."""
+    import sys
+
+    monkeypatch.setattr("lumibot_duckdb.config.LUMIBOT_DEFAULT_TIMEZONE", "UTC")
+    constants = sys.modules.get("lumibot.constants")
+    if constants is not None:
+        monkeypatch.setattr(constants, "LUMIBOT_DEFAULT_TIMEZONE", "UTC")
+
+
 MONTH = ("2024-01-01", "2024-02-01")
 
 
@@ -99,11 +112,11 @@ def test_a_reader_never_writes_and_keeps_what_it_fetched_on_its_machine(s3_store
     reader.write(key(), make_bars("2024-01-03 14:30", periods=20, seed=1))  # a gap its backtest needed
     reader.write_note({"checked": "2024-01-04"}, "test", "checked.json")
     with reader.writer(key()) as writer:
-        writer.write(make_bars("2024-01-04 14:30", periods=9 * 20), covered=("2024-01-04 14:30", "2024-01-04 17:30"))
+        writer.write(make_bars("2024-01-04 14:30", periods=9 * 20), covered=("2024-01-04 14:30Z", "2024-01-04 17:30Z"))
     assert len(reader.read(key(), *MONTH)) == 30 + 20 + 180
     assert reader.read_note("test", "checked.json") == {"checked": "2024-01-04"}
     assert writes(proxy) == 0, f"a reader wrote to S3: {dict(proxy.requests)}"
-    assert team.coverage(key()) == [Interval("2024-01-02 14:30", "2024-01-02 15:00")], "S3 is as the writer left it"
+    assert team.coverage(key()) == [Interval("2024-01-02 14:30Z", "2024-01-02 15:00Z")], "S3 is as the writer left it"
 
     # What the reader fetched is a folder store of its own: sync publishes it, once.
     pushed = sync(DuckDBDataStorage(reader.root), team)

@@ -108,7 +108,8 @@ class DuckDBDataStorage(DataStorageInterface):
         self.location = settings.location
         self.backend = _open_backend(settings)
         self.root = Path(self.backend.root)
-        named = (location is not None and not is_s3(str(location))) or settings.cache_dir_from == "cache_dir="
+        # (a folder the user named; an S3 store's root is its mirror, which the store makes itself)
+        named = not is_s3(settings.location) and (location is not None or settings.cache_dir_from == "cache_dir=")
         self.lock_timeout = lock_timeout
         missing = next((p for p in reversed(self.root.parents) if not p.exists()), None)
         if missing is not None and named and not create_parents:
