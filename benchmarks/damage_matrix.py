@@ -97,8 +97,11 @@ def backtest_column(template: Path, work: Path, scenario: Scenario, cold: object
         covered = not missing_ranges(store.coverage(target), hit.interval) if kind != "shifted-range" else True
     same = (warm.fills, warm.final_value) == (cold.fills, cold.final_value)  # type: ignore[attr-defined]
     detected = f"yes ({found[0].split(':')[0]})" if found else "no"
-    return (f"{detected} | {'yes' if found else 'no'} | {'yes' if warm.provider_requests and covered else 'no'} "
-            f"({warm.provider_requests} req.) | {'yes' if same else 'NO'} ({len(warm.fills)} fills)")
+    if kind.startswith("other-series"):  # a file copied in beside the series' own, which is intact
+        fetched = f"not needed: nothing lost ({warm.provider_requests} req.)"
+    else:
+        fetched = f"{'yes' if warm.provider_requests and covered else 'no'} ({warm.provider_requests} req.)"
+    return f"{detected} | {'yes' if found else 'no'} | {fetched} | {'yes' if same else 'NO'} ({len(warm.fills)} fills)"
 
 
 def main() -> int:

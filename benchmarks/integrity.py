@@ -95,6 +95,7 @@ def per_call(tree: Path, workdir: Path) -> dict[tuple[str, str], float]:
     from lumibot_duckdb.ab.harness import child_environment
 
     found: dict[tuple[str, str], float] = {}
+    workdir.mkdir(parents=True, exist_ok=True)
     for source in ("polygon", "ccxt"):
         env = {**child_environment(workdir), "LUMIBOT_DUCKDB_PER_CALL_CHILD": "1", "PYTHONPATH": str(tree)}
         done = subprocess.run([sys.executable, str(tree / "benchmarks" / "per_call.py"), source, "duckdb",

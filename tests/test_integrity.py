@@ -207,3 +207,48 @@ def test_damage_kinds_are_documented() -> None:
 def _cli(*args: object) -> tuple[int, str]:
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     return result.exit_code, result.output
+
+
+# -- through a backtest --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def filled_by_a_backtest(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """A store filled by a cold Polygon momentum backtest (three symbols), and that run's result."""
+    from test_conformance import momentum, run
+
+    from lumibot_duckdb.testing.kits import kit
+
+    folder = tmp_path_factory.mktemp("template")
+    return folder, run(momentum(kit("polygon")), "duckdb", "cold", folder)
+
+
+@pytest.mark.backtest
+@pytest.mark.parametrize("sealed", [True, False], ids=["in-place", "unsealed"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_damage_through_a_backtest_is_set_aside_fetched_again_and_fills_stay(
+        filled_by_a_backtest: tuple[Path, object], tmp_path: Path, kind: str, sealed: bool) -> None:
+    import warnings
+
+    from test_conformance import momentum, run
+
+    from lumibot_duckdb.sources.base import DuckDBFallbackWarning
+    from lumibot_duckdb.testing.kits import kit
+
+    template, cold = filled_by_a_backtest
+    if not sealed and (kind in UNSEALED_MAYBE or DAMAGES.get(kind, (None, "x"))[1] == ""):
+        pytest.skip("only a checksum can tell this damage, and an unsealed file has none (test above)")
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    root = tmp_path / "duckdb" / "duckdb"
+    with DuckDBDataStorage(root) as store:
+        daily = sorted(k for k in store.series() if k.timeframe == "day")
+        hit = damage(store, daily[0], kind, sealed=sealed, other=daily[1], seed=3)
+    integrity._CHECKED.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DuckDBFallbackWarning)  # a damaged file is never a fallback
+        warm = run(momentum(kit("polygon")), "duckdb", "warm", tmp_path)
+    assert (warm.fills, warm.final_value) == (cold.fills, cold.final_value)  # type: ignore[attr-defined]
+    with DuckDBDataStorage(root) as store:
+        assert [r for r in reasons(store) if r.startswith(hit.expected or "checksum")], reasons(store)
+        assert verify(store).ok
+        if not kind.startswith("other-series"):
+            assert warm.provider_requests > 0, "the damaged range was not fetched again"
+            assert not missing_ranges(store.coverage(daily[0]), hit.interval) or kind == "shifted-range"

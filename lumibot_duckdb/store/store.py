@@ -368,7 +368,8 @@ class DuckDBDataStorage(DataStorageInterface):
         readers differ: a footer one of them still parses can be beyond the other)."""
         damaged = []
         for bar_file in files:
-            reason = None if _readable(bar_file.path) else f"pyarrow cannot read it ({_first_line(exc)})"
+            problem = _unreadable(bar_file.path)
+            reason = None if problem is None else f"pyarrow cannot read it ({problem})"
             if reason is None:
                 try:
                     self._cursor().execute("SELECT * FROM read_parquet(?)", [str(bar_file.path)]).fetchnumpy()
@@ -748,11 +749,12 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _readable(path: Path) -> bool:
+def _unreadable(path: Path) -> str | None:
+    """Why pyarrow cannot read the file whole, or None if it can (or the file is gone: compacted away)."""
     try:
         pq.ParquetFile(path).read()
     except FileNotFoundError:
-        return True  # gone (compacted away) is not damaged
-    except Exception:  # noqa: BLE001 - anything pyarrow cannot read is damage
-        return False
-    return True
+        return None
+    except Exception as exc:  # noqa: BLE001 - anything pyarrow cannot read is damage
+        return _first_line(exc)
+    return None
