@@ -510,6 +510,8 @@ def render_result(result: ABResult, *, width: int = 160) -> str:
                       _size(row["bytes"]), str(row["fills"]), f"{row['final_value']:,.2f}")
     console = Console(width=width, record=True, file=open(os.devnull, "w"))
     console.print(table)
+    for line in _legend(result):
+        console.print(line, highlight=False)
     for line in _ratios(result):
         console.print(line)
     for verdict in result.phases:
@@ -533,6 +535,22 @@ def render_result(result: ABResult, *, width: int = 160) -> str:
     if result.first_difference is not None:
         text += "\n" + result.first_difference.text() + "\n"
     return text
+
+
+def _legend(result: ABResult) -> list[str]:
+    """What the reference variants of the table are (Lumibot's legacy path with which defects patched)."""
+    references = sorted({r.variant for r in result.runs if r.variant.startswith(REFERENCE)})
+    if not references:
+        return []
+    from lumibot_duckdb.testing.kits import kit
+
+    defects = list(kit(result.scenario.source).legacy_defects())
+    lines = []
+    for variant in references:
+        _, _, number = variant.partition("#")
+        patched = "every declared defect" if not number else f"only {defects[int(number) - 1]!r}"
+        lines.append(f"{variant}: Lumibot's legacy path with {patched} patched (its own cold-filled cache)")
+    return lines
 
 
 def _ratios(result: ABResult) -> list[str]:
