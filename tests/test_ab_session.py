@@ -148,6 +148,7 @@ def test_a_declared_defect_is_named_with_the_first_differing_fill(tmp_path: Path
     text = result.text()
     assert "first differing fill (cold, repetition 1): #1" in text and f"declared legacy defect(s): {DECIMAL_DEFECT}" \
         in text
+    assert f"legacy-fixed#1: Lumibot's legacy path with only {DECIMAL_DEFECT!r} patched" in text
     assert_parity(result)  # a declared difference passes
     with pytest.raises(ParityError, match="first differing fill"):
         assert_parity(result, allow_declared=False)
