@@ -184,7 +184,7 @@ def test_repetitions_alternate_the_paths_and_verify_mode_rides_along(tmp_path: P
     assert runs == ["legacy", "duckdb", "verify", "duckdb", "legacy", "verify"]
     assert sorted({r.repetition for r in result.runs}) == [0, 1]
     assert (tmp_path / "repetition-2" / "duckdb" / "duckdb").is_dir()
-    from lumibot_duckdb.ab.session import summary_rows
+    from lumibot_duckdb.ab.table import summary_rows
     from lumibot_duckdb.ab.verify import costs
 
     rows = {row["variant"]: row for row in summary_rows(result)}
