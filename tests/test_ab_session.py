@@ -197,6 +197,24 @@ def test_repetitions_alternate_the_paths_and_verify_mode_rides_along(tmp_path: P
     write_png(result, tmp_path / "r.png")
 
 
+CRASHES = '''
+from lumibot.strategies import Strategy
+
+
+class Crashes(Strategy):
+    def on_trading_iteration(self):
+        raise ZeroDivisionError("the strategy's own bug")
+'''
+
+
+def test_a_strategy_that_fails_on_lumibot_itself_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "crashes.py").write_text(CRASHES)
+    outcome = CliRunner().invoke(main, ["ab", str(tmp_path / "crashes.py"), *WINDOW, "--phases", "cold", "--offline"])
+    assert outcome.exit_code == 1
+    assert "The cold run of crashes.py (polygon) on Lumibot's legacy path failed (exit 1): ZeroDivisionError: " \
+           "the strategy's own bug. It fails on Lumibot's own path, without lumibot-duckdb" in outcome.output
+
+
 def test_the_command_is_installed_and_documents_itself() -> None:
     out = subprocess.run([sys.executable, "-m", "lumibot_duckdb", "ab", "--help"], capture_output=True, text=True,
                          timeout=120)
