@@ -148,6 +148,7 @@ def test_a_declared_defect_is_named_with_the_first_differing_fill(tmp_path: Path
     text = result.text()
     assert "first differing fill (cold, repetition 1): #1" in text and f"declared legacy defect(s): {DECIMAL_DEFECT}" \
         in text
+    assert f"legacy-fixed#1: Lumibot's legacy path with only {DECIMAL_DEFECT!r} patched" in text
     assert_parity(result)  # a declared difference passes
     with pytest.raises(ParityError, match="first differing fill"):
         assert_parity(result, allow_declared=False)
@@ -183,7 +184,7 @@ def test_repetitions_alternate_the_paths_and_verify_mode_rides_along(tmp_path: P
     assert runs == ["legacy", "duckdb", "verify", "duckdb", "legacy", "verify"]
     assert sorted({r.repetition for r in result.runs}) == [0, 1]
     assert (tmp_path / "repetition-2" / "duckdb" / "duckdb").is_dir()
-    from lumibot_duckdb.ab.session import summary_rows
+    from lumibot_duckdb.ab.table import summary_rows
     from lumibot_duckdb.ab.verify import costs
 
     rows = {row["variant"]: row for row in summary_rows(result)}
@@ -194,6 +195,24 @@ def test_repetitions_alternate_the_paths_and_verify_mode_rides_along(tmp_path: P
     write_html(result, tmp_path / "r.html")
     assert "<h2>Verify mode</h2>" in (tmp_path / "r.html").read_text()
     write_png(result, tmp_path / "r.png")
+
+
+CRASHES = '''
+from lumibot.strategies import Strategy
+
+
+class Crashes(Strategy):
+    def on_trading_iteration(self):
+        raise ZeroDivisionError("the strategy's own bug")
+'''
+
+
+def test_a_strategy_that_fails_on_lumibot_itself_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "crashes.py").write_text(CRASHES)
+    outcome = CliRunner().invoke(main, ["ab", str(tmp_path / "crashes.py"), *WINDOW, "--phases", "cold", "--offline"])
+    assert outcome.exit_code == 1
+    assert "The cold run of crashes.py (polygon) on Lumibot's legacy path failed (exit 1): ZeroDivisionError: " \
+           "the strategy's own bug. It fails on Lumibot's own path, without lumibot-duckdb" in outcome.output
 
 
 def test_the_command_is_installed_and_documents_itself() -> None:

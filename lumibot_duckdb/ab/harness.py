@@ -191,17 +191,51 @@ def spawn(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fast: 
     spec = json.dumps({"scenario": dataclasses.asdict(scenario), "variant": variant, "phase": phase,
                        "workdir": str(workdir), "fast": fast, "spawned": time.time()})
     environment = {**child_environment(workdir, scenario), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "lumibot_duckdb.ab.harness", spec], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=environment, cwd=workdir)
+    process = subprocess.Popen([sys.executable, "-m", "lumibot_duckdb.ab.harness", spec], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=environment, cwd=workdir)
+    process.lumibot_duckdb_run = (scenario.name, variant, phase)  # type: ignore[attr-defined]
+    return process
 
 
 def finish(process: subprocess.Popen[str], *, timeout: float = 3600) -> RunResult:
     """Wait for a run started by :func:`spawn` and return what it measured."""
-    stdout, stderr = process.communicate(timeout=timeout)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise ABRunError(f"{_which(process)} did not finish within {timeout:.0f} s and was stopped.") from None
     lines = [ln for ln in stdout.splitlines() if ln.startswith('{"scenario"')]
     if process.returncode != 0 or not lines:
-        raise ABRunError(f"backtest run failed (exit {process.returncode}):\n{stderr[-4000:]}")
+        raise ABRunError(f"{_which(process)} failed (exit {process.returncode}): {_last_error(stderr)}. "
+                         f"{_whose(process)} Its last output:\n{stderr[-3000:]}")
     return RunResult(**json.loads(lines[-1]))
+
+
+def _which(process: subprocess.Popen[str]) -> str:
+    name, variant, phase = getattr(process, "lumibot_duckdb_run", ("?", "?", "?"))
+    path = "Lumibot's legacy path" if variant == "legacy" else "the DuckDB path" if variant in ("duckdb", VERIFY) \
+        else f"the {variant} reference"
+    return f"The {phase} run of {name} on {path}"
+
+
+def _whose(process: subprocess.Popen[str]) -> str:
+    _, variant, _ = getattr(process, "lumibot_duckdb_run", ("?", "?", "?"))
+    if variant == "legacy":
+        return ("It fails on Lumibot's own path, without lumibot-duckdb: look at the strategy, its parameters or "
+                "its window.")
+    if variant in ("duckdb", VERIFY):
+        return "If the same backtest runs on Lumibot's own path, please report this with the output below."
+    return ""
+
+
+def _last_error(stderr: str) -> str:
+    """The exception line at the end of a traceback (what went wrong, in one line)."""
+    for line in reversed(stderr.strip().splitlines()):
+        text = line.strip()
+        if text and not text.startswith(("File ", "^", "~")) and (":" in text or "Error" in text):
+            return text[:500]
+    return "no error message"
 
 
 def run_session(scenario: Scenario, workdir: Path, *, variants: Iterable[str] = VARIANTS,

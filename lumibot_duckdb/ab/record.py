@@ -51,14 +51,16 @@ def held_bars(data_source: Any, symbol: str, when: Any, *, around: int = AROUND)
     before ``when`` and the ``around`` after it, from every in-memory frame of that symbol.
     """
     found: list[dict[str, Any]] = []
+    seen: set[int] = set()
     stamp = pd.Timestamp(when)
     for attribute in ("pandas_data", "_data_store"):
         holder = getattr(data_source, attribute, None)
         if not isinstance(holder, dict):
             continue
         for key, value in list(holder.items()):
-            if not _about(key, symbol):
+            if not _about(key, symbol) or id(value) in seen:  # (Lumibot may hold one Data in both)
                 continue
+            seen.add(id(value))
             frame = getattr(value, "df", value)
             if not isinstance(frame, pd.DataFrame) or frame.empty or not isinstance(frame.index, pd.DatetimeIndex):
                 continue

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lumibot_duckdb.ab.harness import REFERENCE, VERIFY, RunResult
-from lumibot_duckdb.ab.session import DECLARED, DIFFERENT, IDENTICAL, ABResult, bar_at, summary_rows
+from lumibot_duckdb.ab.session import ABResult
+from lumibot_duckdb.ab.table import DECLARED, DIFFERENT, IDENTICAL, bar_at, summary_rows
 
 MAX_POINTS = 5_000
 """Points drawn per equity curve (every k-th and the last when a curve has more; the difference's

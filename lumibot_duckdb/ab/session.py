@@ -23,16 +23,17 @@ import inspect
 import os
 import platform
 import shutil
-import statistics
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lumibot_duckdb.ab.harness import PHASES, REFERENCE, VARIANTS, VERIFY, RunResult, Scenario, run_subprocess
-from lumibot_duckdb.errors import ConfigError, ParityError
+from lumibot_duckdb.ab.table import DECLARED, DIFFERENT, IDENTICAL, bar_at, cell, fill_words, render_result
 
-IDENTICAL, DECLARED, DIFFERENT = "identical", "declared", "different"
+__all__ = ["DECLARED", "DIFFERENT", "IDENTICAL", "ABResult", "FillDifference", "PhaseVerdict", "assert_parity",
+           "build_scenario", "compare_strategy", "run_scenario", "strategy_spec"]
+from lumibot_duckdb.errors import ConfigError, ParityError
 
 
 @dataclasses.dataclass
@@ -60,9 +61,9 @@ class FillDifference:
 
     def text(self) -> str:
         lines = [f"first differing fill ({self.phase}, repetition {self.repetition + 1}): #{self.index + 1}",
-                 f"  legacy: {_fill(self.legacy)}", f"  DuckDB: {_fill(self.duckdb)}"]
+                 f"  legacy: {fill_words(self.legacy)}", f"  DuckDB: {fill_words(self.duckdb)}"]
         if self.reference is not None:
-            lines.append(f"  legacy with its declared defects fixed: {_fill(self.reference)}")
+            lines.append(f"  legacy with its declared defects fixed: {fill_words(self.reference)}")
         if self.equity_parts:
             lines.append(f"  equity curves part at {self.equity_parts}")
         for label, records in (("legacy", self.legacy_bars), ("DuckDB", self.duckdb_bars)):
@@ -76,7 +77,7 @@ class FillDifference:
                 at = bar_at(record["rows"], fill[0] if fill else None)
                 for number, row in enumerate(record["rows"]):
                     mark = ">" if number == at else " "
-                    lines.append(f"    {mark} {row[0]!s:<25}" + "".join(f"{_cell(v):>20}" for v in row[1:]))
+                    lines.append(f"    {mark} {row[0]!s:<25}" + "".join(f"{cell(v):>20}" for v in row[1:]))
         if self.explained_by:
             lines.append(f"  explained by the declared legacy defect(s): {'; '.join(self.explained_by)}")
         else:
@@ -462,138 +463,3 @@ def assert_parity(result: ABResult | Any = None, /, *, allow_declared: bool = Tr
     if result.first_difference is not None:
         lines.append(result.first_difference.text())
     raise ParityError("\n".join(lines))
-
-
-# -- text -----------------------------------------------------------------------------------------------
-def summary_rows(result: ABResult) -> list[dict[str, Any]]:
-    """One row per (phase, variant): medians and ranges over the repetitions (what the table and the report show)."""
-    rows = []
-    order = [*VARIANTS, VERIFY, REFERENCE]
-    variants = sorted({r.variant for r in result.runs}, key=lambda v: (order.index(v.split("#")[0]), v))
-    for phase in dict.fromkeys(r.phase for r in result.runs):
-        for variant in variants:
-            runs = [r for r in result.runs if r.phase == phase and r.variant == variant]
-            if not runs:
-                continue
-            kinds = dict.fromkeys(k for r in runs for k in r.requests)
-            rows.append({
-                "phase": phase, "variant": variant, "n": len(runs),
-                "wall": _stats([r.wall_seconds for r in runs]),
-                "data_layer": _stats([r.data_layer_seconds for r in runs]),
-                "peak_rss": _stats([r.peak_rss_mb for r in runs]),
-                "requests": {k: statistics.median(r.requests.get(k, 0) for r in runs) for k in kinds},
-                "bytes": runs[0].bytes_on_disk, "bars": runs[0].bars_on_disk, "fills": len(runs[0].fills),
-                "final_value": runs[0].final_value, "verify": runs[0].verify,
-            })
-    return rows
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def render_result(result: ABResult, *, width: int = 160) -> str:
-    from rich.console import Console
-    from rich.table import Table
-
-    s = result.scenario
-    where = "offline (emulated provider)" if s.offline else "the real provider"
-    table = Table(title=f"A/B {s.name}: {s.start} .. {s.end}, {where}")
-    columns = ("phase", "variant", "n", "wall s", "data layer s", "peak RSS MB", "provider requests", "on disk",
-               "fills", "final value")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("phase", "variant", "provider requests") else "right")
-    for row in summary_rows(result):
-        requests = ", ".join(f"{k} {v:g}" for k, v in row["requests"].items() if v) or "0"
-        table.add_row(row["phase"], row["variant"], str(row["n"]), _spread(row["wall"], 2),
-                      _spread(row["data_layer"], 2), _spread(row["peak_rss"], 0), requests,
-                      _size(row["bytes"]), str(row["fills"]), f"{row['final_value']:,.2f}")
-    console = Console(width=width, record=True, file=open(os.devnull, "w"))
-    console.print(table)
-    for line in _ratios(result):
-        console.print(line)
-    for verdict in result.phases:
-        values = f"legacy {verdict.legacy_value:,.2f}, DuckDB {verdict.duckdb_value:,.2f}"
-        words = {IDENTICAL: f"identical ({verdict.fills} fills, final value {verdict.duckdb_value:,.2f})",
-                 DECLARED: f"declared difference: {values} = legacy with its declared defects fixed "
-                           f"({'; '.join(verdict.explained_by)})",
-                 DIFFERENT: f"DIFFERENT: {values}; {verdict.detail}; no declared legacy defect explains it",
-                 }[verdict.verdict]
-        console.print(f"parity {verdict.phase}: {words}", highlight=False)
-    from lumibot_duckdb.ab.verify import costs
-
-    for cost in costs(result.runs):
-        console.print(cost.text(), highlight=False)
-    console.print(f"verdict: {result.verdict_line()}", highlight=False)
-    load, cpus = result.machine.get("load_average") or [float("nan")], result.machine.get("cpus") or 1
-    if load[0] == load[0] and load[0] > cpus:  # timings of a busy machine vary more than the ratios suggest
-        console.print(f"(timings measured on a busy machine: load average {load[0]:.1f} on {cpus} CPUs at the "
-                      "start; --repeat N gives medians and ranges)", highlight=False)
-    text = console.export_text()
-    if result.first_difference is not None:
-        text += "\n" + result.first_difference.text() + "\n"
-    return text
-
-
-def _ratios(result: ABResult) -> list[str]:
-    lines = []
-    for phase in dict.fromkeys(r.phase for r in result.runs):
-        pairs = [(a, b) for a, b in zip(_of(result.runs, "legacy", phase), _of(result.runs, "duckdb", phase))]
-        if not pairs:
-            continue
-        wall = [b.wall_seconds / a.wall_seconds for a, b in pairs if a.wall_seconds]
-        rss = [b.peak_rss_mb / a.peak_rss_mb for a, b in pairs if a.peak_rss_mb]
-        if wall and rss:
-            lines.append(f"DuckDB / legacy, {phase}: wall {_ratio(wall)}, peak RSS {_ratio(rss)} (n={len(pairs)})")
-    return lines
-
-
-def _ratio(values: list[float]) -> str:
-    median = statistics.median(values)
-    return f"{median:.2f}x" if len(values) == 1 else f"{median:.2f}x [{min(values):.2f}-{max(values):.2f}]"
-
-
-def _spread(stats: dict[str, float], digits: int) -> str:
-    if stats["min"] == stats["max"]:
-        return f"{stats['median']:.{digits}f}"
-    return f"{stats['median']:.{digits}f} [{stats['min']:.{digits}f}-{stats['max']:.{digits}f}]"
-
-
-def _size(count: int) -> str:
-    n = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _fill(fill: list[Any] | None) -> str:
-    if fill is None:
-        return "no such fill"
-    when, symbol, side, quantity, price = fill
-    return f"{when} {side} {quantity:g} {symbol} at {price!r}"
-
-
-def _cell(value: Any) -> str:
-    """Every digit of a float (what the paths compare is the bits): the shortest repr that round-trips."""
-    if isinstance(value, float):
-        return repr(value) if value != int(value) or abs(value) >= 1e16 else f"{value:.1f}"
-    return str(value)
-
-
-def bar_at(rows: list[list[Any]], when: Any) -> int | None:
-    """Index of the last bar starting at or before ``when`` (the bar a fill at ``when`` saw), or None."""
-    if when is None or not rows:
-        return None
-    import pandas as pd
-
-    try:
-        stamp = pd.Timestamp(when)
-        times = [pd.Timestamp(r[0]) for r in rows]
-        if (stamp.tzinfo is None) != (times[0].tzinfo is None):
-            return None
-    except (TypeError, ValueError):
-        return None
-    before = [i for i, t in enumerate(times) if t <= stamp]
-    return before[-1] if before else None
