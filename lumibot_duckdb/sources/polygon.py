@@ -525,7 +525,7 @@ def legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
     trades = bars["trade_count"]
     metadata = bars["metadata"]
     otc = np.full(len(bars), None, dtype=object)
-    present = metadata.notna().to_numpy()
+    present = np.not_equal(metadata.to_numpy(), None)
     if present.any():
         otc[present] = [json.loads(m).get("otc") for m in metadata[present]]
     frame = pd.DataFrame(
@@ -539,9 +539,10 @@ def legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
             "timestamp": index.asi8 // 1_000_000,
             "transactions": trades.astype("int64").to_numpy() if not trades.isna().any()
             else trades.astype("float64").to_numpy(),
-            "otc": otc,
+            "otc": pd.Series(otc, index=index, dtype=object, copy=False),  # (typed: pandas would scan it)
         },
         index=index,
+        copy=False,  # (its own arrays already: consolidating them would copy every bar once more)
     )
     return frame
 
