@@ -7,8 +7,13 @@ The store reads only the partitions and row groups that overlap the range.
 * ``legacy``: ``polygon_helper.load_cache(file)`` then the boolean mask, as Lumibot does.
 * ``store-warm``: ``DuckDBDataStorage.read`` on a store object already open (a backtest's case).
 * ``store-cold``: a new store object for every query (the process's DuckDB is shared: new cursor).
-* ``store-fresh-duckdb``: a brand-new DuckDB database for every query, i.e. what the first query
-  of a new process pays (DuckDB's ``connect`` alone is ~16 ms here).
+* ``store-first-read``: what the first query of a new process pays: a new store object, no footer or
+  file-name cached, no DuckDB database open (the store reads with pyarrow and opens none; DuckDB's
+  ``connect`` alone was ~16 ms here when it did).
+
+``test_bulk_read``: 10.5M minute bars (20 years of one 24/7 symbol, 20 files) read whole into the frame
+Lumibot's Polygon source builds its ``Data`` from (``sources.polygon.legacy_frame``), beside Lumibot's
+``load_cache`` of the same bars in its own cache file.
 
 Reproduce: ``python3 dev.py bench benchmarks/test_range_query.py`` (about 1 minute); the
 ratio table is printed at the end.
@@ -52,7 +57,7 @@ def legacy_query(path: Path, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataF
 
 
 @pytest.mark.parametrize("window", list(WINDOWS))
-@pytest.mark.parametrize("method", ["legacy", "store-warm", "store-cold", "store-fresh-duckdb"])
+@pytest.mark.parametrize("method", ["legacy", "store-warm", "store-cold", "store-first-read"])
 def test_range_query(benchmark, five_years, window: str, method: str) -> None:
     legacy_file, store_dir, bars = five_years
     start, end = (pd.Timestamp(t, tz="UTC") for t in WINDOWS[window])
@@ -69,12 +74,62 @@ def test_range_query(benchmark, five_years, window: str, method: str) -> None:
                 return fresh.read(KEY, start, end)
         result = benchmark(cold)
     else:
-        from lumibot_duckdb.store import store as store_module
-
-        def fresh_duckdb() -> pd.DataFrame:
-            store_module._Engine.shutdown()
+        def first_read() -> pd.DataFrame:
+            _forget_caches()
             with DuckDBDataStorage(store_dir) as fresh:
                 return fresh.read(KEY, start, end)
-        result = benchmark(fresh_duckdb)
+        result = benchmark(first_read)
     assert len(result) == expected > 0
     assert result["close"].iloc[0] == bars.loc[result.index[0], "close"]
+
+
+def _forget_caches() -> None:
+    """What a new process has not learnt yet: footers, row-group bounds, file names; no DuckDB database."""
+    from lumibot_duckdb.store import local, reader
+    from lumibot_duckdb.store import store as store_module
+
+    for cached in (local.read_footer, local.parse_file_name, local.partition_interval, reader._ts_bounds,
+                   store_module._null_columns):
+        cached.cache_clear()
+    store_module._Engine.shutdown()
+
+
+BULK = SeriesKey("polygon", "BTC", "minute", asset_type="crypto", quote="USD", adjustment="split")
+
+
+@pytest.fixture(scope="module")
+def twenty_years(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
+    """10.5M minute bars of one 24/7 symbol, 2005–2024: in the store (a file a year) and in Lumibot's cache file."""
+    market = SyntheticMarket(seed=3)
+    folder = tmp_path_factory.mktemp("bulk")
+    store = DuckDBDataStorage(folder / "store")
+    legacy_parts, total = [], 0
+    for year in range(2005, 2025):
+        bars = market.bars("BTC", "minute", f"{year}-01-01", f"{year + 1}-01-01", asset_type="crypto")
+        store.write(BULK, bars, covered=(f"{year}-01-01", f"{year + 1}-01-01"))
+        legacy = bars.rename_axis("datetime").rename(columns={"trade_count": "transactions"})
+        legacy["timestamp"] = legacy.index.as_unit("ns").asi8 // 1_000_000
+        legacy.index = legacy.index.as_unit("ns")
+        legacy_parts.append(legacy)
+        total += len(bars)
+    legacy_file = folder / "crypto_BTC_USD_minute.parquet"
+    pd.concat(legacy_parts).reset_index().to_parquet(legacy_file, engine="pyarrow", compression="snappy")
+    return legacy_file, folder / "store", total
+
+
+@pytest.mark.parametrize("method", ["legacy", "store"])
+def test_bulk_read(benchmark, twenty_years, method: str) -> None:
+    from lumibot.tools.polygon_helper import load_cache
+
+    from lumibot_duckdb.sources.polygon import POLYGON_COLUMNS, legacy_frame
+
+    legacy_file, store_dir, total = twenty_years
+    benchmark.group = f"bulk read of {total:,} minute bars into the frame of a backtest"
+    start, end = pd.Timestamp("2005-01-01", tz="UTC"), pd.Timestamp("2025-01-01", tz="UTC")
+    if method == "legacy":
+        result = benchmark.pedantic(load_cache, args=(legacy_file,), rounds=5, warmup_rounds=1)
+    else:
+        store = DuckDBDataStorage(store_dir)
+        result = benchmark.pedantic(lambda: legacy_frame(store.read(BULK, start, end, columns=POLYGON_COLUMNS)),
+                                    rounds=5, warmup_rounds=1)
+    assert len(result) == total

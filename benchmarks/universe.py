@@ -11,6 +11,8 @@ network seams by ``lumibot_duckdb.testing``), on a warm cache (filled once by a 
 * ``polygon-daily200`` / ``polygon-minute200``: the daily momentum / the minute scan over 200 symbols,
   DuckDB path only (the legacy path would need about 18 GB / 26 GB here); the first run of the daily
   one fills the store with the 150 symbols more (a year of their minute bars), which the scan reads.
+* ``alpaca-minute50``: the same on Alpaca (minute timestep, explicit config: Lumibot's Alpaca frames hold every
+  trading minute of the backtest, forward-filled).
 * ``ccxt-minute50``: the same on CCXT, 24/7 minute candles (the last 1,440 each day), over the year;
   ``ccxt-minute50-2m`` over January and February 2023 only (its cold fills take minutes, not the year's
   half hour per variant).
@@ -59,10 +61,11 @@ def _momentum(count: int) -> Scenario:
                     {"symbols": list(UNIVERSE[:count]), "lookback": 20, "top": 5, "period": 5}, START, END)
 
 
-def _scan(source: str, count: int, bars: int, end: str = END, label: str = "", **crypto: str) -> Scenario:
+def _scan(source: str, count: int, bars: int, end: str = END, label: str = "", timestep: str = "",
+          **crypto: str) -> Scenario:
     return Scenario(f"{source} minute scan x{count}{label}", "minute_scan",
                     {"symbols": list(UNIVERSE[:count]), "bars": bars, "top": 5, "period": 5, **crypto},
-                    START, end, source=source)
+                    START, end, source=source, timestep=timestep)
 
 
 SCENARIOS = {
@@ -73,6 +76,7 @@ SCENARIOS = {
     # ~130 MB a symbol on the legacy path here); the first fills the store the second reads
     "polygon-daily200": _momentum(200),
     "polygon-minute200": _scan("polygon", 200, 390),
+    "alpaca-minute50": _scan("alpaca", 50, 390, timestep="minute"),  # (Alpaca is told its bars' timestep)
     "ccxt-minute50": _scan("ccxt", 50, 1440, label=", year", asset_type="crypto", quote="USDT"),
     "ccxt-minute50-2m": _scan("ccxt", 50, 1440, end="2023-03-01", label=", Jan-Feb", asset_type="crypto",
                               quote="USDT"),

@@ -111,6 +111,68 @@ def test_lumibot_reads_the_same_bars_through_its_own_api(alpaca, lumibot_cache, 
         assert answers[1][1] == answers[0][1]
 
 
+class _Gaps:
+    """Bars with holes: every 7th-ish minute missing, LATE listed on Jan 10 (none before), HALT silent Jan 11–16."""
+
+    def __init__(self, seed: int = 5) -> None:
+        from lumibot_duckdb.testing.market import SyntheticMarket
+
+        self.market = SyntheticMarket(seed)
+
+    def bars(self, symbol: str, timeframe: str, start: Any, end: Any, *, asset_type: str = "stock") -> pd.DataFrame:
+        frame = self.market.bars(symbol, timeframe, start, end, asset_type=asset_type)
+        frame = frame[frame.index.minute % 7 != 3]
+        if symbol == "LATE":
+            frame = frame[frame.index >= pd.Timestamp("2024-01-10 15:00", tz="UTC")]
+        if symbol == "HALT":
+            frame = frame[(frame.index < pd.Timestamp("2024-01-11", tz="UTC"))
+                          | (frame.index >= pd.Timestamp("2024-01-17", tz="UTC"))]
+        return frame
+
+
+@pytest.mark.parametrize("symbol", ["AAA", "LATE", "HALT"])
+def test_minute_windows_answer_what_lumibots_whole_frame_does(store_dir, lumibot_cache, monkeypatch,
+                                                              symbol) -> None:
+    """Minute bars held as windows of rows (rebuilt every session here): every request at every moment gets
+    the rows of Lumibot's whole frame, its forward fill across the window's edge (and its backward fill before
+    a late listing) included, and the "not enough historical data" rule counts the whole frame."""
+    from lumibot_duckdb.sources.window import WindowPolicy
+
+    monkeypatch.setattr(AlpacaBacktesting, "WINDOW_POLICY", WindowPolicy(margin=pd.Timedelta(0), guard=pd.Timedelta(0),
+                                                                         ahead={"minute": pd.Timedelta(hours=20)}))
+    end = dt.datetime(2024, 1, 25)
+    asset = Asset(symbol)
+    with serve_alpaca(_Gaps(), fast=True):
+        sources = {kind: make_source(kind, store_dir, end=end, timestep="minute") for kind in ("legacy", "duckdb")}
+        moments = pd.date_range("2024-01-02 09:31", "2024-01-19 15:59", freq="317min", tz="America/New_York")
+        for when in moments:
+            for length, incomplete in ((1, False), (30, True), (390, True), (1200, False)):
+                answers = []
+                for source in sources.values():
+                    source._datetime = when.to_pydatetime()
+                    try:
+                        bars = source.get_historical_prices(asset, length, "minute",
+                                                            remove_incomplete_current_bar=incomplete)
+                        answers.append(None if bars is None else bars.df)
+                    except ValueError as exc:
+                        answers.append(str(exc))
+                    answers.append(source.get_last_price(asset))
+                if isinstance(answers[0], pd.DataFrame):
+                    pd.testing.assert_frame_equal(answers[2], answers[0], check_exact=True)
+                    assert answers[3] == answers[1], (when, length)
+                else:
+                    assert answers[2:] == answers[:2], (when, length)
+        with pytest.raises(ValueError, match="Not enough historical data") as ours:
+            sources["duckdb"].get_historical_prices(asset, 10**6, "minute")
+        with pytest.raises(ValueError) as theirs:
+            sources["legacy"].get_historical_prices(asset, 10**6, "minute")
+        assert str(ours.value) == str(theirs.value)
+    ours_source = sources["duckdb"]
+    held = sum(len(w.frame) for w in ours_source._minute_frames.values())
+    assert 0 < held < len(ours_source._minutes()) / 2, "a few sessions of rows are held, not the backtest"
+    assert ours_source.duckdb_windows.loads > 5, "the window was rebuilt as the clock moved"
+
+
 def test_end_of_window_rule_and_keys_are_lumibots(alpaca, store_dir) -> None:
     ours, legacy = make_source("duckdb", store_dir), make_source("legacy", store_dir)
     assert ours.datetime_end == legacy.datetime_end == pd.Timestamp("2024-01-30 09:30", tz="America/New_York")

@@ -312,7 +312,9 @@ SIMPLE_START_WITHOUT_MINUTE_BARS = Scenario(
              {"symbol": "BTC", "fast": 10, "slow": 30, "quantity": 1, "asset_type": "crypto", "quote": "USDT"},
              "2024-01-08", "2024-01-10", source="ccxt", timestep="minute",
              market="lumibot_duckdb.testing.market:daily_bars_only"),
-], ids=["polygon-no-minute-bars", "polygon-minute", "ccxt-no-minute-candles"])
+    Scenario("minute SMA", "minute_sma", {"symbol": "AAA", "fast": 10, "slow": 30, "quantity": 1},
+             "2024-01-08", "2024-01-20", source="alpaca", timestep="minute"),
+], ids=["polygon-no-minute-bars", "polygon-minute", "ccxt-no-minute-candles", "alpaca-minute"])
 def test_the_store_is_read_when_a_window_is_read_not_at_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   scenario: Scenario) -> None:
     """Every quote and history request of a step is served from memory, a series without bars included:

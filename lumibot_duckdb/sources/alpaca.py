@@ -26,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +37,13 @@ import pandas as pd
 from alpaca.data.requests import CryptoBarsRequest, OptionBarsRequest
 from lumibot.backtesting.alpaca_backtesting import AlpacaBacktesting as _LegacyAlpacaBacktesting
 from lumibot.backtesting.alpaca_backtesting import AlpacaOptionHistoryUnavailable
-from lumibot.entities import Asset
+from lumibot.entities import Asset, Bars
 
 from lumibot_duckdb.errors import ProviderDataError
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask
 from lumibot_duckdb.sources.fill import bad_answer
 from lumibot_duckdb.sources.verify import patched_attributes
+from lumibot_duckdb.sources.window import WindowPolicy, frame_bytes
 from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.store import SeriesWriter
 from lumibot_duckdb.store.validate import bar_problems
@@ -55,6 +58,8 @@ OVERLAP_BARS = 3
 _DURATION = {"day": pd.Timedelta(days=1), "hour": pd.Timedelta(hours=1), "minute": pd.Timedelta(minutes=1)}
 _INCLUSIVE = pd.Timedelta(microseconds=1)
 _BAR_HOURS = pd.Timedelta(hours=20)  # stock bars of a session date start before 20:00 New York
+WINDOW_AHEAD = {"minute": pd.Timedelta(days=5)}
+"""How far past the clock a window of minute rows reaches (then it is rebuilt from the store)."""
 
 
 class AlpacaBacktesting(EnhancedDataSourceBacktesting, _LegacyAlpacaBacktesting):
@@ -65,8 +70,177 @@ class AlpacaBacktesting(EnhancedDataSourceBacktesting, _LegacyAlpacaBacktesting)
     :class:`EnhancedDataSourceBacktesting`).
     """
 
+    WINDOW_POLICY = WindowPolicy(margin=pd.Timedelta(0), guard=pd.Timedelta(0), ahead=WINDOW_AHEAD)
+    """Minute series are held as windows of rows of Lumibot's frame (see :meth:`get_historical_prices`): exact
+    in bars behind the clock, a few sessions ahead, checked at every call (no guard needed)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._minute_frames: dict[str, _MinuteWindow] = {}
+        self._minute_series: dict[str, _MinuteSeries] = {}
+        self._trading_minutes: pd.DatetimeIndex | None = None
+        self._window_lock = threading.RLock()
+        super().__init__(*args, **kwargs)
+
     def _stores(self, timestep: str | None) -> bool:
         return self.use_duckdb and timestep in SERVED_TIMESTEPS
+
+    # -- minute series held as windows -----------------------------------------------------------
+    def get_historical_prices(self, asset: Asset, length: int, timestep: str | None = None,
+                              timeshift: dt.timedelta | None = None, quote: Asset | None = None,
+                              exchange: str | None = None, include_after_hours: bool = True,
+                              return_polars: bool = False, remove_incomplete_current_bar: bool | None = None,
+                              _extend_history: bool = True) -> Any:
+        """Lumibot's ``get_historical_prices``; on the DuckDB path, minute bars come from a window of the frame.
+
+        Lumibot holds every minute of the backtest of every asset (its frame: the trading minutes of the
+        calendar, forward-filled) and slices it. Here the same rows are held only around the clock (the
+        bars the request reaches back to, a few sessions ahead) and rebuilt from the store when the clock
+        moves on: the rows of the window are those of Lumibot's frame, forward fill across the window's
+        edge included (the last bar before the window seeds it), and the "not enough historical data"
+        rule counts the rows of the whole frame, as Lumibot does. Other requests (daily bars, options,
+        multi-minute resampling, ``history_before_start``) take Lumibot's path.
+        """
+        legacy = functools.partial(_LegacyAlpacaBacktesting.get_historical_prices, self, asset, length, timestep,
+                                   timeshift, quote, exchange, include_after_hours, return_polars,
+                                   remove_incomplete_current_bar, _extend_history)
+        source_timestep, resample_rule = self._normalize_timestep_for_source(timestep or self._timestep)
+        if not self.use_duckdb or source_timestep != "minute" or resample_rule is not None or length <= 0 \
+                or self._is_option(asset) or (_extend_history and self._history_before_start):
+            return legacy()
+        if remove_incomplete_current_bar is None:
+            remove_incomplete_current_bar = self._remove_incomplete_current_bar
+        quote = quote if quote is not None else self.LUMIBOT_DEFAULT_QUOTE_ASSET
+        search_datetime = self._datetime - timeshift if timeshift else self._datetime
+        times = self._minutes()
+        cutoff = search_datetime - dt.timedelta(minutes=1) if remove_incomplete_current_bar else search_datetime
+        current = int(times.searchsorted(pd.Timestamp(cutoff), side="right")) - 1
+        if length > len(times):
+            raise ValueError(f"Not enough historical data. Requested {length} bars but only {len(times)} available.")
+        if current < 0:
+            if remove_incomplete_current_bar:
+                return None
+            raise ValueError(f"Datetime {search_datetime} not found in the dataset.")
+        first = max(0, current - length + 1)
+        try:
+            frame, offset = self._minute_rows(asset, quote, first, current, length)
+        except Exception as e:  # (as Lumibot reports a failed load of its frame)
+            raise RuntimeError(f"Unable to fetch historical prices during backtest: {e}") from e
+        rows = frame.iloc[[current - offset]] if length == 1 else frame.iloc[first - offset: current - offset + 1]
+        return Bars(rows, self.SOURCE, asset=asset, quote=quote, return_polars=return_polars, tzinfo=self.tzinfo)
+
+    def _minutes(self) -> pd.DatetimeIndex:
+        """The index of Lumibot's minute frame: the calendar's trading minutes from the data start to its end."""
+        times = self._trading_minutes
+        if times is None:
+            every = pd.DatetimeIndex(self._get_trading_times_for_timestep(pcal=self._trading_days, timestep="minute"))
+            start, end = pd.Timestamp(self._data_datetime_start), pd.Timestamp(self._data_datetime_end)
+            times = self._trading_minutes = every[(every >= start) & (every <= end)]
+        return times
+
+    def _minute_rows(self, asset: Asset, quote: Asset, first: int, current: int, length: int) -> tuple[Any, int]:
+        """The held rows of the asset's frame covering positions ``first..current``, and where they start."""
+        key = self._get_asset_key(base_asset=asset, quote_asset=quote, timestep="minute")
+        times = self._minutes()
+        with self._window_lock:
+            window = self.duckdb_windows.need(key, pd.Timedelta(0), length)
+            held = self._minute_frames.get(key)
+            if held is not None and window.held and held.first <= first and current < held.stop:
+                return held.frame, held.first
+            ahead = self.WINDOW_POLICY.ahead["minute"]
+            start = max(0, current - max(length, window.rows) + 1)
+            stop = max(current + 1, int(times.searchsorted(times[current] + ahead, side="right")))
+            frame = self.via_store(lambda: self._minute_window(asset, quote, key, start, stop),
+                                   lambda: None, seam=False)
+            if frame is None:  # the store failed: Lumibot's own frame from here on
+                self._minute_frames.pop(key, None)
+                full = self.get_historical_prices_between_dates(base_asset=asset, quote_asset=quote,
+                                                                timestep="minute")
+                return full, 0
+            self._minute_frames[key] = _MinuteWindow(start, stop, frame)
+            for other in self.duckdb_windows.loaded(key, times[start], times[stop - 1], frame_bytes(frame)):
+                self._minute_frames.pop(str(other), None)
+            return frame, start
+
+    def _minute_window(self, asset: Asset, quote: Asset, key: str, start: int, stop: int) -> pd.DataFrame:
+        """Rows ``start..stop-1`` of Lumibot's minute frame of ``asset``, built from the store.
+
+        Lumibot's frame is the trading minutes reindexed over the bars of the whole range, then filled:
+        volume 0, close forward, open/high/low from close, open backward, high/low/close from open. Here
+        the rows come with the last bar at a trading minute before them (the forward fill's seed) and,
+        when none of them has a bar, the first one after (the backward fill's), so every row is the one
+        Lumibot computes.
+        """
+        times = self._minutes()
+        series = self._series(asset, quote, key)
+        inside = self._trading_bars(series, times[start], times[stop - 1])
+        seed, lo = self._bar_before(series, start) if start > 0 else (inside.iloc[0:0], start)
+        if seed.empty:
+            lo = start
+            if inside.empty:  # no bar to fill forward from: every row is the next bar's open (the backward fill)
+                return self._filled_from_later(series, times[start:stop])
+        bars = pd.concat([seed, inside]) if len(seed) else inside
+        frame = self._reindex_and_fill(df=legacy_rows(bars, self.tzinfo), trading_times=times[lo:stop],
+                                       timestep="minute")
+        frame = frame.iloc[start - lo:]
+        frame.set_index("timestamp", inplace=True)
+        return frame
+
+    def _series(self, asset: Asset, quote: Asset, key: str) -> _MinuteSeries:
+        """The store series of the asset's minute bars, made present for the whole range once."""
+        found = self._minute_series.get(key)
+        if found is None:
+            client, request = self._history_request(base_asset=asset, quote_asset=quote, timestep="minute",
+                                                    data_datetime_start=self._data_datetime_start,
+                                                    data_datetime_end=self._data_datetime_end,
+                                                    auto_adjust=self._auto_adjust)
+            series = alpaca_series_key(asset, quote, "minute", request)
+            wanted = Interval(request.start, _utc(request.end) + _INCLUSIVE)
+            fetcher = AlpacaFetcher(self._alpaca_request, client, request, timestep="minute",
+                                    asset_type=series.asset_type, what=key)
+            bars = self.serve(series, wanted, fetcher, refresh=bool(getattr(self, "_refresh_cache", False)),
+                              columns=("close",))
+            if bars.empty:
+                raise RuntimeError(f"No data fetched for {key}.")  # Lumibot's words when its frame would be empty
+            found = self._minute_series[key] = _MinuteSeries(series, wanted)
+        return found
+
+    def _trading_bars(self, series: _MinuteSeries, first: pd.Timestamp, last: pd.Timestamp) -> pd.DataFrame:
+        """Stored bars of ``series`` at trading minutes in ``[first, last]`` (the bars Lumibot's reindex keeps)."""
+        lo, hi = max(series.wanted.start, _utc(first)), min(series.wanted.end, _utc(last) + _INCLUSIVE)
+        bars = self.store.read(series.key, lo, max(lo, hi), columns=OHLCV)
+        self.duckdb_stats.add(bars_served=len(bars))
+        if not len(bars):
+            return bars
+        minutes = self._minutes().asi8
+        stamps = pd.DatetimeIndex(bars.index).as_unit("ns").asi8
+        found = np.minimum(np.searchsorted(minutes, stamps), len(minutes) - 1)
+        return bars[minutes[found] == stamps]
+
+    def _bar_before(self, series: _MinuteSeries, start: int) -> tuple[pd.DataFrame, int]:
+        """The last bar at a trading minute before row ``start`` (within the range), and its row; none: (empty, 0)."""
+        times = self._minutes()
+        reach = 1_000
+        while True:
+            lo = max(0, start - reach)
+            bars = self._trading_bars(series, times[lo], times[start - 1])
+            if len(bars):
+                last = bars.iloc[-1:]
+                return last, int(times.searchsorted(pd.Timestamp(last.index[0]).tz_convert(self.tzinfo)))
+            if lo == 0:
+                return bars, 0
+            reach *= 4
+
+    def _filled_from_later(self, series: _MinuteSeries, rows: pd.DatetimeIndex) -> pd.DataFrame:
+        """Rows before any bar of the range: Lumibot fills them backward with the open of the first bar after."""
+        every = pd.DatetimeIndex(self._get_trading_times_for_timestep(pcal=self._trading_days, timestep="minute"))
+        later = self.store.read(series.key, _utc(rows[-1]) + _INCLUSIVE, series.wanted.end, columns=("open",))
+        stamps = pd.DatetimeIndex(later.index).as_unit("ns")
+        opens = later["open"].to_numpy()[stamps.isin(every)]
+        value = float(opens[0]) if len(opens) else np.nan
+        frame = pd.DataFrame({"timestamp": rows, **{c: np.full(len(rows), value) for c in ("open", "high", "low",
+                                                                                           "close")},
+                              "volume": np.zeros(len(rows))})
+        return frame.set_index("timestamp")
 
     # -- the window frame ------------------------------------------------------------------------
     def _download_and_cache_ohlcv_data(self, *, base_asset: Asset | None = None, quote_asset: Asset | None = None,
@@ -224,6 +398,23 @@ class AlpacaBacktesting(EnhancedDataSourceBacktesting, _LegacyAlpacaBacktesting)
         fetcher = AlpacaFetcher(self._alpaca_request, client, request, timestep=timestep,
                                 asset_type=key.asset_type, what=what)
         return self.serve(key, wanted, fetcher, refresh=refresh, columns=OHLCV)
+
+
+@dataclass(frozen=True)
+class _MinuteWindow:
+    """Rows ``first..stop-1`` of Lumibot's minute frame of one asset."""
+
+    first: int
+    stop: int
+    frame: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class _MinuteSeries:
+    """The store series an asset's minute frame is built from, and the range made present in it."""
+
+    key: SeriesKey
+    wanted: Interval
 
 
 def alpaca_series_key(asset: Asset, quote: Asset | None, timestep: str, request: Any) -> SeriesKey:

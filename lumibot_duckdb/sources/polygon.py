@@ -75,6 +75,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lookbacks: dict[tuple[int, str], tuple[pd.Timedelta, int]] = {}
+        self._units: dict[tuple[int, str], str] = {}
         self._next_roll: pd.Timestamp | None = None
         self._widened: set[Any] = set()
         self._clock: tuple[Any, pd.Timestamp] | None = None
@@ -96,6 +97,8 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
             enough = window.enough.get(kind)
             if enough is not None and base >= enough:
                 return None  # Lumibot's check below found this Data enough, from an earlier clock: it still is
+        if window.bare and window.reach is None and self._still_bare(key, window, kind, now, base - span.value):
+            return None  # Lumibot would ask the seam for the series, which answers "no bars" from the empty window
         token = _ROUTE.set(self)
         windowed = _WINDOWED.set(True) if _WINDOWED.get() is None else None
         seams = self._seams
@@ -139,6 +142,14 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
                     self._read_window(key, now)  # shrink it back
         return bars
 
+    def _still_bare(self, key: Any, window: Any, kind: Any, now: pd.Timestamp, request_ns: int) -> bool:
+        """True when a request of ``kind`` reaching back to ``request_ns`` would get "no bars" from the seam: the
+        series' window is empty and current, Lumibot holds nothing for it and would ask in the window's bars,
+        and the store was already filled that far back (the seam's own check, without building its arguments)."""
+        return (window.held and key not in self.pandas_data and window.timestep == self._units.get(kind)
+                and not window.due(now) and window.filled is not None
+                and window.filled[0].value <= request_ns - _DAY_NS and window.start <= window.bounds(now)[0])
+
     def _base_ns(self, start_dt: Any) -> int:
         """Where Lumibot's ``get_start_datetime_and_ts_unit`` counts a request's lookback back from, in ns."""
         if start_dt is None:
@@ -169,6 +180,7 @@ class PolygonDataBacktesting(EnhancedDataSourceBacktesting, _LegacyPolygonDataBa
                 # are resampled from minutes); day requests reach back in time (``span`` covers them)
                 per_bar = 60 if unit == "hour" else 1
                 found = (pd.Timedelta(anchor - start), int(length or 1) * int(quantity) * per_bar)
+                self._units[memo] = unit
             except Exception:  # noqa: BLE001 - Lumibot raises its own error for this request just after
                 found = (pd.Timedelta(0), 0)
             self._lookbacks[memo] = found
@@ -399,6 +411,7 @@ def _data_key(asset: Any, quote: Any) -> tuple[Any, Any]:
 
 
 _USD = Asset("USD", "forex")
+_DAY_NS = 86_400 * 10**9
 
 
 def _ts(value: Any) -> pd.Timestamp:
@@ -637,7 +650,7 @@ def legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
     trades = bars["trade_count"]
     metadata = bars["metadata"]
     otc = np.full(len(bars), None, dtype=object)
-    present = metadata.notna().to_numpy()
+    present = np.not_equal(metadata.to_numpy(), None)
     if present.any():
         otc[present] = [json.loads(m).get("otc") for m in metadata[present]]
     frame = pd.DataFrame(
@@ -651,9 +664,10 @@ def legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
             "timestamp": index.asi8 // 1_000_000,
             "transactions": trades.astype("int64").to_numpy() if not trades.isna().any()
             else trades.astype("float64").to_numpy(),
-            "otc": otc,
+            "otc": pd.Series(otc, index=index, dtype=object, copy=False),  # (typed: pandas would scan it)
         },
         index=index,
+        copy=False,  # (its own arrays already: consolidating them would copy every bar once more)
     )
     return frame
 

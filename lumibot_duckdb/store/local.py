@@ -93,6 +93,7 @@ def partitions_for(timeframe: str, interval: Interval) -> list[tuple[str, Interv
     return pieces
 
 
+@functools.lru_cache(maxsize=4096)
 def partition_interval(timeframe: str, name: str) -> Interval:
     if name == "all" or partition_scheme(timeframe) == "all":
         return Interval(utc("1677-09-22"), utc("2262-04-11"))
@@ -115,8 +116,10 @@ def file_name(interval: Interval, token: str) -> str:
     return f"{_stamp(interval.start)}_{_stamp(interval.end)}_{token}.parquet"
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_file_name(name: str) -> tuple[Interval, str] | None:
-    """``(interval, token)`` of a published bar file, or None for anything else."""
+    """``(interval, token)`` of a published bar file, or None for anything else (cached: a read lists the
+    files of its series every time, and parsing the two stamps costs more than reading a day of bars)."""
     if not name.endswith(".parquet"):
         return None
     parts = name[: -len(".parquet")].split("_")

@@ -72,14 +72,14 @@ def read_files(files: Sequence[BarFile], wanted: Interval, names: Sequence[str],
             inside = np.flatnonzero(keep)
             order = inside[np.argsort(selected, kind="stable")]
     if order is not None:
-        table = table.take(pa.array(order))
+        table, ts = table.take(pa.array(order)), ts[order]
     elif not keep.all():
-        table = table.filter(pa.array(keep))
-    return _columns(table, names)
+        table, ts = table.filter(pa.array(keep)), ts[keep]
+    return _columns(table, names, ts)
 
 
-def _columns(table: pa.Table, names: Sequence[str]) -> dict[str, Any]:
-    result: dict[str, Any] = {"ts": _ts(table).view(_US)}
+def _columns(table: pa.Table, names: Sequence[str], ts: np.ndarray | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = {"ts": (_ts(table) if ts is None else ts).view(_US)}
     for name in names:
         if name not in table.column_names:
             continue
@@ -90,9 +90,11 @@ def _columns(table: pa.Table, names: Sequence[str]) -> dict[str, Any]:
             result[name] = np.asarray(column.to_pylist(), dtype=object) if column.null_count != len(column) \
                 else np.full(len(column), None, dtype=object)
         elif pa.types.is_integer(column.type):
-            values = column.fill_null(0).to_numpy().astype("int64", copy=False)
-            result[name] = np.ma.MaskedArray(values, mask=column.is_null().to_numpy()) if column.null_count \
-                else values
+            if column.null_count:
+                values = column.fill_null(0).to_numpy().astype("int64", copy=False)
+                result[name] = np.ma.MaskedArray(values, mask=column.is_null().to_numpy())
+            else:
+                result[name] = column.to_numpy().astype("int64", copy=False)
         else:
             result[name] = column.to_numpy().astype("float64", copy=False)  # nulls arrive as NaN
     return result

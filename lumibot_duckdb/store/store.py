@@ -733,11 +733,11 @@ def _bars_frame(result: dict[str, Any], names: list[str]) -> pd.DataFrame:
             if column is not None:  # (np.ma.filled(x, None) would fill with numpy's default, '?')
                 present = ~np.ma.getmaskarray(column)
                 values[present] = np.asarray(np.ma.getdata(column), dtype=object)[present]
-            data[name] = values
+            data[name] = pd.Series(values, index=index, dtype=object, copy=False)  # (typed: pandas would scan it)
         else:
             data[name] = (np.full(n, np.nan) if column is None else
                           np.ma.filled(np.ma.asarray(column, dtype="float64"), np.nan))
-    return pd.DataFrame(data, index=index, columns=names)
+    return pd.DataFrame(data, index=index, columns=names, copy=False)  # (not consolidated: no copy of the bars)
 
 
 class _Vanished(Exception):
