@@ -699,6 +699,7 @@ def maintain_seal(source: str | None, symbol: str | None, symbol_glob: str | Non
     Each file is checked first; a damaged one is listed and left alone (never sealed). The same bars,
     range and publish time are kept. Safe while backtests read the store.
 
+    \b
     Example: lumibot-duckdb maintain seal --store ./bars
     """
     from lumibot_duckdb.store.maintenance import seal
@@ -727,6 +728,7 @@ def maintain_forget_empty(source: str | None, symbol: str | None, symbol_glob: s
     Empty answers are also asked again once by themselves, a day after they were given
     (`db-status` lists those waiting).
 
+    \b
     Example: lumibot-duckdb maintain forget-empty --source polygon --symbol SPY --start 2024-03-01 --end 2024-04-01
     """
     from lumibot_duckdb.store.maintenance import forget_empty
@@ -918,7 +920,9 @@ def _warnings_above_bars() -> Iterator[None]:
         def emit(self, record: logging.LogRecord) -> None:
             tqdm.write(self.format(record), file=sys.stderr)
 
-    logger = logging.getLogger("lumibot_duckdb")
+    from lumibot_duckdb.log import package_logger
+
+    logger = package_logger()  # under Lumibot's logger: LUMIBOT_LOG_LEVEL still decides what is shown
     handler = AboveBars(level=logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logger.addHandler(handler)
@@ -970,6 +974,7 @@ def sync_command(source: str, target: str, dry_run: bool, as_json: bool) -> None
     has not got; running it again pushes nothing. TARGET is opened as a writer (on S3: under each series'
     lease, after probing that the service honours conditional writes).
 
+    \b
     Example: lumibot-duckdb sync ./bars s3://team-bars/lumibot
 
     A reader's own fills (gaps it fetched from a provider and kept locally) are under

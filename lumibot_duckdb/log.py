@@ -55,3 +55,10 @@ class _Logger(_Adapter):
 def get_logger(module: str) -> _Adapter:
     """The logger of ``module`` (its ``__name__``), under Lumibot's ``lumibot`` logger."""
     return _Logger(logging.getLogger(PREFIX + module), {})
+
+
+def package_logger() -> logging.Logger:
+    """The parent of every logger of the package (``lumibot.lumibot_duckdb``), for a handler that shows all
+    of their records (the command line prints them above its progress bars)."""
+    _configure()
+    return logging.getLogger(PREFIX + "lumibot_duckdb")

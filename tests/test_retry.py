@@ -107,7 +107,7 @@ def test_a_request_that_recovers_is_tried_again_with_one_warning(caplog: pytest.
 
     retried: list[int] = []
     policy = RetryPolicy(attempts=5, max_wait=8.0, sleep=slept.append)
-    with caplog.at_level(logging.INFO, logger="lumibot_duckdb"):
+    with caplog.at_level(logging.INFO, logger="lumibot.lumibot_duckdb"):
         assert policy.call(request, source="Polygon", what="AAA minute bars", on_retry=lambda: retried.append(1)) \
             == "bars"
     assert len(slept) == 2 and 0.5 <= slept[0] <= 1.0 and 1.0 <= slept[1] <= 2.0
@@ -202,7 +202,7 @@ def test_a_provider_failing_twice_then_answering_is_stored_once_with_one_warning
         name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     scenario = _scenario(name)
     clean = run_here(scenario, "duckdb", "cold", tmp_path / "clean" / "duckdb", fast=True)
-    with caplog.at_level(logging.WARNING, logger="lumibot_duckdb"):
+    with caplog.at_level(logging.WARNING, logger="lumibot.lumibot_duckdb"):
         flaky = run_here(scenario, "duckdb", "cold", tmp_path / "flaky" / "duckdb", fast=True,
                          on_serve=lambda provider: provider.fail("transient", times=2))
     assert (flaky.fills, flaky.final_value) == (clean.fills, clean.final_value)

@@ -19,7 +19,6 @@ import contextvars
 import datetime as dt
 import functools
 import json
-import logging
 import threading
 from pathlib import Path
 from typing import Any, cast
@@ -36,6 +35,7 @@ from polygon.exceptions import BadResponse
 from polygon.rest.base import BaseClient
 
 from lumibot_duckdb.errors import CorruptFileError, ProviderDataError
+from lumibot_duckdb.log import get_logger
 from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting, FetchTask, route
 from lumibot_duckdb.sources.fill import bad_answer
 from lumibot_duckdb.sources.lumibot_data import WindowData, data_bytes, prepare
@@ -44,7 +44,7 @@ from lumibot_duckdb.store import Interval, SeriesKey, series_key
 from lumibot_duckdb.store.schema import empty_bars
 from lumibot_duckdb.store.store import SeriesWriter
 
-log = logging.getLogger("lumibot_duckdb")
+log = get_logger(__name__)
 
 SOURCE = "polygon"
 SETTLE = pd.Timedelta(minutes=15)

@@ -35,8 +35,9 @@ import tenacity
 
 from lumibot_duckdb.config import Settings
 from lumibot_duckdb.errors import ProviderDataError, ProviderRequestError
+from lumibot_duckdb.log import get_logger
 
-log = logging.getLogger("lumibot_duckdb")
+log = get_logger(__name__)
 T = TypeVar("T")
 
 RATE_LIMIT_PATIENCE = 4

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -51,7 +50,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger("lumibot_duckdb")
+from lumibot_duckdb.log import get_logger
+
+log = get_logger(__name__)
 
 KEPT_MISMATCHES = 200
 """Mismatches kept in the report with their details (all are counted)."""

@@ -43,7 +43,6 @@ import datetime as dt
 import email.utils
 import hashlib
 import json
-import logging
 import os
 import secrets
 import socket
@@ -60,6 +59,7 @@ import pyarrow.parquet as pq
 
 from lumibot_duckdb.config import S3_SCHEME, parse_s3_url
 from lumibot_duckdb.errors import ConfigError, CorruptFileError, StoreError, StoreLockTimeout
+from lumibot_duckdb.log import get_logger
 from lumibot_duckdb.store.coverage import Interval, SeriesKey
 from lumibot_duckdb.store.local import (
     _KEY_FIELDS,
@@ -72,7 +72,7 @@ from lumibot_duckdb.store.local import (
     read_footer,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SCHEME = S3_SCHEME
 LISTING_TTL = 300.0
