@@ -12,7 +12,7 @@ first access.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lumibot_duckdb import _moved
 from lumibot_duckdb.config import Settings
@@ -29,6 +29,14 @@ from lumibot_duckdb.errors import (
 )
 from lumibot_duckdb.registry import SOURCES
 from lumibot_duckdb.sources.install import install, uninstall
+
+if TYPE_CHECKING:  # what __getattr__ imports on first access, for type checkers (py.typed): real types, not Any
+    from lumibot_duckdb.sources.alpaca import AlpacaBacktesting
+    from lumibot_duckdb.sources.base import EnhancedDataSourceBacktesting
+    from lumibot_duckdb.sources.ccxt import CcxtBacktesting
+    from lumibot_duckdb.sources.polygon import PolygonDataBacktesting
+    from lumibot_duckdb.sources.yahoo import YahooDataBacktesting
+    from lumibot_duckdb.store import DataStorageInterface, DuckDBDataStorage, Interval, SeriesKey, SeriesName
 
 __version__ = "0.1.0"
 

@@ -67,3 +67,15 @@ def test_the_sdist_ships_the_test_suite_whole() -> None:
     assert {"conftest.py", "factories.py"} <= helpers  # what the test modules import, shipped with them
     for name in ("README.md", "migration_guide.md", "dev.py", "tox.ini"):
         assert name in manifest, name
+
+
+def test_names_imported_on_first_access_are_typed_for_type_checkers() -> None:
+    """``from lumibot_duckdb import DuckDBDataStorage`` must not be ``Any`` downstream: each name the package
+    imports lazily (module ``__getattr__``) is also imported under ``TYPE_CHECKING``."""
+    tree = ast.parse((REPO / "lumibot_duckdb" / "__init__.py").read_text())
+    typed = {alias.asname or alias.name for node in tree.body if isinstance(node, ast.If)
+             and getattr(node.test, "id", None) == "TYPE_CHECKING"
+             for child in node.body if isinstance(child, ast.ImportFrom) for alias in child.names}
+    lazy = set(getattr(lumibot_duckdb, "_LAZY", {}))
+    assert lazy <= typed, f"add under TYPE_CHECKING: {sorted(lazy - typed)}"
+    assert lazy | typed <= set(lumibot_duckdb.__all__)
