@@ -113,8 +113,8 @@ def test_an_interrupted_fetch_keeps_what_completed_and_resumes_with_the_rest(pol
     assert [s.status for s in first.series] == ["fetched", "interrupted"], "the fetch stopped at the interrupt"
     with DuckDBDataStorage(tmp_path / "store") as store:
         keys = {s.symbol: s.key for s in first.series}
-        assert not store.missing_ranges(_key(keys["AAA"]), "2024-01-02 05:00", "2024-03-30 04:00")
-        left = store.missing_ranges(_key(keys["BBB"]), "2024-01-02 05:00", "2024-03-30 04:00")
+        assert not store.missing_ranges(_key(keys["AAA"]), "2024-01-02", "2024-03-30")
+        left = store.missing_ranges(_key(keys["BBB"]), "2024-01-02", "2024-03-30")
     polygon.interceptors.clear()
     polygon.reset()
     resumed = fetch(tmp_path / "store", **options)

@@ -48,7 +48,7 @@ from urllib.parse import quote as url_quote
 import numpy as np
 import pandas as pd
 
-from lumibot_duckdb.store.coverage import Interval, SeriesKey, normalize
+from lumibot_duckdb.store.coverage import Interval, SeriesKey, normalize, utc
 from lumibot_duckdb.store.interface import option_symbol
 
 NY = "America/New_York"
@@ -577,7 +577,7 @@ def _shared_series(folder: Path, symbol: str, timeframe: str, request_type: str,
         if meta.get("series") != folder.name or int(meta.get("epoch") or 0) != epoch:
             found.skip("bars of an older generation (Alpaca re-adjusted them since)", len(rows))
             continue
-        intervals = [Interval(s, e) for s, e in meta.get("coverage") or []]
+        intervals = [Interval(utc(s), utc(e)) for s, e in meta.get("coverage") or []]  # Lumibot's UTC stamps
         index = pd.DatetimeIndex(pd.to_datetime(rows.index, utc=True))
         inside = np.zeros(len(rows), dtype=bool)
         for interval in intervals:

@@ -475,7 +475,7 @@ def prefetch(asset: Asset, quote: Asset | None, timestep: str, first: dt.date, l
     what = f"{asset.symbol} {timestep} bars {first}..{last}"
     provider = AlpacaFetcher(pacer._alpaca_request, client, request, timestep=timestep,
                              asset_type=series.asset_type, what=what)
-    return series, Interval(request.start, _utc(request.end) + _INCLUSIVE), provider
+    return series, Interval(_utc(request.start), _utc(request.end) + _INCLUSIVE), provider  # naive: UTC (Alpaca)
 
 
 def legacy_rows(bars: pd.DataFrame, tzinfo: Any) -> pd.DataFrame:

@@ -60,7 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lumibot_duckdb.store.coverage import Interval, SeriesKey
+from lumibot_duckdb.store.coverage import Interval, SeriesKey, utc
 from lumibot_duckdb.store.schema import ARROW_SCHEMA, KEY_COLUMNS
 
 SERIES_MARK = b"lumibot_duckdb.series"
@@ -239,7 +239,7 @@ def _marks(parquet: pq.ParquetFile, key: SeriesKey, interval: Interval, *, seale
     if coverage is not None:
         try:
             start, end = json.loads(coverage)
-            recorded_range = Interval(start, end)
+            recorded_range = Interval(utc(start), utc(end))  # the store's own UTC stamps
         except (TypeError, ValueError) as exc:
             return Damage("coverage-mismatch", f"its range mark cannot be read ({_first_line(exc)})")
         if recorded_range != interval:

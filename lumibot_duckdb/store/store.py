@@ -108,7 +108,7 @@ class DuckDBDataStorage(DataStorageInterface):
         self.location = settings.location
         self.backend = _open_backend(settings)
         self.root = Path(self.backend.root)
-        # (a folder the user named; an S3 store's root is its mirror, which the store makes itself)
+        # a folder store named here (a typo guard); an S3 store's mirror folder is derived, always created
         named = not is_s3(settings.location) and (location is not None or settings.cache_dir_from == "cache_dir=")
         self.lock_timeout = lock_timeout
         missing = next((p for p in reversed(self.root.parents) if not p.exists()), None)
