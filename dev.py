@@ -28,7 +28,7 @@ DUCKDB_15 = VENV / "duckdb-1.5"  # a second DuckDB beside the venv's, put first 
 # The store is also checked on DuckDB 1.5 (the last series with offline extension wheels).
 DUCKDB_15_TESTS = ["tests/test_store.py", "tests/test_polygon.py", "tests/test_coverage.py", "tests/test_query.py",
                    "tests/test_maintenance.py", "tests/test_analytics.py", "tests/test_ingest.py",
-                   "tests/test_export.py"]
+                   "tests/test_export.py", "tests/test_naming.py", "tests/test_time_rule.py"]
 
 
 def run(*command: object, env: dict[str, str] | None = None) -> int:
