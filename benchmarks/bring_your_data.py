@@ -189,10 +189,11 @@ def run_fetch(workdir: Path, count: int) -> dict[str, Any]:
         out["resumed_requests"] = polygon.count("aggs")
         out["resumed_ok"] = resumed.ok
         out["resumed_asked_only_missing"] = out["resumed_requests"] == total - out["interrupted_chunks_stored"]
+    print(json.dumps(out, default=str), flush=True)
     scan = _scan("polygon", count, 390)
     warm = run_subprocess(scan, "duckdb", "warm", folder / "full", timeout=6 * 3600)
     cold = run_subprocess(scan, "duckdb", "cold", folder / "cold", timeout=6 * 3600)
-    (parity,) = compare([dataclasses.replace(cold, variant="legacy"), warm])
+    (parity,) = compare([dataclasses.replace(cold, variant="legacy", phase="warm"), warm])  # (pairs by variant)
     out.update(backtest=scan.name, backtest_window=f"{scan.start}..{scan.end}", backtest_requests=warm.requests,
                backtest_seconds=warm.wall_seconds, cold_backtest_requests=cold.requests,
                cold_backtest_seconds=cold.wall_seconds, fills=len(warm.fills), final_value=warm.final_value,
