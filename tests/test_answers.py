@@ -42,7 +42,7 @@ def naive_times_in_utc(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 KEY = SeriesKey("stub", "AAA", "minute", quote="USD")
-WEEK = Interval("2024-01-08", "2024-01-13")
+WEEK = Interval(pd.Timestamp("2024-01-08", tz="UTC"), pd.Timestamp("2024-01-13", tz="UTC"))  # (made at import: aware)
 DAY = pd.Timedelta(days=1)
 
 
