@@ -30,7 +30,7 @@ import importlib.util
 import inspect
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +66,12 @@ def resolve_spec(spec: str) -> str:
     return f"{absolute}:{name}" if name else absolute
 
 
-def load_strategy(spec: str, samples: Mapping[str, type] | None = None) -> type:
-    """The ``Strategy`` subclass named by ``spec`` (see the module docstring)."""
+def load_strategy(spec: str, samples: Mapping[str, type | Callable[[], type]] | None = None) -> type:
+    """The ``Strategy`` subclass named by ``spec`` (see the module docstring); a sample may be a function
+    giving its class (imported on first use, e.g. one of Lumibot's own examples)."""
     if samples and spec in samples:
-        return samples[spec]
+        sample = samples[spec]
+        return sample if isinstance(sample, type) else sample()
     if is_file_spec(spec):
         path, name = split_spec(spec)
         return _from_file(Path(path).expanduser(), name)

@@ -31,6 +31,11 @@ class Comparison(Protocol):
     def verdict_line(self) -> str: ...
 
 
+COLUMNS = ("phase", "variant", "n", "wall s", "data layer s", "peak RSS MB", "provider requests", "on disk", "fills",
+           "final value")
+"""The columns of the A/B table (``lumibot-duckdb ab`` and ``demo``)."""
+
+
 def summary_rows(result: Comparison) -> list[dict[str, Any]]:
     """One row per (phase, variant): medians and ranges over the repetitions (what the table and the report show)."""
     rows = []
@@ -65,9 +70,7 @@ def render_result(result: Comparison, *, width: int = 160) -> str:
     s = result.scenario
     where = "offline (emulated provider)" if s.offline else "the real provider"
     table = Table(title=f"A/B {s.name}: {s.start} .. {s.end}, {where}")
-    columns = ("phase", "variant", "n", "wall s", "data layer s", "peak RSS MB", "provider requests", "on disk",
-               "fills", "final value")
-    for column in columns:
+    for column in COLUMNS:
         table.add_column(column, justify="left" if column in ("phase", "variant", "provider requests") else "right")
     for row in summary_rows(result):
         requests = ", ".join(f"{k} {v:g}" for k, v in row["requests"].items() if v) or "0"
