@@ -193,7 +193,8 @@ def test_a_service_that_ignores_conditional_writes_gets_no_writer(s3_store: str,
 def test_a_killed_lease_holder_is_taken_over_after_its_ttl(s3_store: str, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LUMIBOT_DUCKDB_S3_LEASE_TTL", "3")
-    day = ("2024-01-02T00:00:00+00:00", "2024-01-03T00:00:00+00:00")  # (the holder process reads naive times in New York)
+    # (in UTC: the holder process reads naive times in New York)
+    day = ("2024-01-02T00:00:00+00:00", "2024-01-03T00:00:00+00:00")
     holder = spawn("holder", {"store": s3_store, "publish": ["AAA", *day]})
     assert holder.stdout.readline().strip() == "holding", holder.stderr.read()
     seen: list[int] = []
