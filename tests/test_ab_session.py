@@ -222,3 +222,22 @@ def test_the_command_is_installed_and_documents_itself() -> None:
     demo = subprocess.run([sys.executable, "-m", "lumibot_duckdb", "demo", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert "--report" in demo.stdout and "--png" in demo.stdout
+
+
+def test_an_identical_verdict_where_nothing_was_read_or_traded_says_it_proves_nothing() -> None:
+    """Lumibot's classic_60_40.py keeps its parameters in a config file its __main__ loads: run as a file
+    without them it reads no bar and places no order, and "identical" alone would reassure wrongly."""
+    from lumibot_duckdb.ab.harness import RunResult, Scenario
+    from lumibot_duckdb.ab.session import IDENTICAL, VACUOUS, PhaseVerdict
+
+    def run(variant: str, requests: dict[str, int], fills: list[list[object]], size: int) -> RunResult:
+        return RunResult("s", variant, "cold", 1.0, 0.0, 0, requests, 0, 100.0, 90.0, size, 0, fills, 100_000.0)
+
+    verdicts = [PhaseVerdict("cold", IDENTICAL, 0, 100_000.0, 100_000.0)]
+    idle = ABResult(Scenario.momentum(), [run("legacy", {}, [], 0), run("duckdb", {"aggs": 0}, [], 0)],
+                    verdicts, [], {})
+    assert idle.verdict == IDENTICAL and idle.vacuous and idle.verdict_line().endswith(VACUOUS)
+    assert "proves nothing" in " ".join(idle.text().split())
+    busy = ABResult(Scenario.momentum(), [run("legacy", {"aggs": 3}, [], 2048), run("duckdb", {"aggs": 2}, [], 1024)],
+                    verdicts, [], {})
+    assert not busy.vacuous and VACUOUS not in busy.verdict_line()

@@ -35,6 +35,11 @@ __all__ = ["DECLARED", "DIFFERENT", "IDENTICAL", "ABResult", "FillDifference", "
            "build_scenario", "compare_strategy", "run_scenario", "strategy_spec"]
 from lumibot_duckdb.errors import ConfigError, ParityError
 
+VACUOUS = ("But neither path asked for a bar or placed an order, so this proves nothing about the data: check the "
+           "strategy's parameters (--param, --params-file; Lumibot's examples keep theirs in a *_config.py file) "
+           "and the dates.")
+"""Said after an identical verdict where no run asked for, stored or traded anything."""
+
 
 @dataclasses.dataclass
 class FillDifference:
@@ -134,13 +139,20 @@ class ABResult:
     def verdict_line(self) -> str:
         if self.verdict == IDENTICAL:
             fills = {p.fills for p in self.phases}
-            return (f"IDENTICAL: the same fills ({', '.join(map(str, sorted(fills)))}) and final value on both paths, "
+            line = (f"IDENTICAL: the same fills ({', '.join(map(str, sorted(fills)))}) and final value on both paths, "
                     f"in every phase{' and repetition' if self.scenario_repeat > 1 else ''}.")
+            return line + (f" {VACUOUS}" if self.vacuous else "")
         if self.verdict == DECLARED:
             causes = sorted({c for p in self.phases for c in p.explained_by})
             return ("DECLARED DIFFERENCE: DuckDB equals Lumibot's legacy path with its declared defects fixed; "
                     f"explained by: {'; '.join(causes)}.")
         return "DIFFERENT: legacy and DuckDB disagree and no declared legacy defect explains it."
+
+    @property
+    def vacuous(self) -> bool:
+        """Neither path asked the provider for a bar, stored one or placed an order: identical, and proving nothing."""
+        return bool(self.runs) and all(not r.fills and not any(r.requests.values()) and not r.bytes_on_disk
+                                       for r in self.runs)
 
     @property
     def scenario_repeat(self) -> int:
