@@ -272,27 +272,12 @@ def _writable_store(store_dir: str | None) -> DuckDBDataStorage:
     return DuckDBDataStorage(store_dir, role="write")
 
 
-def _console() -> Any:
-    import sys
-
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 160, highlight=False)
-
-
 
 def _series_cells(key: Any) -> tuple[str, str, str, str, str]:
     """A series as ``db-status``, ``fetch`` and ``import-cache`` show it: source, symbol, type, timeframe, adj."""
     pair = f"{key.symbol}/{key.quote}" if key.asset_type in ("crypto", "forex") and key.quote else key.symbol
     venue = f"@{key.exchange}" if key.exchange else ""
     return key.source, pair + venue, key.asset_type, key.timeframe, key.adjustment
-
-
-def _when(ts: Any) -> str:
-    if ts is None:
-        return "-"
-    text = ts.isoformat()
-    return text[:10] if text.endswith("T00:00:00+00:00") else text[:16].replace("T", " ")
 
 
 @main.command("db-status")
@@ -807,29 +792,28 @@ def _dotenv_credentials() -> list[str] | None:
 
 
 def _print_import(report: Any) -> None:
-    from rich.table import Table
-
-    console = _console()
     verb = "would import" if report.dry_run else "imported"
-    console.print(f"Lumibot caches in {report.cache} → store {report.store}" + (" (dry run)" if report.dry_run else ""))
-    table = Table()
+    zone = (f"Times in {_zone()} (Lumibot's default time zone), daily ones as dates; 'covered to' is the end of the "
+            "range, not included.")
+    table = _table(f"Lumibot caches in {report.cache} → store {report.store}" + (" (dry run)" if report.dry_run
+                                                                                  else ""), caption=zone)
     for name in ("source", "legacy file", "series", "bars", "already stored", "covered from", "covered to",
                  "left out", "status"):
-        table.add_column(name, justify="right" if name in ("bars", "already stored") else "left",
-                         no_wrap=name in ("source", "series", "bars", "status"), overflow="fold")
+        _column(table, name, numeric=name in ("bars", "already stored"))
     for item in report.items:
-        left = "\n".join(f"{n:,} {why}" for why, n in item.skipped.items()) or "-"
+        left = "; ".join(f"{n:,} {why}" for why, n in item.skipped.items()) or "-"
         table.add_row(item.source, _legacy_name(item, report.cache), item.series or "-", f"{item.bars:,}",
-                      f"{item.present:,}", _when_text(item.first), _when_text(item.last), left, item.status)
-    console.print(table)
+                      f"{item.present:,}", _local_text(item.first), _local_text(item.last), left, item.status)
+    lines: list[Any] = [table]
     for item in report.items:
-        for text in ([item.reason] if item.reason else []) + item.notes:
-            console.print(f"  {_legacy_name(item, report.cache)}: {text}")
+        lines += [f"  {_legacy_name(item, report.cache)}: {text}" for text in ([item.reason] if item.reason else [])
+                  + item.notes]
     for source, row in report.by_source().items():
-        console.print(f"{source}: {row['files']} file(s), {row['imported']} {verb}, {row['skipped']} skipped, "
-                      f"{row['failed']} failed; {row['bars']:,} bars {verb}, {row['present']:,} already stored, "
-                      f"{row['rows_left_out']:,} rows left out")
-    console.print(f"{report.bars:,} bars {verb} in {report.seconds:.1f} s. The legacy cache was only read.")
+        lines.append(f"{source}: {row['files']} file(s), {row['imported']} {verb}, {row['skipped']} skipped, "
+                     f"{row['failed']} failed; {row['bars']:,} bars {verb}, {row['present']:,} already stored, "
+                     f"{row['rows_left_out']:,} rows left out")
+    lines.append(f"{report.bars:,} bars {verb} in {report.seconds:.1f} s. The legacy cache was only read.")
+    _print(*lines)
 
 
 def _legacy_name(item: Any, cache: str) -> str:
@@ -840,12 +824,9 @@ def _legacy_name(item: Any, cache: str) -> str:
     return path.name
 
 
-def _when_text(text: str | None) -> str:
-    if not text:
-        return "-"
-    import pandas as pd
-
-    return _when(pd.Timestamp(text))
+def _local_text(text: str | None) -> str:
+    """A UTC stamp of a report (ISO text), as the tables show times (:func:`_local`)."""
+    return _local(text, dates=True) if text else "-"
 
 
 @main.command("fetch")
@@ -935,32 +916,32 @@ def _warnings_above_bars() -> Iterator[None]:
 
 
 def _print_fetch(report: Any) -> None:
-    from rich.table import Table
-
     from lumibot_duckdb.store import SeriesKey
 
-    console = _console()
-    console.print(f"fetch {report.source} {report.timeframe} {report.start}..{report.end} → store {report.store}")
-    table = Table()
-    for name in ("series", "status", "chunks", "requests", "retries", "bars", "covered from", "covered to", "gaps",
-                 "s"):
-        table.add_column(name, justify="right" if name in ("chunks", "requests", "retries", "bars", "gaps", "s")
-                         else "left", no_wrap=name in ("series", "status", "bars"))
+    zone = (f"Times in {_zone()} (Lumibot's default time zone), daily ones as dates; each range runs from "
+            "'covered from' up to, not including, 'covered to'.")
+    table = _table(f"fetch {report.source} {report.timeframe} {report.start}..{report.end} → store {report.store}",
+                   caption=zone)
+    numeric = ("chunks", "requests", "retries", "bars", "gaps", "s")
+    for name in ("source", "symbol", "type", "timeframe", "adj", "status", *numeric[:4], "covered from", "covered to",
+                 *numeric[4:]):
+        _column(table, name, numeric=name in numeric)
     for item in report.series:
-        label = SeriesKey(**item.key).label if item.key else f"{report.source} {item.symbol}"
-        table.add_row(label, item.status, f"{item.chunks:,}", f"{item.requests:,}", f"{item.retries:,}",
-                      f"{item.bars:,}", _when_text(item.covered_from), _when_text(item.covered_to), str(item.gaps),
-                      f"{item.seconds:.1f}")
-    console.print(table)
-    for item in report.series:
-        if item.error:
-            console.print(f"[red]{item.symbol}[/red]: {item.error}")
+        key = SeriesKey(**item.key) if item.key else None
+        cells = _series_cells(key) if key else (report.source, item.symbol, "-", report.timeframe, "-")
+        table.add_row(*cells, item.status, f"{item.chunks:,}", f"{item.requests:,}", f"{item.retries:,}",
+                      f"{item.bars:,}", _local_text(item.covered_from), _local_text(item.covered_to),
+                      str(item.gaps), f"{item.seconds:.1f}")
+    lines: list[Any] = [table]
+    lines += [f"{item.symbol}: {item.error}" for item in report.series if item.error]
     done = sum(1 for s in report.series if s.status in ("fetched", "present", "not settled"))
-    console.print(f"{done} of {len(report.series)} series complete, {report.requests:,} provider requests, "
-                  f"{report.bars:,} bars stored, {report.seconds:.1f} s.")
+    lines.append(f"{done} of {len(report.series)} series complete, {report.requests:,} provider requests, "
+                 f"{report.bars:,} bars stored, {report.seconds:.1f} s.")
     if report.interrupted:
-        console.print("[yellow]Interrupted.[/yellow] Every answer stored so far is kept; run the same command again "
-                      "to fetch only the rest.")
+        lines.append("Interrupted. Every answer stored so far is kept; run the same command again to fetch only "
+                     "the rest.")
+    _print(*lines)
+
 
 @main.command("sync")
 @click.argument("source", metavar="SOURCE")

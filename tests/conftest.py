@@ -55,6 +55,26 @@ def no_network(request: pytest.FixtureRequest):
         pytest.fail(f"test tried the network: {guard.attempts[:3]}", pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def no_thread_left_running():
+    """Fail a test that leaves a non-daemon thread running: the interpreter waits for such threads at exit,
+    so one left behind makes the whole test run hang after its summary (as CI would, until its time limit)."""
+    import threading
+    import time
+
+    before = {t for t in threading.enumerate() if not t.daemon}
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        left = [t for t in threading.enumerate() if not t.daemon and t not in before and t.is_alive()]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if left:
+        pytest.fail(f"non-daemon thread(s) left running: {[(t.name, getattr(t, '_target', None)) for t in left]}",
+                    pytrace=False)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     from importlib.metadata import version
 

@@ -184,6 +184,11 @@ def test_fetch_and_db_status_name_the_same_series(polygon, tmp_path: Path) -> No
                                  "2024-01-02", "--end", "2024-01-31", "--store", str(tmp_path / "store")])
     assert table.exit_code == 0 and "present" in table.output and "2 of 2 series complete, 0 provider requests" in \
         table.output
+    # the table as db-status draws it: whole numbers on one line, dates in New York, the zone said
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in table.output.splitlines() if line.startswith("│")]
+    assert [r[:5] for r in rows] == [["polygon", s, "stock", "day", "split"] for s in ("AAA", "BBB")]
+    assert all(r[-4:-2] == ["2024-01-02", "2024-02-01"] for r in rows), rows
+    assert "…" not in table.output and "Times in America/New_York" in table.output
 
 
 def test_the_command_exits_1_on_a_failure_and_130_on_an_interrupt(polygon, tmp_path: Path) -> None:
