@@ -234,7 +234,7 @@ def test_an_identical_verdict_where_nothing_was_read_or_traded_says_it_proves_no
         return RunResult("s", variant, "cold", 1.0, 0.0, 0, requests, 0, 100.0, 90.0, size, 0, fills, 100_000.0)
 
     verdicts = [PhaseVerdict("cold", IDENTICAL, 0, 100_000.0, 100_000.0)]
-    idle = ABResult(Scenario.momentum(), [run("legacy", {}, [], 0), run("duckdb", {"aggs": 0}, [], 0)],
+    idle = ABResult(Scenario.momentum(), [run("legacy", {"load_markets": 1}, [], 0), run("duckdb", {}, [], 0)],
                     verdicts, [], {})
     assert idle.verdict == IDENTICAL and idle.vacuous and idle.verdict_line().endswith(VACUOUS)
     assert "proves nothing" in " ".join(idle.text().split())

@@ -35,10 +35,10 @@ __all__ = ["DECLARED", "DIFFERENT", "IDENTICAL", "ABResult", "FillDifference", "
            "build_scenario", "compare_strategy", "run_scenario", "strategy_spec"]
 from lumibot_duckdb.errors import ConfigError, ParityError
 
-VACUOUS = ("But neither path asked for a bar or placed an order, so this proves nothing about the data: check the "
+VACUOUS = ("But neither path stored a bar or placed an order, so this proves nothing about the data: check the "
            "strategy's parameters (--param, --params-file; Lumibot's examples keep theirs in a *_config.py file) "
            "and the dates.")
-"""Said after an identical verdict where no run asked for, stored or traded anything."""
+"""Said after an identical verdict where no run stored or traded anything."""
 
 
 @dataclasses.dataclass
@@ -150,9 +150,9 @@ class ABResult:
 
     @property
     def vacuous(self) -> bool:
-        """Neither path asked the provider for a bar, stored one or placed an order: identical, and proving nothing."""
-        return bool(self.runs) and all(not r.fills and not any(r.requests.values()) and not r.bytes_on_disk
-                                       for r in self.runs)
+        """Neither path stored a bar or placed an order: identical, and proving nothing (a provider's market list,
+        say, may still have been asked for)."""
+        return bool(self.runs) and all(not r.fills and not r.bytes_on_disk for r in self.runs)
 
     @property
     def scenario_repeat(self) -> int:
