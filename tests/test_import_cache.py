@@ -188,6 +188,11 @@ def test_unknown_folders_and_sources_are_clear_errors(tmp_path: Path) -> None:
         import_cache(tmp_path / "store", tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="Unknown source"):
         import_cache(tmp_path / "store", tmp_path, sources=["thetadata"])
+    (tmp_path / "not-a-cache" / "notes").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="Found no cache file of polygon, yahoo, alpaca, ccxt in"):
+        import_cache(tmp_path / "store", tmp_path / "not-a-cache")
+    wrong = CliRunner().invoke(main, ["import-cache", str(tmp_path / "not-a-cache"), "--store", str(tmp_path / "s")])
+    assert wrong.exit_code == 1 and "Nothing was imported" in wrong.output
 
 
 # -- Polygon: placeholders, the UTC-date defect, days still trading, the splits sidecar ----------------

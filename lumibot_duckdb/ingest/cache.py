@@ -148,7 +148,7 @@ def import_cache(
     fetched with (default: ``ALPACA_API_KEY`` and ``ALPACA_OAUTH_TOKEN``, as Lumibot reads them,
     its ``.env`` included when Lumibot is imported). ``progress``: a bar on stderr (default: when
     stderr is a terminal). ``now``: the clock (tests). Raises :class:`ConfigError` for a cache
-    folder that does not exist or an unknown source; a file that cannot be imported is reported
+    folder that does not exist or holds no cache file of the sources asked, or an unknown source; a file that cannot be imported is reported
     (``skipped``/``failed``), not raised.
     """
     folder = Path(cache).expanduser() if cache is not None else lumibot_cache_folder()
@@ -179,6 +179,10 @@ def import_cache(
         report.seconds = time.perf_counter() - started
         if own and db is not None:
             db.close()
+    if not report.items:
+        raise ConfigError(f"Found no cache file of {', '.join(chosen)} in {folder}: is it the folder Lumibot caches "
+                          "in (its LUMIBOT_CACHE_FOLDER, holding polygon/, yahoo/, alpaca/… folders and CCXT's .duckdb "
+                          "files)? Nothing was imported.")
     return report
 
 
