@@ -148,8 +148,8 @@ def import_cache(
     fetched with (default: ``ALPACA_API_KEY`` and ``ALPACA_OAUTH_TOKEN``, as Lumibot reads them,
     its ``.env`` included when Lumibot is imported). ``progress``: a bar on stderr (default: when
     stderr is a terminal). ``now``: the clock (tests). Raises :class:`ConfigError` for a cache
-    folder that does not exist or holds no cache file of the sources asked, or an unknown source; a file that cannot be imported is reported
-    (``skipped``/``failed``), not raised.
+    folder that does not exist or holds no cache file of the sources asked, or an unknown source; a
+    file that cannot be imported is reported (``skipped``/``failed``), not raised.
     """
     folder = Path(cache).expanduser() if cache is not None else lumibot_cache_folder()
     if not folder.is_dir():
