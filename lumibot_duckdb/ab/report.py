@@ -404,7 +404,9 @@ def _literal(text: str) -> str:
 def _png_text(result: ABResult) -> str:
     s = result.scenario
     where = "offline (emulated provider)" if s.offline else "the real provider"
-    lines = [f"{s.source}, {where}; parameters {json.dumps(s.parameters) if s.parameters else '(its own)'}; "
+    given = " + ".join(([f"from {Path(s.parameters_file).name}"] if s.parameters_file else [])
+                       + ([json.dumps(s.parameters)] if s.parameters else [])) or "(the strategy's own)"
+    lines = [f"{s.source}, {where}; parameters {given}; "
              f"{result.scenario_repeat} repetition(s); load average {result.machine.get('load_average')} on "
              f"{result.machine.get('cpus')} CPUs", ""]
     lines += [f"{p.phase}: {_phase_words(p)}" for p in result.phases]
