@@ -47,7 +47,7 @@ def run(store: Path, sql: str, fmt: str, extra: list[str]) -> str:
             counted[0] += len(chunk)
             tail[:] = [(b"".join(tail) + chunk)[-400:]]
 
-    reader = threading.Thread(target=drain)
+    reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)

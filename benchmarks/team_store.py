@@ -165,7 +165,7 @@ def crash(endpoint: str, folder: Path, ttl: int) -> dict[str, Any]:
                 errors.append(repr(exc))
             time.sleep(0.1)
 
-    watcher = threading.Thread(target=read_meanwhile)
+    watcher = threading.Thread(target=read_meanwhile, daemon=True)
     watcher.start()
     time.sleep(1.0)
     os.kill(holder.pid, signal.SIGKILL)

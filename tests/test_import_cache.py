@@ -171,7 +171,7 @@ def test_an_import_waits_for_a_series_a_backtest_is_filling(legacy_runs, tmp_pat
             time.sleep(0.5)
             released.append(time.monotonic())
 
-    thread = threading.Thread(target=backtest_filling)
+    thread = threading.Thread(target=backtest_filling, daemon=True)
     thread.start()
     held.wait(5)
     report = import_cache(DuckDBDataStorage(tmp_path / "store"), folder, sources=["polygon"])

@@ -263,7 +263,7 @@ def test_a_concurrent_reader_sees_consistent_bars_during_compact_and_prune(store
                         failures.append(repr(exc))
                         return
 
-        thread = threading.Thread(target=reader)
+        thread = threading.Thread(target=reader, daemon=True)
         thread.start()
         try:
             time.sleep(0.2)

@@ -210,7 +210,7 @@ def test_a_killed_lease_holder_is_taken_over_after_its_ttl(s3_store: str, tmp_pa
                 failures.append(exc)
             time.sleep(0.05)
 
-    watcher = threading.Thread(target=read_meanwhile)
+    watcher = threading.Thread(target=read_meanwhile, daemon=True)
     watcher.start()
     time.sleep(0.5)
     os.kill(holder.pid, signal.SIGKILL)
