@@ -106,7 +106,8 @@ def twenty_years(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     legacy_parts, total = [], 0
     for year in range(2005, 2025):
         bars = market.bars("BTC", "minute", f"{year}-01-01", f"{year + 1}-01-01", asset_type="crypto")
-        store.write(BULK, bars, covered=(f"{year}-01-01", f"{year + 1}-01-01"))
+        year_utc = (pd.Timestamp(f"{year}-01-01", tz="UTC"), pd.Timestamp(f"{year + 1}-01-01", tz="UTC"))
+        store.write(BULK, bars, covered=year_utc)
         legacy = bars.rename_axis("datetime").rename(columns={"trade_count": "transactions"})
         legacy["timestamp"] = legacy.index.as_unit("ns").asi8 // 1_000_000
         legacy.index = legacy.index.as_unit("ns")
