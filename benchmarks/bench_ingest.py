@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -85,7 +86,7 @@ def generate_minutes(path: Path, rows: int, *, seed: int = 7, block: int = 2_000
 def measure(label: str, paths: list[Path], options: dict[str, str], rounds: int, work: Path) -> dict[str, object]:
     results = []
     for round_ in range(rounds):
-        store = work / f"store-{label}-{round_}"
+        store = work / f"store-{re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-')}-{round_}"  # (a label has a "/")
         out = subprocess.run([sys.executable, "-c", _CHILD, str(store), json.dumps([str(p) for p in paths]),
                               json.dumps(options)], capture_output=True, text=True, check=False)
         if out.returncode:
