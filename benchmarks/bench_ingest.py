@@ -145,7 +145,8 @@ def main() -> None:
             print(f"generated {args.rows:,} minute bars ({path.stat().st_size / 1e6:,.0f} MB) in "
                   f"{time.perf_counter() - started:.1f} s", flush=True)
             figures.append(measure(f"generated minute CSV ({args.rows:,} bars)", [path],
-                                   {"asset_type": "crypto", "quote": "USDT"}, args.rounds, work))
+                                   {"asset_type": "crypto", "quote": "USDT", "timezone": "UTC"},  # (stamps in UTC)
+                                   args.rounds, work))
             print(render(figures[-1]), flush=True)
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1))
