@@ -701,8 +701,8 @@ def maintain_seal(source: str | None, symbol: str | None, symbol_glob: str | Non
 
 @maintain.command("forget-empty")
 @_selection
-@click.option("--start", default=None, help="Only empty answers from this time (naive = UTC), e.g. 2024-03-01.")
-@click.option("--end", default=None, help="Only empty answers before this time (naive = UTC).")
+@click.option("--start", default=None, help=f"Only empty answers from this time ({NAIVE}), e.g. 2024-03-01.")
+@click.option("--end", default=None, help=f"Only empty answers before this time ({NAIVE}).")
 @click.option("--dry-run", is_flag=True, help="Only list the empty answers that would be forgotten.")
 @STORE_OPTION
 def maintain_forget_empty(source: str | None, symbol: str | None, symbol_glob: str | None, timeframe: str | None,

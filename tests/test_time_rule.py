@@ -122,3 +122,16 @@ def test_tables_name_their_zone_and_show_daily_bars_as_dates(store: DuckDBDataSt
     csv = CliRunner().invoke(main, ["db-query", "SELECT ts FROM market_data WHERE symbol = 'DDD' LIMIT 1",
                                     "--format", "csv", "--store", str(store.root)]).output
     assert "2019-01-02 05:00:00+00:00" in csv  # machine formats keep UTC, with its offset
+
+
+def test_forget_empty_reads_its_bounds_with_the_same_rule(store_dir: Path) -> None:
+    """An empty answer stored for 10:00-11:00 New York is forgotten by --start/--end written naive in New York."""
+    from lumibot_duckdb.store.maintenance import forget_empty
+
+    hour = Interval(INSTANT, INSTANT + pd.Timedelta(hours=1))
+    with DuckDBDataStorage(store_dir) as db:
+        db.write(KEY, make_bars(INSTANT, 0), covered=(hour.start, hour.end))
+        report = forget_empty(db, symbol="AAA", start=NAIVE, end="2024-01-02 11:00", dry_run=True)
+        assert report.files_removed == 1 and len(report.ranges) == 1, report
+        later = forget_empty(db, symbol="AAA", start="2024-01-02 15:00", end="2024-01-02 16:00", dry_run=True)
+        assert later.files_removed == 0, later  # (those are UTC's numbers: 3 p.m. New York is after the hour)

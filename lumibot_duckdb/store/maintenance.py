@@ -656,8 +656,8 @@ def forget_empty(store: DuckDBDataStorage, /, *, source: str | None = None, symb
     if source is None and symbol is None and timeframe is None and symbol_glob is None:
         raise ConfigError("forget-empty needs --source, --symbol, --symbol-glob and/or --timeframe: say which "
                           "series' empty answers to ask again.")
-    window = Interval(utc(start) if start is not None else utc("1677-09-22"),
-                      utc(end) if end is not None else utc("2262-04-11"))
+    window = Interval(parse_time(start) if start is not None else utc("1677-09-22"),
+                      parse_time(end) if end is not None else utc("2262-04-11"))  # (naive: Lumibot's zone)
     if window.empty:
         raise ConfigError(f"--start {start} is not before --end {end}.")
     report = ForgetReport(dry_run=dry_run)
