@@ -34,6 +34,7 @@ from typing import Any
 import duckdb
 
 from lumibot_duckdb.errors import LumibotDuckDBError
+from lumibot_duckdb.sql.kernels import KERNELS, arrow_udf
 from lumibot_duckdb.store.coverage import SeriesKey, canonical_timeframe
 from lumibot_duckdb.store.naming import SeriesName, matching, parse_time
 
@@ -46,51 +47,30 @@ _SYMBOL = ("(symbol = {sym} OR (contains({sym}, '/') AND symbol = split_part({sy
            "AND quote = upper(split_part({sym}, '/', 2))))")
 _WINDOW = "PARTITION BY sid ORDER BY ts"
 _ROWS = f"({_WINDOW} ROWS BETWEEN CAST(n AS BIGINT) - 1 PRECEDING AND CURRENT ROW)"
-_DEPTH = "CASE WHEN (1 - {alpha}) <= 0 THEN 1 ELSE greatest(1, ceil(ln(1e-18) / ln(1 - ({alpha}))))::BIGINT END"
-
 MACROS = ("sma", "ema", "bollinger", "rsi", "vwap", "volatility", "rolling_corr", "asof_align")
 
 
-def _ewm(source: str, columns: dict[str, tuple[str, str, str | None]], *, alpha: str, keep: str) -> str:
-    """SQL computing ``ewm(alpha, adjust=False)`` of several columns of ``source`` (exact to double precision).
-
-    ``columns``: output name → (value expression, seed index expression, seed value expression);
-    ``source`` has the key columns, ``ts`` and ``i`` (0-based row number of the series). Rows
-    before the seed index get NULL. ``keep``: columns of ``source`` to carry to the output.
-    Seed value None: the mean of the value over rows ``0..k``, summed by the block's running sum
-    itself (each row adds value / (k+1), scaled as row k; k < M always), which saves a window pass.
-    """
-    depth = _DEPTH.format(alpha=alpha)
-
-    def term(value: str, k: str, seed: str | None) -> str:
-        if seed is not None:
-            return (f"(CASE WHEN i < ({k}) THEN 0 WHEN i = ({k}) THEN ({seed}) ELSE ({alpha}) * ({value}) END)"
-                    f" * pow(1 - ({alpha}), -(i % m))")
-        return (f"CASE WHEN i < 0 THEN 0 WHEN i <= ({k}) THEN ({value}) / (({k}) + 1)"
-                f" * pow(1 - ({alpha}), -(({k}) % m)) ELSE (({alpha}) * ({value})) * pow(1 - ({alpha}), -(i % m)) END")
-    u = ", ".join(f"{term(value, k, seed)} AS u_{name}" for name, (value, k, seed) in columns.items())
-    p = ", ".join(f"sum(u_{name}) OVER (PARTITION BY sid, g ORDER BY i ROWS UNBOUNDED PRECEDING) AS p_{name}"
-                  for name in columns)
-    t = ", ".join(f"sum(u_{name}) AS t_{name}" for name in columns)
-    y = ", ".join(
-        f"CASE WHEN i >= ({k}) THEN pow(1 - ({alpha}), i % m) * p_{name} "
-        f"+ coalesce(pow(1 - ({alpha}), i % m + m) * t_{name}, 0) END AS {name}"
-        for name, (_, k, _) in columns.items())
+def _kernel(name: str, params: str, outputs: tuple[str, ...]) -> str:
+    """SQL of a macro computed by :mod:`lumibot_duckdb.sql.kernels`: the bars of each series as two lists
+    (one row per series), the kernel on each row, and the rows unnested again next to the key columns."""
+    unnested = ", ".join(f"unnest(_v.{out}) AS {out}" for out in outputs)
     return f"""
-      _e1 AS (SELECT *, i // m AS g, {u} FROM (SELECT *, {depth} AS m FROM {source})),
-      _e2 AS (SELECT *, {p} FROM _e1),
-      _e3 AS (SELECT sid, g + 1 AS g, {t} FROM _e1 GROUP BY ALL)
-      SELECT {keep}, {y} FROM _e2 LEFT JOIN _e3 USING (sid, g)"""
+            WITH _g AS (SELECT sid, list(ts) AS _t, list(close) AS _c FROM {_BARS} GROUP BY sid),
+                 _k AS (SELECT sid, _t, _c, _lbd_{name}(_t, _c, {params}) AS _v FROM _g)
+            SELECT {_KEY}, unnest(_t) AS ts, unnest(_c) AS close, {unnested}
+            FROM _k JOIN _lbd_series() USING (sid)"""
 
 
 def _macros() -> list[str]:
     return [
+        # sid: a small integer per series, numbered the same way on every evaluation
+        f"""CREATE OR REPLACE TEMP MACRO _lbd_series() AS TABLE
+            SELECT *, row_number() OVER (ORDER BY {_KEY}) AS sid FROM (SELECT DISTINCT {_KEY} FROM files)""",
+        # Each bar's series by the file it comes from (one short text joined per bar, not the seven key columns)
         f"""CREATE OR REPLACE TEMP MACRO _lbd_bars(sym, tf, src, as_of, since, n) AS TABLE
             SELECT {_KEY}, sid, ts, open, high, low, close, volume
-            FROM market_data
-                 -- sid: a small integer per series, numbered the same way on every evaluation
-                 JOIN (SELECT *, row_number() OVER (ORDER BY {_KEY}) AS sid FROM (SELECT DISTINCT {_KEY} FROM files))
-                 USING ({_KEY})
+            FROM _bar_rows JOIN (SELECT path AS filename, sid FROM files JOIN _lbd_series() USING ({_KEY}))
+                 USING (filename)
             WHERE (sym IS NULL OR {_SYMBOL.format(sym="sym")}) AND timeframe = _lbd_tf(tf)
               AND (src IS NULL OR source = lower(src))
               AND (as_of IS NULL OR ts <= _lbd_time(CAST(as_of AS VARCHAR)))
@@ -108,36 +88,13 @@ def _macros() -> list[str]:
                               || 'pass src := ''<source>''') END AS _ambiguous
             FROM b CROSS JOIN (SELECT count(DISTINCT sid) AS c FROM b)""",
         f"""CREATE OR REPLACE TEMP MACRO sma(sym, n, {_COMMON}) AS TABLE
-            SELECT {_KEY}, ts, close,
-                   CASE WHEN count(close) OVER w = n THEN avg(close) OVER w END AS sma
-            FROM {_BARS} WINDOW w AS {_ROWS}""",
+            {_kernel("sma", "n", ("sma",))}""",
         f"""CREATE OR REPLACE TEMP MACRO bollinger(sym, n, k := 2.0, ddof := 0, {_COMMON}) AS TABLE
-            WITH s AS (
-                SELECT {_KEY}, ts, close, count(close) OVER w AS c, avg(close) OVER w AS mid,
-                       CASE WHEN ddof = 0 THEN stddev_pop(close) OVER w ELSE stddev_samp(close) OVER w END AS sd
-                FROM {_BARS} WINDOW w AS {_ROWS})
-            SELECT {_KEY}, ts, close, CASE WHEN c = n THEN mid - k * sd END AS lower,
-                   CASE WHEN c = n THEN mid END AS mid, CASE WHEN c = n THEN mid + k * sd END AS upper,
-                   CASE WHEN c = n THEN sd END AS stddev
-            FROM s""",
+            {_kernel("bollinger", "n, k, ddof", ("lower", "mid", "upper", "stddev"))}""",
         f"""CREATE OR REPLACE TEMP MACRO ema(sym, n, sma_seed := false, {_COMMON}) AS TABLE
-            WITH _s AS (
-                SELECT {_KEY}, sid, ts, close, row_number() OVER ({_WINDOW}) - 1 AS i,
-                       avg(close) OVER {_ROWS} AS _sma
-                FROM {_BARS}),
-            {_ewm("_s", {"ema": ("close", "CASE WHEN sma_seed THEN n - 1 ELSE 0 END",
-                                  "CASE WHEN sma_seed THEN _sma ELSE close END")},
-                  alpha="2.0 / (n + 1)", keep=f"{_KEY}, ts, close")}""",
+            {_kernel("ema", "n, sma_seed", ("ema",))}""",
         f"""CREATE OR REPLACE TEMP MACRO rsi(sym, n, {_COMMON}) AS TABLE
-            WITH _d AS (
-                SELECT {_KEY}, sid, ts, close, close - lag(close) OVER ({_WINDOW}) AS d,
-                       row_number() OVER ({_WINDOW}) - 2 AS i
-                FROM {_BARS}),
-            _s AS (
-                SELECT *, greatest(d, 0) AS gain, greatest(-d, 0) AS loss FROM _d),
-            _r AS (WITH {_ewm("_s", {"avg_gain": ("gain", "n - 1", None), "avg_loss": ("loss", "n - 1", None)},
-                         alpha="1.0 / n", keep=f"{_KEY}, ts, close")})
-            SELECT *, 100 * avg_gain / nullif(avg_gain + avg_loss, 0) AS rsi FROM _r""",
+            {_kernel("rsi", "n", ("avg_gain", "avg_loss", "rsi"))}""",
         f"""CREATE OR REPLACE TEMP MACRO vwap(sym, tz := NULL, {_COMMON}) AS TABLE
             WITH s AS (
                 SELECT *, CAST(timezone(coalesce(tz, CASE WHEN asset_type = 'crypto' THEN 'UTC'
@@ -147,12 +104,7 @@ def _macros() -> list[str]:
                    sum((high + low + close) / 3 * volume) OVER w / nullif(sum(volume) OVER w, 0) AS vwap
             FROM s WINDOW w AS (PARTITION BY sid, session ORDER BY ts ROWS UNBOUNDED PRECEDING)""",
         f"""CREATE OR REPLACE TEMP MACRO volatility(sym, n, annualize := NULL, {_COMMON}) AS TABLE
-            WITH r AS (SELECT {_KEY}, sid, ts, close, ln(close / lag(close) OVER ({_WINDOW})) AS log_return
-                       FROM {_BARS})
-            SELECT {_KEY}, ts, close, log_return,
-                   CASE WHEN count(log_return) OVER w = n
-                        THEN stddev_samp(log_return) OVER w * sqrt(coalesce(annualize, 1)) END AS volatility
-            FROM r WINDOW w AS {_ROWS}""",
+            {_kernel("volatility", "n, annualize", ("log_return", "volatility"))}""",
         """CREATE OR REPLACE TEMP MACRO rolling_corr(sym_a, sym_b, n, tf := 'day', src := NULL, as_of := NULL,
                                                      since := NULL) AS TABLE
             WITH a AS (SELECT ts, close AS close_a FROM _lbd_one_series(sym_a, tf, src, as_of, since)
@@ -206,6 +158,11 @@ def register(con: duckdb.DuckDBPyConnection, /, *, where: str = "the store") -> 
     create: Any = con.create_function  # (its stubs want an enum for null_handling; DuckDB 1.5 and 2 take the name)
     for name, function, parameters, returns in functions:
         create(name, function, parameters, returns, null_handling="special", side_effects=False)
+    lists = [duckdb.list_type(duckdb.sqltype("TIMESTAMPTZ")), duckdb.list_type(duckdb.sqltype("DOUBLE"))]
+    for name, (_, parameters, outputs) in KERNELS.items():  # one row per series, Arrow in and out
+        returns = duckdb.struct_type({out: duckdb.list_type(duckdb.sqltype("DOUBLE")) for out in outputs})
+        create(f"_lbd_{name}", arrow_udf(name), [*lists, *(duckdb.sqltype(t) for t in parameters)], returns,
+               type="arrow", null_handling="special", side_effects=False)
     for statement in _macros():
         con.execute(statement)
 

@@ -52,9 +52,12 @@ def create_views(con: duckdb.DuckDBPyConnection, store: Any) -> None:
 
     readable = [f for f in files if file_rows(str(f.path)) is not None]
     columns = ", ".join(["ts", *KEY_COLUMNS, *(c for c in BAR_COLUMNS if c != "ts")])
+    # _bar_rows: market_data plus the file each bar comes from (``filename`` = ``files.path``), so the
+    # analytics macros number series by joining one short text per bar, not the seven key columns.
     if not readable:
         _table(con, "_no_bars", {f.name: ([], f.type) for f in ARROW_SCHEMA})
-        con.execute(f"CREATE OR REPLACE TEMP VIEW market_data AS SELECT {columns} FROM _no_bars")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _bar_rows AS SELECT {columns}, NULL::VARCHAR AS filename "
+                    "FROM _no_bars")
     else:
         # The file list goes in through a relation, never formatted into SQL text.
         con.read_parquet([str(f.path) for f in readable], filename=True).create_view("_bar_files", replace=True)
@@ -62,11 +65,12 @@ def create_views(con: duckdb.DuckDBPyConnection, store: Any) -> None:
         if any(has_overlaps(f.interval for f in readable if f.key == key) for key in series):
             # Two processes answered the same range: keep the bar of the newest file.
             con.execute(
-                f"CREATE OR REPLACE TEMP VIEW market_data AS SELECT {columns} FROM _bar_files "
+                f"CREATE OR REPLACE TEMP VIEW _bar_rows AS SELECT {columns}, filename FROM _bar_files "
                 "QUALIFY row_number() OVER (PARTITION BY source, symbol, asset_type, quote, exchange, timeframe, "
                 "adjustment, ts ORDER BY regexp_extract(filename, '_([0-9a-f]+)\\.parquet$', 1) DESC) = 1")
         else:
-            con.execute(f"CREATE OR REPLACE TEMP VIEW market_data AS SELECT {columns} FROM _bar_files")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW _bar_rows AS SELECT {columns}, filename FROM _bar_files")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW market_data AS SELECT {columns} FROM _bar_rows")
 
     con.execute("""
         CREATE OR REPLACE TEMP VIEW symbols AS
