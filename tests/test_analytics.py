@@ -257,3 +257,50 @@ def test_a_reused_connection_gives_the_same_answers(store: DuckDBDataStorage) ->
                                           function(store, "AAA", 14, timeframe="minute"))
     finally:
         con.close()
+
+
+# -- the per-series kernels behind the macros (sql/kernels.py) -----------------------------------------
+def _windowed(x: np.ndarray, n: int, reduce) -> np.ndarray:
+    """``reduce`` over every full window of ``x`` by NumPy (two-pass), NaN before ``n - 1`` or over a gap."""
+    out = np.full(len(x), np.nan)
+    if len(x) >= n:
+        out[n - 1:] = reduce(np.lib.stride_tricks.sliding_window_view(x, n))
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 20, 61])
+@pytest.mark.parametrize("length", [0, 1, 6, 20, 21, 400, 5_003])
+def test_rolling_kernels_equal_numpy_windows(n: int, length: int) -> None:
+    """Invariant: the O(n) block sums give every window's mean and σ as NumPy's two-pass over the window,
+    NULL (NaN) wherever the window is short or holds a missing close, on any length and window size."""
+    from lumibot_duckdb.sql import kernels
+
+    rng = np.random.default_rng(n * 10_007 + length)
+    close = 3_000 + np.cumsum(rng.normal(0, 2, length))  # prices ~3,000 drifting: a running total would lose digits
+    if length > 50:
+        close[rng.choice(length, 3, replace=False)] = np.nan
+    mean = _windowed(close, n, lambda w: w.mean(axis=1))
+    np.testing.assert_allclose(kernels.sma(close, n)["sma"], mean, rtol=0, atol=5e-12)  # ~10 ulp of 3,000
+    for ddof in (0, 1):
+        bands = kernels.bollinger(close, n, 2.0, ddof)
+        sd = _windowed(close, n, lambda w, d=ddof: w.std(axis=1, ddof=d)) if n > ddof else np.full(length, np.nan)
+        np.testing.assert_allclose(bands["stddev"], sd, rtol=0, atol=1e-11)
+        np.testing.assert_allclose(bands["upper"], mean + 2.0 * sd, rtol=0, atol=2e-11)
+    log_return = np.r_[np.nan, np.log(close[1:] / close[:-1])] if length else close
+    vol = kernels.volatility(close, n, 252.0)["volatility"]
+    expected = (_windowed(log_return, n, lambda w: w.std(axis=1, ddof=1)) * np.sqrt(252) if n > 1
+                else np.full(length, np.nan))
+    np.testing.assert_allclose(vol, expected, rtol=0, atol=1e-15)
+
+
+def test_recursive_kernels_follow_pandas_over_missing_closes() -> None:
+    """EMA and RSI are pandas' ewm recursions, a missing close included (the average carries over it)."""
+    from lumibot_duckdb.sql import kernels
+
+    close = 100 + np.cumsum(np.random.default_rng(4).normal(0, 1, 3_000))
+    close[[5, 700, 701, 2_000]] = np.nan
+    series = pd.Series(close)
+    np.testing.assert_array_equal(kernels.ema(close, 20, False)["ema"],
+                                  series.ewm(span=20, adjust=False).mean().to_numpy())
+    np.testing.assert_allclose(kernels.ema(close, 20, True)["ema"], ta.ema(series, 20).to_numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(kernels.rsi(close, 14)["rsi"], ta.rsi(series, 14).to_numpy(), rtol=0, atol=1e-9)

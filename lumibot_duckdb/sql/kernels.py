@@ -39,18 +39,46 @@ import pyarrow as pa
 Kernel = Callable[..., dict[str, np.ndarray]]
 
 
-def rolling_sum(x: np.ndarray, n: int, /) -> np.ndarray:
-    """``x[i-n+1] + … + x[i]`` for every ``i >= n - 1`` (earlier entries: the partial sums from 0). ``x`` has no NaN."""
+def _blocks(x: np.ndarray, n: int) -> np.ndarray:
+    """``x`` cut in blocks of ``n`` (zero-padded), one block per column: shape ``(n, blocks)``."""
+    blocks = max(1, -(-len(x) // n))
+    padded = np.zeros(blocks * n)
+    padded[: len(x)] = x
+    return padded.reshape(blocks, n).T
+
+
+def _unblock(values: np.ndarray, m: int) -> np.ndarray:
+    return values.T.ravel()[:m]
+
+
+def rolling_moments(x: np.ndarray, n: int, /, *, squares: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean and sum of squared deviations of every window ``x[i-n+1..i]`` (valid for ``i >= n - 1``). No NaN in ``x``.
+
+    O(len(x)): block ``j`` holds rows ``j·n … j·n+n-1``; the window ending at row ``r`` of block ``j``
+    is rows ``0..r`` of block ``j`` plus rows ``r+1..n-1`` of block ``j-1``, each summed by a prefix
+    sum that spans at most ``n`` values. Values are taken relative to ``c_j`` (the first value of block
+    ``j``, within ``n`` rows of the window), so sums stay near the deviations' size: the mean is exact to
+    ~eps·|x|, the sum of squares to ~eps·n·(deviation)² (a running total over a year of minute bars
+    would lose ~1e-9).
+    """
     m = len(x)
     if m == 0:
-        return np.empty(0)
-    blocks = -(-m // n)
-    padded = np.zeros(blocks * n)
-    padded[:m] = x
-    prefix = padded.reshape(blocks, n).cumsum(axis=1)
-    out = prefix.copy()
-    out[1:] += prefix[:-1, -1:] - prefix[:-1]
-    return out.ravel()[:m]
+        return np.empty(0), (np.empty(0) if squares else None)
+    blocks = _blocks(x, n)
+    ref = blocks[0].copy()
+    # C order: the prefix sums run down the columns, row after row (the blocks are a transposed view)
+    own = np.subtract(blocks, ref, order="C")  # block j relative to c_j
+    prev = np.subtract(blocks[:, :-1], ref[1:], order="C")  # block j-1 relative to c_j
+    # rows r+1.. of block j-1 by a suffix sum of their own (a total minus a prefix would cancel digits)
+    s1 = np.cumsum(own, axis=0)
+    s1[:-1, 1:] += np.cumsum(prev[::-1], axis=0)[::-1][1:]
+    mean = ref + s1 / n
+    if not squares:
+        return _unblock(mean, m), None
+    s2 = np.cumsum(own * own, axis=0)
+    s2[:-1, 1:] += np.cumsum((prev * prev)[::-1], axis=0)[::-1][1:]
+    ssd = np.maximum(s2 - s1 * s1 / n, 0.0)
+    return _unblock(mean, m), _unblock(ssd, m)
 
 
 def rolling_count(valid: np.ndarray, n: int, /) -> np.ndarray:
@@ -61,30 +89,12 @@ def rolling_count(valid: np.ndarray, n: int, /) -> np.ndarray:
     return out
 
 
-def _windows(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(filled, count, mean)``: ``x`` with NaN as 0, the non-NaN count per window, and the window mean."""
+def _windows(x: np.ndarray, n: int, *, squares: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(count, mean, ssd)``: the non-NaN count per window, the window mean and sum of squared deviations
+    (NaN counted as 0: such windows are masked by their count)."""
     valid = ~np.isnan(x)
-    filled = np.where(valid, x, 0.0)
-    count = rolling_count(valid, n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = rolling_sum(filled, n) / n
-    return filled, count, mean
-
-
-def _sum_squared_deviations(filled: np.ndarray, mean: np.ndarray, n: int) -> np.ndarray:
-    """``Σ (x[i-j] - mean[i])²`` over each window (entries before ``n - 1``: NaN)."""
-    m = len(filled)
-    out = np.full(m, np.nan)
-    if m < n:
-        return out
-    width = m - n + 1
-    centre = mean[n - 1:]
-    acc = np.zeros(width)
-    for j in range(n):
-        d = filled[j: j + width] - centre
-        acc += d * d
-    out[n - 1:] = acc
-    return out
+    mean, ssd = rolling_moments(np.where(valid, x, 0.0), n, squares=squares)
+    return rolling_count(valid, n), mean, ssd
 
 
 def _full(mask: np.ndarray, *values: np.ndarray) -> None:
@@ -93,15 +103,15 @@ def _full(mask: np.ndarray, *values: np.ndarray) -> None:
 
 
 def sma(close: np.ndarray, n: int) -> dict[str, np.ndarray]:
-    _, count, mean = _windows(close, n)
+    count, mean, _ = _windows(close, n, squares=False)
     _full(count < n, mean)
     return {"sma": mean}
 
 
 def bollinger(close: np.ndarray, n: int, k: float, ddof: int) -> dict[str, np.ndarray]:
-    filled, count, mid = _windows(close, n)
+    count, mid, ssd = _windows(close, n, squares=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        sd = np.sqrt(_sum_squared_deviations(filled, mid, n) / (n - ddof))
+        sd = np.sqrt(ssd / (n - (0 if ddof == 0 else 1)))
     lower, upper = mid - k * sd, mid + k * sd
     _full(count < n, lower, mid, upper, sd)
     return {"lower": lower, "mid": mid, "upper": upper, "stddev": sd}
@@ -111,10 +121,9 @@ def volatility(close: np.ndarray, n: int, annualize: float | None) -> dict[str, 
     log_return = np.full(len(close), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         log_return[1:] = np.log(close[1:] / close[:-1])
-    filled, count, mean = _windows(log_return, n)
+    count, _, ssd = _windows(log_return, n, squares=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        sd = np.sqrt(_sum_squared_deviations(filled, mean, n) / (n - 1)) * np.sqrt(
-            1.0 if annualize is None else annualize)
+        sd = np.sqrt(ssd / (n - 1)) * np.sqrt(1.0 if annualize is None else annualize)
     _full(count < n, sd)
     return {"log_return": log_return, "volatility": sd}
 
@@ -148,13 +157,58 @@ def rsi(close: np.ndarray, n: int) -> dict[str, np.ndarray]:
     return {"avg_gain": gain, "avg_loss": loss, "rsi": value}
 
 
-KERNELS: dict[str, tuple[Kernel, tuple[str, ...], tuple[str, ...]]] = {
-    # name: (function, its parameters' DuckDB types after (ts[], close[]), its outputs)
-    "sma": (sma, ("BIGINT",), ("sma",)),
-    "bollinger": (bollinger, ("BIGINT", "DOUBLE", "BIGINT"), ("lower", "mid", "upper", "stddev")),
-    "volatility": (volatility, ("BIGINT", "DOUBLE"), ("log_return", "volatility")),
-    "ema": (ema, ("BIGINT", "BOOLEAN"), ("ema",)),
-    "rsi": (rsi, ("BIGINT",), ("avg_gain", "avg_loss", "rsi")),
+def vwap(ts: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray,
+         tz: str) -> dict[str, np.ndarray]:
+    """Per session day in ``tz``: ``cumsum(hlc3·volume) / cumsum(volume)`` (NULLs count as 0, as SQL's sum)."""
+    day = pd.DatetimeIndex(ts.view("datetime64[us]")).tz_localize("UTC").tz_convert(tz).normalize().asi8
+    flow = np.nan_to_num((high + low + close) / 3 * volume, nan=0.0)
+    shares = np.nan_to_num(volume, nan=0.0)
+    # pandas' grouped cumsum (compensated), as pandas-ta's vwap: a plain running sum drifts by ~1e-12
+    sums = pd.DataFrame({"flow": flow, "shares": shares}).groupby(day, sort=False).cumsum()
+    cum_flow, cum_shares = sums["flow"].to_numpy(), sums["shares"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(cum_shares == 0, np.nan, cum_flow / np.where(cum_shares == 0, 1.0, cum_shares))
+    return {"vwap": value}
+
+
+def rolling_corr(close_a: np.ndarray, close_b: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Correlation of the log returns over ``n`` rows (both symbols' common bars): two-pass per window."""
+    m = len(close_a)
+    returns = []
+    for close in (close_a, close_b):
+        r = np.full(m, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r[1:] = np.log(close[1:] / close[:-1])
+        returns.append(r)
+    ra, rb = returns
+    valid = ~(np.isnan(ra) | np.isnan(rb))
+    count = rolling_count(valid, n)
+    fa, fb = np.where(valid, ra, 0.0), np.where(valid, rb, 0.0)
+    corr = np.full(m, np.nan)
+    if m >= n:
+        width = m - n + 1
+        mean_a, ssd_a = rolling_moments(fa, n)
+        mean_b, ssd_b = rolling_moments(fb, n)
+        ca, cb = mean_a[n - 1:], mean_b[n - 1:]
+        cross = np.zeros(width)
+        for j in range(n):
+            cross += (fa[j: j + width] - ca) * (fb[j: j + width] - cb)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr[n - 1:] = cross / np.sqrt(ssd_a[n - 1:] * ssd_b[n - 1:])  # type: ignore[index]
+    corr[count < n] = np.nan
+    return {"return_a": ra, "return_b": rb, "corr": corr}
+
+
+KERNELS: dict[str, tuple[Kernel, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    # name: (function, its list inputs (sorted by ts; "ts" itself if it needs it), its other parameters'
+    #        DuckDB types, its outputs (DOUBLE lists))
+    "sma": (sma, ("close",), ("BIGINT",), ("sma",)),
+    "bollinger": (bollinger, ("close",), ("BIGINT", "DOUBLE", "BIGINT"), ("lower", "mid", "upper", "stddev")),
+    "volatility": (volatility, ("close",), ("BIGINT", "DOUBLE"), ("log_return", "volatility")),
+    "ema": (ema, ("close",), ("BIGINT", "BOOLEAN"), ("ema",)),
+    "rsi": (rsi, ("close",), ("BIGINT",), ("avg_gain", "avg_loss", "rsi")),
+    "vwap": (vwap, ("ts", "high", "low", "close", "volume"), ("VARCHAR",), ("vwap",)),
+    "rolling_corr": (rolling_corr, ("close_a", "close_b"), ("BIGINT",), ("return_a", "return_b", "corr")),
 }
 
 
@@ -163,18 +217,21 @@ def _array(value: Any) -> Any:
 
 
 def arrow_udf(name: str, /) -> Callable[..., pa.Array]:
-    """The Arrow UDF for kernel ``name``: ``(ts[], close[], *params) -> STRUCT(out1 DOUBLE[], …)``, one
+    """The Arrow UDF for kernel ``name``: ``(ts[], *input lists, *params) -> STRUCT(out DOUBLE[], …)``, one
     row per series, each output list in the order of the input lists."""
-    kernel, _, outputs = KERNELS[name]
+    kernel, inputs, parameters, outputs = KERNELS[name]
+    columns = [c for c in inputs if c != "ts"]
 
-    def udf(ts: Any, close: Any, *params: Any) -> pa.Array:
-        ts, close = _array(ts), _array(close)
-        rows = [_array(p).to_pylist() for p in params]
+    def udf(ts: Any, *rest: Any) -> pa.Array:
+        ts = _array(ts)
+        lists = [_array(v) for v in rest[: len(columns)]]
+        rows = [_array(p).to_pylist() for p in rest[len(columns):]]
         offsets = ts.offsets.to_numpy()
-        if not np.array_equal(offsets, close.offsets.to_numpy()):
-            raise ValueError(f"{name}: ts and close lists differ in length")
+        for values in lists:
+            if not np.array_equal(offsets, values.offsets.to_numpy()):
+                raise ValueError(f"{name}: the lists of a series differ in length")
         times = ts.values.cast(pa.int64()).to_numpy()
-        values = close.values.to_numpy(zero_copy_only=False).astype(float, copy=False)
+        flat = {c: v.values.to_numpy(zero_copy_only=False).astype(float, copy=False) for c, v in zip(columns, lists)}
         start, end = int(offsets[0]), int(offsets[-1])
         results = {out: np.full(end - start, np.nan) for out in outputs}
         missing = ts.is_null().to_numpy(zero_copy_only=False)
@@ -185,8 +242,9 @@ def arrow_udf(name: str, /) -> Callable[..., pa.Array]:
                 continue
             t = times[a:b]
             order = None if bool(np.all(t[1:] > t[:-1])) else np.argsort(t, kind="stable")
-            x = values[a:b] if order is None else values[a:b][order]
-            computed = kernel(x, *args)
+            sort = (lambda v: v) if order is None else (lambda v: v[order])  # noqa: B023 (used right here)
+            given = {"ts": sort(t), **{c: sort(flat[c][a:b]) for c in columns}}
+            computed = kernel(*(given[c] for c in inputs), *args)
             for out in outputs:
                 target = results[out][a - start: b - start]
                 if order is None:
@@ -194,12 +252,12 @@ def arrow_udf(name: str, /) -> Callable[..., pa.Array]:
                 else:
                     target[order] = computed[out]
         list_offsets = pa.array(offsets - start, type=pa.int32())
-        lists = [pa.ListArray.from_arrays(list_offsets, pa.array(results[out], from_pandas=True))
-                 for out in outputs]
-        return pa.StructArray.from_arrays(lists, list(outputs))
+        built = [pa.ListArray.from_arrays(list_offsets, pa.array(results[out], from_pandas=True)) for out in outputs]
+        return pa.StructArray.from_arrays(built, list(outputs))
 
-    # DuckDB counts the parameters of the signature: name them (ts, close, then the kernel's own)
-    names = ["ts", "close", *list(inspect.signature(kernel).parameters)[1:]]
+    # DuckDB counts the parameters of the signature: ts, the input lists, then the kernel's own
+    names = ["ts", *columns, *list(inspect.signature(kernel).parameters)[len(inputs):]]
+    assert len(names) == 1 + len(columns) + len(parameters), name
     udf.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY) for n in names])
     return udf

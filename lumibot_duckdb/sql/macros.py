@@ -45,19 +45,20 @@ _NULLS = ", ".join(["NULL"] * 14)  # one per column of _lbd_bars
 # sym names a series' symbol, or BASE/QUOTE of one stored as BASE with that quote (store.naming's rule)
 _SYMBOL = ("(symbol = {sym} OR (contains({sym}, '/') AND symbol = split_part({sym}, '/', 1) "
            "AND quote = upper(split_part({sym}, '/', 2))))")
-_WINDOW = "PARTITION BY sid ORDER BY ts"
-_ROWS = f"({_WINDOW} ROWS BETWEEN CAST(n AS BIGINT) - 1 PRECEDING AND CURRENT ROW)"
+# The key columns of a macro's output, typed by the connection's ENUM of every key value the store holds
+_KEY_OUT = ", ".join(f"CAST({c} AS _lbd_key) AS {c}" for c in _KEY.split(", "))
 MACROS = ("sma", "ema", "bollinger", "rsi", "vwap", "volatility", "rolling_corr", "asof_align")
 
 
 def _kernel(name: str, params: str, outputs: tuple[str, ...]) -> str:
-    """SQL of a macro computed by :mod:`lumibot_duckdb.sql.kernels`: the bars of each series as two lists
-    (one row per series), the kernel on each row, and the rows unnested again next to the key columns."""
+    """SQL of a macro computed by :mod:`lumibot_duckdb.sql.kernels` on ``close``: the bars of each series as
+    two lists (one row per series), the kernel on each row, and the rows unnested again next to the key
+    columns (as ENUMs: Arrow dictionaries, a pandas category, not one string per bar)."""
     unnested = ", ".join(f"unnest(_v.{out}) AS {out}" for out in outputs)
     return f"""
             WITH _g AS (SELECT sid, list(ts) AS _t, list(close) AS _c FROM {_BARS} GROUP BY sid),
                  _k AS (SELECT sid, _t, _c, _lbd_{name}(_t, _c, {params}) AS _v FROM _g)
-            SELECT {_KEY}, unnest(_t) AS ts, unnest(_c) AS close, {unnested}
+            SELECT {_KEY_OUT}, unnest(_t) AS ts, unnest(_c) AS close, {unnested}
             FROM _k JOIN _lbd_series() USING (sid)"""
 
 
@@ -96,13 +97,15 @@ def _macros() -> list[str]:
         f"""CREATE OR REPLACE TEMP MACRO rsi(sym, n, {_COMMON}) AS TABLE
             {_kernel("rsi", "n", ("avg_gain", "avg_loss", "rsi"))}""",
         f"""CREATE OR REPLACE TEMP MACRO vwap(sym, tz := NULL, {_COMMON}) AS TABLE
-            WITH s AS (
-                SELECT *, CAST(timezone(coalesce(tz, CASE WHEN asset_type = 'crypto' THEN 'UTC'
-                                                        ELSE 'America/New_York' END), ts) AS DATE) AS session
-                FROM _lbd_bars(sym, tf, src, as_of, since, 1))
-            SELECT {_KEY}, ts, close, volume, session,
-                   sum((high + low + close) / 3 * volume) OVER w / nullif(sum(volume) OVER w, 0) AS vwap
-            FROM s WINDOW w AS (PARTITION BY sid, session ORDER BY ts ROWS UNBOUNDED PRECEDING)""",
+            WITH _g AS (SELECT sid, list(ts) AS _t, list(high) AS _h, list(low) AS _l, list(close) AS _c,
+                               list(volume) AS _vol
+                        FROM _lbd_bars(sym, tf, src, as_of, since, 1) GROUP BY sid),
+                 _s AS (SELECT *, coalesce(tz, CASE WHEN asset_type = 'crypto' THEN 'UTC'
+                                                  ELSE 'America/New_York' END) AS _tz FROM _lbd_series()),
+                 _k AS (SELECT {_KEY_OUT}, _tz, unnest(_t) AS ts, unnest(_c) AS close, unnest(_vol) AS volume,
+                               unnest(_lbd_vwap(_t, _h, _l, _c, _vol, _tz).vwap) AS vwap
+                        FROM _g JOIN _s USING (sid))
+            SELECT {_KEY}, ts, close, volume, CAST(timezone(_tz, ts) AS DATE) AS session, vwap FROM _k""",
         f"""CREATE OR REPLACE TEMP MACRO volatility(sym, n, annualize := NULL, {_COMMON}) AS TABLE
             {_kernel("volatility", "n, annualize", ("log_return", "volatility"))}""",
         """CREATE OR REPLACE TEMP MACRO rolling_corr(sym_a, sym_b, n, tf := 'day', src := NULL, as_of := NULL,
@@ -111,13 +114,14 @@ def _macros() -> list[str]:
                        WHERE _ambiguous IS NULL),
                  b AS (SELECT ts, close AS close_b FROM _lbd_one_series(sym_b, tf, src, as_of, since)
                        WHERE _ambiguous IS NULL),
-                 j AS (SELECT ts, close_a, close_b, ln(close_a / lag(close_a) OVER (ORDER BY ts)) AS return_a,
-                              ln(close_b / lag(close_b) OVER (ORDER BY ts)) AS return_b
-                       FROM a JOIN b USING (ts)
-                       WHERE CASE WHEN n IS NULL OR n < 2 THEN error('n must be 2 or more') ELSE true END)
-            SELECT ts, close_a, close_b, return_a, return_b,
-                   CASE WHEN count(return_a) OVER w = n THEN corr(return_a, return_b) OVER w END AS corr
-            FROM j WINDOW w AS (ORDER BY ts ROWS BETWEEN CAST(n AS BIGINT) - 1 PRECEDING AND CURRENT ROW)""",
+                 j AS (SELECT ts, close_a, close_b FROM a JOIN b USING (ts)
+                       WHERE CASE WHEN n IS NULL OR n < 2 THEN error('n must be 2 or more') ELSE true END),
+                 -- the common bars as one row of lists, the kernel on it, unnested again
+                 g AS (SELECT list(ts) AS _t, list(close_a) AS _a, list(close_b) AS _b FROM j),
+                 k AS (SELECT _t, _a, _b, _lbd_rolling_corr(_t, _a, _b, n) AS _v FROM g)
+            SELECT unnest(_t) AS ts, unnest(_a) AS close_a, unnest(_b) AS close_b, unnest(_v.return_a) AS return_a,
+                   unnest(_v.return_b) AS return_b, unnest(_v.corr) AS corr
+            FROM k""",
         """CREATE OR REPLACE TEMP MACRO asof_align(syms, tf := 'day', src := NULL, as_of := NULL, since := NULL,
                                                    base := NULL) AS TABLE
             WITH b AS (SELECT * FROM _lbd_bars(NULL, tf, src, as_of, since, 1)
@@ -158,9 +162,12 @@ def register(con: duckdb.DuckDBPyConnection, /, *, where: str = "the store") -> 
     create: Any = con.create_function  # (its stubs want an enum for null_handling; DuckDB 1.5 and 2 take the name)
     for name, function, parameters, returns in functions:
         create(name, function, parameters, returns, null_handling="special", side_effects=False)
-    lists = [duckdb.list_type(duckdb.sqltype("TIMESTAMPTZ")), duckdb.list_type(duckdb.sqltype("DOUBLE"))]
-    for name, (_, parameters, outputs) in KERNELS.items():  # one row per series, Arrow in and out
-        returns = duckdb.struct_type({out: duckdb.list_type(duckdb.sqltype("DOUBLE")) for out in outputs})
+    columns = " UNION ".join(f"SELECT {c} AS v FROM files" for c in _KEY.split(", "))
+    con.execute(f"CREATE OR REPLACE TYPE _lbd_key AS ENUM (SELECT v FROM ({columns}) WHERE v IS NOT NULL ORDER BY v)")
+    doubles = duckdb.list_type(duckdb.sqltype("DOUBLE"))
+    for name, (_, inputs, parameters, outputs) in KERNELS.items():  # one row per series, Arrow in and out
+        lists = [duckdb.list_type(duckdb.sqltype("TIMESTAMPTZ")), *(doubles for c in inputs if c != "ts")]
+        returns = duckdb.struct_type({out: doubles for out in outputs})
         create(f"_lbd_{name}", arrow_udf(name), [*lists, *(duckdb.sqltype(t) for t in parameters)], returns,
                type="arrow", null_handling="special", side_effects=False)
     for statement in _macros():
