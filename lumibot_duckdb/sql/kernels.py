@@ -230,7 +230,7 @@ def arrow_udf(name: str, /) -> Callable[..., pa.Array]:
         for values in lists:
             if not np.array_equal(offsets, values.offsets.to_numpy()):
                 raise ValueError(f"{name}: the lists of a series differ in length")
-        times = ts.values.cast(pa.int64()).to_numpy()
+        times = ts.values.view(pa.int64()).to_numpy()
         flat = {c: v.values.to_numpy(zero_copy_only=False).astype(float, copy=False) for c, v in zip(columns, lists)}
         start, end = int(offsets[0]), int(offsets[-1])
         results = {out: np.full(end - start, np.nan) for out in outputs}
@@ -256,8 +256,7 @@ def arrow_udf(name: str, /) -> Callable[..., pa.Array]:
         return pa.StructArray.from_arrays(built, list(outputs))
 
     # DuckDB counts the parameters of the signature: ts, the input lists, then the kernel's own
-    names = ["ts", *columns, *list(inspect.signature(kernel).parameters)[len(inputs):]]
-    assert len(names) == 1 + len(columns) + len(parameters), name
+    names = ["ts", *columns, *(f"parameter_{i}" for i in range(len(parameters)))]
     udf.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY) for n in names])
     return udf

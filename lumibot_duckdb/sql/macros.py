@@ -55,11 +55,12 @@ def _kernel(name: str, params: str, outputs: tuple[str, ...]) -> str:
     two lists (one row per series), the kernel on each row, and the rows unnested again next to the key
     columns (as ENUMs: Arrow dictionaries, a pandas category, not one string per bar)."""
     unnested = ", ".join(f"unnest(_v.{out}) AS {out}" for out in outputs)
+    # (the key columns are joined to the unnested rows: a join before would copy every list once more)
     return f"""
             WITH _g AS (SELECT sid, list(ts) AS _t, list(close) AS _c FROM {_BARS} GROUP BY sid),
-                 _k AS (SELECT sid, _t, _c, _lbd_{name}(_t, _c, {params}) AS _v FROM _g)
-            SELECT {_KEY_OUT}, unnest(_t) AS ts, unnest(_c) AS close, {unnested}
-            FROM _k JOIN _lbd_series() USING (sid)"""
+                 _k AS (SELECT sid, _t, _c, _lbd_{name}(_t, _c, {params}) AS _v FROM _g),
+                 _u AS (SELECT sid, unnest(_t) AS ts, unnest(_c) AS close, {unnested} FROM _k)
+            SELECT {_KEY}, ts, close, {", ".join(outputs)} FROM _u JOIN _lbd_keys() USING (sid)"""
 
 
 def _macros() -> list[str]:
@@ -67,6 +68,7 @@ def _macros() -> list[str]:
         # sid: a small integer per series, numbered the same way on every evaluation
         f"""CREATE OR REPLACE TEMP MACRO _lbd_series() AS TABLE
             SELECT *, row_number() OVER (ORDER BY {_KEY}) AS sid FROM (SELECT DISTINCT {_KEY} FROM files)""",
+        f"""CREATE OR REPLACE TEMP MACRO _lbd_keys() AS TABLE SELECT sid, {_KEY_OUT} FROM _lbd_series()""",
         # Each bar's series by the file it comes from (one short text joined per bar, not the seven key columns)
         f"""CREATE OR REPLACE TEMP MACRO _lbd_bars(sym, tf, src, as_of, since, n) AS TABLE
             SELECT {_KEY}, sid, ts, open, high, low, close, volume
@@ -102,10 +104,11 @@ def _macros() -> list[str]:
                         FROM _lbd_bars(sym, tf, src, as_of, since, 1) GROUP BY sid),
                  _s AS (SELECT *, coalesce(tz, CASE WHEN asset_type = 'crypto' THEN 'UTC'
                                                   ELSE 'America/New_York' END) AS _tz FROM _lbd_series()),
-                 _k AS (SELECT {_KEY_OUT}, _tz, unnest(_t) AS ts, unnest(_c) AS close, unnest(_vol) AS volume,
+                 _k AS (SELECT sid, _tz, unnest(_t) AS ts, unnest(_c) AS close, unnest(_vol) AS volume,
                                unnest(_lbd_vwap(_t, _h, _l, _c, _vol, _tz).vwap) AS vwap
-                        FROM _g JOIN _s USING (sid))
-            SELECT {_KEY}, ts, close, volume, CAST(timezone(_tz, ts) AS DATE) AS session, vwap FROM _k""",
+                        FROM _g JOIN (SELECT sid, _tz FROM _s) USING (sid))
+            SELECT {_KEY}, ts, close, volume, CAST(timezone(_tz, ts) AS DATE) AS session, vwap
+            FROM _k JOIN _lbd_keys() USING (sid)""",
         f"""CREATE OR REPLACE TEMP MACRO volatility(sym, n, annualize := NULL, {_COMMON}) AS TABLE
             {_kernel("volatility", "n, annualize", ("log_return", "volatility"))}""",
         """CREATE OR REPLACE TEMP MACRO rolling_corr(sym_a, sym_b, n, tf := 'day', src := NULL, as_of := NULL,
