@@ -304,3 +304,23 @@ def test_recursive_kernels_follow_pandas_over_missing_closes() -> None:
                                   series.ewm(span=20, adjust=False).mean().to_numpy())
     np.testing.assert_allclose(kernels.ema(close, 20, True)["ema"], ta.ema(series, 20).to_numpy(), rtol=0, atol=1e-12)
     np.testing.assert_allclose(kernels.rsi(close, 14)["rsi"], ta.rsi(series, 14).to_numpy(), rtol=0, atol=1e-9)
+
+
+def test_asof_align_grid_in_time_then_symbol_order(store: DuckDBDataStorage) -> None:
+    """The grid is every timestamp of any symbol × every name asked (sorted), time-major; a name's values
+    are its last bar at or before the time, NULL before its first bar or when it has none in range."""
+    store.write(key("AAA"), make_bars(periods=30, seed=1))
+    store.write(key("BBB"), make_bars(start="2024-01-02 14:40", periods=30, freq="2min", seed=2))
+    store.write(key("CCC"), make_bars(start="2024-01-05 14:30", periods=5, seed=3))
+    rows = query(store, "SELECT * FROM asof_align(['CCC', 'BBB', 'AAA'], tf := 'minute', "
+                        "as_of := TIMESTAMPTZ '2024-01-03 00:00+00')").table.to_pandas()
+    times = sorted(set(make_bars(periods=30).index) | set(make_bars(start="2024-01-02 14:40", periods=30,
+                                                                     freq="2min").index))
+    assert len(rows) == 3 * len(times)
+    assert list(rows["symbol"]) == ["AAA", "BBB", "CCC"] * len(times)
+    assert list(pd.DatetimeIndex(rows["ts"])[::3]) == times
+    ccc, bbb = rows[rows["symbol"] == "CCC"], rows[rows["symbol"] == "BBB"].set_index("ts")
+    assert ccc[["bar_ts", "close", "staleness_seconds"]].isna().all().all()  # no bar of CCC by as_of
+    assert bbb.loc[:"2024-01-02 14:39:00+00:00", "close"].isna().all()
+    later = bbb.loc["2024-01-02 14:51:00+00:00"]  # an AAA time; BBB has bars every 2 minutes from 14:40
+    assert str(later["bar_ts"]) == "2024-01-02 14:50:00+00:00" and later["staleness_seconds"] == 60

@@ -34,7 +34,7 @@ from typing import Any
 import duckdb
 
 from lumibot_duckdb.errors import LumibotDuckDBError
-from lumibot_duckdb.sql.kernels import KERNELS, arrow_udf
+from lumibot_duckdb.sql.kernels import ASOF_OUTPUTS, KERNELS, arrow_udf, asof_udf
 from lumibot_duckdb.store.coverage import SeriesKey, canonical_timeframe
 from lumibot_duckdb.store.naming import SeriesName, matching, parse_time
 
@@ -127,27 +127,34 @@ def _macros() -> list[str]:
             FROM k""",
         """CREATE OR REPLACE TEMP MACRO asof_align(syms, tf := 'day', src := NULL, as_of := NULL, since := NULL,
                                                    base := NULL) AS TABLE
-            WITH b AS (SELECT * FROM _lbd_bars(NULL, tf, src, as_of, since, 1)
-                       WHERE list_contains(syms, symbol) OR list_contains(syms, symbol || '/' || quote)),
-                 -- One series per symbol: a GROUP BY (a window over every bar took seconds).
-                 series AS (SELECT max(c) AS c FROM (SELECT count(DISTINCT sid) AS c FROM b GROUP BY symbol)),
-                 checked AS (SELECT b.* FROM b CROSS JOIN series
-                             WHERE CASE WHEN series.c > 1
-                                        THEN error('a symbol is held by several series; pass src := ''<source>''')
-                                        ELSE true END),
-                 t AS (SELECT DISTINCT ts FROM b WHERE base IS NULL OR symbol = base),
-                 grid AS (SELECT t.ts, s.symbol FROM t CROSS JOIN (SELECT DISTINCT unnest(syms) AS symbol) s),
-                 named AS (SELECT *, CASE WHEN list_contains(syms, symbol) THEN symbol
-                                          ELSE symbol || '/' || quote END AS named FROM checked)
-            SELECT grid.ts, grid.symbol, named.ts AS bar_ts,
-                   epoch(grid.ts) - epoch(named.ts) AS staleness_seconds,
-                   named.open, named.high, named.low, named.close, named.volume
-            FROM grid ASOF LEFT JOIN named ON grid.symbol = named.named AND grid.ts >= named.ts
+            -- the series asked for (a few rows), then their bars as one row of lists per series, then all of
+            -- them in one row for the kernel, which builds the grid (timestamp-major, names sorted)
+            WITH sel AS (SELECT sid, symbol, CASE WHEN list_contains(syms, symbol) THEN symbol
+                                                  ELSE symbol || '/' || quote END AS named
+                         FROM _lbd_series()
+                         WHERE (list_contains(syms, symbol) OR list_contains(syms, symbol || '/' || quote))
+                           AND timeframe = _lbd_tf(tf) AND (src IS NULL OR source = lower(src))),
+                 per AS (SELECT sid, list(ts) AS _t, list(open) AS _o, list(high) AS _h, list(low) AS _l,
+                                list(close) AS _c, list(volume) AS _v
+                         FROM _lbd_bars(NULL, tf, src, as_of, since, 1) WHERE sid IN (SELECT sid FROM sel)
+                         GROUP BY sid),
+                 one AS (SELECT list(sid) AS _sid, list(_t) AS _t, list(_o) AS _o, list(_h) AS _h, list(_l) AS _l,
+                                list(_c) AS _c, list(_v) AS _v FROM per),
+                 m AS (SELECT list(sid) AS _msid, list(named) AS _mnamed, list(symbol) AS _msym FROM sel),
+                 k AS (SELECT list_sort(list_distinct(syms)) AS _names,
+                              _lbd_asof(list_sort(list_distinct(syms)), _sid, _t, _o, _h, _l, _c, _v, _msid, _mnamed,
+                                        _msym, base) AS _r
+                       FROM one CROSS JOIN m),
+                 u AS (SELECT _names, unnest(_r.ts) AS ts, unnest(_r.symbol_index) AS _i,
+                              unnest(_r.bar_ts) AS bar_ts, unnest(_r.staleness_seconds) AS staleness_seconds,
+                              unnest(_r.open) AS open, unnest(_r.high) AS high, unnest(_r.low) AS low,
+                              unnest(_r.close) AS close, unnest(_r.volume) AS volume FROM k)
+            -- (rows come in (ts, symbol) order from the kernel: no sort of the grid here)
+            SELECT ts, _names[_i + 1] AS symbol, bar_ts, staleness_seconds, open, high, low, close, volume FROM u
             UNION ALL
             SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
             FROM (SELECT _lbd_check(syms, tf, src) AS problem)
-            WHERE CASE WHEN problem IS NOT NULL THEN error(problem) ELSE false END
-            ORDER BY 1, 2""",
+            WHERE CASE WHEN problem IS NOT NULL THEN error(problem) ELSE false END""",
     ]
 
 
@@ -168,6 +175,13 @@ def register(con: duckdb.DuckDBPyConnection, /, *, where: str = "the store") -> 
     columns = " UNION ".join(f"SELECT {c} AS v FROM files" for c in _KEY.split(", "))
     con.execute(f"CREATE OR REPLACE TYPE _lbd_key AS ENUM (SELECT v FROM ({columns}) WHERE v IS NOT NULL ORDER BY v)")
     doubles = duckdb.list_type(duckdb.sqltype("DOUBLE"))
+    stamps, texts = duckdb.list_type(duckdb.sqltype("TIMESTAMPTZ")), duckdb.list_type(varchar)
+    sids = duckdb.list_type(duckdb.sqltype("BIGINT"))
+    asof_types = {"ts": stamps, "symbol_index": duckdb.list_type(duckdb.sqltype("INTEGER")), "bar_ts": stamps}
+    create("_lbd_asof", asof_udf,
+           [texts, sids, duckdb.list_type(stamps), *[duckdb.list_type(doubles)] * 5, sids, texts, texts, varchar],
+           duckdb.struct_type({o: asof_types.get(o, doubles) for o in ASOF_OUTPUTS}),
+           type="arrow", null_handling="special", side_effects=False)
     for name, (_, inputs, parameters, outputs) in KERNELS.items():  # one row per series, Arrow in and out
         lists = [duckdb.list_type(duckdb.sqltype("TIMESTAMPTZ")), *(doubles for c in inputs if c != "ts")]
         returns = duckdb.struct_type({out: doubles for out in outputs})
