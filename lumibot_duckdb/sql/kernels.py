@@ -4,7 +4,8 @@ A macro groups its bars by series (``list(ts), list(close) … GROUP BY sid``: o
 calls one of these functions on that row; DuckDB hands the lists over as Arrow arrays (no row
 conversion) and unnests what comes back next to the input lists. Each function sorts one series by
 ``ts`` (the lists come in scan order, a few sorted runs), computes with NumPy/pandas over whole
-arrays, and returns the values in the order it received them.
+arrays, and returns the values in the order it received them. (The lists of one aggregate are filled
+together, row by row, so element ``i`` of each is the same bar; the UDF checks their lengths agree.)
 
 Why not SQL windows: a DuckDB window over ``PARTITION BY sid ORDER BY ts`` re-sorts bars the files
 already hold in order and evaluates a generic aggregate per frame (~200 ns a bar); EMA and RSI are
@@ -14,12 +15,14 @@ by), so a series of a year of minute bars takes a few milliseconds.
 
 Exactness (``tests/test_analytics.py`` compares with pandas and pandas-ta-classic on real bars):
 
-* rolling sums: prefix sums restarted every ``n`` rows, a window being the end of one block plus
-  the head of the next (``S[i] = C[j, r] + (T[j-1] - C[j-1, r])``): every partial sum spans at most
-  ``n`` values, so the error is that of summing the window directly, never that of a running total
-  over the whole series (a year of minute bars: |Σ| ~ 1e7);
-* standard deviations: two passes (the window's mean, then the sum of squared deviations), as NumPy's
-  ``std`` — pandas' online ``rolling().std()`` drifts by up to ~1e-8 on long minute series;
+* rolling means: block sums (:func:`rolling_moments`): the window ending in block ``j`` is the head
+  of block ``j`` (a prefix sum) plus the tail of block ``j-1`` (a suffix sum of its own), every value
+  taken relative to the first value of block ``j``: each partial sum spans at most ``n`` values near
+  the window's level, so the error is that of summing the window's deviations, never that of a
+  running total over the whole series (a year of minute bars: |Σ| ~ 1e7, ~1e-9 lost);
+* standard deviations: the same block sums of squared deviations from that reference, minus the
+  mean's share (``Σd² - (Σd)²/n``, both small): within ~1e-13 of NumPy's two-pass ``std`` over each
+  window — pandas' online ``rolling().std()`` drifts by up to ~1e-8 on long minute series;
 * EMA/RSI: ``Series.ewm(…, adjust=False)``, NaN handling included (a missing close keeps the average).
 
 A missing close (NULL) makes every window that contains it NULL, as the SQL windows did
@@ -28,6 +31,7 @@ A missing close (NULL) makes every window that contains it NULL, as the SQL wind
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -89,12 +93,12 @@ def rolling_count(valid: np.ndarray, n: int, /) -> np.ndarray:
     return out
 
 
-def _windows(x: np.ndarray, n: int, *, squares: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _windows(x: np.ndarray, n: int, *, squares: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(count, mean, ssd)``: the non-NaN count per window, the window mean and sum of squared deviations
-    (NaN counted as 0: such windows are masked by their count)."""
+    (empty without ``squares``; NaN counted as 0: such windows are masked by their count)."""
     valid = ~np.isnan(x)
     mean, ssd = rolling_moments(np.where(valid, x, 0.0), n, squares=squares)
-    return rolling_count(valid, n), mean, ssd
+    return rolling_count(valid, n), mean, np.empty(0) if ssd is None else ssd
 
 
 def _full(mask: np.ndarray, *values: np.ndarray) -> None:
@@ -312,9 +316,9 @@ def asof_udf(names: Any, sids: Any, ts: Any, opens: Any, highs: Any, lows: Any, 
     grid = merged[np.r_[True, merged[1:] != merged[:-1]]] if len(merged) else merged  # sorted runs: a merge
     width, count = len(grid), len(wanted)
     # per name: the index of its last bar at or before each grid time (-1: none yet, gathers the NaN appended)
-    index = [np.searchsorted(bars[n][0], grid, side="right") - 1 if n in bars else None for n in wanted]
-    nothing = np.full(1, np.nan)
     no_index = np.zeros(width, dtype=np.int64) - 1
+    index = [np.searchsorted(bars[n][0], grid, side="right") - 1 if n in bars else no_index for n in wanted]
+    nothing = np.full(1, np.nan)
 
     def gather(take: Callable[[str, np.ndarray], np.ndarray], dtype: Any) -> np.ndarray:
         """``take(name, index)`` for every name, laid out timestamp-major, block by block (stays in cache)."""
@@ -323,12 +327,15 @@ def asof_udf(names: Any, sids: Any, ts: Any, opens: Any, highs: Any, lows: Any, 
             stop = min(width, start + 8_192)
             block = np.empty((count, stop - start), dtype=dtype)
             for i, name in enumerate(wanted):
-                block[i] = take(name, no_index[start:stop] if index[i] is None else index[i][start:stop])
+                block[i] = take(name, index[i][start:stop])
             out[start:stop] = block.T
         return out.ravel()
 
     def stamp_of(name: str, where: np.ndarray) -> np.ndarray:
         return bars[name][0][np.maximum(where, 0)] if name in bars and len(bars[name][0]) else np.zeros(len(where))
+
+    def value_of(j: int, name: str, where: np.ndarray) -> np.ndarray:
+        return (bars[name][1][j] if name in bars else nothing)[where]
 
     grid_rows = np.repeat(grid, count)
     missing = gather(lambda name, where: where < 0, bool)
@@ -339,8 +346,7 @@ def asof_udf(names: Any, sids: Any, ts: Any, opens: Any, highs: Any, lows: Any, 
         "symbol_index": pa.array(np.tile(np.arange(count, dtype=np.int32), width)),
         "bar_ts": pa.array(bar_ts, type=stamp, mask=missing),
         "staleness_seconds": pa.array((grid_rows - bar_ts) / 1e6, mask=missing),
-        **{column: pa.array(gather(lambda name, where, j=j: (bars[name][1][j] if name in bars else nothing)[where],
-                                   float), from_pandas=True)
+        **{column: pa.array(gather(functools.partial(value_of, j), float), from_pandas=True)
            for j, column in enumerate(("open", "high", "low", "close", "volume"))},
     }
     list_offsets = pa.array([0, width * count], type=pa.int32())

@@ -2,16 +2,17 @@
 ``rolling_corr``, ``asof_align``) in DuckDB SQL, registered by :func:`register` on every connection
 :mod:`lumibot_duckdb.sql.query` makes. Conventions: :mod:`lumibot_duckdb.sql.analytics`.
 
-**EMA and RSI in SQL.** The recursion ``y[i] = a·y[i-1] + c[i]`` (``a = 1-α``) is
-``y[i] = Σ_{j≤i} a^(i-j)·c[j]``. Written as one running sum it overflows (``a^-i``), so rows are cut
-in blocks of ``M = ⌈ln(1e-18)/ln a⌉`` rows (415 for span 20, 560 for Wilder 14): within a block,
-``a^-(j mod M)`` stays below 1e18, and ``y[i] = a^(i mod M)·P[i] + a^(i mod M + M)·T[block-1]``
-where ``P`` is the running sum inside the block and ``T`` the previous block's total. Terms from
-older blocks weigh less than ``a^M ≤ 1e-18`` in total and are dropped, so the result equals the
-recursion to double precision (measured against pandas on real minute bars, prices ~3,000:
-max difference 5.5e-12, i.e. ~2e-15 relative). Cost: O(n) — one running-sum window, one
-GROUP BY and one hash join per smoothed column, all vectorized; a recursive CTE would need one
-iteration (one join) per bar. ``benchmarks/bench_analytics.py`` times it.
+**How they compute.** ``sma``, ``ema``, ``bollinger``, ``rsi``, ``vwap``, ``volatility`` and
+``rolling_corr`` collect each series' bars as lists (``list(ts), list(close) … GROUP BY sid``: one
+row per series, no sort) and hand that row to a Python function of :mod:`lumibot_duckdb.sql.kernels`
+(an Arrow UDF: whole arrays in and out, no per-row conversion), which sorts the series by ``ts`` and
+computes with NumPy/pandas (O(n) rolling sums, pandas' compiled ``ewm`` for the recursions); the
+values are unnested next to the key columns. ``asof_align`` hands all its series to one function that
+builds the grid with ``np.searchsorted``. This replaced window functions over ``PARTITION BY sid
+ORDER BY ts`` (a sort of bars the files already hold in order, then a generic aggregate per frame)
+and, for EMA/RSI, a block formulation of the recursion as running sums, joins and GROUP BYs:
+``benchmarks/bench_analytics.py`` times both sides. The key columns come as an ENUM of the key
+values the store held when the connection was made (Arrow dictionaries, pandas categories).
 
 **Names and times.** The macros name series the way the rest of the package does
 (:mod:`lumibot_duckdb.store.naming`, registered here as three Python functions): ``tf`` takes the
@@ -20,10 +21,9 @@ that matches no stored series is an error saying what the store holds for that s
 result means the series exists but has no bar in the range asked). Naive ``as_of``/``since`` are
 in Lumibot's default time zone (New York), as everywhere in the package.
 
-**Speed.** Windows partition by ``sid``, a small integer per series (joined in from the few rows of
-``files``), not by the seven text key columns: sorting on those made every window 2-3x slower.
-The one-series-per-symbol checks use a GROUP BY rather than a window over every bar, and RSI's
-seeds (the mean of the first n gains/losses) are summed by the EMA's own running sum.
+**Speed.** Series are numbered (``sid``) by the file each bar comes from (one short text per bar
+joined to the few rows of ``files``), not by joining the seven key columns per bar, which took
+longer than reading the bars.
 """
 
 from __future__ import annotations
@@ -182,11 +182,11 @@ def register(con: duckdb.DuckDBPyConnection, /, *, where: str = "the store") -> 
            [texts, sids, duckdb.list_type(stamps), *[duckdb.list_type(doubles)] * 5, sids, texts, texts, varchar],
            duckdb.struct_type({o: asof_types.get(o, doubles) for o in ASOF_OUTPUTS}),
            type="arrow", null_handling="special", side_effects=False)
-    for name, (_, inputs, parameters, outputs) in KERNELS.items():  # one row per series, Arrow in and out
-        lists = [duckdb.list_type(duckdb.sqltype("TIMESTAMPTZ")), *(doubles for c in inputs if c != "ts")]
+    for name, (_, inputs, kernel_parameters, outputs) in KERNELS.items():  # one row per series, Arrow in and out
+        kernel_lists = [duckdb.list_type(duckdb.sqltype("TIMESTAMPTZ")), *(doubles for c in inputs if c != "ts")]
         returns = duckdb.struct_type({out: doubles for out in outputs})
-        create(f"_lbd_{name}", arrow_udf(name), [*lists, *(duckdb.sqltype(t) for t in parameters)], returns,
-               type="arrow", null_handling="special", side_effects=False)
+        create(f"_lbd_{name}", arrow_udf(name), [*kernel_lists, *(duckdb.sqltype(t) for t in kernel_parameters)],
+               returns, type="arrow", null_handling="special", side_effects=False)
     con.execute(";\n".join(_macros()))  # (one call: each statement apart paid the client's round trip)
 
 
