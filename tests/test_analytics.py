@@ -313,7 +313,7 @@ def test_asof_align_grid_in_time_then_symbol_order(store: DuckDBDataStorage) -> 
     store.write(key("BBB"), make_bars(start="2024-01-02 14:40", periods=30, freq="2min", seed=2))
     store.write(key("CCC"), make_bars(start="2024-01-05 14:30", periods=5, seed=3))
     rows = query(store, "SELECT * FROM asof_align(['CCC', 'BBB', 'AAA'], tf := 'minute', "
-                        "as_of := TIMESTAMPTZ '2024-01-03 00:00+00')").table.to_pandas()
+                        "as_of := TIMESTAMPTZ '2024-01-03 00:00:00+00')").table.to_pandas()
     times = sorted(set(make_bars(periods=30).index) | set(make_bars(start="2024-01-02 14:40", periods=30,
                                                                      freq="2min").index))
     assert len(rows) == 3 * len(times)
