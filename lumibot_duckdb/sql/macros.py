@@ -43,8 +43,10 @@ _COMMON = "tf := 'day', src := NULL, as_of := NULL, since := NULL"
 _BARS = "_lbd_bars(sym, tf, src, as_of, since, n)"
 _NULLS = ", ".join(["NULL"] * 14)  # one per column of _lbd_bars
 # sym names a series' symbol, or BASE/QUOTE of one stored as BASE with that quote (store.naming's rule)
-_SYMBOL = ("(symbol = {sym} OR (contains({sym}, '/') AND symbol = split_part({sym}, '/', 1) "
-           "AND quote = upper(split_part({sym}, '/', 2))))")
+# (written as an IN of constants once sym is bound, so DuckDB skips the other files by their statistics:
+#  "symbol = sym OR (…)" left "symbol = 'X' OR false" on every row of every file)
+_SYMBOL = ("(symbol IN ({sym}, split_part({sym}, '/', 1)) "
+           "AND (symbol = {sym} OR (contains({sym}, '/') AND quote = upper(split_part({sym}, '/', 2)))))")
 # The key columns of a macro's output, typed by the connection's ENUM of every key value the store holds
 _KEY_OUT = ", ".join(f"CAST({c} AS _lbd_key) AS {c}" for c in _KEY.split(", "))
 MACROS = ("sma", "ema", "bollinger", "rsi", "vwap", "volatility", "rolling_corr", "asof_align")
