@@ -31,7 +31,6 @@ A missing close (NULL) makes every window that contains it NULL, as the SQL wind
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -267,9 +266,6 @@ def arrow_udf(name: str, /) -> Callable[..., pa.Array]:
 
 
 # -- asof_align: every symbol's last bar at or before each timestamp of the grid -----------------------
-ASOF_OUTPUTS = ("ts", "symbol_index", "bar_ts", "staleness_seconds", "open", "high", "low", "close", "volume")
-
-
 def _flat_lists(value: Any) -> tuple[np.ndarray, Any]:
     """The lists of a one-row LIST(LIST(x)) column: (offsets per inner list, flat values array)."""
     outer = _array(value)
@@ -279,76 +275,94 @@ def _flat_lists(value: Any) -> tuple[np.ndarray, Any]:
     return inner.offsets.to_numpy().astype(np.int64), inner.values
 
 
-def asof_udf(names: Any, sids: Any, ts: Any, opens: Any, highs: Any, lows: Any, closes: Any, volumes: Any,
-             held_sids: Any, held_names: Any, held_symbols: Any, base: Any) -> pa.Array:
-    """One row in, one row out: the grid (every timestamp of the series, or of ``base``'s) × ``names``
-    (sorted), timestamp-major, each name's last bar at or before the grid time (``np.searchsorted``).
+class _Grid:
+    """The grid of one ``asof_align`` call: every timestamp of the series (or of ``base``'s) × the names asked
+    (sorted), timestamp-major; for each name, the position of its last bar at or before each grid time."""
 
-    ``sids``/``ts``/``opens``… hold one list per series that has bars; ``held_*`` name every selected
-    series (its sid, the name it answers to, its symbol). Raises when a symbol has bars in several
-    series (the caller must pass a source)."""
-    from lumibot_duckdb.errors import ConfigError
+    def __init__(self, names: Any, sids: Any, ts: Any, held_sids: Any, held_names: Any, held_symbols: Any,
+                 base: Any) -> None:
+        from lumibot_duckdb.errors import ConfigError
 
-    columns = [_array(v).to_pylist()[0] for v in (names, sids, held_sids, held_names, held_symbols)]
-    wanted, series_ids, held_sid, held_name, held_symbol = [c or [] for c in columns]
-    base_symbol = _array(base).to_pylist()[0]
-    name_of, symbol_of = dict(zip(held_sid, held_name)), dict(zip(held_sid, held_symbol))
-    symbols = [symbol_of[s] for s in series_ids]
-    if len(set(symbols)) < len(symbols):
-        raise ConfigError("a symbol is held by several series; pass src := '<source>'")
-    offsets, flat_ts = _flat_lists(ts)
-    all_times = flat_ts.view(pa.int64()).to_numpy() if len(flat_ts) else np.empty(0, dtype=np.int64)
-    flat_values = []
-    for v in (opens, highs, lows, closes, volumes):
-        _, flat = _flat_lists(v)
-        flat_values.append(flat.to_numpy(zero_copy_only=False).astype(float) if len(flat) else np.empty(0))
-    bars: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
-    grid_parts = []
-    for row, sid in enumerate(series_ids):
-        a, b = int(offsets[row]), int(offsets[row + 1])
-        times = all_times[a:b]
-        order = np.argsort(times, kind="stable")
-        # one NaN after the last bar: the index of "no bar yet" (-1) gathers it
-        bars[name_of[sid]] = (times[order], [np.append(v[a:b][order], np.nan) for v in flat_values])
-        if base_symbol is None or symbol_of[sid] == base_symbol:
-            grid_parts.append(times[order])
-    merged = np.sort(np.concatenate(grid_parts), kind="stable") if grid_parts else np.empty(0, dtype=np.int64)
-    grid = merged[np.r_[True, merged[1:] != merged[:-1]]] if len(merged) else merged  # sorted runs: a merge
-    width, count = len(grid), len(wanted)
-    # per name: the index of its last bar at or before each grid time (-1: none yet, gathers the NaN appended)
-    no_index = np.zeros(width, dtype=np.int64) - 1
-    index = [np.searchsorted(bars[n][0], grid, side="right") - 1 if n in bars else no_index for n in wanted]
-    nothing = np.full(1, np.nan)
+        columns = [_array(v).to_pylist()[0] for v in (names, sids, held_sids, held_names, held_symbols)]
+        self.wanted, self.series_ids, held_sid, held_name, held_symbol = [c or [] for c in columns]
+        base_symbol = _array(base).to_pylist()[0]
+        name_of, symbol_of = dict(zip(held_sid, held_name)), dict(zip(held_sid, held_symbol))
+        symbols = [symbol_of[s] for s in self.series_ids]
+        if len(set(symbols)) < len(symbols):
+            raise ConfigError("a symbol is held by several series; pass src := '<source>'")
+        self.offsets, flat_ts = _flat_lists(ts)
+        times_all = flat_ts.view(pa.int64()).to_numpy() if len(flat_ts) else np.empty(0, dtype=np.int64)
+        self.rows: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}  # name -> (series row, order, sorted times)
+        parts = []
+        for row, sid in enumerate(self.series_ids):
+            times = times_all[int(self.offsets[row]): int(self.offsets[row + 1])]
+            order = np.argsort(times, kind="stable")
+            self.rows[name_of[sid]] = (row, order, times[order])
+            if base_symbol is None or symbol_of[sid] == base_symbol:
+                parts.append(times[order])
+        merged = np.sort(np.concatenate(parts), kind="stable") if parts else np.empty(0, dtype=np.int64)
+        self.grid = merged[np.r_[True, merged[1:] != merged[:-1]]] if len(merged) else merged  # sorted runs: a merge
+        self.width, self.count = len(self.grid), len(self.wanted)
+        no_index = np.full(self.width, -1, dtype=np.int64)  # -1: no bar yet
+        self.index = [np.searchsorted(self.rows[n][2], self.grid, side="right") - 1 if n in self.rows else no_index
+                      for n in self.wanted]
 
-    def gather(take: Callable[[str, np.ndarray], np.ndarray], dtype: Any) -> np.ndarray:
-        """``take(name, index)`` for every name, laid out timestamp-major, block by block (stays in cache)."""
-        out = np.empty((width, count), dtype=dtype)
-        for start in range(0, width, 8_192):
-            stop = min(width, start + 8_192)
-            block = np.empty((count, stop - start), dtype=dtype)
-            for i, name in enumerate(wanted):
-                block[i] = take(name, index[i][start:stop])
+    def gather(self, take: Callable[[str, np.ndarray], np.ndarray], dtype: Any) -> np.ndarray:
+        """``take(name, index)`` for every name, laid out timestamp-major block by block (a block stays in
+        cache; a plain ``.T.ravel()`` strides across the whole array once per name)."""
+        out = np.empty((self.width, self.count), dtype=dtype)
+        for start in range(0, self.width, 8_192):
+            stop = min(self.width, start + 8_192)
+            block = np.empty((self.count, stop - start), dtype=dtype)
+            for i, name in enumerate(self.wanted):
+                block[i] = take(name, self.index[i][start:stop])
             out[start:stop] = block.T
         return out.ravel()
 
+    def one_list(self, values: pa.Array) -> pa.Array:
+        return pa.ListArray.from_arrays(pa.array([0, self.width * self.count], type=pa.int32()), values)
+
+
+_STAMP = pa.timestamp("us", tz="UTC")
+
+
+def asof_grid_udf(names: Any, sids: Any, ts: Any, held_sids: Any, held_names: Any, held_symbols: Any,
+                  base: Any) -> pa.Array:
+    """``STRUCT(ts, symbol_index)`` lists of the grid (one row in, one out). Raises when a symbol has bars in
+    several series (the caller must pass a source)."""
+    grid = _Grid(names, sids, ts, held_sids, held_names, held_symbols, base)
+    return pa.StructArray.from_arrays(
+        [grid.one_list(pa.array(np.repeat(grid.grid, grid.count), type=_STAMP)),
+         grid.one_list(pa.array(np.tile(np.arange(grid.count, dtype=np.int32), grid.width)))],
+        ["ts", "symbol_index"])
+
+
+def asof_bar_udf(names: Any, sids: Any, ts: Any, held_sids: Any, held_names: Any, held_symbols: Any,
+                 base: Any) -> pa.Array:
+    """``STRUCT(bar_ts, staleness_seconds)`` lists: each grid row's bar time and its age (NULL: no bar yet)."""
+    grid = _Grid(names, sids, ts, held_sids, held_names, held_symbols, base)
+
     def stamp_of(name: str, where: np.ndarray) -> np.ndarray:
-        return bars[name][0][np.maximum(where, 0)] if name in bars and len(bars[name][0]) else np.zeros(len(where))
+        times = grid.rows[name][2] if name in grid.rows else np.zeros(1, dtype=np.int64)
+        return times[np.maximum(where, 0)] if len(times) else np.zeros(len(where), dtype=np.int64)
 
-    def value_of(j: int, name: str, where: np.ndarray) -> np.ndarray:
-        return (bars[name][1][j] if name in bars else nothing)[where]
+    missing = grid.gather(lambda name, where: where < 0, bool)
+    bar_ts = grid.gather(stamp_of, np.int64)
+    staleness = (np.repeat(grid.grid, grid.count) - bar_ts) / 1e6
+    return pa.StructArray.from_arrays(
+        [grid.one_list(pa.array(bar_ts, type=_STAMP, mask=missing)),
+         grid.one_list(pa.array(staleness, mask=missing))], ["bar_ts", "staleness_seconds"])
 
-    grid_rows = np.repeat(grid, count)
-    missing = gather(lambda name, where: where < 0, bool)
-    bar_ts = gather(stamp_of, np.int64)
-    stamp = pa.timestamp("us", tz="UTC")
-    flat = {
-        "ts": pa.array(grid_rows, type=stamp),
-        "symbol_index": pa.array(np.tile(np.arange(count, dtype=np.int32), width)),
-        "bar_ts": pa.array(bar_ts, type=stamp, mask=missing),
-        "staleness_seconds": pa.array((grid_rows - bar_ts) / 1e6, mask=missing),
-        **{column: pa.array(gather(functools.partial(value_of, j), float), from_pandas=True)
-           for j, column in enumerate(("open", "high", "low", "close", "volume"))},
-    }
-    list_offsets = pa.array([0, width * count], type=pa.int32())
-    return pa.StructArray.from_arrays([pa.ListArray.from_arrays(list_offsets, flat[o]) for o in ASOF_OUTPUTS],
-                                      list(ASOF_OUTPUTS))
+
+def asof_value_udf(names: Any, sids: Any, ts: Any, values: Any, held_sids: Any, held_names: Any,
+                   held_symbols: Any, base: Any) -> pa.Array:
+    """One column (``values``: one list per series) on the grid: each name's value at its last bar."""
+    grid = _Grid(names, sids, ts, held_sids, held_names, held_symbols, base)
+    offsets, flat = _flat_lists(values)
+    flat_values = flat.to_numpy(zero_copy_only=False).astype(float) if len(flat) else np.empty(0)
+    nothing = np.full(1, np.nan)
+    columns = {}
+    for name, (row, order, _) in grid.rows.items():  # one NaN after the last bar: "no bar yet" (-1) gathers it
+        columns[name] = np.append(flat_values[int(offsets[row]): int(offsets[row + 1])][order], np.nan)
+    out = grid.gather(lambda name, where: columns.get(name, nothing)[where], float)
+    return grid.one_list(pa.array(out, from_pandas=True))

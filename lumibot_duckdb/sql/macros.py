@@ -34,7 +34,7 @@ from typing import Any
 import duckdb
 
 from lumibot_duckdb.errors import LumibotDuckDBError
-from lumibot_duckdb.sql.kernels import ASOF_OUTPUTS, KERNELS, arrow_udf, asof_udf
+from lumibot_duckdb.sql.kernels import KERNELS, arrow_udf, asof_bar_udf, asof_grid_udf, asof_value_udf
 from lumibot_duckdb.store.coverage import SeriesKey, canonical_timeframe
 from lumibot_duckdb.store.naming import SeriesName, matching, parse_time
 
@@ -143,16 +143,23 @@ def _macros() -> list[str]:
                  one AS (SELECT list(sid) AS _sid, list(_t) AS _t, list(_o) AS _o, list(_h) AS _h, list(_l) AS _l,
                                 list(_c) AS _c, list(_v) AS _v FROM per),
                  m AS (SELECT list(sid) AS _msid, list(named) AS _mnamed, list(symbol) AS _msym FROM sel),
-                 k AS (SELECT list_sort(list_distinct(syms)) AS _names,
-                              _lbd_asof(list_sort(list_distinct(syms)), _sid, _t, _o, _h, _l, _c, _v, _msid, _mnamed,
-                                        _msym, base) AS _r
-                       FROM one CROSS JOIN m),
-                 u AS (SELECT _names, unnest(_r.ts) AS ts, unnest(_r.symbol_index) AS _i,
-                              unnest(_r.bar_ts) AS bar_ts, unnest(_r.staleness_seconds) AS staleness_seconds,
-                              unnest(_r.open) AS open, unnest(_r.high) AS high, unnest(_r.low) AS low,
-                              unnest(_r.close) AS close, unnest(_r.volume) AS volume FROM k)
+                 -- one call per column asked (the ones a query does not select are never computed)
+                 k AS (SELECT *,
+                              _lbd_asof_grid(_names, _sid, _t, _msid, _mnamed, _msym, base) AS _g,
+                              _lbd_asof_bar(_names, _sid, _t, _msid, _mnamed, _msym, base) AS _bar,
+                              _lbd_asof_value(_names, _sid, _t, _o, _msid, _mnamed, _msym, base) AS _open,
+                              _lbd_asof_value(_names, _sid, _t, _h, _msid, _mnamed, _msym, base) AS _high,
+                              _lbd_asof_value(_names, _sid, _t, _l, _msid, _mnamed, _msym, base) AS _low,
+                              _lbd_asof_value(_names, _sid, _t, _c, _msid, _mnamed, _msym, base) AS _close,
+                              _lbd_asof_value(_names, _sid, _t, _v, _msid, _mnamed, _msym, base) AS _volume
+                       FROM (SELECT list_sort(list_distinct(syms)) AS _names, * FROM one CROSS JOIN m)),
+                 u AS (SELECT *, unnest(_g.ts) AS ts, unnest(_g.symbol_index) AS _i,
+                              unnest(generate_series(1, len(_g.ts))) AS _row FROM k)
             -- (rows come in (ts, symbol) order from the kernel: no sort of the grid here)
-            SELECT ts, _names[_i + 1] AS symbol, bar_ts, staleness_seconds, open, high, low, close, volume FROM u
+            SELECT ts, _names[_i + 1] AS symbol, _bar.bar_ts[_row] AS bar_ts,
+                   _bar.staleness_seconds[_row] AS staleness_seconds, _open[_row] AS open, _high[_row] AS high,
+                   _low[_row] AS low, _close[_row] AS close, _volume[_row] AS volume
+            FROM u
             UNION ALL
             SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
             FROM (SELECT _lbd_check(syms, tf, src) AS problem)
@@ -179,11 +186,16 @@ def register(con: duckdb.DuckDBPyConnection, /, *, where: str = "the store") -> 
     doubles = duckdb.list_type(duckdb.sqltype("DOUBLE"))
     stamps, texts = duckdb.list_type(duckdb.sqltype("TIMESTAMPTZ")), duckdb.list_type(varchar)
     sids = duckdb.list_type(duckdb.sqltype("BIGINT"))
-    asof_types = {"ts": stamps, "symbol_index": duckdb.list_type(duckdb.sqltype("INTEGER")), "bar_ts": stamps}
-    create("_lbd_asof", asof_udf,
-           [texts, sids, duckdb.list_type(stamps), *[duckdb.list_type(doubles)] * 5, sids, texts, texts, varchar],
-           duckdb.struct_type({o: asof_types.get(o, doubles) for o in ASOF_OUTPUTS}),
-           type="arrow", null_handling="special", side_effects=False)
+    grid_inputs = [texts, sids, duckdb.list_type(stamps)]
+    selected = [sids, texts, texts, varchar]  # (not "held": _lbd_check's closure reads that name)
+    integers = duckdb.list_type(duckdb.sqltype("INTEGER"))
+    for udf, inputs, returns in (
+            (asof_grid_udf, [*grid_inputs, *selected], duckdb.struct_type({"ts": stamps, "symbol_index": integers})),
+            (asof_bar_udf, [*grid_inputs, *selected],
+             duckdb.struct_type({"bar_ts": stamps, "staleness_seconds": doubles})),
+            (asof_value_udf, [*grid_inputs, duckdb.list_type(doubles), *selected], doubles)):
+        create(f"_lbd_{udf.__name__.removesuffix('_udf')}", udf, inputs, returns, type="arrow",
+               null_handling="special", side_effects=False)
     for name, (_, inputs, kernel_parameters, outputs) in KERNELS.items():  # one row per series, Arrow in and out
         kernel_lists = [duckdb.list_type(duckdb.sqltype("TIMESTAMPTZ")), *(doubles for c in inputs if c != "ts")]
         returns = duckdb.struct_type({out: doubles for out in outputs})
