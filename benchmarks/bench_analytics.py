@@ -6,25 +6,30 @@ each indicator, both sides start from the store and end with pandas objects hold
 
 * **SQL**: one query over all symbols (``SELECT symbol, ts, <value> FROM sma(NULL, 20, tf := 'minute')``)
   on a fresh read-only connection (:func:`lumibot_duckdb.sql.query.connect`, views and macros
-  included), fetched as Arrow and converted to one pandas DataFrame (symbol as a category).
-* **pandas**: per symbol, ``store.read`` of the year, then the pandas expression the indicator is
-  checked against in ``tests/test_analytics.py`` (pandas-ta-classic's ``rsi``; ``ewm``,
-  ``rolling``, ``groupby().cumsum()``…).
+  included), fetched as Arrow, converted to pandas (symbol as a category) and split into one
+  Series of values by ``ts`` per symbol.
+* **pandas**: per symbol, ``store.read`` of the year (the columns the expression uses: ``close``;
+  VWAP: high, low, close, volume), then the pandas expression the indicator is checked against in
+  ``tests/test_analytics.py`` (pandas-ta-classic's ``rsi``; ``ewm``, ``rolling``,
+  ``groupby().cumsum()``…), one Series per symbol.
+
+Both sides thus read the same bars from the store and end with the same objects (a dict of Series).
 
 The first round checks that both sides agree (max |difference| printed); the ratio
 pandas/SQL is taken per round (> 1: SQL faster) and reported as median, min–max and n.
 Rolling correlation runs on ``--pairs`` pairs (symbol 0 with symbols 1..k), ASOF alignment on
 every symbol at once.
 
-Reproduce (about 10 minutes on 2 CPUs)::
+Reproduce (about 5 minutes on 2 CPUs)::
 
-    python3 dev.py bench benchmarks/bench_analytics.py --symbols 50 --rounds 5 \\
+    python3 dev.py bench benchmarks/bench_analytics.py --symbols 50 --rounds 3 --pairs 10 \\
         --out benchmarks/results/analytics.md
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import statistics
 import tempfile
@@ -57,8 +62,21 @@ def build_store(root: Path, symbols: list[str]) -> int:
 
 
 # -- SQL side ----------------------------------------------------------------------------------------
-def sql_runner(store: DuckDBDataStorage, sql: str) -> Callable[[], pd.DataFrame]:
-    def run() -> pd.DataFrame:
+def by_symbol(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """One long frame (symbol, ts, value) as the pandas loop's output: a Series of values by ts per symbol."""
+    codes = frame["symbol"].cat.codes.to_numpy()
+    if len(codes) and (np.diff(codes) != 0).sum() >= len(frame["symbol"].cat.categories):  # not grouped already
+        frame = frame.iloc[np.argsort(codes, kind="stable")]
+        codes = frame["symbol"].cat.codes.to_numpy()
+    ts, value = pd.DatetimeIndex(frame["ts"], name="ts"), frame["value"].to_numpy()
+    edges = np.r_[0, np.flatnonzero(np.diff(codes)) + 1, len(codes)]
+    names = frame["symbol"].cat.categories
+    return {str(names[codes[a]]): pd.Series(value[a:b], index=ts[a:b], name="value")
+            for a, b in itertools.pairwise(edges) if b > a}
+
+
+def sql_runner(store: DuckDBDataStorage, sql: str) -> Callable[[], dict[str, pd.Series]]:
+    def run() -> dict[str, pd.Series]:
         con = connect(store)
         try:
             relation = con.sql(sql)
@@ -66,7 +84,7 @@ def sql_runner(store: DuckDBDataStorage, sql: str) -> Callable[[], pd.DataFrame]
             table = fetch()
         finally:
             con.close()
-        return table.to_pandas(strings_to_categorical=True)
+        return by_symbol(table.to_pandas(strings_to_categorical=True))
     return run
 
 
@@ -100,18 +118,24 @@ def pandas_value(name: str, bars: pd.DataFrame) -> pd.Series:
     raise KeyError(name)
 
 
+NEEDS = {"vwap (session)": ["high", "low", "close", "volume"]}  # the others read close only
+
+
 def pandas_runner(store: DuckDBDataStorage, name: str, keys: list[SeriesKey]) -> Callable[[], dict[str, pd.Series]]:
+    columns = NEEDS.get(name, ["close"])  # what the expression uses, as the SQL side reads only that
+
     def run() -> dict[str, pd.Series]:
-        return {k.symbol: pandas_value(name, store.read(k, START, END, columns=["high", "low", "close", "volume"]))
-                for k in keys}
+        return {k.symbol: pandas_value(name, store.read(k, START, END, columns=columns)) for k in keys}
     return run
 
 
-def compare(sql_frame: pd.DataFrame, pandas_values: dict[str, pd.Series]) -> float:
+def compare(sql_values: dict[str, pd.Series], pandas_values: dict[str, pd.Series]) -> float:
     worst = 0.0
+    assert sorted(sql_values) == sorted(pandas_values), "SQL and pandas differ in symbols"
     for symbol, expected in pandas_values.items():
-        got = sql_frame[sql_frame["symbol"] == symbol].set_index("ts")["value"].astype(float)
+        got = sql_values[symbol].sort_index().astype(float)
         got.index = pd.DatetimeIndex(got.index).tz_convert("UTC")
+        assert len(got) == len(expected), f"{symbol}: {len(got)} SQL rows, {len(expected)} pandas rows"
         expected = expected.reindex(got.index).astype(float)
         assert (got.isna() == expected.isna()).all(), f"{symbol}: NaN pattern differs"
         if got.notna().any():

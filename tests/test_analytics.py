@@ -257,3 +257,70 @@ def test_a_reused_connection_gives_the_same_answers(store: DuckDBDataStorage) ->
                                           function(store, "AAA", 14, timeframe="minute"))
     finally:
         con.close()
+
+
+# -- the per-series kernels behind the macros (sql/kernels.py) -----------------------------------------
+def _windowed(x: np.ndarray, n: int, reduce) -> np.ndarray:
+    """``reduce`` over every full window of ``x`` by NumPy (two-pass), NaN before ``n - 1`` or over a gap."""
+    out = np.full(len(x), np.nan)
+    if len(x) >= n:
+        out[n - 1:] = reduce(np.lib.stride_tricks.sliding_window_view(x, n))
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 20, 61])
+@pytest.mark.parametrize("length", [0, 1, 6, 20, 21, 400, 5_003])
+def test_rolling_kernels_equal_numpy_windows(n: int, length: int) -> None:
+    """Invariant: the O(n) block sums give every window's mean and σ as NumPy's two-pass over the window,
+    NULL (NaN) wherever the window is short or holds a missing close, on any length and window size."""
+    from lumibot_duckdb.sql import kernels
+
+    rng = np.random.default_rng(n * 10_007 + length)
+    close = 3_000 + np.cumsum(rng.normal(0, 2, length))  # prices ~3,000 drifting: a running total would lose digits
+    if length > 50:
+        close[rng.choice(length, 3, replace=False)] = np.nan
+    mean = _windowed(close, n, lambda w: w.mean(axis=1))
+    np.testing.assert_allclose(kernels.sma(close, n)["sma"], mean, rtol=0, atol=5e-12)  # ~10 ulp of 3,000
+    for ddof in (0, 1):
+        bands = kernels.bollinger(close, n, 2.0, ddof)
+        sd = _windowed(close, n, lambda w, d=ddof: w.std(axis=1, ddof=d)) if n > ddof else np.full(length, np.nan)
+        np.testing.assert_allclose(bands["stddev"], sd, rtol=0, atol=1e-11)
+        np.testing.assert_allclose(bands["upper"], mean + 2.0 * sd, rtol=0, atol=2e-11)
+    log_return = np.r_[np.nan, np.log(close[1:] / close[:-1])] if length else close
+    vol = kernels.volatility(close, n, 252.0)["volatility"]
+    expected = (_windowed(log_return, n, lambda w: w.std(axis=1, ddof=1)) * np.sqrt(252) if n > 1
+                else np.full(length, np.nan))
+    np.testing.assert_allclose(vol, expected, rtol=0, atol=1e-15)
+
+
+def test_recursive_kernels_follow_pandas_over_missing_closes() -> None:
+    """EMA and RSI are pandas' ewm recursions, a missing close included (the average carries over it)."""
+    from lumibot_duckdb.sql import kernels
+
+    close = 100 + np.cumsum(np.random.default_rng(4).normal(0, 1, 3_000))
+    close[[5, 700, 701, 2_000]] = np.nan
+    series = pd.Series(close)
+    np.testing.assert_array_equal(kernels.ema(close, 20, False)["ema"],
+                                  series.ewm(span=20, adjust=False).mean().to_numpy())
+    np.testing.assert_allclose(kernels.ema(close, 20, True)["ema"], ta.ema(series, 20).to_numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(kernels.rsi(close, 14)["rsi"], ta.rsi(series, 14).to_numpy(), rtol=0, atol=1e-9)
+
+
+def test_asof_align_grid_in_time_then_symbol_order(store: DuckDBDataStorage) -> None:
+    """The grid is every timestamp of any symbol × every name asked (sorted), time-major; a name's values
+    are its last bar at or before the time, NULL before its first bar or when it has none in range."""
+    store.write(key("AAA"), make_bars(periods=30, seed=1))
+    store.write(key("BBB"), make_bars(start="2024-01-02 14:40", periods=30, freq="2min", seed=2))
+    store.write(key("CCC"), make_bars(start="2024-01-05 14:30", periods=5, seed=3))
+    rows = query(store, "SELECT * FROM asof_align(['CCC', 'BBB', 'AAA'], tf := 'minute', "
+                        "as_of := TIMESTAMPTZ '2024-01-03 00:00:00+00')").table.to_pandas()
+    times = sorted(set(make_bars(periods=30).index) | set(make_bars(start="2024-01-02 14:40", periods=30,
+                                                                     freq="2min").index))
+    assert len(rows) == 3 * len(times)
+    assert list(rows["symbol"]) == ["AAA", "BBB", "CCC"] * len(times)
+    assert list(pd.DatetimeIndex(rows["ts"])[::3]) == times
+    ccc, bbb = rows[rows["symbol"] == "CCC"], rows[rows["symbol"] == "BBB"].set_index("ts")
+    assert ccc[["bar_ts", "close", "staleness_seconds"]].isna().all().all()  # no bar of CCC by as_of
+    assert bbb.loc[:"2024-01-02 14:39:00+00:00", "close"].isna().all()
+    later = bbb.loc["2024-01-02 14:51:00+00:00"]  # an AAA time; BBB has bars every 2 minutes from 14:40
+    assert str(later["bar_ts"]) == "2024-01-02 14:50:00+00:00" and later["staleness_seconds"] == 60

@@ -46,7 +46,9 @@ max absolute difference on real data):
                           before it (ASOF JOIN), with ``bar_ts`` and ``staleness_seconds``
 ========================  ===================================================================
 
-The SQL itself (and how EMA/RSI run as set operations) is in :mod:`lumibot_duckdb.sql.macros`.
+The SQL itself is in :mod:`lumibot_duckdb.sql.macros`, the per-series computations in
+:mod:`lumibot_duckdb.sql.kernels`. A missing close (NULL) makes every window holding it NULL; EMA
+and RSI carry their average over it, as pandas' ``ewm`` does.
 """
 
 from __future__ import annotations

@@ -2,16 +2,17 @@
 ``rolling_corr``, ``asof_align``) in DuckDB SQL, registered by :func:`register` on every connection
 :mod:`lumibot_duckdb.sql.query` makes. Conventions: :mod:`lumibot_duckdb.sql.analytics`.
 
-**EMA and RSI in SQL.** The recursion ``y[i] = a·y[i-1] + c[i]`` (``a = 1-α``) is
-``y[i] = Σ_{j≤i} a^(i-j)·c[j]``. Written as one running sum it overflows (``a^-i``), so rows are cut
-in blocks of ``M = ⌈ln(1e-18)/ln a⌉`` rows (415 for span 20, 560 for Wilder 14): within a block,
-``a^-(j mod M)`` stays below 1e18, and ``y[i] = a^(i mod M)·P[i] + a^(i mod M + M)·T[block-1]``
-where ``P`` is the running sum inside the block and ``T`` the previous block's total. Terms from
-older blocks weigh less than ``a^M ≤ 1e-18`` in total and are dropped, so the result equals the
-recursion to double precision (measured against pandas on real minute bars, prices ~3,000:
-max difference 5.5e-12, i.e. ~2e-15 relative). Cost: O(n) — one running-sum window, one
-GROUP BY and one hash join per smoothed column, all vectorized; a recursive CTE would need one
-iteration (one join) per bar. ``benchmarks/bench_analytics.py`` times it.
+**How they compute.** ``sma``, ``ema``, ``bollinger``, ``rsi``, ``vwap``, ``volatility`` and
+``rolling_corr`` collect each series' bars as lists (``list(ts), list(close) … GROUP BY sid``: one
+row per series, no sort) and hand that row to a Python function of :mod:`lumibot_duckdb.sql.kernels`
+(an Arrow UDF: whole arrays in and out, no per-row conversion), which sorts the series by ``ts`` and
+computes with NumPy/pandas (O(n) rolling sums, pandas' compiled ``ewm`` for the recursions); the
+values are unnested next to the key columns. ``asof_align`` hands all its series to one function that
+builds the grid with ``np.searchsorted``. This replaced window functions over ``PARTITION BY sid
+ORDER BY ts`` (a sort of bars the files already hold in order, then a generic aggregate per frame)
+and, for EMA/RSI, a block formulation of the recursion as running sums, joins and GROUP BYs:
+``benchmarks/bench_analytics.py`` times both sides. The key columns come as an ENUM of the key
+values the store held when the connection was made (Arrow dictionaries, pandas categories).
 
 **Names and times.** The macros name series the way the rest of the package does
 (:mod:`lumibot_duckdb.store.naming`, registered here as three Python functions): ``tf`` takes the
@@ -20,10 +21,9 @@ that matches no stored series is an error saying what the store holds for that s
 result means the series exists but has no bar in the range asked). Naive ``as_of``/``since`` are
 in Lumibot's default time zone (New York), as everywhere in the package.
 
-**Speed.** Windows partition by ``sid``, a small integer per series (joined in from the few rows of
-``files``), not by the seven text key columns: sorting on those made every window 2-3x slower.
-The one-series-per-symbol checks use a GROUP BY rather than a window over every bar, and RSI's
-seeds (the mean of the first n gains/losses) are summed by the EMA's own running sum.
+**Speed.** Series are numbered (``sid``) by the file each bar comes from (one short text per bar
+joined to the few rows of ``files``), not by joining the seven key columns per bar, which took
+longer than reading the bars.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any
 import duckdb
 
 from lumibot_duckdb.errors import LumibotDuckDBError
+from lumibot_duckdb.sql.kernels import KERNELS, arrow_udf, asof_bar_udf, asof_grid_udf, asof_value_udf
 from lumibot_duckdb.store.coverage import SeriesKey, canonical_timeframe
 from lumibot_duckdb.store.naming import SeriesName, matching, parse_time
 
@@ -42,55 +43,39 @@ _COMMON = "tf := 'day', src := NULL, as_of := NULL, since := NULL"
 _BARS = "_lbd_bars(sym, tf, src, as_of, since, n)"
 _NULLS = ", ".join(["NULL"] * 14)  # one per column of _lbd_bars
 # sym names a series' symbol, or BASE/QUOTE of one stored as BASE with that quote (store.naming's rule)
-_SYMBOL = ("(symbol = {sym} OR (contains({sym}, '/') AND symbol = split_part({sym}, '/', 1) "
-           "AND quote = upper(split_part({sym}, '/', 2))))")
-_WINDOW = "PARTITION BY sid ORDER BY ts"
-_ROWS = f"({_WINDOW} ROWS BETWEEN CAST(n AS BIGINT) - 1 PRECEDING AND CURRENT ROW)"
-_DEPTH = "CASE WHEN (1 - {alpha}) <= 0 THEN 1 ELSE greatest(1, ceil(ln(1e-18) / ln(1 - ({alpha}))))::BIGINT END"
-
+# (written as an IN of constants once sym is bound, so DuckDB skips the other files by their statistics:
+#  "symbol = sym OR (…)" left "symbol = 'X' OR false" on every row of every file)
+_SYMBOL = ("(symbol IN ({sym}, split_part({sym}, '/', 1)) "
+           "AND (symbol = {sym} OR (contains({sym}, '/') AND quote = upper(split_part({sym}, '/', 2)))))")
+# The key columns of a macro's output, typed by the connection's ENUM of every key value the store holds
+_KEY_OUT = ", ".join(f"CAST({c} AS _lbd_key) AS {c}" for c in _KEY.split(", "))
 MACROS = ("sma", "ema", "bollinger", "rsi", "vwap", "volatility", "rolling_corr", "asof_align")
 
 
-def _ewm(source: str, columns: dict[str, tuple[str, str, str | None]], *, alpha: str, keep: str) -> str:
-    """SQL computing ``ewm(alpha, adjust=False)`` of several columns of ``source`` (exact to double precision).
-
-    ``columns``: output name → (value expression, seed index expression, seed value expression);
-    ``source`` has the key columns, ``ts`` and ``i`` (0-based row number of the series). Rows
-    before the seed index get NULL. ``keep``: columns of ``source`` to carry to the output.
-    Seed value None: the mean of the value over rows ``0..k``, summed by the block's running sum
-    itself (each row adds value / (k+1), scaled as row k; k < M always), which saves a window pass.
-    """
-    depth = _DEPTH.format(alpha=alpha)
-
-    def term(value: str, k: str, seed: str | None) -> str:
-        if seed is not None:
-            return (f"(CASE WHEN i < ({k}) THEN 0 WHEN i = ({k}) THEN ({seed}) ELSE ({alpha}) * ({value}) END)"
-                    f" * pow(1 - ({alpha}), -(i % m))")
-        return (f"CASE WHEN i < 0 THEN 0 WHEN i <= ({k}) THEN ({value}) / (({k}) + 1)"
-                f" * pow(1 - ({alpha}), -(({k}) % m)) ELSE (({alpha}) * ({value})) * pow(1 - ({alpha}), -(i % m)) END")
-    u = ", ".join(f"{term(value, k, seed)} AS u_{name}" for name, (value, k, seed) in columns.items())
-    p = ", ".join(f"sum(u_{name}) OVER (PARTITION BY sid, g ORDER BY i ROWS UNBOUNDED PRECEDING) AS p_{name}"
-                  for name in columns)
-    t = ", ".join(f"sum(u_{name}) AS t_{name}" for name in columns)
-    y = ", ".join(
-        f"CASE WHEN i >= ({k}) THEN pow(1 - ({alpha}), i % m) * p_{name} "
-        f"+ coalesce(pow(1 - ({alpha}), i % m + m) * t_{name}, 0) END AS {name}"
-        for name, (_, k, _) in columns.items())
+def _kernel(name: str, params: str, outputs: tuple[str, ...]) -> str:
+    """SQL of a macro computed by :mod:`lumibot_duckdb.sql.kernels` on ``close``: the bars of each series as
+    two lists (one row per series), the kernel on each row, and the rows unnested again next to the key
+    columns (as ENUMs: Arrow dictionaries, a pandas category, not one string per bar)."""
+    unnested = ", ".join(f"unnest(_v.{out}) AS {out}" for out in outputs)
+    # (the key columns are joined to the unnested rows: a join before would copy every list once more)
     return f"""
-      _e1 AS (SELECT *, i // m AS g, {u} FROM (SELECT *, {depth} AS m FROM {source})),
-      _e2 AS (SELECT *, {p} FROM _e1),
-      _e3 AS (SELECT sid, g + 1 AS g, {t} FROM _e1 GROUP BY ALL)
-      SELECT {keep}, {y} FROM _e2 LEFT JOIN _e3 USING (sid, g)"""
+            WITH _g AS (SELECT sid, list(ts) AS _t, list(close) AS _c FROM {_BARS} GROUP BY sid),
+                 _k AS (SELECT sid, _t, _c, _lbd_{name}(_t, _c, {params}) AS _v FROM _g),
+                 _u AS (SELECT sid, unnest(_t) AS ts, unnest(_c) AS close, {unnested} FROM _k)
+            SELECT {_KEY}, ts, close, {", ".join(outputs)} FROM _u JOIN _lbd_keys() USING (sid)"""
 
 
 def _macros() -> list[str]:
     return [
+        # sid: a small integer per series, numbered the same way on every evaluation
+        f"""CREATE OR REPLACE TEMP MACRO _lbd_series() AS TABLE
+            SELECT *, row_number() OVER (ORDER BY {_KEY}) AS sid FROM (SELECT DISTINCT {_KEY} FROM files)""",
+        f"""CREATE OR REPLACE TEMP MACRO _lbd_keys() AS TABLE SELECT sid, {_KEY_OUT} FROM _lbd_series()""",
+        # Each bar's series by the file it comes from (one short text joined per bar, not the seven key columns)
         f"""CREATE OR REPLACE TEMP MACRO _lbd_bars(sym, tf, src, as_of, since, n) AS TABLE
             SELECT {_KEY}, sid, ts, open, high, low, close, volume
-            FROM market_data
-                 -- sid: a small integer per series, numbered the same way on every evaluation
-                 JOIN (SELECT *, row_number() OVER (ORDER BY {_KEY}) AS sid FROM (SELECT DISTINCT {_KEY} FROM files))
-                 USING ({_KEY})
+            FROM _bar_rows JOIN (SELECT path AS filename, sid FROM files JOIN _lbd_series() USING ({_KEY}))
+                 USING (filename)
             WHERE (sym IS NULL OR {_SYMBOL.format(sym="sym")}) AND timeframe = _lbd_tf(tf)
               AND (src IS NULL OR source = lower(src))
               AND (as_of IS NULL OR ts <= _lbd_time(CAST(as_of AS VARCHAR)))
@@ -108,87 +93,77 @@ def _macros() -> list[str]:
                               || 'pass src := ''<source>''') END AS _ambiguous
             FROM b CROSS JOIN (SELECT count(DISTINCT sid) AS c FROM b)""",
         f"""CREATE OR REPLACE TEMP MACRO sma(sym, n, {_COMMON}) AS TABLE
-            SELECT {_KEY}, ts, close,
-                   CASE WHEN count(close) OVER w = n THEN avg(close) OVER w END AS sma
-            FROM {_BARS} WINDOW w AS {_ROWS}""",
+            {_kernel("sma", "n", ("sma",))}""",
         f"""CREATE OR REPLACE TEMP MACRO bollinger(sym, n, k := 2.0, ddof := 0, {_COMMON}) AS TABLE
-            WITH s AS (
-                SELECT {_KEY}, ts, close, count(close) OVER w AS c, avg(close) OVER w AS mid,
-                       CASE WHEN ddof = 0 THEN stddev_pop(close) OVER w ELSE stddev_samp(close) OVER w END AS sd
-                FROM {_BARS} WINDOW w AS {_ROWS})
-            SELECT {_KEY}, ts, close, CASE WHEN c = n THEN mid - k * sd END AS lower,
-                   CASE WHEN c = n THEN mid END AS mid, CASE WHEN c = n THEN mid + k * sd END AS upper,
-                   CASE WHEN c = n THEN sd END AS stddev
-            FROM s""",
+            {_kernel("bollinger", "n, k, ddof", ("lower", "mid", "upper", "stddev"))}""",
         f"""CREATE OR REPLACE TEMP MACRO ema(sym, n, sma_seed := false, {_COMMON}) AS TABLE
-            WITH _s AS (
-                SELECT {_KEY}, sid, ts, close, row_number() OVER ({_WINDOW}) - 1 AS i,
-                       avg(close) OVER {_ROWS} AS _sma
-                FROM {_BARS}),
-            {_ewm("_s", {"ema": ("close", "CASE WHEN sma_seed THEN n - 1 ELSE 0 END",
-                                  "CASE WHEN sma_seed THEN _sma ELSE close END")},
-                  alpha="2.0 / (n + 1)", keep=f"{_KEY}, ts, close")}""",
+            {_kernel("ema", "n, sma_seed", ("ema",))}""",
         f"""CREATE OR REPLACE TEMP MACRO rsi(sym, n, {_COMMON}) AS TABLE
-            WITH _d AS (
-                SELECT {_KEY}, sid, ts, close, close - lag(close) OVER ({_WINDOW}) AS d,
-                       row_number() OVER ({_WINDOW}) - 2 AS i
-                FROM {_BARS}),
-            _s AS (
-                SELECT *, greatest(d, 0) AS gain, greatest(-d, 0) AS loss FROM _d),
-            _r AS (WITH {_ewm("_s", {"avg_gain": ("gain", "n - 1", None), "avg_loss": ("loss", "n - 1", None)},
-                         alpha="1.0 / n", keep=f"{_KEY}, ts, close")})
-            SELECT *, 100 * avg_gain / nullif(avg_gain + avg_loss, 0) AS rsi FROM _r""",
+            {_kernel("rsi", "n", ("avg_gain", "avg_loss", "rsi"))}""",
         f"""CREATE OR REPLACE TEMP MACRO vwap(sym, tz := NULL, {_COMMON}) AS TABLE
-            WITH s AS (
-                SELECT *, CAST(timezone(coalesce(tz, CASE WHEN asset_type = 'crypto' THEN 'UTC'
-                                                        ELSE 'America/New_York' END), ts) AS DATE) AS session
-                FROM _lbd_bars(sym, tf, src, as_of, since, 1))
-            SELECT {_KEY}, ts, close, volume, session,
-                   sum((high + low + close) / 3 * volume) OVER w / nullif(sum(volume) OVER w, 0) AS vwap
-            FROM s WINDOW w AS (PARTITION BY sid, session ORDER BY ts ROWS UNBOUNDED PRECEDING)""",
+            WITH _g AS (SELECT sid, list(ts) AS _t, list(high) AS _h, list(low) AS _l, list(close) AS _c,
+                               list(volume) AS _vol
+                        FROM _lbd_bars(sym, tf, src, as_of, since, 1) GROUP BY sid),
+                 _s AS (SELECT *, coalesce(tz, CASE WHEN asset_type = 'crypto' THEN 'UTC'
+                                                  ELSE 'America/New_York' END) AS _tz FROM _lbd_series()),
+                 _k AS (SELECT sid, _tz, unnest(_t) AS ts, unnest(_c) AS close, unnest(_vol) AS volume,
+                               unnest(_lbd_vwap(_t, _h, _l, _c, _vol, _tz).vwap) AS vwap
+                        FROM _g JOIN (SELECT sid, _tz FROM _s) USING (sid))
+            SELECT {_KEY}, ts, close, volume, CAST(timezone(_tz, ts) AS DATE) AS session, vwap
+            FROM _k JOIN _lbd_keys() USING (sid)""",
         f"""CREATE OR REPLACE TEMP MACRO volatility(sym, n, annualize := NULL, {_COMMON}) AS TABLE
-            WITH r AS (SELECT {_KEY}, sid, ts, close, ln(close / lag(close) OVER ({_WINDOW})) AS log_return
-                       FROM {_BARS})
-            SELECT {_KEY}, ts, close, log_return,
-                   CASE WHEN count(log_return) OVER w = n
-                        THEN stddev_samp(log_return) OVER w * sqrt(coalesce(annualize, 1)) END AS volatility
-            FROM r WINDOW w AS {_ROWS}""",
+            {_kernel("volatility", "n, annualize", ("log_return", "volatility"))}""",
         """CREATE OR REPLACE TEMP MACRO rolling_corr(sym_a, sym_b, n, tf := 'day', src := NULL, as_of := NULL,
                                                      since := NULL) AS TABLE
             WITH a AS (SELECT ts, close AS close_a FROM _lbd_one_series(sym_a, tf, src, as_of, since)
                        WHERE _ambiguous IS NULL),
                  b AS (SELECT ts, close AS close_b FROM _lbd_one_series(sym_b, tf, src, as_of, since)
                        WHERE _ambiguous IS NULL),
-                 j AS (SELECT ts, close_a, close_b, ln(close_a / lag(close_a) OVER (ORDER BY ts)) AS return_a,
-                              ln(close_b / lag(close_b) OVER (ORDER BY ts)) AS return_b
-                       FROM a JOIN b USING (ts)
-                       WHERE CASE WHEN n IS NULL OR n < 2 THEN error('n must be 2 or more') ELSE true END)
-            SELECT ts, close_a, close_b, return_a, return_b,
-                   CASE WHEN count(return_a) OVER w = n THEN corr(return_a, return_b) OVER w END AS corr
-            FROM j WINDOW w AS (ORDER BY ts ROWS BETWEEN CAST(n AS BIGINT) - 1 PRECEDING AND CURRENT ROW)""",
+                 j AS (SELECT ts, close_a, close_b FROM a JOIN b USING (ts)
+                       WHERE CASE WHEN n IS NULL OR n < 2 THEN error('n must be 2 or more') ELSE true END),
+                 -- the common bars as one row of lists, the kernel on it, unnested again
+                 g AS (SELECT list(ts) AS _t, list(close_a) AS _a, list(close_b) AS _b FROM j),
+                 k AS (SELECT _t, _a, _b, _lbd_rolling_corr(_t, _a, _b, n) AS _v FROM g)
+            SELECT unnest(_t) AS ts, unnest(_a) AS close_a, unnest(_b) AS close_b, unnest(_v.return_a) AS return_a,
+                   unnest(_v.return_b) AS return_b, unnest(_v.corr) AS corr
+            FROM k""",
         """CREATE OR REPLACE TEMP MACRO asof_align(syms, tf := 'day', src := NULL, as_of := NULL, since := NULL,
                                                    base := NULL) AS TABLE
-            WITH b AS (SELECT * FROM _lbd_bars(NULL, tf, src, as_of, since, 1)
-                       WHERE list_contains(syms, symbol) OR list_contains(syms, symbol || '/' || quote)),
-                 -- One series per symbol: a GROUP BY (a window over every bar took seconds).
-                 series AS (SELECT max(c) AS c FROM (SELECT count(DISTINCT sid) AS c FROM b GROUP BY symbol)),
-                 checked AS (SELECT b.* FROM b CROSS JOIN series
-                             WHERE CASE WHEN series.c > 1
-                                        THEN error('a symbol is held by several series; pass src := ''<source>''')
-                                        ELSE true END),
-                 t AS (SELECT DISTINCT ts FROM b WHERE base IS NULL OR symbol = base),
-                 grid AS (SELECT t.ts, s.symbol FROM t CROSS JOIN (SELECT DISTINCT unnest(syms) AS symbol) s),
-                 named AS (SELECT *, CASE WHEN list_contains(syms, symbol) THEN symbol
-                                          ELSE symbol || '/' || quote END AS named FROM checked)
-            SELECT grid.ts, grid.symbol, named.ts AS bar_ts,
-                   epoch(grid.ts) - epoch(named.ts) AS staleness_seconds,
-                   named.open, named.high, named.low, named.close, named.volume
-            FROM grid ASOF LEFT JOIN named ON grid.symbol = named.named AND grid.ts >= named.ts
+            -- the series asked for (a few rows), then their bars as one row of lists per series, then all of
+            -- them in one row for the kernel, which builds the grid (timestamp-major, names sorted)
+            WITH sel AS (SELECT sid, symbol, CASE WHEN list_contains(syms, symbol) THEN symbol
+                                                  ELSE symbol || '/' || quote END AS named
+                         FROM _lbd_series()
+                         WHERE (list_contains(syms, symbol) OR list_contains(syms, symbol || '/' || quote))
+                           AND timeframe = _lbd_tf(tf) AND (src IS NULL OR source = lower(src))),
+                 per AS (SELECT sid, list(ts) AS _t, list(open) AS _o, list(high) AS _h, list(low) AS _l,
+                                list(close) AS _c, list(volume) AS _v
+                         FROM _lbd_bars(NULL, tf, src, as_of, since, 1) WHERE sid IN (SELECT sid FROM sel)
+                         GROUP BY sid),
+                 one AS (SELECT list(sid) AS _sid, list(_t) AS _t, list(_o) AS _o, list(_h) AS _h, list(_l) AS _l,
+                                list(_c) AS _c, list(_v) AS _v FROM per),
+                 m AS (SELECT list(sid) AS _msid, list(named) AS _mnamed, list(symbol) AS _msym FROM sel),
+                 -- one call per column asked (the ones a query does not select are never computed)
+                 k AS (SELECT *,
+                              _lbd_asof_grid(_names, _sid, _t, _msid, _mnamed, _msym, base) AS _g,
+                              _lbd_asof_bar(_names, _sid, _t, _msid, _mnamed, _msym, base) AS _bar,
+                              _lbd_asof_value(_names, _sid, _t, _o, _msid, _mnamed, _msym, base) AS _open,
+                              _lbd_asof_value(_names, _sid, _t, _h, _msid, _mnamed, _msym, base) AS _high,
+                              _lbd_asof_value(_names, _sid, _t, _l, _msid, _mnamed, _msym, base) AS _low,
+                              _lbd_asof_value(_names, _sid, _t, _c, _msid, _mnamed, _msym, base) AS _close,
+                              _lbd_asof_value(_names, _sid, _t, _v, _msid, _mnamed, _msym, base) AS _volume
+                       FROM (SELECT list_sort(list_distinct(syms)) AS _names, * FROM one CROSS JOIN m)),
+                 u AS (SELECT *, unnest(_g.ts) AS ts, unnest(_g.symbol_index) AS _i,
+                              unnest(generate_series(1, len(_g.ts))) AS _row FROM k)
+            -- (rows come in (ts, symbol) order from the kernel: no sort of the grid here)
+            SELECT ts, _names[_i + 1] AS symbol, _bar.bar_ts[_row] AS bar_ts,
+                   _bar.staleness_seconds[_row] AS staleness_seconds, _open[_row] AS open, _high[_row] AS high,
+                   _low[_row] AS low, _close[_row] AS close, _volume[_row] AS volume
+            FROM u
             UNION ALL
             SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
             FROM (SELECT _lbd_check(syms, tf, src) AS problem)
-            WHERE CASE WHEN problem IS NOT NULL THEN error(problem) ELSE false END
-            ORDER BY 1, 2""",
+            WHERE CASE WHEN problem IS NOT NULL THEN error(problem) ELSE false END""",
     ]
 
 
@@ -206,8 +181,27 @@ def register(con: duckdb.DuckDBPyConnection, /, *, where: str = "the store") -> 
     create: Any = con.create_function  # (its stubs want an enum for null_handling; DuckDB 1.5 and 2 take the name)
     for name, function, parameters, returns in functions:
         create(name, function, parameters, returns, null_handling="special", side_effects=False)
-    for statement in _macros():
-        con.execute(statement)
+    columns = " UNION ".join(f"SELECT {c} AS v FROM files" for c in _KEY.split(", "))
+    con.execute(f"CREATE OR REPLACE TYPE _lbd_key AS ENUM (SELECT v FROM ({columns}) WHERE v IS NOT NULL ORDER BY v)")
+    doubles = duckdb.list_type(duckdb.sqltype("DOUBLE"))
+    stamps, texts = duckdb.list_type(duckdb.sqltype("TIMESTAMPTZ")), duckdb.list_type(varchar)
+    sids = duckdb.list_type(duckdb.sqltype("BIGINT"))
+    grid_inputs = [texts, sids, duckdb.list_type(stamps)]
+    selected = [sids, texts, texts, varchar]  # (not "held": _lbd_check's closure reads that name)
+    integers = duckdb.list_type(duckdb.sqltype("INTEGER"))
+    for udf, inputs, returns in (
+            (asof_grid_udf, [*grid_inputs, *selected], duckdb.struct_type({"ts": stamps, "symbol_index": integers})),
+            (asof_bar_udf, [*grid_inputs, *selected],
+             duckdb.struct_type({"bar_ts": stamps, "staleness_seconds": doubles})),
+            (asof_value_udf, [*grid_inputs, duckdb.list_type(doubles), *selected], doubles)):
+        create(f"_lbd_{udf.__name__.removesuffix('_udf')}", udf, inputs, returns, type="arrow",
+               null_handling="special", side_effects=False)
+    for name, (_, inputs, kernel_parameters, outputs) in KERNELS.items():  # one row per series, Arrow in and out
+        kernel_lists = [duckdb.list_type(duckdb.sqltype("TIMESTAMPTZ")), *(doubles for c in inputs if c != "ts")]
+        returns = duckdb.struct_type({out: doubles for out in outputs})
+        create(f"_lbd_{name}", arrow_udf(name), [*kernel_lists, *(duckdb.sqltype(t) for t in kernel_parameters)],
+               returns, type="arrow", null_handling="special", side_effects=False)
+    con.execute(";\n".join(_macros()))  # (one call: each statement apart paid the client's round trip)
 
 
 def held_series(con: duckdb.DuckDBPyConnection, /) -> list[SeriesKey]:

@@ -31,7 +31,8 @@ def file_rows(path: str) -> int | None:
 def create_views(con: duckdb.DuckDBPyConnection, store: Any) -> None:
     """Create the human-facing views on ``con`` from the files ``store`` (a :class:`DuckDBDataStorage`) holds now."""
     files: list[BarFile] = [f for key in store.series() for f in store.local_files(key)]
-    key_values: dict[str, list[object]] = {name: [f.key.as_dict()[name] for f in files] for name in KEY_COLUMNS}
+    keys = [f.key.as_dict() for f in files]
+    key_values: dict[str, list[object]] = {name: [k[name] for k in keys] for name in KEY_COLUMNS}
     _table(con, "files", {
         **{name: (values, pa.string()) for name, values in key_values.items()},
         "partition": ([f.partition for f in files], pa.string()),
@@ -41,8 +42,10 @@ def create_views(con: duckdb.DuckDBPyConnection, store: Any) -> None:
         "bytes": ([f.size for f in files], pa.int64()),
         "path": ([str(f.path) for f in files], pa.string()),
     })
-    runs = [(key, interval) for key in sorted({f.key for f in files})
-            for interval in normalize(f.interval for f in files if f.key == key)]
+    by_key: dict[Any, list[BarFile]] = {}
+    for f in files:  # (grouped once: a scan of every file per series was quadratic in the store's size)
+        by_key.setdefault(f.key, []).append(f)
+    runs = [(key, interval) for key in sorted(by_key) for interval in normalize(f.interval for f in by_key[key])]
     run_keys: dict[str, list[object]] = {name: [key.as_dict()[name] for key, _ in runs] for name in KEY_COLUMNS}
     _table(con, "coverage", {
         **{name: (values, pa.string()) for name, values in run_keys.items()},
@@ -52,21 +55,27 @@ def create_views(con: duckdb.DuckDBPyConnection, store: Any) -> None:
 
     readable = [f for f in files if file_rows(str(f.path)) is not None]
     columns = ", ".join(["ts", *KEY_COLUMNS, *(c for c in BAR_COLUMNS if c != "ts")])
+    # _bar_rows: market_data plus the file each bar comes from (``filename`` = ``files.path``), so the
+    # analytics macros number series by joining one short text per bar, not the seven key columns.
     if not readable:
         _table(con, "_no_bars", {f.name: ([], f.type) for f in ARROW_SCHEMA})
-        con.execute(f"CREATE OR REPLACE TEMP VIEW market_data AS SELECT {columns} FROM _no_bars")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _bar_rows AS SELECT {columns}, NULL::VARCHAR AS filename "
+                    "FROM _no_bars")
     else:
         # The file list goes in through a relation, never formatted into SQL text.
         con.read_parquet([str(f.path) for f in readable], filename=True).create_view("_bar_files", replace=True)
-        series = {f.key for f in readable}
-        if any(has_overlaps(f.interval for f in readable if f.key == key) for key in series):
+        readable_by_key: dict[Any, list[BarFile]] = {}
+        for f in readable:
+            readable_by_key.setdefault(f.key, []).append(f)
+        if any(has_overlaps(f.interval for f in group) for group in readable_by_key.values()):
             # Two processes answered the same range: keep the bar of the newest file.
             con.execute(
-                f"CREATE OR REPLACE TEMP VIEW market_data AS SELECT {columns} FROM _bar_files "
+                f"CREATE OR REPLACE TEMP VIEW _bar_rows AS SELECT {columns}, filename FROM _bar_files "
                 "QUALIFY row_number() OVER (PARTITION BY source, symbol, asset_type, quote, exchange, timeframe, "
                 "adjustment, ts ORDER BY regexp_extract(filename, '_([0-9a-f]+)\\.parquet$', 1) DESC) = 1")
         else:
-            con.execute(f"CREATE OR REPLACE TEMP VIEW market_data AS SELECT {columns} FROM _bar_files")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW _bar_rows AS SELECT {columns}, filename FROM _bar_files")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW market_data AS SELECT {columns} FROM _bar_rows")
 
     con.execute("""
         CREATE OR REPLACE TEMP VIEW symbols AS
