@@ -254,12 +254,12 @@ def _existing_store(store_dir: str | None, *, write: bool = False) -> DuckDBData
 
     ``write``: the command changes the store, so an S3 store is opened as a writer (it probes the service).
     """
-    from lumibot_duckdb.config import Settings, is_s3
+    from lumibot_duckdb.config import Settings, is_remote
     from lumibot_duckdb.errors import ConfigError
     from lumibot_duckdb.store import DuckDBDataStorage
 
     location = Settings.resolve(store=store_dir, use_duckdb=True).location
-    if not is_s3(location) and not (Path(location) / "bars").is_dir():
+    if not is_remote(location) and not (Path(location) / "bars").is_dir():
         raise ConfigError(f"No store at {location} (no bars/ folder). Pass --store DIR|s3://BUCKET/PREFIX or set "
                           "LUMIBOT_DUCKDB_STORE / LUMIBOT_DUCKDB_CACHE_DIR (in the environment or a .env file).")
     return DuckDBDataStorage(location, role="write" if write else None)
@@ -775,11 +775,11 @@ def import_cache_command(cache: Path | None, sources: tuple[str, ...], include_r
     """
     import json
 
-    from lumibot_duckdb.config import is_s3
+    from lumibot_duckdb.config import is_remote
     from lumibot_duckdb.ingest.cache import import_cache
 
     names = [s.strip() for s in symbols.split(",") if s.strip()]
-    target = _writable_store(store_dir) if store_dir and is_s3(store_dir) else store_dir
+    target = _writable_store(store_dir) if store_dir and is_remote(store_dir) else store_dir
     report = import_cache(target, cache, sources=list(sources) or None, include_rounded=include_rounded,
                           dry_run=dry_run, symbols=names, credentials=_dotenv_credentials(), progress=progress)
     if as_json:

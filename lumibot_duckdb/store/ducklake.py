@@ -503,38 +503,62 @@ class DuckLakeBackend:
 
     def _fetch(self, key: SeriesKey, group: list[LakeBarFile],
                damaged: list[tuple[LakeBarFile, str]]) -> dict[str, pa.Table]:
+        """The bars of the answers in ``group`` still held (one snapshot: an answer compacted away since it was
+        listed is left out, and the reader lists again), by token."""
         import duckdb
 
-        tables: dict[str, pa.Table] = {f.lake_token: _empty_table() for f in group if f.rows == 0}
         wanted = [f for f in group if f.rows > 0]
-        if not wanted:
-            return tables
         try:
-            fetched = self._query_bars(key, wanted)
+            live, fetched = self._query_bars(key, group, wanted)
+        except _conflicts():
+            raise
         except duckdb.Error as exc:  # which answer's files cannot be read: each alone
-            if len(wanted) == 1:
-                damaged.append((wanted[0], f"the lake cannot read its bars ({_first_line(exc)})"))
-                return tables
+            if len(wanted) <= 1:
+                if wanted:
+                    damaged.append((wanted[0], f"the lake cannot read its bars ({_first_line(exc)})"))
+                return {}
+            tables: dict[str, pa.Table] = {}
             for bar_file in wanted:
                 tables.update(self._fetch(key, [bar_file], damaged))
             return tables
-        tokens = fetched.column("token")
-        for bar_file in wanted:
-            tables[bar_file.lake_token] = fetched.filter(pc.equal(tokens, bar_file.lake_token)).drop(["token"])
+        tables = {f.lake_token: _empty_table() for f in group if f.rows == 0 and f.lake_token in live}
+        if fetched is not None:
+            tokens = fetched.column("token")
+            for bar_file in wanted:
+                if bar_file.lake_token in live:
+                    tables[bar_file.lake_token] = fetched.filter(pc.equal(tokens, bar_file.lake_token)).drop(["token"])
         return tables
 
-    def _query_bars(self, key: SeriesKey, wanted: list[LakeBarFile]) -> pa.Table:
+    def _query_bars(self, key: SeriesKey, group: list[LakeBarFile],
+                    wanted: list[LakeBarFile]) -> tuple[set[str], pa.Table | None]:
+        """In one snapshot: which tokens of ``group`` are still answers, and the bars of ``wanted``."""
+        import duckdb
+
         where, params = _key_filter(key)
-        start = min(f.interval.start for f in wanted)
-        end = max(f.interval.end for f in wanted)
-        columns = ", ".join(["ts", *VALUE_COLUMNS, "metadata", "token"])
-        # year(ts) prunes partitions (DuckLake prunes on partition values and file statistics)
-        sql = (f"SELECT {columns} FROM {CATALOG}.bars WHERE {where} AND ts >= ? AND ts < ? "
-               f"AND year(ts) BETWEEN ? AND ? AND token IN (SELECT unnest(?)) ORDER BY token, ts")
-        params += [start.to_pydatetime(), end.to_pydatetime(), start.year, (end - dt.timedelta(microseconds=1)).year,
-                   [f.lake_token for f in wanted]]
-        self.stats.statements += 1
-        return self._cursor().execute(sql, params).fetch_arrow_table()
+        cursor = self._cursor()
+        cursor.execute("BEGIN TRANSACTION")
+        try:
+            live = {row[0] for row in cursor.execute(
+                f"SELECT token FROM {CATALOG}.coverage WHERE {where} AND token IN (SELECT unnest(?))",
+                [*params, [f.lake_token for f in group]]).fetchall()}
+            fetched = None
+            if wanted:
+                start = min(f.interval.start for f in wanted)
+                end = max(f.interval.end for f in wanted)
+                columns = ", ".join(["ts", *VALUE_COLUMNS, "metadata", "token"])
+                # year(ts) prunes partitions (DuckLake prunes on partition values and file statistics)
+                fetched = cursor.execute(
+                    f"SELECT {columns} FROM {CATALOG}.bars WHERE {where} AND ts >= ? AND ts < ? "
+                    "AND year(ts) BETWEEN ? AND ? AND token IN (SELECT unnest(?)) ORDER BY token, ts",
+                    [*params, start.to_pydatetime(), end.to_pydatetime(), start.year,
+                     (end - dt.timedelta(microseconds=1)).year, [f.lake_token for f in wanted]]).fetch_arrow_table()
+            cursor.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("ROLLBACK")
+            raise
+        self.stats.statements += 2
+        return live, fetched
 
     def _materialise(self, bar_file: LakeBarFile, rows: pa.Table,
                      damaged: list[tuple[LakeBarFile, str]]) -> LakeBarFile:
