@@ -573,24 +573,36 @@ def _selection(function: Any) -> Any:
 @maintain.command("compact")
 @_selection
 @click.option("--dry-run", is_flag=True, help="Only say which series would be rewritten.")
+@click.option("--lake-grace", default="1h", show_default=True,
+              help="DuckLake stores: keep snapshots, replaced files and unreferenced files younger than this "
+                   "(readers and writers may still use them).")
 @STORE_OPTION
 def maintain_compact(source: str | None, symbol: str | None, symbol_glob: str | None, timeframe: str | None,
-                     dry_run: bool, store_dir: str | None) -> None:
+                     dry_run: bool, lake_grace: str, store_dir: str | None) -> None:
     """Rewrite fragmented or overlapping partitions as one sorted file per covered range.
 
-    Every bar is kept; where two files overlap, the newer file's bars win (as on every read).
+    Every bar is kept; where two files overlap, the newer file's bars win (as on every read). On a
+    DuckLake store, DuckLake's own upkeep follows: small files merged, old snapshots expired, the files
+    they alone used and files no snapshot knows (left by a writer that died) deleted; safe while writers
+    commit (each step retried on conflicts).
 
     \b
     Example: lumibot-duckdb maintain compact --source polygon --store ./bars
     """
-    from lumibot_duckdb.store.maintenance import compact
+    from lumibot_duckdb.store.maintenance import compact, parse_age
 
+    grace = parse_age(lake_grace)
     with _existing_store(store_dir, write=not dry_run) as store:
         report = compact(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob,
-                         dry_run=dry_run)
+                         dry_run=dry_run, lake_grace=grace)
     verb = "would rewrite" if dry_run else "rewrote"
     click.echo(f"{report.series} series checked, {verb} {len(report.rewritten)}: "
                f"{report.files_before:,} files before, {report.files_after:,} after.")
+    if report.lake is not None:
+        lake = report.lake
+        click.echo(f"DuckLake upkeep: {lake['files_before']:,} data files before, {lake['files_after']:,} after; "
+                   f"{lake['expire']} snapshot(s) expired, {lake['cleanup']} old file(s) and {lake['orphans']} "
+                   f"orphaned file(s) deleted ({lake['seconds']:.1f} s).")
     for name in report.rewritten:
         click.echo(f"  {name}")
 

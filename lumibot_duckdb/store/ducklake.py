@@ -335,25 +335,16 @@ class DuckLakeBackend:
             con.execute("SET TimeZone = 'UTC'")
             for name in ("httpfs", "postgres", "ducklake"):
                 con.execute(f"LOAD {name}")
-            options = []
             catalog = self._catalog_data_path()
-            if self.data_path and catalog and catalog.rstrip("/") != self.data_path.rstrip("/"):
-                raise StoreError(f"The catalog {self.location} keeps its data in {catalog}, not {self.data_path}: "
-                                 f"set LUMIBOT_DUCKDB_DATA_PATH={catalog} (or leave it unset) for this store.")
-            path = catalog or self.data_path
-            if path is None:
-                raise StoreError(f"The DuckLake catalog {self.location} is new and no data path was given: set "
-                                 "LUMIBOT_DUCKDB_DATA_PATH to s3://BUCKET/PREFIX/ or a folder (data_path=).")
-            secret = _s3_secret(path)
-            if secret is not None:
-                con.execute(secret)
-            if catalog is None:
-                if not path.lower().startswith("s3://"):
-                    Path(path).mkdir(parents=True, exist_ok=True)
-                options.append(f"DATA_PATH {_literal(path.rstrip('/') + '/')}")
-            suffix = f" ({', '.join(options)})" if options else ""
-            con.execute(f"ATTACH {_literal('ducklake:postgres:' + self.libpq)} AS {CATALOG}{suffix}")
-            self._create_tables(con)
+            if catalog is None:  # a new catalog: one process creates it (and the tables) while others wait
+                with self._init_lock():
+                    self._attach(con, self._catalog_data_path())
+                    self._create_tables(con)
+            else:
+                self._attach(con, catalog)
+                if not self._tables_exist(con):
+                    with self._init_lock():
+                        self._create_tables(con)
         except duckdb.Error as exc:
             con.close()
             raise StoreError(f"Could not open the DuckLake store {self.location}: {_first_line(exc)}. Check that "
@@ -363,6 +354,42 @@ class DuckLakeBackend:
             con.close()
             raise
         return con
+
+    def _attach(self, con: duckdb.DuckDBPyConnection, catalog: str | None) -> None:
+        if self.data_path and catalog and catalog.rstrip("/") != self.data_path.rstrip("/"):
+            raise StoreError(f"The catalog {self.location} keeps its data in {catalog}, not {self.data_path}: "
+                             f"set LUMIBOT_DUCKDB_DATA_PATH={catalog} (or leave it unset) for this store.")
+        path = catalog or self.data_path
+        if path is None:
+            raise StoreError(f"The DuckLake catalog {self.location} is new and no data path was given: set "
+                             "LUMIBOT_DUCKDB_DATA_PATH to s3://BUCKET/PREFIX/ or a folder (data_path=).")
+        secret = _s3_secret(path)
+        if secret is not None:
+            con.execute(secret)
+        options = []
+        if catalog is None:
+            if not path.lower().startswith("s3://"):
+                Path(path).mkdir(parents=True, exist_ok=True)
+            options.append(f"DATA_PATH {_literal(path.rstrip('/') + '/')}")
+        suffix = f" ({', '.join(options)})" if options else ""
+        con.execute(f"ATTACH {_literal('ducklake:postgres:' + self.libpq)} AS {CATALOG}{suffix}")
+
+    def _tables_exist(self, con: duckdb.DuckDBPyConnection) -> bool:
+        names = {row[0] for row in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [CATALOG]).fetchall()}
+        return {"bars", "coverage", "quarantine"} <= names
+
+    @contextlib.contextmanager
+    def _init_lock(self) -> Iterator[None]:
+        """The catalog's own advisory lock, held while a process creates the catalog or the store's tables."""
+        con = _pg_connect(self.libpq, f"lumibot-duckdb setup {os.getpid()}")
+        try:
+            with con.cursor() as cur:
+                cur.execute("SET lock_timeout = '120s'")
+                cur.execute("SELECT pg_advisory_lock(%s, 0)", (LOCK_CLASS,))
+            yield
+        finally:
+            con.close()
 
     def _catalog_data_path(self) -> str | None:
         """The data path recorded in the catalog, or None for a new catalog."""

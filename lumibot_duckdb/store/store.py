@@ -441,7 +441,7 @@ class DuckDBDataStorage(DataStorageInterface):
                 continue
             if only_if_fragmented and len(listed) <= COMPACT_AFTER_FILES:
                 continue
-            files = mergeable(listed)
+            files = self.backend.local(mergeable(listed))  # the bytes here (S3, DuckLake: their mirror)
             try:  # (a damaged file is set aside, never merged into a new file that would pass every check)
                 if not self._check(files):
                     raise StoreError(f"Files of {key} changed while being compacted; compact again.")
@@ -656,6 +656,8 @@ def _as_store_error(action: str) -> Iterator[None]:
     """File-system failures (disk full, permissions, a vanished folder) as :class:`StoreError`."""
     try:
         yield
+    except StoreError:  # already says what to do (StoreLockTimeout is an OSError too: a TimeoutError)
+        raise
     except OSError as exc:
         raise StoreError(f"Could not {action}: {exc}. Files published before this error are kept; check "
                          "free space and permissions of the store folder (LUMIBOT_DUCKDB_CACHE_DIR).") from exc
