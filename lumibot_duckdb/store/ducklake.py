@@ -138,8 +138,8 @@ def require_extensions() -> dict[str, Path]:
             found[name] = Path(files[0])
     built_for = {p.parent.name.lstrip("v") for p in found.values()}
     if missing or built_for != {version}:
-        why = (f"the extension wheels {', '.join(missing)} are not installed" if missing else
-               f"they are built for DuckDB {', '.join(sorted(built_for))} and this is DuckDB {version}")
+        why = (f"the extension wheels {', '.join(missing)} are not installed (this is DuckDB {version})" if missing
+               else f"they are built for DuckDB {', '.join(sorted(built_for))} and this is DuckDB {version}")
         raise ConfigError(
             f"A DuckLake store needs DuckDB's ducklake, httpfs and postgres extensions, loaded from their wheels "
             f"(never downloaded), but {why}. Install the team extra in its own environment: {EXTRA} (it holds "

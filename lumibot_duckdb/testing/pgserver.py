@@ -21,10 +21,13 @@ import glob
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,3 +210,120 @@ def _stop(process: subprocess.Popen[Any]) -> None:
             os.killpg(process.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(wait)
+
+
+class PgProxy:
+    """A TCP proxy in front of a PostgreSQL server, in threads of this process: counts what goes through.
+
+    ``bytes_in`` is what the server sent (catalog reads), ``bytes_out`` what clients sent; ``messages`` counts
+    the clients' protocol messages by type (``Q`` a simple query, ``P`` a statement prepared, ``B``/``E`` bound
+    and executed, ``d`` COPY data…), ``connections`` the connections opened. :attr:`statements` is ``Q + P``.
+    Point clients at :attr:`port` on 127.0.0.1 with ``sslmode=disable``.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.connections = 0
+        self.messages: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.port = 0
+
+    @property
+    def statements(self) -> int:
+        return self.messages["Q"] + self.messages["P"]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.bytes_in = self.bytes_out = self.connections = 0
+            self.messages.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "connections": self.connections,
+                    "statements": self.statements, "messages": dict(self.messages)}
+
+    def __enter__(self) -> PgProxy:
+        from lumibot_duckdb.testing.offline import allow_loopback
+
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        self._listener = listener
+        self.port = int(listener.getsockname()[1])
+        allow_loopback(self.port)
+        allow_loopback(self.target[1])
+        threading.Thread(target=self._accept, name="pg-proxy", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+            self._listener = None
+
+    def _accept(self) -> None:
+        while self._listener is not None:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=30)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
+        buffer = b""
+        started = False  # the startup message (and an SSL/GSS request before it) has no type byte
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+                with self._lock:
+                    if from_client:
+                        self.bytes_out += len(data)
+                    else:
+                        self.bytes_in += len(data)
+                if not from_client:
+                    continue
+                buffer += data
+                while True:
+                    if not started:
+                        if len(buffer) < 8:
+                            break
+                        length = int.from_bytes(buffer[:4], "big")
+                        code = int.from_bytes(buffer[4:8], "big")
+                        if len(buffer) < length:
+                            break
+                        buffer = buffer[length:]
+                        started = code not in (80877103, 80877104)  # SSLRequest / GSSENCRequest come first
+                        continue
+                    if len(buffer) < 5:
+                        break
+                    length = int.from_bytes(buffer[1:5], "big")
+                    if len(buffer) < 1 + length:
+                        break
+                    kind = chr(buffer[0])
+                    buffer = buffer[1 + length:]
+                    with self._lock:
+                        self.messages[kind] += 1
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    end.close()

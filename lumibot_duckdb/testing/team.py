@@ -92,6 +92,7 @@ def run_writer(spec: dict[str, Any]) -> dict[str, Any]:
     _ready_set_go(spec)
     errors: list[str] = []
     fetched = 0
+    commits: list[float] = []
     for symbol, start, end in spec["plan"]:
         try:
             with store.writer(series(symbol)) as writer:
@@ -100,13 +101,15 @@ def run_writer(spec: dict[str, Any]) -> dict[str, Any]:
                     bars = provider_bars(symbol, gap)
                     with open(spec["log"], "a") as log:
                         log.write(json.dumps([symbol, gap.start.isoformat(), gap.end.isoformat(), os.getpid()]) + "\n")
+                    started = time.perf_counter()
                     writer.write(bars, covered=gap)
+                    commits.append(time.perf_counter() - started)
                     fetched += 1
         except Exception:  # noqa: BLE001 - every failure is reported, none ends the race
             errors.append(traceback.format_exc(limit=3))
     stats = store.remote_stats()
     waits = stats.get("lease_waits", stats.get("lock_waits", []))
-    return {"role": "writer", "fetched": fetched, "errors": errors, "lease_waits": waits,
+    return {"role": "writer", "fetched": fetched, "errors": errors, "lease_waits": waits, "commit_seconds": commits,
             "requests": stats.get("total", 0)}
 
 
