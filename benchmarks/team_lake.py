@@ -123,6 +123,7 @@ def race(cluster: Cluster, endpoint: str, folder: Path, latency: float) -> dict[
     folder.mkdir(parents=True, exist_ok=True)
     symbols = sorted({s for plan in plans for s, _, _ in plan})
     common = {"store": location, "go": str(go), "stop": str(stop)}
+    os.environ.update(s3_environment(endpoint))
     DuckDBDataStorage(location, cache_dir=folder / "setup", data_path=data).series()  # the catalog, once
     writers = [_team("writer", {**common, "plan": plan, "log": str(log), "latency": latency,
                                 "cache": str(folder / f"w{i}")}, env) for i, plan in enumerate(plans)]

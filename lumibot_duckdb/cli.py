@@ -980,7 +980,7 @@ def _print_fetch(report: Any) -> None:
 @click.option("--dry-run", is_flag=True, help="Only say what would be pushed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def sync_command(source: str, target: str, dry_run: bool, as_json: bool) -> None:
-    """Push what SOURCE holds and TARGET lacks into TARGET (each a folder or s3://bucket/prefix).
+    """Push what SOURCE holds and TARGET lacks into TARGET (each a folder, s3://bucket/prefix or ducklake:…).
 
     Only ranges TARGET does not cover are written (a range both hold keeps TARGET's bars), and notes TARGET
     has not got; running it again pushes nothing. TARGET is opened as a writer (on S3: under each series'
@@ -988,6 +988,7 @@ def sync_command(source: str, target: str, dry_run: bool, as_json: bool) -> None
 
     \b
     Example: lumibot-duckdb sync ./bars s3://team-bars/lumibot
+    Example: lumibot-duckdb sync ./bars "ducklake:postgres:dbname=lake host=db.internal"
 
     A reader's own fills (gaps it fetched from a provider and kept locally) are under
     <LUMIBOT_DUCKDB_CACHE_DIR>/s3/<bucket>/<prefix>/: `db-status --store s3://…` names that folder.

@@ -93,7 +93,9 @@ class DuckDBDataStorage(DataStorageInterface):
     def __init__(self, location: str | os.PathLike[str] | None = None, /, *, lock_timeout: float = 600.0,
                  cache_dir: str | os.PathLike[str] | None = None, role: str | None = None,
                  create_parents: bool = False, data_path: str | os.PathLike[str] | None = None) -> None:
-        """``location``: a folder or ``s3://bucket/prefix`` (default: ``LUMIBOT_DUCKDB_STORE``, else the local
+        """``location``: a folder, ``s3://bucket/prefix`` or ``ducklake:postgres:<libpq string>`` (a team's store
+        on DuckLake, its Parquet files at ``data_path`` / ``LUMIBOT_DUCKDB_DATA_PATH``;
+        :mod:`lumibot_duckdb.store.ducklake`) (default: ``LUMIBOT_DUCKDB_STORE``, else the local
         cache folder ``cache_dir`` / ``LUMIBOT_DUCKDB_CACHE_DIR``, else ``<Lumibot cache>/duckdb``, which also
         holds an S3 store's mirror). ``role``: ``"read"`` or ``"write"`` (default ``LUMIBOT_DUCKDB_STORE_ROLE``,
         else read; see :mod:`lumibot_duckdb.store.s3`).
