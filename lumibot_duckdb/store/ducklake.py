@@ -155,7 +155,8 @@ def extension_directory(cache_dir: Path) -> Path:
     files = require_extensions()
     probe = duckdb.connect(":memory:")
     try:
-        platform = probe.execute("PRAGMA platform").fetchone()[0]
+        row = probe.execute("PRAGMA platform").fetchone()
+        platform = str(row[0]) if row else "linux_amd64"
     finally:
         probe.close()
     root = Path(cache_dir) / "duckdb-extensions"
@@ -574,11 +575,12 @@ class DuckLakeBackend:
                 end = max(f.interval.end for f in wanted)
                 columns = ", ".join(["ts", *VALUE_COLUMNS, "metadata", "token"])
                 # year(ts) prunes partitions (DuckLake prunes on partition values and file statistics)
-                fetched = cursor.execute(
+                result: Any = cursor.execute(
                     f"SELECT {columns} FROM {CATALOG}.bars WHERE {where} AND ts >= ? AND ts < ? "
                     "AND year(ts) BETWEEN ? AND ? AND token IN (SELECT unnest(?)) ORDER BY token, ts",
                     [*params, start.to_pydatetime(), end.to_pydatetime(), start.year,
-                     (end - dt.timedelta(microseconds=1)).year, [f.lake_token for f in wanted]]).fetch_arrow_table()
+                     (end - dt.timedelta(microseconds=1)).year, [f.lake_token for f in wanted]])
+                fetched = result.fetch_arrow_table()  # (DuckDB 1.5: the only series DuckLake runs on here)
             cursor.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
