@@ -225,7 +225,7 @@ def test_the_advisory_lock_serialises_writers_of_a_series_only(lake_store: str) 
         with pytest.raises(StoreLockTimeout, match="lumibot-duckdb lock"):
             with other.writer(key()):
                 pass
-        assert 0.9 <= time.monotonic() - started < 3.0
+        assert 0.9 <= time.monotonic() - started < 15.0  # (the timeout, plus a connection on a loaded machine)
         with other.writer(key("QQQ")) as writer:  # another series: not held
             writer.write(make_bars(periods=10))
     with other.writer(key()) as writer:

@@ -302,6 +302,9 @@ class DuckLakeBackend:
         self._local = threading.local()
         self._notes_ready = False
         self._held: dict[SeriesKey, Any] = {}
+        self._listings: dict[SeriesKey, tuple[int, list[tuple[Any, ...]]]] = {}
+        self._snapshots: Any = None
+        self._snapshots_pid: int | None = None
         self.writer_name = f"{socket.gethostname()}:{os.getpid()}"
         require_extensions()  # at once: a DuckDB without the extension wheels fails here, naming the extra
 
@@ -483,25 +486,48 @@ class DuckLakeBackend:
         return sorted(SeriesKey(**dict(zip(KEY_COLUMNS, row))) for row in rows)
 
     def files(self, key: SeriesKey, within: Interval | None = None) -> list[BarFile]:
-        """The answers of ``key`` (those overlapping ``within``), oldest first: one query of ``coverage``."""
-        where, params = _key_filter(key)
+        """The answers of ``key`` (those overlapping ``within``), oldest first. The coverage rows are queried
+        from the lake once per snapshot: a listing is reused while the catalog's newest snapshot is the one it
+        was taken at (one indexed lookup in PostgreSQL), since any commit makes a new snapshot."""
+        snapshot = self._snapshot()
+        with self._lock:
+            cached = self._listings.get(key)
+        if snapshot is not None and cached is not None and cached[0] == snapshot:
+            rows = cached[1]
+        else:
+            where, params = _key_filter(key)
+            rows = [(p, Interval(utc(s), utc(e)), t, int(b), int(n), d, m) for p, s, e, t, b, n, d, m in self._execute(
+                f"SELECT partition, start, \"end\", token, bars, bytes, digest, marks FROM {CATALOG}.coverage "
+                f"WHERE {where} ORDER BY token", params).fetchall()]
+            if snapshot is not None:
+                with self._lock:
+                    self._listings[key] = (snapshot, rows)
         if within is not None:
-            where += " AND start < ? AND \"end\" > ?"
-            params += [within.end.to_pydatetime(), within.start.to_pydatetime()]
-        rows = self._execute(
-            f"SELECT partition, start, \"end\", token, bars, bytes, digest, marks FROM {CATALOG}.coverage "
-            f"WHERE {where} ORDER BY token", params).fetchall()
-        copies = {(f.interval, f.token[:16]): f for f in self.mirror.files(key, within)}
+            rows = [row for row in rows if row[1].overlaps(within)]
+        copies = {(f.interval, f.token[:16]): f for f in self.mirror.files(key, within)} if rows else {}
         found: list[BarFile] = []
-        for partition, start, end, token, bars, nbytes, digest, marks in rows:
-            interval = Interval(utc(start), utc(end))
+        for partition, interval, token, bars, nbytes, digest, marks in rows:
             copy = copies.get((interval, token[:16]))
             path = copy.path if copy is not None else \
                 self.mirror.series_dir(key) / partition / file_name(interval, token)
             found.append(LakeBarFile(path, key, partition, interval, copy.token if copy else token,
-                                     lake_token=token, rows=int(bars), nbytes=int(nbytes), digest=digest,
-                                     marks=marks))
+                                     lake_token=token, rows=bars, nbytes=nbytes, digest=digest, marks=marks))
         return found
+
+    def _snapshot(self) -> int | None:
+        """The catalog's newest snapshot id (None if it cannot be read: then nothing is reused)."""
+        with self._lock:
+            try:
+                if self._snapshots is None or self._snapshots_pid != os.getpid() or self._snapshots.closed:
+                    self._snapshots = _pg_connect(self.libpq, "lumibot-duckdb snapshots")
+                    self._snapshots_pid = os.getpid()
+                with self._snapshots.cursor() as cur:
+                    cur.execute("SELECT max(snapshot_id) FROM public.ducklake_snapshot")
+                    row = cur.fetchone()
+            except Exception:  # noqa: BLE001 - no catalog yet, or a broken connection: list afresh
+                self._snapshots = None
+                return None
+        return int(row[0]) if row and row[0] is not None else None
 
     def rewritable(self, files: list[BarFile]) -> list[BarFile]:
         return files
@@ -871,6 +897,10 @@ class DuckLakeBackend:
         import duckdb
 
         with self._lock:
+            if self._snapshots is not None and self._snapshots_pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    self._snapshots.close()
+            self._snapshots = None
             if self._db is not None:
                 with contextlib.suppress(duckdb.Error):
                     self._db.close()
