@@ -192,7 +192,7 @@ def status(store: DuckDBDataStorage, /) -> StoreReport:
     rows = [SeriesRow(s.key, s.files, s.rows, s.bytes, s.coverage, s.gaps, s.first_bar, s.last_bar, store.flags(s.key),
                       empty_answers(store.files(s.key)))
             for s in store.status()]
-    return StoreReport(store.root, rows, _quarantined(store), _temporary(store), store.location)
+    return StoreReport(store.root, rows, _quarantined(store), _temporary(store), store.shown_location)
 
 
 def _loose(folder: Path) -> Iterable[tuple[Path, os.stat_result]]:
@@ -506,7 +506,7 @@ def verify(store: DuckDBDataStorage, /, *, quarantine: bool = False) -> VerifyRe
 def _where(store: DuckDBDataStorage, key: SeriesKey) -> str:
     """Where a series lives, for a problem report (its folder; on S3 its key)."""
     folder = getattr(store.backend, "series_dir", None)
-    return str(folder(key)) if folder is not None else f"{store.location} {key}"
+    return str(folder(key)) if folder is not None else f"{store.shown_location} {key}"
 
 
 def _find_strays(store: DuckDBDataStorage, problems: list[Problem]) -> None:

@@ -130,10 +130,15 @@ class DuckDBDataStorage(DataStorageInterface):
         _OPEN_STORES.add(self)
 
     def __repr__(self) -> str:
-        return f"DuckDBDataStorage({self.location!r})"
+        return f"DuckDBDataStorage({self.shown_location!r})"
 
     def describe(self) -> str:
-        return f"the store {self.location if is_ducklake(self.location) else self.root}"
+        return f"the store {self.shown_location if is_ducklake(self.location) else self.root}"
+
+    @property
+    def shown_location(self) -> str:
+        """The location as messages show it (a DuckLake store's libpq string without its password)."""
+        return str(getattr(self.backend, "location", self.location)) if is_ducklake(self.location) else self.location
 
     # -- connections ---------------------------------------------------------------------------
     def _cursor(self) -> duckdb.DuckDBPyConnection:
