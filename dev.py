@@ -3,6 +3,9 @@
 
     python3 dev.py demo        offline A/B backtest, legacy Lumibot beside lumibot-duckdb
     python3 dev.py test        the test suite (DuckDB as Lumibot installs it, then the store tests on DuckDB 1.5)
+    python3 dev.py test-team   the DuckLake (team mode) tests, in their own environment .venv-team with the
+                               [team] extra (DuckDB 1.5.5 and its extension wheels); PostgreSQL's server
+                               binaries from the system (apt-get install postgresql), else they skip
     python3 dev.py bench ...   a benchmark script from benchmarks/ (see benchmarks/README.md)
 
 The first call creates ``.venv`` and installs the project with its test extras (and moto's S3 server
@@ -24,6 +27,11 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".lumibot-duckdb-installed"
+TEAM_VENV = ROOT / ".venv-team"  # DuckDB 1.5.5 for DuckLake: never in .venv, whose DuckDB is Lumibot's
+TEAM_PYTHON = TEAM_VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+TEAM_STAMP = TEAM_VENV / ".lumibot-duckdb-installed"
+# The team tests: DuckLake itself, and the store's checks on a DuckLake store (test_store.py's ducklake cases).
+TEAM_TESTS = ["tests/test_ducklake.py", "tests/test_store.py"]
 DUCKDB_15 = VENV / "duckdb-1.5"  # a second DuckDB beside the venv's, put first on PYTHONPATH
 # The store is also checked on DuckDB 1.5 (the last series with offline extension wheels).
 DUCKDB_15_TESTS = ["tests/test_store.py", "tests/test_polygon.py", "tests/test_coverage.py", "tests/test_query.py",
@@ -52,6 +60,28 @@ def ensure_environment() -> None:
     STAMP.write_text(wanted)
 
 
+def ensure_team_environment() -> None:
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if TEAM_PYTHON.exists() and TEAM_STAMP.exists() and TEAM_STAMP.read_text() == wanted:
+        return
+    if not TEAM_PYTHON.exists():
+        print(f"Creating {TEAM_VENV} …", flush=True)
+        venv.EnvBuilder(with_pip=True).create(TEAM_VENV)
+    code = run(TEAM_PYTHON, "-m", "pip", "install", "--upgrade", "pip") or run(
+        TEAM_PYTHON, "-m", "pip", "install", "-e", f"{ROOT}[team,test,s3-test]")
+    if code:
+        sys.exit(code)
+    TEAM_STAMP.write_text(wanted)
+
+
+def test_team(args: list[str]) -> int:
+    """The DuckLake tests in .venv-team (``-k ducklake`` of test_store.py; everything of test_ducklake.py)."""
+    ensure_team_environment()
+    if args:
+        return run(TEAM_PYTHON, "-m", "pytest", *args)
+    return run(TEAM_PYTHON, "-m", "pytest", "-q", *TEAM_TESTS, "-k", "ducklake")
+
+
 def test(args: list[str]) -> int:
     code = run(PYTHON, "-m", "pytest", *args)
     if code or args:
@@ -65,9 +95,11 @@ def test(args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test", "bench"):
+    if not argv or argv[0] not in ("demo", "test", "test-team", "bench"):
         print(__doc__)
         return 2
+    if argv[0] == "test-team":
+        return test_team(argv[1:])
     ensure_environment()
     command, rest = argv[0], argv[1:]
     if command == "demo":

@@ -254,12 +254,12 @@ def _existing_store(store_dir: str | None, *, write: bool = False) -> DuckDBData
 
     ``write``: the command changes the store, so an S3 store is opened as a writer (it probes the service).
     """
-    from lumibot_duckdb.config import Settings, is_s3
+    from lumibot_duckdb.config import Settings, is_remote
     from lumibot_duckdb.errors import ConfigError
     from lumibot_duckdb.store import DuckDBDataStorage
 
     location = Settings.resolve(store=store_dir, use_duckdb=True).location
-    if not is_s3(location) and not (Path(location) / "bars").is_dir():
+    if not is_remote(location) and not (Path(location) / "bars").is_dir():
         raise ConfigError(f"No store at {location} (no bars/ folder). Pass --store DIR|s3://BUCKET/PREFIX or set "
                           "LUMIBOT_DUCKDB_STORE / LUMIBOT_DUCKDB_CACHE_DIR (in the environment or a .env file).")
     return DuckDBDataStorage(location, role="write" if write else None)
@@ -558,24 +558,36 @@ def _selection(function: Any) -> Any:
 @maintain.command("compact")
 @_selection
 @click.option("--dry-run", is_flag=True, help="Only say which series would be rewritten.")
+@click.option("--lake-grace", default="1h", show_default=True,
+              help="DuckLake stores: keep snapshots, replaced files and unreferenced files younger than this "
+                   "(readers and writers may still use them).")
 @STORE_OPTION
 def maintain_compact(source: str | None, symbol: str | None, symbol_glob: str | None, timeframe: str | None,
-                     dry_run: bool, store_dir: str | None) -> None:
+                     dry_run: bool, lake_grace: str, store_dir: str | None) -> None:
     """Rewrite fragmented or overlapping partitions as one sorted file per covered range.
 
-    Every bar is kept; where two files overlap, the newer file's bars win (as on every read).
+    Every bar is kept; where two files overlap, the newer file's bars win (as on every read). On a
+    DuckLake store, DuckLake's own upkeep follows: small files merged, old snapshots expired, the files
+    they alone used and files no snapshot knows (left by a writer that died) deleted; safe while writers
+    commit (each step retried on conflicts).
 
     \b
     Example: lumibot-duckdb maintain compact --source polygon --store ./bars
     """
-    from lumibot_duckdb.store.maintenance import compact
+    from lumibot_duckdb.store.maintenance import compact, parse_age
 
+    grace = parse_age(lake_grace)
     with _existing_store(store_dir, write=not dry_run) as store:
         report = compact(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob,
-                         dry_run=dry_run)
+                         dry_run=dry_run, lake_grace=grace)
     verb = "would rewrite" if dry_run else "rewrote"
     click.echo(f"{report.series} series checked, {verb} {len(report.rewritten)}: "
                f"{report.files_before:,} files before, {report.files_after:,} after.")
+    if report.lake is not None:
+        lake = report.lake
+        click.echo(f"DuckLake upkeep: {lake['files_before']:,} data files before, {lake['files_after']:,} after; "
+                   f"{lake['expire']} snapshot(s) expired, {lake['cleanup']} old file(s) and {lake['orphans']} "
+                   f"orphaned file(s) deleted ({lake['seconds']:.1f} s).")
     for name in report.rewritten:
         click.echo(f"  {name}")
 
@@ -760,11 +772,11 @@ def import_cache_command(cache: Path | None, sources: tuple[str, ...], include_r
     """
     import json
 
-    from lumibot_duckdb.config import is_s3
+    from lumibot_duckdb.config import is_remote
     from lumibot_duckdb.ingest.cache import import_cache
 
     names = [s.strip() for s in symbols.split(",") if s.strip()]
-    target = _writable_store(store_dir) if store_dir and is_s3(store_dir) else store_dir
+    target = _writable_store(store_dir) if store_dir and is_remote(store_dir) else store_dir
     report = import_cache(target, cache, sources=list(sources) or None, include_rounded=include_rounded,
                           dry_run=dry_run, symbols=names, credentials=_dotenv_credentials(), progress=progress)
     if as_json:
@@ -949,7 +961,7 @@ def _print_fetch(report: Any) -> None:
 @click.option("--dry-run", is_flag=True, help="Only say what would be pushed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def sync_command(source: str, target: str, dry_run: bool, as_json: bool) -> None:
-    """Push what SOURCE holds and TARGET lacks into TARGET (each a folder or s3://bucket/prefix).
+    """Push what SOURCE holds and TARGET lacks into TARGET (each a folder, s3://bucket/prefix or ducklake:…).
 
     Only ranges TARGET does not cover are written (a range both hold keeps TARGET's bars), and notes TARGET
     has not got; running it again pushes nothing. TARGET is opened as a writer (on S3: under each series'
@@ -957,6 +969,7 @@ def sync_command(source: str, target: str, dry_run: bool, as_json: bool) -> None
 
     \b
     Example: lumibot-duckdb sync ./bars s3://team-bars/lumibot
+    Example: lumibot-duckdb sync ./bars "ducklake:postgres:dbname=lake host=db.internal"
 
     A reader's own fills (gaps it fetched from a provider and kept locally) are under
     <LUMIBOT_DUCKDB_CACHE_DIR>/s3/<bucket>/<prefix>/: `db-status --store s3://…` names that folder.

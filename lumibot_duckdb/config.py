@@ -27,6 +27,11 @@ Environment variables:
     Where the bar store is: a folder, or ``s3://bucket/prefix`` (a team's store on S3 or an
     S3-compatible service; credentials and endpoint from boto3's standard chain: ``AWS_*``
     variables, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``). Default: the local cache folder.
+    ``ducklake:postgres:<libpq string>`` is a team's store on DuckLake (a PostgreSQL catalog; needs the
+    ``[team]`` extra; :mod:`lumibot_duckdb.store.ducklake`).
+``LUMIBOT_DUCKDB_DATA_PATH``
+    Where a DuckLake store keeps its Parquet files: ``s3://bucket/prefix/`` (credentials and endpoint as
+    above) or a folder (one machine). Needed when the catalog is new; later it is read from the catalog.
 ``LUMIBOT_DUCKDB_STORE_ROLE``
     ``read`` (default) or ``write``. A reader never writes to a shared (S3) store: gaps it fetches are
     kept on this machine. A writer publishes them. No effect on a folder store.
@@ -89,6 +94,7 @@ VERIFY = "verify"
 """The value of ``use_duckdb`` / ``LUMIBOT_USE_DUCKDB`` that turns verify mode on."""
 ENV_STORE = "LUMIBOT_DUCKDB_STORE"
 ENV_STORE_ROLE = "LUMIBOT_DUCKDB_STORE_ROLE"
+ENV_DATA_PATH = "LUMIBOT_DUCKDB_DATA_PATH"
 ENV_LISTING_TTL = "LUMIBOT_DUCKDB_S3_LISTING_TTL"
 ENV_LEASE_TTL = "LUMIBOT_DUCKDB_S3_LEASE_TTL"
 ROLES = ("read", "write")
@@ -178,6 +184,19 @@ def is_s3(location: object) -> bool:
     return isinstance(location, str) and location.lower().startswith(S3_SCHEME)
 
 
+DUCKLAKE_SCHEME = "ducklake:"
+
+
+def is_ducklake(location: object) -> bool:
+    """True for a ``ducklake:`` location (a team's store on DuckLake)."""
+    return isinstance(location, str) and location.lower().startswith(DUCKLAKE_SCHEME)
+
+
+def is_remote(location: object) -> bool:
+    """True for a store that is not a folder of this machine (S3 or DuckLake)."""
+    return is_s3(location) or is_ducklake(location)
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix/`` -> ``("bucket", "some/prefix")``; a :class:`ConfigError` says what is wrong."""
     if not is_s3(url):
@@ -197,6 +216,13 @@ def parse_store(value: str | os.PathLike[str], *, name: str) -> str:
     text = os.fspath(value).strip() if isinstance(value, (str, os.PathLike)) else value
     if not isinstance(text, str) or not text:
         raise ConfigError(f"{name}={value!r} is not a store location; give a folder or s3://BUCKET/PREFIX.")
+    if is_ducklake(text):
+        kind, sep, libpq = text[len(DUCKLAKE_SCHEME):].partition(":")
+        if kind.lower() != "postgres" or not sep or not libpq.strip():
+            raise ConfigError(f"{name}={text!r}: write ducklake:postgres:<libpq string> (e.g. ducklake:postgres:"
+                              "dbname=lake host=db.example user=research), a DuckLake store with its catalog in "
+                              "PostgreSQL, the catalog many processes and machines can share.")
+        return f"{DUCKLAKE_SCHEME}postgres:{libpq.strip()}"
     scheme, sep, _ = text.partition("://")
     if sep:
         if scheme.lower() != "s3":
@@ -351,6 +377,8 @@ class Settings:
     store: str = ""
     """Where the store is: ``s3://bucket/prefix`` or a folder; empty = :attr:`cache_dir` (see :attr:`location`)."""
     store_role: str = "read"
+    data_path: str = ""
+    """Where a DuckLake store keeps its Parquet files (``LUMIBOT_DUCKDB_DATA_PATH``); empty: the catalog's."""
     listing_ttl: float = 300.0
     lease_ttl: float = 30.0
 
@@ -374,6 +402,7 @@ class Settings:
         verify_report: str | os.PathLike[str] | None = None,
         store: str | os.PathLike[str] | None = None,
         store_role: str | None = None,
+        data_path: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Settings:
         """Apply the precedence: explicit argument, then environment (with Lumibot's ``.env`` files, see
@@ -422,10 +451,11 @@ class Settings:
                               "store) or write (publishes what it fetches).")
         listing_ttl = parse_seconds(env.get(ENV_LISTING_TTL), name=ENV_LISTING_TTL, default=300.0)
         lease_ttl = parse_seconds(env.get(ENV_LEASE_TTL), name=ENV_LEASE_TTL, default=30.0, minimum=1.0)
+        lake_data = os.fspath(data_path) if data_path is not None else env.get(ENV_DATA_PATH, "").strip()
         return cls(use_duckdb=enabled, cache_dir=folder.expanduser(), strict=is_strict, max_memory=budget,
                    retries=int(attempts), retry_wait=float(wait),
                    verify=verify, verify_report=Path(report_path).expanduser() if report_path else None,
-                   store=location, store_role=role, listing_ttl=listing_ttl, lease_ttl=lease_ttl,
+                   store=location, store_role=role, data_path=lake_data, listing_ttl=listing_ttl, lease_ttl=lease_ttl,
                    cache_dir_from=origin)
 
 

@@ -149,6 +149,44 @@ def s3_store(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     return f"s3://{S3_BUCKET}/{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throw-away PostgreSQL cluster on 127.0.0.1 for the whole session (the DuckLake stores' catalogs; stopped
+    by a watchdog if this process dies). Skips, saying why, without the [team] extra or PostgreSQL's binaries."""
+    from lumibot_duckdb.errors import ConfigError
+    from lumibot_duckdb.store.ducklake import require_extensions
+    from lumibot_duckdb.testing.pgserver import pg_binaries, postgres_cluster
+
+    try:
+        require_extensions()
+    except ConfigError as exc:
+        pytest.skip(f"DuckLake store tests need the [team] extra (python3 dev.py test-team runs them): {exc}")
+    if pg_binaries() is None:
+        pytest.skip("no PostgreSQL server binaries for the DuckLake store tests (apt-get install postgresql; "
+                    ".ci/run installs them)")
+    try:
+        cluster = postgres_cluster(max_lifetime=3 * 3600)
+        running = cluster.__enter__()
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL cluster for the DuckLake store tests: {exc}")
+    try:
+        yield running
+    finally:
+        cluster.__exit__(None, None, None)
+
+
+@pytest.fixture
+def lake_store(pg_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty DuckLake store: its own catalog database on the session's cluster, its data in this test's
+    folder (``LUMIBOT_DUCKDB_DATA_PATH``), its mirror under ``LUMIBOT_DUCKDB_CACHE_DIR``."""
+    import uuid
+
+    libpq = pg_cluster.create_database(f"lake_{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("LUMIBOT_DUCKDB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LUMIBOT_DUCKDB_DATA_PATH", str(tmp_path / "lake-data"))
+    return f"ducklake:postgres:{libpq}"
+
+
 @pytest.fixture
 def lumibot_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh legacy Lumibot cache for this test (Lumibot's Polygon helper reads the folder per call)."""

@@ -23,11 +23,14 @@ from lumibot_duckdb.store.coverage import utc
 VALUES = ["open", "high", "low", "close", "volume", "vwap", "trade_count"]
 
 
-@pytest.fixture(params=["folder", "s3"])
+@pytest.fixture(params=["folder", "s3", "ducklake"])
 def store_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    """The same checks on every backend: a folder, and an S3 store on moto's server (tests/conftest.py).
+    """The same checks on every backend: a folder, an S3 store on moto's server, and a DuckLake store on a
+    throw-away PostgreSQL cluster (tests/conftest.py; it needs the [team] extra, else it skips saying so).
     Tests of what only a folder has (its .tmp/, files damaged in place) take ``store_folder`` instead."""
-    return tmp_path / "store" if request.param == "folder" else request.getfixturevalue("s3_store")
+    if request.param == "folder":
+        return tmp_path / "store"
+    return request.getfixturevalue("s3_store" if request.param == "s3" else "lake_store")
 
 
 @pytest.fixture
@@ -398,6 +401,8 @@ def _unreadable(*args: object, **kwargs: object) -> None:
 
 
 def test_a_backtest_reading_bars_never_imports_duckdb(store_dir: Path) -> None:
+    if str(store_dir).startswith("ducklake:"):
+        pytest.skip("not applicable: a DuckLake store's coverage is a table in the lake, read through DuckDB")
     DuckDBDataStorage(store_dir).write(key(), make_bars(periods=50))
     code = textwrap.dedent(f"""
         import sys

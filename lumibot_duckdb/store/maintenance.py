@@ -192,7 +192,7 @@ def status(store: DuckDBDataStorage, /) -> StoreReport:
     rows = [SeriesRow(s.key, s.files, s.rows, s.bytes, s.coverage, s.gaps, s.first_bar, s.last_bar, store.flags(s.key),
                       empty_answers(store.files(s.key)))
             for s in store.status()]
-    return StoreReport(store.root, rows, _quarantined(store), _temporary(store), store.location)
+    return StoreReport(store.root, rows, _quarantined(store), _temporary(store), store.shown_location)
 
 
 def _loose(folder: Path) -> Iterable[tuple[Path, os.stat_result]]:
@@ -236,15 +236,20 @@ class CompactReport:
     files_after: int = 0
     dry_run: bool = False
     rewritten: list[str] = field(default_factory=list)
+    lake: dict[str, Any] | None = None
+    """A DuckLake store's upkeep: its data files before and after, and what each step did."""
 
 
 def compact(store: DuckDBDataStorage, /, *, source: str | None = None, symbol: str | None = None,
-            timeframe: str | None = None, symbol_glob: str | None = None, dry_run: bool = False) -> CompactReport:
+            timeframe: str | None = None, symbol_glob: str | None = None, dry_run: bool = False,
+            lake_grace: dt.timedelta | None = None) -> CompactReport:
     """Rewrite every partition that has several files for one covered run, or overlapping files,
     as one sorted file per run (where files overlap, the newer file's bars are kept, as on read).
 
     With ``dry_run`` nothing changes and ``files_after`` is what the real run would leave
-    (:func:`files_after_compaction`)."""
+    (:func:`files_after_compaction`). On a DuckLake store, DuckLake's own upkeep runs after (merge of small
+    files, expiry of snapshots older than ``lake_grace``, removal of the files only they used and of files no
+    snapshot knows: :meth:`~lumibot_duckdb.store.ducklake.DuckLakeBackend.upkeep`)."""
     report = CompactReport(dry_run=dry_run)
     for key in select_series(store, source=source, symbol=symbol, timeframe=timeframe, symbol_glob=symbol_glob):
         files = store.files(key)
@@ -255,6 +260,9 @@ def compact(store: DuckDBDataStorage, /, *, source: str | None = None, symbol: s
             if not dry_run:
                 store.compact(key)
         report.files_after += files_after_compaction(files) if dry_run else len(store.files(key))
+    upkeep = getattr(store.backend, "upkeep", None)
+    if upkeep is not None and not dry_run:
+        report.lake = upkeep() if lake_grace is None else upkeep(lake_grace)
     return report
 
 
@@ -498,7 +506,7 @@ def verify(store: DuckDBDataStorage, /, *, quarantine: bool = False) -> VerifyRe
 def _where(store: DuckDBDataStorage, key: SeriesKey) -> str:
     """Where a series lives, for a problem report (its folder; on S3 its key)."""
     folder = getattr(store.backend, "series_dir", None)
-    return str(folder(key)) if folder is not None else f"{store.location} {key}"
+    return str(folder(key)) if folder is not None else f"{store.shown_location} {key}"
 
 
 def _find_strays(store: DuckDBDataStorage, problems: list[Problem]) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from lumibot_duckdb.config import Settings, is_s3
+from lumibot_duckdb.config import Settings, is_ducklake, is_remote, is_s3
 from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreError, spell
 from lumibot_duckdb.log import get_logger
 from lumibot_duckdb.store import answers, integrity
@@ -92,8 +92,10 @@ class DuckDBDataStorage(DataStorageInterface):
 
     def __init__(self, location: str | os.PathLike[str] | None = None, /, *, lock_timeout: float = 600.0,
                  cache_dir: str | os.PathLike[str] | None = None, role: str | None = None,
-                 create_parents: bool = False) -> None:
-        """``location``: a folder or ``s3://bucket/prefix`` (default: ``LUMIBOT_DUCKDB_STORE``, else the local
+                 create_parents: bool = False, data_path: str | os.PathLike[str] | None = None) -> None:
+        """``location``: a folder, ``s3://bucket/prefix`` or ``ducklake:postgres:<libpq string>`` (a team's store
+        on DuckLake, its Parquet files at ``data_path`` / ``LUMIBOT_DUCKDB_DATA_PATH``;
+        :mod:`lumibot_duckdb.store.ducklake`) (default: ``LUMIBOT_DUCKDB_STORE``, else the local
         cache folder ``cache_dir`` / ``LUMIBOT_DUCKDB_CACHE_DIR``, else ``<Lumibot cache>/duckdb``, which also
         holds an S3 store's mirror). ``role``: ``"read"`` or ``"write"`` (default ``LUMIBOT_DUCKDB_STORE_ROLE``,
         else read; see :mod:`lumibot_duckdb.store.s3`).
@@ -104,12 +106,13 @@ class DuckDBDataStorage(DataStorageInterface):
         ``LUMIBOT_DUCKDB_CACHE_DIR`` (a deployment's setting) are created with their parents, as are the
         data sources' stores.
         """
-        settings = Settings.resolve(store=location, cache_dir=cache_dir, store_role=role, use_duckdb=True)
+        settings = Settings.resolve(store=location, cache_dir=cache_dir, store_role=role, use_duckdb=True,
+                                    data_path=data_path)
         self.location = settings.location
         self.backend = _open_backend(settings)
         self.root = Path(self.backend.root)
         # a folder store named here (a typo guard); an S3 store's mirror folder is derived, always created
-        named = not is_s3(settings.location) and (location is not None or settings.cache_dir_from == "cache_dir=")
+        named = not is_remote(settings.location) and (location is not None or settings.cache_dir_from == "cache_dir=")
         self.lock_timeout = lock_timeout
         missing = next((p for p in reversed(self.root.parents) if not p.exists()), None)
         if missing is not None and named and not create_parents:
@@ -127,10 +130,15 @@ class DuckDBDataStorage(DataStorageInterface):
         _OPEN_STORES.add(self)
 
     def __repr__(self) -> str:
-        return f"DuckDBDataStorage({self.location!r})"
+        return f"DuckDBDataStorage({self.shown_location!r})"
 
     def describe(self) -> str:
-        return f"the store {self.root}"
+        return f"the store {self.shown_location if is_ducklake(self.location) else self.root}"
+
+    @property
+    def shown_location(self) -> str:
+        """The location as messages show it (a DuckLake store's libpq string without its password)."""
+        return str(getattr(self.backend, "location", self.location)) if is_ducklake(self.location) else self.location
 
     # -- connections ---------------------------------------------------------------------------
     def _cursor(self) -> duckdb.DuckDBPyConnection:
@@ -153,6 +161,9 @@ class DuckDBDataStorage(DataStorageInterface):
             self._cursors.clear()
             self._local = threading.local()
             self._closed = True
+        closer = getattr(self.backend, "close", None)  # a DuckLake store's own DuckDB (its catalog connections)
+        if closer is not None:
+            closer()
 
     def __enter__(self) -> DuckDBDataStorage:
         return self
@@ -437,7 +448,7 @@ class DuckDBDataStorage(DataStorageInterface):
                 continue
             if only_if_fragmented and len(listed) <= COMPACT_AFTER_FILES:
                 continue
-            files = mergeable(listed)
+            files = self.backend.local(mergeable(listed))  # the bytes here (S3, DuckLake: their mirror)
             try:  # (a damaged file is set aside, never merged into a new file that would pass every check)
                 if not self._check(files):
                     raise StoreError(f"Files of {key} changed while being compacted; compact again.")
@@ -652,13 +663,20 @@ def _as_store_error(action: str) -> Iterator[None]:
     """File-system failures (disk full, permissions, a vanished folder) as :class:`StoreError`."""
     try:
         yield
+    except StoreError:  # already says what to do (StoreLockTimeout is an OSError too: a TimeoutError)
+        raise
     except OSError as exc:
         raise StoreError(f"Could not {action}: {exc}. Files published before this error are kept; check "
                          "free space and permissions of the store folder (LUMIBOT_DUCKDB_CACHE_DIR).") from exc
 
 
 def _open_backend(settings: Settings) -> Backend:
-    """The backend of a resolved location: a folder, or an S3 store (its module imported only then)."""
+    """The backend of a resolved location: a folder, an S3 store or a DuckLake store (its module imported only
+    then)."""
+    if is_ducklake(settings.location):
+        from lumibot_duckdb.store.ducklake import DuckLakeBackend
+
+        return DuckLakeBackend(settings.location, data_path=settings.data_path or None, cache_dir=settings.cache_dir)
     if is_s3(settings.location):
         from lumibot_duckdb.store.s3 import S3Backend
 

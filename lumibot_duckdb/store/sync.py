@@ -37,7 +37,7 @@ class SyncReport:
 def sync(source: DuckDBDataStorage, target: DuckDBDataStorage, /, *, dry_run: bool = False) -> SyncReport:
     """Write into ``target`` every range (and note) ``source`` holds that ``target`` lacks; see the module."""
     started = time.perf_counter()
-    report = SyncReport(source.location, target.location, dry_run=dry_run)
+    report = SyncReport(source.shown_location, target.shown_location, dry_run=dry_run)
     for key in source.series():
         files = sorted(source.files(key), key=lambda f: (f.interval.start, f.token))
         if not files:

@@ -88,10 +88,11 @@ def _stopped(spec: dict[str, Any]) -> bool:
 
 def run_writer(spec: dict[str, Any]) -> dict[str, Any]:
     """Fill ``spec["plan"]`` as a backtest's fill does: take the series' lock, fetch only what is missing."""
-    store = DuckDBDataStorage(spec["store"], role="write")
+    store = DuckDBDataStorage(spec["store"], role="write", cache_dir=spec.get("cache"))
     _ready_set_go(spec)
     errors: list[str] = []
     fetched = 0
+    commits: list[float] = []
     for symbol, start, end in spec["plan"]:
         try:
             with store.writer(series(symbol)) as writer:
@@ -100,19 +101,22 @@ def run_writer(spec: dict[str, Any]) -> dict[str, Any]:
                     bars = provider_bars(symbol, gap)
                     with open(spec["log"], "a") as log:
                         log.write(json.dumps([symbol, gap.start.isoformat(), gap.end.isoformat(), os.getpid()]) + "\n")
+                    started = time.perf_counter()
                     writer.write(bars, covered=gap)
+                    commits.append(time.perf_counter() - started)
                     fetched += 1
         except Exception:  # noqa: BLE001 - every failure is reported, none ends the race
             errors.append(traceback.format_exc(limit=3))
     stats = store.remote_stats()
-    return {"role": "writer", "fetched": fetched, "errors": errors, "lease_waits": stats.get("lease_waits", []),
+    waits = stats.get("lease_waits", stats.get("lock_waits", []))
+    return {"role": "writer", "fetched": fetched, "errors": errors, "lease_waits": waits, "commit_seconds": commits,
             "requests": stats.get("total", 0)}
 
 
 def run_reader(spec: dict[str, Any]) -> dict[str, Any]:
     """Until the file ``spec["stop"]`` exists: pick a series and a period, read every covered part of it, and
     check that it holds every bar the provider has for it, once, exactly (readers only ever see whole files)."""
-    store = DuckDBDataStorage(spec["store"], role="read")
+    store = DuckDBDataStorage(spec["store"], role="read", cache_dir=spec.get("cache"))
     rng = random.Random(spec.get("seed", 0))
     _ready_set_go(spec)
     reads = checked_bars = 0
