@@ -61,12 +61,16 @@ def no_thread_left_running():
     so one left behind makes the whole test run hang after its summary (as CI would, until its time limit)."""
     import threading
     import time
+    from concurrent.futures import thread as pool_threads
 
-    before = {t for t in threading.enumerate() if not t.daemon}
+    def blocking(t: threading.Thread) -> bool:  # (an executor's idle workers are woken and joined at exit)
+        return not t.daemon and getattr(t, "_target", None) is not pool_threads._worker
+
+    before = {t for t in threading.enumerate() if blocking(t)}
     yield
     deadline = time.monotonic() + 5.0
     while True:
-        left = [t for t in threading.enumerate() if not t.daemon and t not in before and t.is_alive()]
+        left = [t for t in threading.enumerate() if blocking(t) and t not in before and t.is_alive()]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)
