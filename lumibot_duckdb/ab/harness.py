@@ -278,7 +278,6 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
     process was started, for :attr:`RunResult.startup_seconds`.
     """
     import contextlib
-    import resource
 
     from lumibot_duckdb.ab.record import equity_of, recording_fills
     from lumibot_duckdb.ab.strategy import load_strategy, parameters_of
@@ -356,7 +355,7 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
     if strategy is None:
         raise RuntimeError("Lumibot's run_backtest returned no strategy (see its log above)")
     size, bars = _disk(source, variant, workdir)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    peak = _peak_rss_mb()
     verifier = getattr(strategy.broker.data_source, "duckdb_verifier", None)
     checks = verifier.summary() if verifier is not None else {}
     if verifier is not None:
@@ -441,6 +440,21 @@ def _disk(source: Any, variant: str, workdir: Path) -> tuple[int, int]:
             report = store.status()
         return sum(s.bytes for s in report), sum(s.rows for s in report)
     return source.legacy_cache(workdir / "lumibot-cache")
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: ``VmHWM`` where Linux has it, since ``ru_maxrss`` survives ``exec`` and would
+    report the parent's peak for a small run started from a large process; else ``ru_maxrss``."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def _rss_mb() -> float:
