@@ -55,6 +55,18 @@ def no_network(request: pytest.FixtureRequest):
         pytest.fail(f"test tried the network: {guard.attempts[:3]}", pytrace=False)
 
 
+@pytest.fixture
+def naive_times_in_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Naive times read as UTC: the store's rule reads them in Lumibot's default time zone
+    (lumibot_duckdb.config.default_timezone), set to UTC here, for tests written before that rule."""
+    import sys
+
+    monkeypatch.setattr("lumibot_duckdb.config.LUMIBOT_DEFAULT_TIMEZONE", "UTC")
+    constants = sys.modules.get("lumibot.constants")
+    if constants is not None:
+        monkeypatch.setattr(constants, "LUMIBOT_DEFAULT_TIMEZONE", "UTC")
+
+
 @pytest.fixture(autouse=True)
 def no_thread_left_running():
     """Fail a test that leaves a non-daemon thread running: the interpreter waits for such threads at exit,

@@ -28,17 +28,7 @@ from lumibot_duckdb.store import DuckDBDataStorage, Interval, SeriesKey, answers
 from lumibot_duckdb.store.maintenance import compact, forget_empty, prune, status
 from lumibot_duckdb.store.validate import PRICE_RULES, bar_problems, price_rule, row_problems
 
-
-@pytest.fixture(autouse=True)
-def naive_times_in_utc(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The times written naive in this file are UTC: the store's rule reads naive times in Lumibot's default
-    time zone (lumibot_duckdb.config.default_timezone), set to UTC here."""
-    import sys
-
-    monkeypatch.setattr("lumibot_duckdb.config.LUMIBOT_DEFAULT_TIMEZONE", "UTC")
-    constants = sys.modules.get("lumibot.constants")
-    if constants is not None:
-        monkeypatch.setattr(constants, "LUMIBOT_DEFAULT_TIMEZONE", "UTC")
+pytestmark = pytest.mark.usefixtures("naive_times_in_utc")  # (the times written naive here are UTC)
 
 
 KEY = SeriesKey("stub", "AAA", "minute", quote="USD")

@@ -40,17 +40,7 @@ from lumibot_duckdb.store.sync import sync
 from lumibot_duckdb.testing.s3server import S3Proxy, free_port
 from lumibot_duckdb.testing.team import expected_gaps, race_plan, series
 
-
-@pytest.fixture(autouse=True)
-def naive_times_in_utc(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The times written naive in this file are UTC: the store's rule reads naive times in Lumibot's default
-    time zone (lumibot_duckdb.config.default_timezone), set to UTC here."""
-    import sys
-
-    monkeypatch.setattr("lumibot_duckdb.config.LUMIBOT_DEFAULT_TIMEZONE", "UTC")
-    constants = sys.modules.get("lumibot.constants")
-    if constants is not None:
-        monkeypatch.setattr(constants, "LUMIBOT_DEFAULT_TIMEZONE", "UTC")
+pytestmark = pytest.mark.usefixtures("naive_times_in_utc")  # (the times written naive here are UTC)
 
 
 MONTH = ("2024-01-01", "2024-02-01")
