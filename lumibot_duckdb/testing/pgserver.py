@@ -33,39 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lumibot_duckdb.testing.s3server import free_port
+from lumibot_duckdb.testing.s3server import WATCHDOG, free_port
 
 ENV_PG_BIN = "LUMIBOT_DUCKDB_PG_BIN"
 USER = "lake"
-
-_WATCHDOG = """
-import os, shutil, signal, sys, time
-parent, server, deadline, folder = int(sys.argv[1]), int(sys.argv[2]), time.time() + float(sys.argv[3]), sys.argv[4]
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of a dead parent counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
-while alive(server):
-    if not alive(parent) or time.time() > deadline:
-        for sig in (signal.SIGINT, signal.SIGKILL):  # SIGINT: PostgreSQL's fast shutdown
-            try:
-                os.killpg(server, sig)
-            except ProcessLookupError:
-                break
-            time.sleep(1.5)
-        break
-    time.sleep(0.3)
-if not alive(parent):
-    shutil.rmtree(folder, ignore_errors=True)
-"""
 
 
 def pg_binaries() -> Path | None:
@@ -178,8 +149,8 @@ def postgres_cluster(parent: str | os.PathLike[str] | None = None, *, max_lifeti
                        "-c", "shared_buffers=32MB", "-c", "logging_collector=off"]
             server = subprocess.Popen(_as_owner(command),
                 stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)
-        watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(server.pid),
-                                     str(max_lifetime), str(folder)],
+        watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(server.pid),
+                                     str(max_lifetime), "SIGINT", str(folder)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60
         while server.poll() is None and time.monotonic() < deadline and not _ready("127.0.0.1", port):

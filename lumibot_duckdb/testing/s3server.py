@@ -32,9 +32,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-_WATCHDOG = """
-import os, signal, sys, time
+WATCHDOG = """
+import os, shutil, signal, sys, time
 parent, server, deadline = int(sys.argv[1]), int(sys.argv[2]), time.time() + float(sys.argv[3])
+first = getattr(signal, sys.argv[4]) if len(sys.argv) > 4 else signal.SIGTERM  # (PostgreSQL: SIGINT, fast shutdown)
+folder = sys.argv[5] if len(sys.argv) > 5 else ""  # removed if the parent died
 def alive(pid):
     try:
         os.kill(pid, 0)
@@ -49,15 +51,19 @@ def alive(pid):
         return True
 while alive(server):
     if not alive(parent) or time.time() > deadline:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig in (first, signal.SIGKILL):
             try:
                 os.killpg(server, sig)
             except ProcessLookupError:
                 break
-            time.sleep(1.0)
+            time.sleep(1.5)
         break
     time.sleep(0.3)
+if folder and not alive(parent):
+    shutil.rmtree(folder, ignore_errors=True)
 """
+"""A process that stops a test server's process group when the test process dies or the server outlives its
+time: ``python -c WATCHDOG parent_pid server_pid max_seconds [FIRST_SIGNAL [folder]]``."""
 
 
 def free_port() -> int:
@@ -98,7 +104,7 @@ def moto_server(*, max_lifetime: float = 1800.0, log: Path | None = None) -> Ite
         server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                   stdout=sink, stderr=sink, start_new_session=True,
                                   env={**os.environ, "MOTO_PORT": str(port)})
-        watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(server.pid),
+        watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(server.pid),
                                      str(max_lifetime)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     start_new_session=True)
         deadline = time.monotonic() + 30
