@@ -272,7 +272,10 @@ def test_unsettled_bars_are_never_recorded_as_covered(polygon, store_dir) -> Non
     btc = Asset("BTC", "crypto")  # trades every day, so today always has bars
     now = pd.Timestamp.now(tz="UTC")
     start = (now - pd.Timedelta(days=3)).tz_convert(NY).to_pydatetime()
-    end = now.tz_convert(NY).to_pydatetime()
+    # Crypto days are UTC days and the range asked runs to the end of ``end``'s date: ``end`` = now in New York
+    # would, between 00:00 and 05:00 UTC (New York's evening), end the range at today's UTC midnight, all settled.
+    # The last minute of today's UTC day, in New York, reaches the still-forming bars at any hour.
+    end = (now.normalize() + pd.Timedelta(hours=23, minutes=59)).tz_convert(NY).to_pydatetime()
     source = make_source("duckdb", store_dir)
     for timespan in ("minute", "day"):
         fetch(source, btc, start, end, timespan)
