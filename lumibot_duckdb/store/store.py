@@ -35,7 +35,7 @@ from lumibot_duckdb.store.interface import Backend, DataStorageInterface
 from lumibot_duckdb.store.lazy import lazy_module
 from lumibot_duckdb.store.local import BarFile, LocalFolder, partitions_for, read_footer
 from lumibot_duckdb.store.naming import parse_time
-from lumibot_duckdb.store.reader import READ_ERRORS, read_files
+from lumibot_duckdb.store.reader import FLOAT_BLOCK, READ_ERRORS, read_files
 from lumibot_duckdb.store.schema import VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
 
 if TYPE_CHECKING:
@@ -359,7 +359,8 @@ class DuckDBDataStorage(DataStorageInterface):
         present = [n for n in names if n not in absent]
         overlaps = has_overlaps(f.interval for f in files)
         try:  # pyarrow decodes the row groups itself, no engine to start (store/reader.py) ...
-            return _bars_frame(read_files(files, wanted, present, dedupe=overlaps), names)
+            floats = [n for n in names if n not in _NOT_FLOAT]
+            return _bars_frame(read_files(files, wanted, present, dedupe=overlaps, floats=floats), names)
         except READ_ERRORS:
             pass  # ... and where a file cannot be read, DuckDB's read below says which (see read())
         read = ", ".join(["ts", *present])
@@ -729,33 +730,79 @@ def _null_columns(path: str) -> frozenset[str]:
 
 
 def _bars_frame(result: dict[str, Any], names: list[str]) -> pd.DataFrame:
-    """DuckDB's ``fetchnumpy()`` result → the store's frame: UTC ``ts`` index, ``names`` in order.
+    """A read's columns (:func:`read_files`, or DuckDB's ``fetchnumpy()``) → the store's frame: UTC ``ts`` index,
+    ``names`` in order; NULLs arrive as masked arrays (DuckDB) or NaN (floats, pyarrow).
 
-    (``fetchnumpy`` plus a frame built here is about a third faster than DuckDB's own ``df()``
-    for the small ranges a backtest reads; NULLs arrive as masked arrays.)
+    The float columns are one 2-D block (pyarrow's read decodes into it: :data:`FLOAT_BLOCK`), ``trade_count``
+    a nullable Int64 block, ``metadata`` an object block: the frame pandas would consolidate, built directly
+    (building it from a dict of columns costs ~0.25 ms, more than a day of bars takes to decode).
     """
     index = pd.DatetimeIndex(np.asarray(result["ts"], dtype="datetime64[us]"), name="ts").tz_localize("UTC")
     n = len(index)
-    data: dict[str, Any] = {}
-    for name in names:
-        column = result.get(name)
-        if name == "trade_count":
-            if column is None:
-                data[name] = pd.array(np.zeros(n, dtype="int64"), dtype="Int64", copy=False)
-                data[name][:] = pd.NA
-            else:
-                values = np.ma.getdata(column).astype("int64", copy=False)
-                data[name] = pd.arrays.IntegerArray(values, np.ma.getmaskarray(column))
-        elif name == "metadata":
-            values = np.full(n, None, dtype=object)
-            if column is not None:  # (np.ma.filled(x, None) would fill with numpy's default, '?')
+    floats = [name for name in names if name not in _NOT_FLOAT]
+    supplied = result.get(FLOAT_BLOCK)
+    if supplied is not None and list(supplied[0]) == floats:
+        block = supplied[1]
+    else:
+        block = np.empty((len(floats), n), dtype=np.float64)
+        for row, name in enumerate(floats):
+            column = result.get(name)
+            block[row] = np.nan if column is None else np.ma.filled(np.ma.asarray(column, dtype="float64"), np.nan)
+    others: dict[str, Any] = {}
+    if "trade_count" in names:
+        column = result.get("trade_count")
+        if column is None:
+            others["trade_count"] = pd.arrays.IntegerArray(np.zeros(n, dtype="int64"), np.ones(n, dtype=bool))
+        else:
+            values = np.ma.getdata(column).astype("int64", copy=False)
+            others["trade_count"] = pd.arrays.IntegerArray(values, np.ma.getmaskarray(column))
+    if "metadata" in names:
+        values = np.full(n, None, dtype=object)
+        column = result.get("metadata")
+        if column is not None:  # (np.ma.filled(x, None) would fill with numpy's default, '?')
+            if isinstance(column, np.ma.MaskedArray):
                 present = ~np.ma.getmaskarray(column)
                 values[present] = np.asarray(np.ma.getdata(column), dtype=object)[present]
-            data[name] = pd.Series(values, index=index, dtype=object, copy=False)  # (typed: pandas would scan it)
-        else:
-            data[name] = (np.full(n, np.nan) if column is None else
-                          np.ma.filled(np.ma.asarray(column, dtype="float64"), np.nan))
-    return pd.DataFrame(data, index=index, columns=names, copy=False)  # (not consolidated: no copy of the bars)
+            else:  # (pyarrow's: None for null already)
+                values = np.asarray(column, dtype=object)
+        others["metadata"] = values
+    return _frame(index, names, floats, block, others)
+
+
+_NOT_FLOAT = frozenset({"trade_count", "metadata"})
+
+
+def _frame(index: pd.DatetimeIndex, names: list[str], floats: list[str], block: np.ndarray,
+           others: dict[str, Any]) -> pd.DataFrame:
+    """The frame of ``names`` from the float ``block`` (a row per name of ``floats``) and the ``others`` columns,
+    its blocks handed to pandas as they are (pandas' own block API; its public constructor where that is gone)."""
+    position = {name: i for i, name in enumerate(names)}
+    if _MAKE_BLOCK is not None:
+        blocks = [_MAKE_BLOCK(block, placement=[position[name] for name in floats], ndim=2)] if floats else []
+        for name, values in others.items():
+            shaped = values.reshape(1, -1) if isinstance(values, np.ndarray) else values
+            blocks.append(_MAKE_BLOCK(shaped, placement=[position[name]], ndim=2))
+        manager = _BLOCK_MANAGER(blocks, [pd.Index(names), index])
+        return pd.DataFrame._from_mgr(manager, axes=manager.axes)
+    data = {name: block[row] for row, name in enumerate(floats)}
+    data.update({name: pd.Series(values, index=index, dtype=values.dtype, copy=False) for name, values in
+                 others.items()})  # (typed: pandas would scan an object column)
+    return pd.DataFrame(data, index=index, columns=names, copy=False)
+
+
+def _block_api() -> tuple[Any, Any]:
+    """pandas' ``make_block`` and ``BlockManager`` (pandas 2.x, what pyarrow's ``to_pandas`` uses), or None."""
+    try:
+        from pandas.core.internals.api import make_block
+        from pandas.core.internals.managers import BlockManager
+    except ImportError:
+        return None, None
+    if not hasattr(pd.DataFrame, "_from_mgr"):
+        return None, None
+    return make_block, BlockManager
+
+
+_MAKE_BLOCK, _BLOCK_MANAGER = _block_api()
 
 
 class _Vanished(Exception):
