@@ -75,8 +75,7 @@ _PARALLEL_GROUPS = 4
 def _read_tables(jobs: list[tuple[int, str, list[int]]], columns: list[str]) -> list[pa.Table]:
     total = sum(len(groups) for _, _, groups in jobs)
     if len(jobs) > 1 and total >= _PARALLEL_GROUPS and (os.cpu_count() or 1) > 1:
-        pool = _pool()
-        return list(pool.map(lambda job: _read_groups(job[1], job[2], columns, threads=False), jobs))
+        return list(pool().map(lambda job: _read_groups(job[1], job[2], columns, threads=False), jobs))
     return [_read_groups(path, groups, columns, threads=len(groups) >= _PARALLEL_GROUPS)
             for _, path, groups in jobs]
 
@@ -87,7 +86,8 @@ def _read_groups(path: str, groups: list[int], columns: list[str], *, threads: b
         return handle.read_row_groups(groups, columns=columns, use_threads=threads)
 
 
-def _pool() -> Any:
+def pool() -> Any:
+    """The process's pool of reading threads (a ``ThreadPoolExecutor``; a new one in a forked child)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with _POOL_LOCK:

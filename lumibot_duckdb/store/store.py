@@ -36,6 +36,7 @@ from lumibot_duckdb.store.lazy import lazy_module
 from lumibot_duckdb.store.local import BarFile, LocalFolder, partitions_for, read_footer
 from lumibot_duckdb.store.naming import parse_time
 from lumibot_duckdb.store.reader import FLOAT_BLOCK, READ_ERRORS, read_files
+from lumibot_duckdb.store.reader import pool as reader_pool
 from lumibot_duckdb.store.schema import VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
 
 if TYPE_CHECKING:
@@ -336,15 +337,17 @@ class DuckDBDataStorage(DataStorageInterface):
         """
         damaged: list[tuple[BarFile, integrity.Damage]] = []
         present = True
-        for bar_file in files:
-            try:
-                damage = integrity.checked(bar_file.path, bar_file.key, bar_file.interval, bar_file.token)
-            except FileNotFoundError:
+        # Files not yet checked in this process are checked at once (a checksum and a footer each; zlib and
+        # pyarrow release the GIL): the first read of a range across files waits for the slowest, not the sum.
+        unchecked = sum(not integrity.known(f.path) for f in files) if len(files) > 1 else 0
+        outcomes = reader_pool().map(_check_one, files) if unchecked > 1 else map(_check_one, files)
+        for bar_file, (damage, error) in zip(files, outcomes):
+            if isinstance(error, FileNotFoundError):
                 present = False
                 continue
-            except OSError as exc:
-                raise StoreError(f"Could not read {bar_file.path}: {exc}. Check the permissions of the store "
-                                 "folder (LUMIBOT_DUCKDB_CACHE_DIR).") from exc
+            if error is not None:
+                raise StoreError(f"Could not read {bar_file.path}: {error}. Check the permissions of the store "
+                                 "folder (LUMIBOT_DUCKDB_CACHE_DIR).") from error
             if damage is not None:
                 damaged.append((bar_file, damage))
         if damaged:
@@ -514,6 +517,14 @@ class DuckDBDataStorage(DataStorageInterface):
             return con.execute(query, params or []).df()
         finally:
             con.close()
+
+def _check_one(bar_file: BarFile) -> tuple[integrity.Damage | None, OSError | None]:
+    """:func:`integrity.checked` of one file: its damage, or the error that kept it from being read."""
+    try:
+        return integrity.checked(bar_file.path, bar_file.key, bar_file.interval, bar_file.token), None
+    except OSError as exc:  # (FileNotFoundError: compacted away meanwhile)
+        return None, exc
+
 
 def mergeable(files: Sequence[BarFile]) -> list[BarFile]:
     """The files compaction may merge: all but the empty answers waiting to be asked again (each keeps its
@@ -711,22 +722,23 @@ def _value_columns(columns: Sequence[str] | None) -> list[str]:
 
 @functools.lru_cache(maxsize=8192)
 def _null_columns(path: str) -> frozenset[str]:
-    """Columns with no value in the file (from its footer; files never change once published)."""
+    """Columns with no value in the file (from its footer; files never change once published): null in every
+    row of every row group, by the groups' statistics (a group without a null count has values, maybe)."""
     meta = read_footer(path)
     if meta is None:
         return frozenset()
-    rows = meta.num_rows
-    nulls: dict[str, int] = {}
-    for group in range(meta.num_row_groups):
-        row_group = meta.row_group(group)
-        for i in range(row_group.num_columns):
-            column = row_group.column(i)
-            stats = column.statistics
-            count = stats.null_count if stats is not None and stats.has_null_count else -(10**18)
-            nulls[column.path_in_schema] = nulls.get(column.path_in_schema, 0) + count
-    if rows == 0:  # an answer with no bars: every column is empty
+    if meta.num_rows == 0:  # an answer with no bars: every column is empty
         return frozenset(meta.schema.names)
-    return frozenset(name for name, count in nulls.items() if count == rows)
+    groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+    empty = set()
+    for i in range(meta.num_columns):
+        for group in groups:  # (a column with values shows it in its first group: one look for most)
+            stats = group.column(i).statistics
+            if stats is None or not stats.has_null_count or stats.null_count != group.num_rows:
+                break
+        else:
+            empty.add(groups[0].column(i).path_in_schema if groups else meta.schema.column(i).path)
+    return frozenset(empty)
 
 
 def _bars_frame(result: dict[str, Any], names: list[str]) -> pd.DataFrame:
