@@ -292,6 +292,10 @@ def _ts_bounds(path: str) -> tuple[np.ndarray, np.ndarray] | None:
         return empty, empty
     first = meta.row_group(0)
     ts_index = next(i for i in range(first.num_columns) if first.column(i).path_in_schema == "ts")
+    # The raw INT64 statistics are the microseconds themselves when ``ts`` is stored as the store writes it
+    # (a datetime per statistic costs ~15 µs: a first read of a year file paid ~0.3 ms for them).
+    column = meta.schema.column(ts_index)
+    micros = column.physical_type == "INT64" and '"timeUnit":"microseconds"' in column.logical_type.to_json()
     mins = np.full(meta.num_row_groups, np.iinfo(np.int64).min, dtype=np.int64)
     maxs = np.full(meta.num_row_groups, np.iinfo(np.int64).max, dtype=np.int64)
     for group in range(meta.num_row_groups):
@@ -301,7 +305,10 @@ def _ts_bounds(path: str) -> tuple[np.ndarray, np.ndarray] | None:
             continue
         stats = row_group.column(ts_index).statistics
         if stats is not None and stats.has_min_max:
-            mins[group], maxs[group] = _stat_micros(stats.min), _stat_micros(stats.max)
+            if micros:
+                mins[group], maxs[group] = stats.min_raw, stats.max_raw
+            else:
+                mins[group], maxs[group] = _stat_micros(stats.min), _stat_micros(stats.max)
     return mins, maxs
 
 
