@@ -20,7 +20,7 @@ against the bars written, outside the timing.
 Lumibot's Polygon source builds its ``Data`` from (``sources.polygon.legacy_frame``), beside Lumibot's
 ``load_cache`` of the same bars in its own cache file.
 
-Reproduce: ``python3 dev.py bench benchmarks/test_range_query.py`` (about 1 minute); the
+Reproduce: ``python3 dev.py bench benchmarks/test_range_query.py`` (about 1.5 minutes); the
 ratio table is printed at the end.
 """
 

@@ -7,6 +7,13 @@ groups directly. The answer is the one the store's DuckDB query gives (``SELECT 
 WHERE ts >= start AND ts < end ORDER BY ts``, the newest file winning where files overlap), in the
 shape DuckDB's ``fetchnumpy()`` returns it; a file that cannot be read raises ``OSError`` or an Arrow
 error, and the caller asks DuckDB, which says which file is damaged.
+
+Published files are sorted and cover disjoint ranges, so the usual answer is each file's rows inside the range,
+one file after the other: those are copied once into arrays of the answer's length (the float columns into the
+rows of one 2-D array, the frame's float block), with no concatenation and no consolidation copy. Files that
+overlap (two answers for one gap, before compaction) or are out of order take the general way: concatenate,
+order by ``ts``, the newest file's bar where two have one. Several files are decoded at once on a small pool of
+threads (pyarrow releases the GIL while it decodes): a bulk read of 20 year files, or a window across a year's edge.
 """
 
 from __future__ import annotations

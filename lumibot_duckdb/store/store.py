@@ -339,8 +339,14 @@ class DuckDBDataStorage(DataStorageInterface):
         present = True
         # Files not yet checked in this process are checked at once (a checksum and a footer each; zlib and
         # pyarrow release the GIL): the first read of a range across files waits for the slowest, not the sum.
-        unchecked = sum(not integrity.known(f.path) for f in files) if len(files) > 1 else 0
-        outcomes = reader_pool().map(_check_one, files) if unchecked > 1 else map(_check_one, files)
+        outcomes: list[tuple[integrity.Damage | None, OSError | None]]
+        if len(files) > 1:
+            unchecked = [f for f in files if not integrity.known(f.path)]  # (a known file: its one stat, here)
+            found = dict(zip((f.path for f in unchecked), reader_pool().map(_check_one, unchecked) if
+                             len(unchecked) > 1 else map(_check_one, unchecked)))
+            outcomes = [found.get(f.path, (None, None)) for f in files]
+        else:
+            outcomes = [_check_one(f) for f in files]
         for bar_file, (damage, error) in zip(files, outcomes):
             if isinstance(error, FileNotFoundError):
                 present = False
