@@ -8,21 +8,29 @@ The store reads only the partitions and row groups that overlap the range.
 * ``store-warm``: ``DuckDBDataStorage.read`` on a store object already open (a backtest's case).
 * ``store-cold``: a new store object for every query (the process's DuckDB is shared: new cursor).
 * ``store-first-read``: what the first query of a new process pays: a new store object, no footer or
-  file-name cached, no DuckDB database open (the store reads with pyarrow and opens none; DuckDB's
-  ``connect`` alone was ~16 ms here when it did).
+  file-name cached, the file not yet checked (its CRC-32 and footer marks are verified again,
+  :mod:`lumibot_duckdb.store.integrity`), no DuckDB database open (the store reads with pyarrow and opens
+  none; DuckDB's ``connect`` alone was ~16 ms here when it did).
+
+Every variant cycles through the same 16 windows of its length (seeded starts over 2019–2022, some across a
+year's file edge), so no variant answers the same range twice in a row; each window's answer is checked
+against the bars written, outside the timing.
 
 ``test_bulk_read``: 10.5M minute bars (20 years of one 24/7 symbol, 20 files) read whole into the frame
 Lumibot's Polygon source builds its ``Data`` from (``sources.polygon.legacy_frame``), beside Lumibot's
 ``load_cache`` of the same bars in its own cache file.
 
-Reproduce: ``python3 dev.py bench benchmarks/test_range_query.py`` (about 1 minute); the
+Reproduce: ``python3 dev.py bench benchmarks/test_range_query.py`` (about 1.5 minutes); the
 ratio table is printed at the end.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -30,8 +38,24 @@ from lumibot_duckdb import DuckDBDataStorage, SeriesKey
 from lumibot_duckdb.testing.market import SyntheticMarket
 
 KEY = SeriesKey("polygon", "AAA", "minute", quote="USD", adjustment="split")
-WINDOWS = {"1 day": ("2021-06-15", "2021-06-16"), "1 month": ("2021-06-01", "2021-07-01"),
-           "1 year": ("2021-01-01", "2022-01-01")}
+LENGTHS = {"1 day": pd.DateOffset(days=1), "1 month": pd.DateOffset(months=1), "1 year": pd.DateOffset(years=1)}
+ROTATION = 16
+"""Each variant cycles through this many windows of its length (starts spread over 2019–2022, some crossing a
+year's file edge), so that no answer is read twice in a row: nothing can be served from a cache of the last one."""
+
+
+def windows(length: str, bars: pd.DataFrame) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    """``ROTATION`` windows of ``length`` that hold bars, at starts a seeded draw spreads over 2019-02 to 2022-11."""
+    days = pd.bdate_range("2019-02-01", "2022-11-30", tz="UTC")
+    found: list[tuple[pd.Timestamp, pd.Timestamp]] = []
+    for start in np.random.default_rng(19).permutation(days):
+        start = pd.Timestamp(start)
+        end = start + LENGTHS[length]
+        if ((bars.index >= start) & (bars.index < end)).any():
+            found.append((start, end))
+        if len(found) == ROTATION:
+            return found
+    raise AssertionError(f"fewer than {ROTATION} {length} windows with bars")
 
 
 @pytest.fixture(scope="module")
@@ -56,41 +80,47 @@ def legacy_query(path: Path, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataF
     return frame[(frame.index >= start) & (frame.index < end)]
 
 
-@pytest.mark.parametrize("window", list(WINDOWS))
+@pytest.mark.parametrize("window", list(LENGTHS))
 @pytest.mark.parametrize("method", ["legacy", "store-warm", "store-cold", "store-first-read"])
 def test_range_query(benchmark, five_years, window: str, method: str) -> None:
     legacy_file, store_dir, bars = five_years
-    start, end = (pd.Timestamp(t, tz="UTC") for t in WINDOWS[window])
-    expected = int(((bars.index >= start) & (bars.index < end)).sum())
+    rotation = windows(window, bars)
     benchmark.group = f"range query {window} of 5y minute ({len(bars):,} bars)"
     if method == "legacy":
-        result = benchmark(legacy_query, legacy_file, start, end)
+        def query(start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+            return legacy_query(legacy_file, start, end)
     elif method == "store-warm":
         store = DuckDBDataStorage(store_dir)
-        result = benchmark(store.read, KEY, start, end)
+        query = functools.partial(store.read, KEY)
     elif method == "store-cold":
-        def cold() -> pd.DataFrame:
+        def query(start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
             with DuckDBDataStorage(store_dir) as fresh:
                 return fresh.read(KEY, start, end)
-        result = benchmark(cold)
     else:
-        def first_read() -> pd.DataFrame:
+        def query(start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
             _forget_caches()
             with DuckDBDataStorage(store_dir) as fresh:
                 return fresh.read(KEY, start, end)
-        result = benchmark(first_read)
-    assert len(result) == expected > 0
-    assert result["close"].iloc[0] == bars.loc[result.index[0], "close"]
+    turn = itertools.cycle(rotation)
+    benchmark(lambda: query(*next(turn)))
+    for start, end in rotation:  # every window's answer, checked once outside the timing
+        result = query(start, end)
+        expected = bars[(bars.index >= start) & (bars.index < end)]
+        assert len(result) == len(expected) > 0
+        assert (result["close"].to_numpy() == expected["close"].to_numpy()).all()
 
 
 def _forget_caches() -> None:
-    """What a new process has not learnt yet: footers, row-group bounds, file names; no DuckDB database."""
-    from lumibot_duckdb.store import local, reader
+    """What a new process has not learnt yet: footers, row-group bounds, file names, which files passed their
+    integrity check (so the first read checksums its file again); no DuckDB database."""
+    from lumibot_duckdb.store import integrity, local, reader
     from lumibot_duckdb.store import store as store_module
 
     for cached in (local.read_footer, local.parse_file_name, local.partition_interval, reader._ts_bounds,
                    store_module._null_columns):
         cached.cache_clear()
+    with integrity._CHECKED_LOCK:
+        integrity._CHECKED.clear()
     store_module._Engine.shutdown()
 
 

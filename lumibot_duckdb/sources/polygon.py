@@ -645,14 +645,20 @@ def _bars_frame(raw: pd.DataFrame, *, what: str = "") -> pd.DataFrame:
 
 
 def legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
-    """Store bars → the frame ``polygon_helper`` builds: index ``datetime`` (UTC, ns), raw Agg columns."""
-    index = pd.DatetimeIndex(bars.index).as_unit("ns").rename("datetime")
+    """Store bars → the frame ``polygon_helper`` builds: index ``datetime`` (UTC, ns), raw Agg columns.
+
+    Each column is made in one pass over the bars, without copying what needs no change (a backtest's bulk
+    read of millions of bars goes through here; ``benchmarks/test_range_query.py::test_bulk_read``).
+    """
+    index = _nanosecond_index(pd.DatetimeIndex(bars.index))
     trades = bars["trade_count"]
-    metadata = bars["metadata"]
-    otc = np.full(len(bars), None, dtype=object)
-    present = np.not_equal(metadata.to_numpy(), None)
+    metadata = bars["metadata"].to_numpy()
+    present = pd.notna(metadata)  # (store metadata is a JSON string or None)
     if present.any():
+        otc = np.full(len(bars), None, dtype=object)
         otc[present] = [json.loads(m).get("otc") for m in metadata[present]]
+    else:
+        otc = metadata if metadata.dtype == object else np.full(len(bars), None, dtype=object)
     frame = pd.DataFrame(
         {
             "open": bars["open"].to_numpy(),
@@ -662,8 +668,8 @@ def legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
             "volume": _volume_as_polygon_sent_it(bars["volume"]),
             "vwap": bars["vwap"].to_numpy(),
             "timestamp": index.asi8 // 1_000_000,
-            "transactions": trades.astype("int64").to_numpy() if not trades.isna().any()
-            else trades.astype("float64").to_numpy(),
+            "transactions": trades.to_numpy(dtype="float64", na_value=np.nan) if trades.hasnans
+            else trades.to_numpy(dtype="int64"),
             "otc": pd.Series(otc, index=index, dtype=object, copy=False),  # (typed: pandas would scan it)
         },
         index=index,
@@ -672,15 +678,39 @@ def legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+_NS_LIMIT_US = np.iinfo(np.int64).max // 1000
+
+
+def _nanosecond_index(index: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    """``index`` (UTC) in nanoseconds, named ``datetime``: a multiply of its microseconds once they are known to
+    fit (pandas' ``as_unit`` checks every bar for overflow, ~20x slower); ``as_unit`` otherwise, which raises."""
+    if index.unit == "us" and str(index.tz) == "UTC":
+        micros = index.asi8
+        if not len(micros) or (micros.min() > -_NS_LIMIT_US and micros.max() < _NS_LIMIT_US):
+            nanos = (micros * 1000).view("datetime64[ns]")
+            return pd.DatetimeIndex(nanos, name="datetime").tz_localize("UTC")
+    return index.as_unit("ns").rename("datetime")
+
+
 def _volume_as_polygon_sent_it(volume: pd.Series) -> Any:
     """Polygon sends stock volumes as JSON integers, so Lumibot's frame holds int64; crypto volumes are fractional.
 
     The store keeps float64 (exact for integers below 2**53); whole-number volumes go back as int64.
     """
     values = volume.to_numpy(dtype="float64")
-    if len(values) and not pd.isna(values).any() and (values == values.round()).all():
+    if len(values) and _whole_numbers(values):
         return values.astype("int64")
     return values
+
+
+def _whole_numbers(values: np.ndarray, step: int = 65_536) -> bool:
+    """Whether every value is a whole number (no NaN), checked a slice at a time: a fractional (crypto) volume is
+    found in the first slice, and no temporary the size of the column is made."""
+    for at in range(0, len(values), step):
+        part = values[at:at + step]
+        if not bool((part == np.round(part)).all()):  # (NaN != NaN: a missing volume is no whole number)
+            return False
+    return True
 
 
 def legacy_filter(frame: pd.DataFrame, start: Any, end: Any, timespan: str) -> pd.DataFrame:

@@ -339,6 +339,17 @@ def checked(path: str | os.PathLike[str], key: SeriesKey, interval: Interval, to
     return damage
 
 
+def known(path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`checked` would pass ``path`` on a ``stat`` alone (it passed in this process, unchanged)."""
+    name = os.fspath(path)
+    try:
+        status = os.stat(name)
+    except OSError:
+        return False
+    with _CHECKED_LOCK:
+        return _CHECKED.get(name) == (status.st_size, status.st_mtime_ns, status.st_ino)
+
+
 def forget(path: str | os.PathLike[str]) -> None:
     """Drop ``path`` from the files known good in this process (it was quarantined or removed)."""
     with _CHECKED_LOCK:

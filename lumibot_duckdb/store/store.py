@@ -35,7 +35,8 @@ from lumibot_duckdb.store.interface import Backend, DataStorageInterface
 from lumibot_duckdb.store.lazy import lazy_module
 from lumibot_duckdb.store.local import BarFile, LocalFolder, partitions_for, read_footer
 from lumibot_duckdb.store.naming import parse_time
-from lumibot_duckdb.store.reader import READ_ERRORS, read_files
+from lumibot_duckdb.store.reader import FLOAT_BLOCK, READ_ERRORS, read_files
+from lumibot_duckdb.store.reader import pool as reader_pool
 from lumibot_duckdb.store.schema import VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
 
 if TYPE_CHECKING:
@@ -336,15 +337,23 @@ class DuckDBDataStorage(DataStorageInterface):
         """
         damaged: list[tuple[BarFile, integrity.Damage]] = []
         present = True
-        for bar_file in files:
-            try:
-                damage = integrity.checked(bar_file.path, bar_file.key, bar_file.interval, bar_file.token)
-            except FileNotFoundError:
+        # Files not yet checked in this process are checked at once (a checksum and a footer each; zlib and
+        # pyarrow release the GIL): the first read of a range across files waits for the slowest, not the sum.
+        outcomes: list[tuple[integrity.Damage | None, OSError | None]]
+        if len(files) > 1:
+            unchecked = [f for f in files if not integrity.known(f.path)]  # (a known file: its one stat, here)
+            found = dict(zip((f.path for f in unchecked), reader_pool().map(_check_one, unchecked) if
+                             len(unchecked) > 1 else map(_check_one, unchecked)))
+            outcomes = [found.get(f.path, (None, None)) for f in files]
+        else:
+            outcomes = [_check_one(f) for f in files]
+        for bar_file, (damage, error) in zip(files, outcomes):
+            if isinstance(error, FileNotFoundError):
                 present = False
                 continue
-            except OSError as exc:
-                raise StoreError(f"Could not read {bar_file.path}: {exc}. Check the permissions of the store "
-                                 "folder (LUMIBOT_DUCKDB_CACHE_DIR).") from exc
+            if error is not None:
+                raise StoreError(f"Could not read {bar_file.path}: {error}. Check the permissions of the store "
+                                 "folder (LUMIBOT_DUCKDB_CACHE_DIR).") from error
             if damage is not None:
                 damaged.append((bar_file, damage))
         if damaged:
@@ -359,7 +368,8 @@ class DuckDBDataStorage(DataStorageInterface):
         present = [n for n in names if n not in absent]
         overlaps = has_overlaps(f.interval for f in files)
         try:  # pyarrow decodes the row groups itself, no engine to start (store/reader.py) ...
-            return _bars_frame(read_files(files, wanted, present, dedupe=overlaps), names)
+            floats = [n for n in names if n not in _NOT_FLOAT]
+            return _bars_frame(read_files(files, wanted, present, dedupe=overlaps, floats=floats), names)
         except READ_ERRORS:
             pass  # ... and where a file cannot be read, DuckDB's read below says which (see read())
         read = ", ".join(["ts", *present])
@@ -513,6 +523,14 @@ class DuckDBDataStorage(DataStorageInterface):
             return con.execute(query, params or []).df()
         finally:
             con.close()
+
+def _check_one(bar_file: BarFile) -> tuple[integrity.Damage | None, OSError | None]:
+    """:func:`integrity.checked` of one file: its damage, or the error that kept it from being read."""
+    try:
+        return integrity.checked(bar_file.path, bar_file.key, bar_file.interval, bar_file.token), None
+    except OSError as exc:  # (FileNotFoundError: compacted away meanwhile)
+        return None, exc
+
 
 def mergeable(files: Sequence[BarFile]) -> list[BarFile]:
     """The files compaction may merge: all but the empty answers waiting to be asked again (each keeps its
@@ -710,52 +728,99 @@ def _value_columns(columns: Sequence[str] | None) -> list[str]:
 
 @functools.lru_cache(maxsize=8192)
 def _null_columns(path: str) -> frozenset[str]:
-    """Columns with no value in the file (from its footer; files never change once published)."""
+    """Columns with no value in the file (from its footer; files never change once published): null in every
+    row of every row group, by the groups' statistics (a group without a null count has values, maybe)."""
     meta = read_footer(path)
     if meta is None:
         return frozenset()
-    rows = meta.num_rows
-    nulls: dict[str, int] = {}
-    for group in range(meta.num_row_groups):
-        row_group = meta.row_group(group)
-        for i in range(row_group.num_columns):
-            column = row_group.column(i)
-            stats = column.statistics
-            count = stats.null_count if stats is not None and stats.has_null_count else -(10**18)
-            nulls[column.path_in_schema] = nulls.get(column.path_in_schema, 0) + count
-    if rows == 0:  # an answer with no bars: every column is empty
+    if meta.num_rows == 0:  # an answer with no bars: every column is empty
         return frozenset(meta.schema.names)
-    return frozenset(name for name, count in nulls.items() if count == rows)
+    groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+    empty = set()
+    for i in range(meta.num_columns):
+        for group in groups:  # (a column with values shows it in its first group: one look for most)
+            stats = group.column(i).statistics
+            if stats is None or not stats.has_null_count or stats.null_count != group.num_rows:
+                break
+        else:
+            empty.add(groups[0].column(i).path_in_schema if groups else meta.schema.column(i).path)
+    return frozenset(empty)
 
 
 def _bars_frame(result: dict[str, Any], names: list[str]) -> pd.DataFrame:
-    """DuckDB's ``fetchnumpy()`` result → the store's frame: UTC ``ts`` index, ``names`` in order.
+    """A read's columns (:func:`read_files`, or DuckDB's ``fetchnumpy()``) → the store's frame: UTC ``ts`` index,
+    ``names`` in order; NULLs arrive as masked arrays (DuckDB) or NaN (floats, pyarrow).
 
-    (``fetchnumpy`` plus a frame built here is about a third faster than DuckDB's own ``df()``
-    for the small ranges a backtest reads; NULLs arrive as masked arrays.)
+    The float columns are one 2-D block (pyarrow's read decodes into it: :data:`FLOAT_BLOCK`), ``trade_count``
+    a nullable Int64 block, ``metadata`` an object block: the frame pandas would consolidate, built directly
+    (building it from a dict of columns costs ~0.25 ms, more than a day of bars takes to decode).
     """
     index = pd.DatetimeIndex(np.asarray(result["ts"], dtype="datetime64[us]"), name="ts").tz_localize("UTC")
     n = len(index)
-    data: dict[str, Any] = {}
-    for name in names:
-        column = result.get(name)
-        if name == "trade_count":
-            if column is None:
-                data[name] = pd.array(np.zeros(n, dtype="int64"), dtype="Int64", copy=False)
-                data[name][:] = pd.NA
-            else:
-                values = np.ma.getdata(column).astype("int64", copy=False)
-                data[name] = pd.arrays.IntegerArray(values, np.ma.getmaskarray(column))
-        elif name == "metadata":
-            values = np.full(n, None, dtype=object)
-            if column is not None:  # (np.ma.filled(x, None) would fill with numpy's default, '?')
+    floats = [name for name in names if name not in _NOT_FLOAT]
+    supplied = result.get(FLOAT_BLOCK)
+    if supplied is not None and list(supplied[0]) == floats:
+        block = supplied[1]
+    else:
+        block = np.empty((len(floats), n), dtype=np.float64)
+        for row, name in enumerate(floats):
+            column = result.get(name)
+            block[row] = np.nan if column is None else np.ma.filled(np.ma.asarray(column, dtype="float64"), np.nan)
+    others: dict[str, Any] = {}
+    if "trade_count" in names:
+        column = result.get("trade_count")
+        if column is None:
+            others["trade_count"] = pd.arrays.IntegerArray(np.zeros(n, dtype="int64"), np.ones(n, dtype=bool))
+        else:
+            values = np.ma.getdata(column).astype("int64", copy=False)
+            others["trade_count"] = pd.arrays.IntegerArray(values, np.ma.getmaskarray(column))
+    if "metadata" in names:
+        values = np.full(n, None, dtype=object)
+        column = result.get("metadata")
+        if column is not None:  # (np.ma.filled(x, None) would fill with numpy's default, '?')
+            if isinstance(column, np.ma.MaskedArray):
                 present = ~np.ma.getmaskarray(column)
                 values[present] = np.asarray(np.ma.getdata(column), dtype=object)[present]
-            data[name] = pd.Series(values, index=index, dtype=object, copy=False)  # (typed: pandas would scan it)
-        else:
-            data[name] = (np.full(n, np.nan) if column is None else
-                          np.ma.filled(np.ma.asarray(column, dtype="float64"), np.nan))
-    return pd.DataFrame(data, index=index, columns=names, copy=False)  # (not consolidated: no copy of the bars)
+            else:  # (pyarrow's: None for null already)
+                values = np.asarray(column, dtype=object)
+        others["metadata"] = values
+    return _frame(index, names, floats, block, others)
+
+
+_NOT_FLOAT = frozenset({"trade_count", "metadata"})
+
+
+def _frame(index: pd.DatetimeIndex, names: list[str], floats: list[str], block: np.ndarray,
+           others: dict[str, Any]) -> pd.DataFrame:
+    """The frame of ``names`` from the float ``block`` (a row per name of ``floats``) and the ``others`` columns,
+    its blocks handed to pandas as they are (pandas' own block API; its public constructor where that is gone)."""
+    position = {name: i for i, name in enumerate(names)}
+    if _MAKE_BLOCK is not None:
+        blocks = [_MAKE_BLOCK(block, placement=[position[name] for name in floats], ndim=2)] if floats else []
+        for name, values in others.items():
+            shaped = values.reshape(1, -1) if isinstance(values, np.ndarray) else values
+            blocks.append(_MAKE_BLOCK(shaped, placement=[position[name]], ndim=2))
+        manager = _BLOCK_MANAGER(blocks, [pd.Index(names), index])
+        return pd.DataFrame._from_mgr(manager, axes=manager.axes)
+    data = {name: block[row] for row, name in enumerate(floats)}
+    data.update({name: pd.Series(values, index=index, dtype=values.dtype, copy=False) for name, values in
+                 others.items()})  # (typed: pandas would scan an object column)
+    return pd.DataFrame(data, index=index, columns=names, copy=False)
+
+
+def _block_api() -> tuple[Any, Any]:
+    """pandas' ``make_block`` and ``BlockManager`` (pandas 2.x, what pyarrow's ``to_pandas`` uses), or None."""
+    try:
+        from pandas.core.internals.api import make_block
+        from pandas.core.internals.managers import BlockManager
+    except ImportError:
+        return None, None
+    if not hasattr(pd.DataFrame, "_from_mgr"):
+        return None, None
+    return make_block, BlockManager
+
+
+_MAKE_BLOCK, _BLOCK_MANAGER = _block_api()
 
 
 class _Vanished(Exception):

@@ -1,0 +1,145 @@
+"""The read path's fast way (store/reader.py: sorted, disjoint files gathered straight into the frame's arrays, a
+pool decoding several files at once; store.py: the frame built from its blocks; polygon.legacy_frame in one pass)
+gives exactly the frame of the general way and of DuckDB's query: same bars, dtypes, index, column order."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from factories import key, make_bars
+
+from lumibot_duckdb import DuckDBDataStorage
+from lumibot_duckdb.store import reader
+from lumibot_duckdb.store import store as store_module
+from lumibot_duckdb.store.coverage import utc
+from lumibot_duckdb.store.schema import empty_bars
+
+ALL = [*empty_bars().columns]
+
+
+def _unreadable(*args: object, **kwargs: object) -> None:
+    raise OSError("pyarrow could not read it")
+
+
+@pytest.fixture(scope="module")
+def years(tmp_path_factory: pytest.TempPathFactory) -> DuckDBDataStorage:
+    """Minute bars over three year files (2021-12-30 .. 2024-01-02), sparse, with a gap, nulls in some files only,
+    metadata in one, and a file with no bars (an empty answer)."""
+    store = DuckDBDataStorage(tmp_path_factory.mktemp("reads"))
+    for seed, (start, periods, step) in enumerate([("2021-12-30 20:00", 4000, 7), ("2022-06-01", 3000, 97),
+                                                   ("2023-12-31 22:00", 400, 1)]):
+        bars = make_bars(start, periods=periods, freq=f"{step}min", seed=seed)
+        bars["trade_count"] = pd.array(bars["trade_count"], dtype="Int64")
+        if seed == 1:
+            bars.loc[bars.index[::5], "trade_count"] = pd.NA
+            bars.loc[bars.index[::7], "vwap"] = np.nan
+            bars["metadata"] = [json.dumps({"otc": i % 2 == 0}) if i % 3 else None for i in range(periods)]
+            bars["dividend"] = np.where(np.arange(periods) % 50 == 0, 0.25, np.nan)
+        store.write(key(), bars, covered=(bars.index[0], bars.index[-1] + pd.Timedelta(minutes=1)))
+    store.write(key(), make_bars(periods=0), covered=("2023-03-01", "2023-03-02"))
+    return store
+
+
+WINDOWS = {
+    "everything": ("2021-01-01", "2025-01-01"),
+    "across a year's file edge": ("2022-12-31 23:00", "2023-01-01 01:00"),
+    "on the file edges exactly": ("2022-01-01", "2023-01-01"),
+    "across two edges": ("2021-12-31", "2024-01-01 12:00"),
+    "inside one row group": ("2022-06-02 10:00", "2022-06-02 10:30"),
+    "a gap with no bars": ("2022-03-01", "2022-04-01"),
+    "the empty answer": ("2023-03-01", "2023-03-02"),
+    "before everything": ("2019-01-01", "2020-01-01"),
+    "one bar": ("2023-12-31 22:00", "2023-12-31 22:01"),
+}
+
+
+@pytest.mark.parametrize("window", list(WINDOWS))
+@pytest.mark.parametrize("columns", [None, ["close", "trade_count", "metadata"], ["vwap", "open"], ["dividend"]])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_fast_path_is_the_general_path_and_duckdbs_answer(years: DuckDBDataStorage, window: str,
+                                                          columns: list[str] | None, parallel: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    start, end = (utc(t) for t in WINDOWS[window])
+    monkeypatch.setattr(reader, "_PARALLEL_GROUPS", 1 if parallel else 10**9)  # the pool, or none, for any read
+    fast = years.read(key(), start, end, columns=columns)
+    with monkeypatch.context() as patch:
+        patch.setattr(reader, "_disjoint_and_sorted", lambda *args: None)
+        general = years.read(key(), start, end, columns=columns)
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "read_files", _unreadable)
+        duck = years.read(key(), start, end, columns=columns)
+    pd.testing.assert_frame_equal(fast, general)
+    pd.testing.assert_frame_equal(fast, duck)
+    shape = empty_bars()[columns or ALL]
+    assert list(fast.columns) == list(shape.columns)
+    assert fast.dtypes.tolist() == shape.dtypes.tolist()
+    assert str(fast.index.dtype) == "datetime64[us, UTC]" and fast.index.name == "ts"
+    assert fast.index.is_monotonic_increasing and fast.index.is_unique
+    assert ((fast.index >= start) & (fast.index < end)).all()
+
+
+def test_many_files_with_many_row_groups(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files of several row groups each (the pool decodes them at once), read whole and in slices."""
+    monkeypatch.setattr("lumibot_duckdb.store.local.ROW_GROUP_SIZE", 64)
+    store = DuckDBDataStorage(tmp_path / "store")
+    for year in range(2015, 2022):
+        bars = make_bars(f"{year}-03-01", periods=1000, freq="61min", seed=year)
+        store.write(key(), bars, covered=(f"{year}-01-01", f"{year + 1}-01-01"))
+    for start, end in [("2015-01-01", "2022-01-01"), ("2016-03-20", "2019-03-02"), ("2018-03-05", "2018-03-06")]:
+        fast = store.read(key(), start, end)
+        with monkeypatch.context() as patch:
+            patch.setattr(store_module, "read_files", _unreadable)
+            duck = store.read(key(), start, end)
+        pd.testing.assert_frame_equal(fast, duck)
+        assert len(fast) > 0
+
+
+def test_the_frame_from_its_blocks_is_the_frame_from_its_columns(years: DuckDBDataStorage,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where pandas no longer offers its block API the frame is built from a dict of columns: the same frame."""
+    blocks = years.read(key(), "2021-01-01", "2025-01-01")
+    monkeypatch.setattr(store_module, "_MAKE_BLOCK", None)
+    columns = years.read(key(), "2021-01-01", "2025-01-01")
+    pd.testing.assert_frame_equal(blocks, columns)
+    blocks["close"] = blocks["close"] * 2  # a frame of one float block is an ordinary frame
+    assert (blocks["close"] == columns["close"] * 2).all() and (blocks["open"] == columns["open"]).all()
+
+
+def _reference_legacy_frame(bars: pd.DataFrame) -> pd.DataFrame:
+    """polygon.legacy_frame as first written (column by column with pandas' own conversions)."""
+    index = pd.DatetimeIndex(bars.index).as_unit("ns").rename("datetime")
+    trades = bars["trade_count"]
+    metadata = bars["metadata"]
+    otc = np.full(len(bars), None, dtype=object)
+    present = np.not_equal(metadata.to_numpy(), None)
+    if present.any():
+        otc[present] = [json.loads(m).get("otc") for m in metadata[present]]
+    volume = bars["volume"].to_numpy(dtype="float64")
+    if len(volume) and not pd.isna(volume).any() and (volume == volume.round()).all():
+        volume = volume.astype("int64")
+    return pd.DataFrame({"open": bars["open"].to_numpy(), "high": bars["high"].to_numpy(),
+                         "low": bars["low"].to_numpy(), "close": bars["close"].to_numpy(), "volume": volume,
+                         "vwap": bars["vwap"].to_numpy(), "timestamp": index.asi8 // 1_000_000,
+                         "transactions": trades.astype("int64").to_numpy() if not trades.isna().any()
+                         else trades.astype("float64").to_numpy(),
+                         "otc": pd.Series(otc, index=index, dtype=object)}, index=index)
+
+
+@pytest.mark.parametrize("window", list(WINDOWS))
+@pytest.mark.parametrize("volumes", ["whole", "fractional", "a missing one", "fractional after 70,000 bars"])
+def test_legacy_frame_in_one_pass_is_the_column_by_column_frame(years: DuckDBDataStorage, window: str,
+                                                                volumes: str) -> None:
+    from lumibot_duckdb.sources.polygon import POLYGON_COLUMNS, legacy_frame
+
+    bars = years.read(key(), *WINDOWS[window], columns=POLYGON_COLUMNS)
+    if volumes == "fractional":
+        bars["volume"] = bars["volume"] + 0.5
+    elif volumes == "a missing one" and len(bars):
+        bars.loc[bars.index[len(bars) // 2], "volume"] = np.nan
+    elif volumes.startswith("fractional after"):  # (the check goes a slice at a time: past the first slices)
+        bars = pd.concat([bars] * (70_000 // max(len(bars), 1) + 1)).iloc[:80_000] if len(bars) else bars
+        bars.loc[bars.index[-1:], "volume"] = 1.5
+    pd.testing.assert_frame_equal(legacy_frame(bars), _reference_legacy_frame(bars))
