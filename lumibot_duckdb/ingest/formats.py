@@ -108,6 +108,8 @@ def _read_blocks(path: Path, fmt: str, chunk_bytes: int, advance: Callable[[int]
     column_types.update(typed)
     convert = pacsv.ConvertOptions(column_types=column_types, strings_can_be_null=True)
     parse = pacsv.ParseOptions(delimiter=delimiter)
+    if typed:
+        return _streamed(path, fmt, chunk_bytes, parse, convert)
 
     def parsed(chunk: bytes, header: list[str] | None) -> pa.Table:
         options = pacsv.ReadOptions(use_threads=True, block_size=max(1 << 20, len(chunk) // 2 + 1),
@@ -156,6 +158,63 @@ def _read_blocks(path: Path, fmt: str, chunk_bytes: int, advance: Callable[[int]
             raw.close()
 
     return header, csv_batches()
+
+
+STREAM_BLOCK = 1 << 20
+"""At most this many bytes of CSV are parsed at a time by Arrow's streaming reader (several blocks in parallel, a
+few read ahead). Measured on the 10M-bar minute CSV of ``benchmarks/bench_ingest.py`` (the reader alone, one run
+each, shared machine): Arrow holds ~40 MB with 1 MiB blocks, ~80 MB with 2 MiB and 160–310 MB with 4–8 MiB (not
+flat: more on a longer file), at about the same speed."""
+
+
+def _stream_blocks(chunk_bytes: int) -> tuple[int, int]:
+    """Arrow's block size and how many of its blocks make one block of ``chunk_bytes``: the largest divisor of
+    ``chunk_bytes`` up to :data:`STREAM_BLOCK` (so both reads cut the file at the same lines)."""
+    parts = -(-chunk_bytes // STREAM_BLOCK)
+    while chunk_bytes % parts and chunk_bytes // parts >= 64 << 10:
+        parts += 1
+    if chunk_bytes % parts:  # (no divisor worth it: whole blocks, as large as chunk_bytes)
+        parts = 1
+    return chunk_bytes // parts, parts
+
+
+def _streamed(path: Path, fmt: str, chunk_bytes: int, parse: pacsv.ParseOptions,
+              convert: pacsv.ConvertOptions) -> tuple[list[str], Iterator[pa.Table]]:
+    """A typed read by Arrow's streaming reader, one table per block of ``chunk_bytes`` of CSV ending at the end of
+    a line: the rows of each block are those the text read gives (Arrow's reader cuts each of its blocks after the
+    last whole line and carries the rest on, as :func:`_line_blocks` does). Any error it meets (a cell that is not
+    of its type, a row with too many fields, a line longer than a block, a damaged stream) raises
+    :class:`TypedReadFailed`: the file is then read as text, which reports it."""
+    block, parts = _stream_blocks(chunk_bytes)
+    raw: BinaryIO = open(path, "rb")
+    try:
+        reader = pacsv.open_csv(pa.input_stream(raw, compression="zstd" if fmt == "csv.zst" else None),
+                                read_options=pacsv.ReadOptions(use_threads=True, block_size=block),
+                                parse_options=parse, convert_options=convert)
+    except (pa.ArrowException, OSError) as exc:
+        raw.close()
+        raise TypedReadFailed(str(exc)) from exc
+
+    def tables() -> Iterator[pa.Table]:
+        try:
+            batches: list[pa.RecordBatch] = []
+            while True:
+                try:
+                    batches.append(reader.read_next_batch())
+                except StopIteration:
+                    break
+                except (pa.ArrowException, OSError) as exc:
+                    raise TypedReadFailed(str(exc)) from exc
+                if len(batches) == parts:
+                    yield pa.Table.from_batches(batches)
+                    batches = []
+            if batches:
+                yield pa.Table.from_batches(batches)
+        finally:
+            reader.close()
+            raw.close()
+
+    return [str(c) for c in reader.schema.names], tables()
 
 
 def _line_blocks(stream: pa.NativeFile, size: int) -> Iterator[bytes]:
