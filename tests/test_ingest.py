@@ -383,6 +383,44 @@ def test_a_file_covers_first_to_last_bar_holes_included(tmp_path, store_dir):
 
 
 # -- chunks, memory and atomicity ----------------------------------------------------------------------
+@pytest.mark.parametrize(("chunk_bytes", "stream_block"), [(16_384, 4096), (20_000, 4096), (12_289, 4096),
+                                                          (16_384, 1 << 20)])
+def test_typed_streaming_read_cuts_the_blocks_where_the_text_read_does(tmp_path, monkeypatch, chunk_bytes,
+                                                                       stream_block):
+    """Arrow's streaming reader reads small blocks joined into blocks of ``chunk_bytes``: the same rows per block
+    as the text read (which a rejection's "in the N rows read" and the files written depend on)."""
+    from lumibot_duckdb.ingest import formats
+
+    monkeypatch.setattr(formats, "STREAM_BLOCK", stream_block)
+    frame = generic_frame(minute_bars(2000))
+    seen: dict[bool, list[int]] = {True: [], False: []}
+    block, read = ingest_module._FileIngest._block, ingest_module._FileIngest._ingest
+
+    def watched(self, batch, mapping, offset):
+        seen[self.typed].append(batch.num_rows)
+        return block(self, batch, mapping, offset)
+
+    monkeypatch.setattr(ingest_module._FileIngest, "_block", watched)
+    for name in ("AAA_1m.csv", "AAA_1m.csv.zst"):
+        path = write(frame, tmp_path / name)
+        seen[True].clear(), seen[False].clear()
+        for typed in (True, False):
+            with monkeypatch.context() as patch:
+                patch.setattr(ingest_module._FileIngest, "_ingest",
+                              lambda self, typed, _as=typed: read(self, typed=_as and typed))
+                assert ingest(tmp_path / f"store-{name}-{typed}", path, chunk_bytes=chunk_bytes).rows_added == 2000
+        assert len(seen[True]) > 3 and seen[True] == seen[False], name
+
+
+def test_stream_blocks_divide_the_block_size():
+    from lumibot_duckdb.ingest.formats import STREAM_BLOCK, _stream_blocks
+
+    for chunk_bytes in (1024, 16_384, 1 << 20, (1 << 20) + 1, 8 << 20, 10_000_000, 3 * 7919 * 1031):
+        block, parts = _stream_blocks(chunk_bytes)
+        assert block * parts == chunk_bytes
+        assert block <= STREAM_BLOCK or parts == 1
+
+
 def test_small_blocks_give_the_same_bars_and_one_contiguous_coverage(tmp_path, store_dir):
     bars = minute_bars(3000)
     path = write(generic_frame(bars), tmp_path / "AAA_1m.csv")

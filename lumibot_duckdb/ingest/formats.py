@@ -367,7 +367,11 @@ def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             values = pd.to_numeric(pd.Series(column.to_pandas()), errors="coerce").to_numpy(dtype="float64")
+        finite = np.isfinite(values)
+        if finite.all():  # (the usual column: one pass)
+            return values, np.zeros(len(values), dtype=bool), np.zeros(len(values), dtype=bool)
         missing = np.isnan(values)
+        return values, missing, ~missing & ~finite
     bad = ~missing & ~np.isfinite(values)
     return values, missing, bad
 
@@ -453,6 +457,9 @@ def _epoch(values: np.ndarray, notes: set[str]) -> np.ndarray:
 def _to_utc(index: pd.DatetimeIndex, tz: str, notes: set[str]) -> np.ndarray:
     if index.tz is not None:
         return index.tz_convert("UTC").tz_localize(None).to_numpy()
+    if tz == "UTC":  # (naive times in UTC are UTC times as they are)
+        notes.add(f"naive timestamps read in {tz}")
+        return index.to_numpy()
     try:
         local = index.tz_localize(tz, ambiguous="infer", nonexistent="NaT")
     except (ValueError, TypeError):  # ambiguous times that cannot be inferred (unsorted, or a lone hour)
