@@ -686,3 +686,20 @@ def test_an_explicit_timeframe_over_weekly_bars_is_stored_with_a_note(tmp_path, 
 def test_1M_is_refused_as_ambiguous(tmp_path, store_dir):
     with pytest.raises(ConfigError, match=r"ambiguous.*one month"):
         ingest(store_dir, write(generic_frame(minute_bars()), tmp_path / "AAA.csv"), timeframe="1M")
+
+
+def test_a_lone_ambiguous_local_time_is_reported_as_unparseable(tmp_path, store_dir):
+    """New York's 01:30 on 2019-11-03 happens twice; a file with it once cannot say which one: that row is
+    reported (it used to escape as pytz's AmbiguousTimeError), the rest stores in repair mode."""
+    times = [*pd.date_range("2019-11-02 23:00", "2019-11-03 00:59", freq="min"), pd.Timestamp("2019-11-03 01:30"),
+             *pd.date_range("2019-11-03 02:00", "2019-11-03 02:59", freq="min")]
+    n = len(times)
+    frame = pd.DataFrame({"timestamp": [t.strftime("%Y-%m-%d %H:%M:%S") for t in times], "open": np.full(n, 10.0),
+                          "high": np.full(n, 11.0), "low": np.full(n, 9.0), "close": np.full(n, 10.5),
+                          "volume": np.full(n, 100.0)})
+    path = write(frame, tmp_path / "AAA_1m.csv")
+    lone = r"unparseable time.*1 row\(s\) \(line 122: timestamp='2019-11-03 01:30"
+    with pytest.raises(BarsValidationError, match=lone):
+        ingest(store_dir, path)
+    report = ingest(store_dir, path, on_invalid="repair")
+    assert (report.rows_added, report.files[0].issues) == (n - 1, {"unparseable": 1})

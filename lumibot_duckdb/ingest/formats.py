@@ -46,6 +46,10 @@ _LAYOUT_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 _PRICES = ("open", "high", "low", "close")
 _NUMBERS = ("open", "high", "low", "close", "volume", "vwap", "trade_count", "adj_close", "dividend", "split_ratio")
+try:
+    from pytz import AmbiguousTimeError as _Ambiguous  # (what pandas raises for an ambiguous time, with pytz)
+except ImportError:  # pragma: no cover
+    _Ambiguous = ValueError  # type: ignore[assignment,misc]
 _OFFSET = re.compile(r"[T ]\d{1,2}:\d{2}.*(?:Z|[+-]\d{2}:?\d{2})$")
 
 
@@ -364,7 +368,8 @@ def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         missing = missing | (np.isnan(values) & ~missing & _nan_literal(text))
     else:
         try:
-            values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+            whole = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column  # (one copy)
+            values = pc.cast(whole, pa.float64()).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             values = pd.to_numeric(pd.Series(column.to_pandas()), errors="coerce").to_numpy(dtype="float64")
         finite = np.isfinite(values)
@@ -460,10 +465,13 @@ def _to_utc(index: pd.DatetimeIndex, tz: str, notes: set[str]) -> np.ndarray:
     if tz == "UTC":  # (naive times in UTC are UTC times as they are)
         notes.add(f"naive timestamps read in {tz}")
         return index.to_numpy()
-    try:
-        local = index.tz_localize(tz, ambiguous="infer", nonexistent="NaT")
-    except (ValueError, TypeError):  # ambiguous times that cannot be inferred (unsorted, or a lone hour)
-        local = index.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+    try:  # (no ambiguous time, the usual block: what "infer" gives, three times faster)
+        local = index.tz_localize(tz, ambiguous="raise", nonexistent="NaT")
+    except (ValueError, TypeError, _Ambiguous):
+        try:
+            local = index.tz_localize(tz, ambiguous="infer", nonexistent="NaT")
+        except (ValueError, TypeError, _Ambiguous):  # ambiguous times that cannot be inferred (unsorted, a lone hour)
+            local = index.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
     notes.add(f"naive timestamps read in {tz}")
     return local.tz_convert("UTC").tz_localize(None).to_numpy()
 
