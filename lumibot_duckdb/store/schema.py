@@ -191,10 +191,11 @@ def to_arrow(bars: pd.DataFrame, key: SeriesKey) -> pa.Table:
     """Normalized bars (from :func:`normalize_bars`) plus the key columns, as an Arrow table."""
     n = len(bars)
     index = bars.index if bars.index.unit == "us" else bars.index.as_unit("us")
-    columns: dict[str, Any] = {"ts": pa.array(index, type=pa.timestamp("us", tz="UTC"))}
+    micros = pa.array(index.tz_convert("UTC").asi8 if index.tz is not None else index.asi8, type=pa.int64())
+    columns: dict[str, Any] = {"ts": micros.view(pa.timestamp("us", tz="UTC"))}  # (UTC microseconds, no copy)
     first = pa.array(np.zeros(n, dtype=np.int32))  # (every row of a key column holds its one value)
     for name, value in key.as_dict().items():
-        columns[name] = pa.DictionaryArray.from_arrays(first, pa.array([value]))
+        columns[name] = pa.DictionaryArray.from_arrays(first, pa.array([value]), safe=False)  # (index 0: valid)
     for name in VALUE_COLUMNS:
         series = bars[name]
         if name == "trade_count":
