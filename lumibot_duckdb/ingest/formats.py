@@ -49,7 +49,7 @@ _NUMBERS = ("open", "high", "low", "close", "volume", "vwap", "trade_count", "ad
 try:
     from pytz import AmbiguousTimeError as _Ambiguous  # (what pandas raises for an ambiguous time, with pytz)
 except ImportError:  # pragma: no cover
-    _Ambiguous = ValueError  # type: ignore[assignment,misc]
+    _Ambiguous = ValueError
 _OFFSET = re.compile(r"[T ]\d{1,2}:\d{2}.*(?:Z|[+-]\d{2}:?\d{2})$")
 
 
