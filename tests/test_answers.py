@@ -265,3 +265,24 @@ def _cli(*args: object) -> tuple[int, str]:
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     return result.exit_code, result.output
 
+
+
+def test_row_problems_judge_trade_counts_alike_in_every_dtype():
+    """Counts as float NumPy (ingest: NaN for no count), as nullable Int64 (a provider's frame) or as objects give
+    the same masks (the first two without pandas' coercion)."""
+    rng = np.random.default_rng(5)
+    n = 400
+    close = 100 + rng.random(n)
+    prices = [close + rng.choice([0, 0, 0, 1, -1, np.nan, np.inf, -200], n) for _ in range(4)]
+    volume = rng.choice([1.0, 0.0, -1.0, np.nan, np.inf], n)
+    counts = rng.choice([3.0, 0.0, -2.0, np.nan, np.inf, 2.0**63], n)
+    as_float = row_problems(*prices, volume, counts)
+    finite = np.abs(np.nan_to_num(counts, nan=0.0)) < 2.0**62  # (what an Int64 column can hold)
+    nullable = pd.array([None if np.isnan(c) else int(c) for c in counts[finite]], dtype="Int64")
+    sub = [p[finite] for p in prices]
+    as_int = row_problems(*sub, volume[finite], nullable)
+    as_obj = row_problems(*sub, volume[finite], np.array(list(nullable), dtype=object))
+    for name, mask in as_float.items():
+        assert mask[finite].tolist() == as_int[name].tolist() == as_obj[name].tolist(), name
+    assert any(mask.any() for mask in as_float.values())
+    assert row_problems(*prices, volume, counts.astype("float32"))["negative"].tolist() == as_float["negative"].tolist()

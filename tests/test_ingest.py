@@ -383,6 +383,44 @@ def test_a_file_covers_first_to_last_bar_holes_included(tmp_path, store_dir):
 
 
 # -- chunks, memory and atomicity ----------------------------------------------------------------------
+@pytest.mark.parametrize(("chunk_bytes", "stream_block"), [(16_384, 4096), (20_000, 4096), (12_289, 4096),
+                                                          (16_384, 1 << 20)])
+def test_typed_streaming_read_cuts_the_blocks_where_the_text_read_does(tmp_path, monkeypatch, chunk_bytes,
+                                                                       stream_block):
+    """Arrow's streaming reader reads small blocks joined into blocks of ``chunk_bytes``: the same rows per block
+    as the text read (which a rejection's "in the N rows read" and the files written depend on)."""
+    from lumibot_duckdb.ingest import formats
+
+    monkeypatch.setattr(formats, "STREAM_BLOCK", stream_block)
+    frame = generic_frame(minute_bars(2000))
+    seen: dict[bool, list[int]] = {True: [], False: []}
+    block, read = ingest_module._FileIngest._block, ingest_module._FileIngest._ingest
+
+    def watched(self, batch, mapping, offset):
+        seen[self.typed].append(batch.num_rows)
+        return block(self, batch, mapping, offset)
+
+    monkeypatch.setattr(ingest_module._FileIngest, "_block", watched)
+    for name in ("AAA_1m.csv", "AAA_1m.csv.zst"):
+        path = write(frame, tmp_path / name)
+        seen[True].clear(), seen[False].clear()
+        for typed in (True, False):
+            with monkeypatch.context() as patch:
+                patch.setattr(ingest_module._FileIngest, "_ingest",
+                              lambda self, typed, _as=typed: read(self, typed=_as and typed))
+                assert ingest(tmp_path / f"store-{name}-{typed}", path, chunk_bytes=chunk_bytes).rows_added == 2000
+        assert len(seen[True]) > 3 and seen[True] == seen[False], name
+
+
+def test_stream_blocks_divide_the_block_size():
+    from lumibot_duckdb.ingest.formats import STREAM_BLOCK, _stream_blocks
+
+    for chunk_bytes in (1024, 16_384, 1 << 20, (1 << 20) + 1, 8 << 20, 10_000_000, 3 * 7919 * 1031):
+        block, parts = _stream_blocks(chunk_bytes)
+        assert block * parts == chunk_bytes
+        assert block <= STREAM_BLOCK or parts == 1
+
+
 def test_small_blocks_give_the_same_bars_and_one_contiguous_coverage(tmp_path, store_dir):
     bars = minute_bars(3000)
     path = write(generic_frame(bars), tmp_path / "AAA_1m.csv")
@@ -648,3 +686,20 @@ def test_an_explicit_timeframe_over_weekly_bars_is_stored_with_a_note(tmp_path, 
 def test_1M_is_refused_as_ambiguous(tmp_path, store_dir):
     with pytest.raises(ConfigError, match=r"ambiguous.*one month"):
         ingest(store_dir, write(generic_frame(minute_bars()), tmp_path / "AAA.csv"), timeframe="1M")
+
+
+def test_a_lone_ambiguous_local_time_is_reported_as_unparseable(tmp_path, store_dir):
+    """New York's 01:30 on 2019-11-03 happens twice; a file with it once cannot say which one: that row is
+    reported (it used to escape as pytz's AmbiguousTimeError), the rest stores in repair mode."""
+    times = [*pd.date_range("2019-11-02 23:00", "2019-11-03 00:59", freq="min"), pd.Timestamp("2019-11-03 01:30"),
+             *pd.date_range("2019-11-03 02:00", "2019-11-03 02:59", freq="min")]
+    n = len(times)
+    frame = pd.DataFrame({"timestamp": [t.strftime("%Y-%m-%d %H:%M:%S") for t in times], "open": np.full(n, 10.0),
+                          "high": np.full(n, 11.0), "low": np.full(n, 9.0), "close": np.full(n, 10.5),
+                          "volume": np.full(n, 100.0)})
+    path = write(frame, tmp_path / "AAA_1m.csv")
+    lone = r"unparseable time.*1 row\(s\) \(line 122: timestamp='2019-11-03 01:30"
+    with pytest.raises(BarsValidationError, match=lone):
+        ingest(store_dir, path)
+    report = ingest(store_dir, path, on_invalid="repair")
+    assert (report.rows_added, report.files[0].issues) == (n - 1, {"unparseable": 1})

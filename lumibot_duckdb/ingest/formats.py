@@ -46,6 +46,10 @@ _LAYOUT_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 _PRICES = ("open", "high", "low", "close")
 _NUMBERS = ("open", "high", "low", "close", "volume", "vwap", "trade_count", "adj_close", "dividend", "split_ratio")
+try:
+    from pytz import AmbiguousTimeError as _Ambiguous  # (what pandas raises for an ambiguous time, with pytz)
+except ImportError:  # pragma: no cover
+    _Ambiguous = ValueError
 _OFFSET = re.compile(r"[T ]\d{1,2}:\d{2}.*(?:Z|[+-]\d{2}:?\d{2})$")
 
 
@@ -108,6 +112,8 @@ def _read_blocks(path: Path, fmt: str, chunk_bytes: int, advance: Callable[[int]
     column_types.update(typed)
     convert = pacsv.ConvertOptions(column_types=column_types, strings_can_be_null=True)
     parse = pacsv.ParseOptions(delimiter=delimiter)
+    if typed:
+        return _streamed(path, fmt, chunk_bytes, parse, convert)
 
     def parsed(chunk: bytes, header: list[str] | None) -> pa.Table:
         options = pacsv.ReadOptions(use_threads=True, block_size=max(1 << 20, len(chunk) // 2 + 1),
@@ -156,6 +162,63 @@ def _read_blocks(path: Path, fmt: str, chunk_bytes: int, advance: Callable[[int]
             raw.close()
 
     return header, csv_batches()
+
+
+STREAM_BLOCK = 1 << 20
+"""At most this many bytes of CSV are parsed at a time by Arrow's streaming reader (several blocks in parallel, a
+few read ahead). Measured on the 10M-bar minute CSV of ``benchmarks/bench_ingest.py`` (the reader alone, one run
+each, shared machine): Arrow holds ~40 MB with 1 MiB blocks, ~80 MB with 2 MiB and 160–310 MB with 4–8 MiB (not
+flat: more on a longer file), at about the same speed."""
+
+
+def _stream_blocks(chunk_bytes: int) -> tuple[int, int]:
+    """Arrow's block size and how many of its blocks make one block of ``chunk_bytes``: the largest divisor of
+    ``chunk_bytes`` up to :data:`STREAM_BLOCK` (so both reads cut the file at the same lines)."""
+    parts = -(-chunk_bytes // STREAM_BLOCK)
+    while chunk_bytes % parts and chunk_bytes // parts >= 64 << 10:
+        parts += 1
+    if chunk_bytes % parts:  # (no divisor worth it: whole blocks, as large as chunk_bytes)
+        parts = 1
+    return chunk_bytes // parts, parts
+
+
+def _streamed(path: Path, fmt: str, chunk_bytes: int, parse: pacsv.ParseOptions,
+              convert: pacsv.ConvertOptions) -> tuple[list[str], Iterator[pa.Table]]:
+    """A typed read by Arrow's streaming reader, one table per block of ``chunk_bytes`` of CSV ending at the end of
+    a line: the rows of each block are those the text read gives (Arrow's reader cuts each of its blocks after the
+    last whole line and carries the rest on, as :func:`_line_blocks` does). Any error it meets (a cell that is not
+    of its type, a row with too many fields, a line longer than a block, a damaged stream) raises
+    :class:`TypedReadFailed`: the file is then read as text, which reports it."""
+    block, parts = _stream_blocks(chunk_bytes)
+    raw: BinaryIO = open(path, "rb")
+    try:
+        reader = pacsv.open_csv(pa.input_stream(raw, compression="zstd" if fmt == "csv.zst" else None),
+                                read_options=pacsv.ReadOptions(use_threads=True, block_size=block),
+                                parse_options=parse, convert_options=convert)
+    except (pa.ArrowException, OSError) as exc:
+        raw.close()
+        raise TypedReadFailed(str(exc)) from exc
+
+    def tables() -> Iterator[pa.Table]:
+        try:
+            batches: list[pa.RecordBatch] = []
+            while True:
+                try:
+                    batches.append(reader.read_next_batch())
+                except StopIteration:
+                    break
+                except (pa.ArrowException, OSError) as exc:
+                    raise TypedReadFailed(str(exc)) from exc
+                if len(batches) == parts:
+                    yield pa.Table.from_batches(batches)
+                    batches = []
+            if batches:
+                yield pa.Table.from_batches(batches)
+        finally:
+            reader.close()
+            raw.close()
+
+    return [str(c) for c in reader.schema.names], tables()
 
 
 def _line_blocks(stream: pa.NativeFile, size: int) -> Iterator[bytes]:
@@ -305,10 +368,15 @@ def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         missing = missing | (np.isnan(values) & ~missing & _nan_literal(text))
     else:
         try:
-            values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+            whole = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column  # (one copy)
+            values = pc.cast(whole, pa.float64()).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             values = pd.to_numeric(pd.Series(column.to_pandas()), errors="coerce").to_numpy(dtype="float64")
+        finite = np.isfinite(values)
+        if finite.all():  # (the usual column: one pass)
+            return values, np.zeros(len(values), dtype=bool), np.zeros(len(values), dtype=bool)
         missing = np.isnan(values)
+        return values, missing, ~missing & ~finite
     bad = ~missing & ~np.isfinite(values)
     return values, missing, bad
 
@@ -394,10 +462,16 @@ def _epoch(values: np.ndarray, notes: set[str]) -> np.ndarray:
 def _to_utc(index: pd.DatetimeIndex, tz: str, notes: set[str]) -> np.ndarray:
     if index.tz is not None:
         return index.tz_convert("UTC").tz_localize(None).to_numpy()
-    try:
-        local = index.tz_localize(tz, ambiguous="infer", nonexistent="NaT")
-    except (ValueError, TypeError):  # ambiguous times that cannot be inferred (unsorted, or a lone hour)
-        local = index.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+    if tz == "UTC":  # (naive times in UTC are UTC times as they are)
+        notes.add(f"naive timestamps read in {tz}")
+        return index.to_numpy()
+    try:  # (no ambiguous time, the usual block: what "infer" gives, three times faster)
+        local = index.tz_localize(tz, ambiguous="raise", nonexistent="NaT")
+    except (ValueError, TypeError, _Ambiguous):
+        try:
+            local = index.tz_localize(tz, ambiguous="infer", nonexistent="NaT")
+        except (ValueError, TypeError, _Ambiguous):  # ambiguous times that cannot be inferred (unsorted, a lone hour)
+            local = index.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
     notes.add(f"naive timestamps read in {tz}")
     return local.tz_convert("UTC").tz_localize(None).to_numpy()
 

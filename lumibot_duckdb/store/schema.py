@@ -159,9 +159,11 @@ def _already_normal(frame: pd.DataFrame) -> pd.DataFrame | None:
     micros = pd.DatetimeIndex(index.as_unit("us").asi8.view("datetime64[us]"), name="ts").tz_localize("UTC")
     if not _strictly_increasing(micros.asi8):
         return None
-    columns: dict[str, Any] = {name: frame[name].array for name in VALUE_COLUMNS}
-    columns["metadata"] = frame["metadata"].to_numpy() if "metadata" in frame.columns else \
-        np.full(len(frame), None, dtype=object)
+    columns: dict[str, Any] = {name: frame[name].to_numpy() if name != "trade_count" else frame[name].array
+                               for name in VALUE_COLUMNS}  # (views of the same values)
+    metadata = frame["metadata"].to_numpy() if "metadata" in frame.columns else np.full(len(frame), None, dtype=object)
+    # (a Series of dtype object: pandas takes it as it is; an object array would be scanned for a better dtype)
+    columns["metadata"] = pd.Series(metadata, index=micros, dtype=object, copy=False)
     return pd.DataFrame(columns, index=micros, copy=False)
 
 
@@ -188,20 +190,34 @@ def _bar_times(column: pd.Series) -> pd.Series:
 def to_arrow(bars: pd.DataFrame, key: SeriesKey) -> pa.Table:
     """Normalized bars (from :func:`normalize_bars`) plus the key columns, as an Arrow table."""
     n = len(bars)
-    columns: dict[str, Any] = {"ts": pa.array(bars.index.as_unit("us"), type=pa.timestamp("us", tz="UTC"))}
+    index = bars.index if bars.index.unit == "us" else bars.index.as_unit("us")
+    micros = pa.array(index.tz_convert("UTC").asi8 if index.tz is not None else index.asi8, type=pa.int64())
+    columns: dict[str, Any] = {"ts": micros.view(pa.timestamp("us", tz="UTC"))}  # (UTC microseconds, no copy)
+    first = pa.array(np.zeros(n, dtype=np.int32))  # (every row of a key column holds its one value)
     for name, value in key.as_dict().items():
-        columns[name] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value]))
+        columns[name] = pa.DictionaryArray.from_arrays(first, pa.array([value]), safe=False)  # (index 0: valid)
     for name in VALUE_COLUMNS:
         series = bars[name]
         if name == "trade_count":
             columns[name] = pa.array(series.astype("Int64"), type=pa.int64(), from_pandas=True)
         else:
-            columns[name] = pa.array(series.to_numpy(dtype="float64", na_value=np.nan), type=pa.float64(),
-                                     from_pandas=True)
+            columns[name] = _floats(series.to_numpy() if series.dtype == np.dtype("float64") else
+                                    series.to_numpy(dtype="float64", na_value=np.nan))
     metadata = bars["metadata"]
     columns["metadata"] = (pa.nulls(n, pa.string()) if metadata.isna().all() else
                            pa.array(metadata.astype(object).where(metadata.notna(), None), type=pa.string()))
     return pa.Table.from_pydict(columns, schema=ARROW_SCHEMA)
+
+
+def _floats(values: np.ndarray) -> pa.Array:
+    """float64 values as Arrow with NaN as null, as ``pa.array(values, from_pandas=True)`` makes them (a column
+    without NaN is taken as it is, one of NaN only is all null: the usual columns, each without a second pass)."""
+    nan = np.isnan(values)
+    if not nan.any():
+        return pa.array(values, type=pa.float64())
+    if nan.all():
+        return pa.nulls(len(values), pa.float64())
+    return pa.array(values, type=pa.float64(), from_pandas=True)
 
 
 def release_unused() -> None:

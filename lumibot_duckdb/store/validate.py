@@ -28,7 +28,7 @@ Both apply the same rules, in this one place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,9 +82,12 @@ def row_problems(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np
     """Per problem of :data:`PROBLEMS`, a boolean mask of the bars that have it (each bar under its first
     problem only; bars in ``skip`` are not judged). ``starts``/``now`` (datetime64) enable ``future``."""
     o, h, lo, c, v = (np.asarray(a, dtype="float64") for a in (open_, high, low, close, volume))
-    count = (np.full(len(o), np.nan) if trade_count is None
-             else np.asarray(pd.array(trade_count, dtype="Float64").to_numpy(dtype="float64", na_value=np.nan)))
-    prices = np.stack([o, h, lo, c]) if len(o) else np.empty((4, 0))
+    if trade_count is None:
+        count = np.full(len(o), np.nan)
+    elif isinstance(trade_count, np.ndarray) and trade_count.dtype.kind in "fiu":  # (NaN: no count)
+        count = trade_count.astype("float64", copy=False)
+    else:  # nullable integers, objects...: pandas' coercion (slower: ~85 ms a million rows)
+        count = np.asarray(pd.array(trade_count, dtype="Float64").to_numpy(dtype="float64", na_value=np.nan))
     taken = np.zeros(len(o), dtype=bool) if skip is None else np.asarray(skip, dtype=bool).copy()
     found: dict[str, np.ndarray] = {}
 
@@ -94,14 +97,23 @@ def row_problems(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np
         taken[:] |= mask
 
     rule = price_rule(asset_type)
+    prices = (o, h, lo, c)
+
+    def any_price(test: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Rows where ``test`` holds for one of the four prices (column by column: no 4-row copy of the block)."""
+        mask = test(o)
+        for values in prices[1:]:
+            mask |= test(values)
+        return mask
+
     with np.errstate(invalid="ignore"):
-        flag("missing", np.isnan(prices).any(axis=0) | np.isnan(v))
-        flag("infinite", np.isinf(prices).any(axis=0) | np.isinf(v) | np.isinf(count))
+        flag("missing", any_price(np.isnan) | np.isnan(v))
+        flag("infinite", any_price(np.isinf) | np.isinf(v) | np.isinf(count))
         negative = (v < 0) | (count < 0)
         if rule.positive:
-            negative |= (prices < 0).any(axis=0)
+            negative |= any_price(lambda x: x < 0)
         flag("negative", negative)
-        flag("zero_price", (prices == 0).any(axis=0) if rule.positive else np.zeros(len(o), dtype=bool))
+        flag("zero_price", any_price(lambda x: x == 0) if rule.positive else np.zeros(len(o), dtype=bool))
         tol = _TOLERANCE * np.maximum(np.abs(h), np.abs(lo))
         flag("ohlc", (h + tol < np.maximum(o, c)) | (lo - tol > np.minimum(o, c)) | (h < lo))
         if starts is not None and now is not None:
