@@ -12,16 +12,27 @@ network seams by ``lumibot_duckdb.testing``), on a warm cache (filled once by a 
   DuckDB path only (the legacy path would need about 18 GB / 26 GB here); the first run of the daily
   one fills the store with the 150 symbols more (a year of their minute bars), which the scan reads.
 * ``alpaca-minute50``: the same on Alpaca (minute timestep, explicit config: Lumibot's Alpaca frames hold every
-  trading minute of the backtest, forward-filled).
+  trading minute of the backtest, forward-filled); ``alpaca-minute50-2m`` over January and February 2023 and
+  ``alpaca-minute50-q1`` over the first quarter, so the growth of the memory with the backtest's length is
+  visible without the year's hours of cold fills on two cores.
 * ``ccxt-minute50``: the same on CCXT, 24/7 minute candles (the last 1,440 each day), over the year;
   ``ccxt-minute50-2m`` over January and February 2023 only (its cold fills take minutes, not the year's
   half hour per variant).
 
 Reported per run: peak RSS, data-held memory (peak minus the RSS right after importing Lumibot and the
-data source), wall time of the backtest; DuckDB / legacy ratios (median of per-repetition ratios); fills
-and final value compared for every repetition. Where a source has known legacy cache defects (CCXT's
-cache rounds prices to 3 decimals), Lumibot's legacy path with them fixed (``legacy-fixed``, its own
-cold-filled cache) is the reference a declared difference must equal.
+data source), wall time of the backtest. Data-held is everything the run grows by, not only bars: Lumibot
+4.6's ``backtesting/market_input_evidence.py`` keeps, on both paths, a record of every bar
+``get_historical_prices`` returned to the strategy (up to 50,000 rows, ~150 MB of Python objects; a minute
+scan of 50 symbols fills it in days), so where legacy's bar frames are small (Alpaca: ~225 MB for the
+year) the ratio of data-held is bounded by that common part. DuckDB / legacy ratios (median of
+per-repetition ratios); fills and final value compared for every repetition. Where a source has known
+legacy cache defects (CCXT's cache rounds prices to 3 decimals; Alpaca's CSV re-read moves a few prices
+by ~1e-14), Lumibot's legacy path with them fixed (``legacy-fixed``, its own cold-filled cache) is the
+reference a declared difference must equal.
+
+``--without-input-evidence`` runs both variants with that record not made (the harness's
+``LUMIBOT_DUCKDB_AB_NO_INPUT_EVIDENCE``; it never changes a decision, so fills must stay the same), as scenarios
+of their own (", without input evidence"): the data layers' own memory, side by side.
 
 Reproduce (the first run of a scenario fills its caches: Polygon 50 symbols takes about 20 minutes on
 the legacy path; warm repetitions are then a few minutes each)::
@@ -49,7 +60,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lumibot_duckdb.ab.harness import REFERENCE, RunResult, Scenario, compare, run_subprocess
+from lumibot_duckdb.ab.harness import NO_INPUT_EVIDENCE, REFERENCE, RunResult, Scenario, compare, run_subprocess
 from lumibot_duckdb.testing.kits import kit
 
 START, END = "2023-01-03", "2024-01-01"
@@ -77,6 +88,8 @@ SCENARIOS = {
     "polygon-daily200": _momentum(200),
     "polygon-minute200": _scan("polygon", 200, 390),
     "alpaca-minute50": _scan("alpaca", 50, 390, timestep="minute"),  # (Alpaca is told its bars' timestep)
+    "alpaca-minute50-2m": _scan("alpaca", 50, 390, end="2023-03-01", label=", Jan-Feb", timestep="minute"),
+    "alpaca-minute50-q1": _scan("alpaca", 50, 390, end="2023-04-01", label=", Q1", timestep="minute"),
     "ccxt-minute50": _scan("ccxt", 50, 1440, label=", year", asset_type="crypto", quote="USDT"),
     "ccxt-minute50-2m": _scan("ccxt", 50, 1440, end="2023-03-01", label=", Jan-Feb", asset_type="crypto",
                               quote="USDT"),
@@ -140,16 +153,21 @@ def held_mb(result: RunResult) -> float:
     return result.peak_rss_mb - result.rss_after_import_mb
 
 
-def run(names: list[str], variants: list[str], repeat: int, workdir: Path, env: dict[str, str]) -> list[RunResult]:
+def run(names: list[str], variants: list[str], repeat: int, workdir: Path, env: dict[str, str],
+        both: dict[str, str] | None = None) -> list[RunResult]:
+    """Warm runs of each scenario (``env``: for the DuckDB runs; ``both``: for every run)."""
     results = []
     for name in names:
         scenario = SCENARIOS[name]
         chosen = fill(workdir, name, variants)
+        if both and both.get(NO_INPUT_EVIDENCE) == "1":
+            scenario = dataclasses.replace(scenario, name=scenario.name + ", without input evidence")
         ran = []
         for _ in range(repeat):
             for variant in chosen:
+                extra = {**(both or {}), **(env if variant == "duckdb" else {})}
                 result = run_subprocess(scenario, variant, "warm", cache_folder(workdir, scenario, variant),
-                                        env=env if variant == "duckdb" else None, timeout=4 * 3600)
+                                        env=extra or None, timeout=4 * 3600)
                 ran.append(result)
                 print(f"{result.scenario:32} {variant:7} wall {result.wall_seconds:7.1f} s  peak "
                       f"{result.peak_rss_mb:6.0f} MB  held {held_mb(result):6.0f} MB  fills {len(result.fills)}  "
@@ -158,7 +176,7 @@ def run(names: list[str], variants: list[str], repeat: int, workdir: Path, env: 
         if any((a.fills, a.final_value) != (b.fills, b.final_value) for a, b in pairs):
             fixed = reference(workdir, scenario)  # what a declared difference must equal
             if fixed is not None:
-                results.append(fixed)
+                results.append(dataclasses.replace(fixed, scenario=scenario.name))
         results += ran
     return results
 
@@ -236,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lumibot-duckdb-universe")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the DuckDB runs")
     parser.add_argument("--fill-only", action="store_true", help="fill the caches and stop")
+    parser.add_argument("--without-input-evidence", action="store_true",
+                        help="both variants without Lumibot's record of the bars returned (memory diagnostic)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "universe")
     args = parser.parse_args(argv)
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
@@ -247,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.variant == "both" and name not in DUCKDB_ONLY:
                 reference(args.workdir, SCENARIOS[name])
         return 0
-    results = run(names, variants, args.repeat, args.workdir, env)
+    both = {NO_INPUT_EVIDENCE: "1"} if args.without_input_evidence else None
+    results = run(names, variants, args.repeat, args.workdir, env, both)
     kept = args.output.with_suffix(".json")
     if kept.exists():  # the scenarios not run this time keep their last figures
         ran = {r.scenario for r in results}

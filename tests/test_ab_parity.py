@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lumibot_duckdb.ab.harness import REFERENCE, RunResult, Scenario, compare, run_here
+from lumibot_duckdb.ab.harness import NO_INPUT_EVIDENCE, REFERENCE, RunResult, Scenario, compare, run_here
 from lumibot_duckdb.testing.polygon import legacy_cache_defects
 
 pytestmark = pytest.mark.backtest
@@ -42,6 +42,24 @@ def test_daily_momentum_rebalance_several_symbols(tmp_path: Path) -> None:
     results = session(Scenario.momentum(symbols=("AAA", "BBB", "CCC")), tmp_path, phases=("cold", "warm", "shifted"))
     assert_identical(results)
     assert len(results[0].fills) > 10
+
+
+def test_without_input_evidence_nothing_is_recorded_and_no_fill_changes(tmp_path: Path, monkeypatch) -> None:
+    """The memory diagnostic of benchmarks/universe.py: Lumibot's record of the bars returned is not made."""
+    from lumibot.backtesting import market_input_evidence
+
+    calls = []
+    record = market_input_evidence.MarketInputEvidence.record
+    monkeypatch.setattr(market_input_evidence.MarketInputEvidence, "record",
+                        lambda self, **kw: calls.append(kw["purpose"]) or record(self, **kw))
+    scenario = Scenario.momentum(symbols=("AAA", "BBB"), end="2024-02-01")
+    kept = run_here(scenario, "duckdb", "cold", tmp_path / "kept", fast=True)
+    recorded = len(calls)
+    monkeypatch.setenv(NO_INPUT_EVIDENCE, "1")
+    skipped = run_here(scenario, "duckdb", "cold", tmp_path / "skipped", fast=True)
+    assert recorded > 0, "the momentum strategy's history calls were not recorded: nothing to leave out"
+    assert len(calls) == recorded
+    assert (skipped.fills, skipped.final_value) == (kept.fills, kept.final_value) and kept.fills
 
 
 def test_minute_sma(tmp_path: Path) -> None:

@@ -422,3 +422,38 @@ def test_fake_records_requests_and_counts_days(market) -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         fake.fail("slow")
     assert fake.count() == 0 and fake.requested_days() == 0
+
+
+@pytest.mark.parametrize(("first", "last"), [
+    ("2024-02-01", "2024-03-05"),  # Presidents' Day inside
+    ("2024-02-03", "2024-02-04"),  # a weekend
+    ("2001-09-10", "2001-09-18"),  # the four days closed after 9/11
+    ("2012-10-26", "2012-11-01"),  # Hurricane Sandy
+    ("2018-12-05", "2018-12-05"),  # a national day of mourning
+    ("2025-01-08", "2025-01-10"),
+    ("1952-09-20", "1952-10-04"),  # the end of Saturday trading (the calendar's own schedule)
+    ("2015-01-01", "2026-12-31"),
+])
+def test_session_dates_are_the_calendars(first: str, last: str) -> None:
+    """Whether a gap can hold bars (no request for a weekend or a holiday) is decided on NYSE's sessions, worked
+    out from the holiday rules of the range only, and they are the dates of pandas_market_calendars' schedule."""
+    from lumibot_duckdb.sources.alpaca import _nyse, _sessions
+
+    start, end = pd.Timestamp(first).date(), pd.Timestamp(last).date()
+    expected = pd.DatetimeIndex(_nyse().schedule(start_date=start, end_date=end).index)
+    assert list(_sessions(start, end)) == list(expected)
+
+
+def test_a_gap_over_a_weekend_or_a_holiday_is_not_asked_for() -> None:
+    from lumibot_duckdb.sources.alpaca import _has_session
+
+    def gap(a: str, b: str) -> Any:
+        from lumibot_duckdb.store import Interval
+
+        return Interval(pd.Timestamp(a, tz="America/New_York").tz_convert("UTC"),
+                        pd.Timestamp(b, tz="America/New_York").tz_convert("UTC"))
+
+    assert not _has_session(gap("2024-02-17 00:00", "2024-02-20 00:00"))  # Sat, Sun, Presidents' Day
+    assert _has_session(gap("2024-02-17 00:00", "2024-02-20 00:01"))  # ... and the first minute of Tuesday
+    assert not _has_session(gap("2025-01-09 00:00", "2025-01-10 00:00"))  # President Carter's day of mourning
+    assert not _has_session(gap("2024-02-16 20:00", "2024-02-17 00:00"))  # Friday after the last extended minute

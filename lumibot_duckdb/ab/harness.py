@@ -44,6 +44,10 @@ between legacy and DuckDB comes from those defects and nothing else. ``legacy-fi
 the N-th defect (1-based, in the kit's order): the reference that names which one explains it."""
 VERIFY = "verify"
 """The DuckDB path in verify mode (every answer also checked against the legacy path; its cost)."""
+NO_INPUT_EVIDENCE = "LUMIBOT_DUCKDB_AB_NO_INPUT_EVIDENCE"
+"""A measurement diagnostic (benchmarks only): with this variable set to 1 in a run's environment, Lumibot 4.6's
+record of the bars its history calls return (``lumibot.backtesting.market_input_evidence``: kept on either path,
+up to 50,000 rows, never read by a decision) is not made, so a run's memory is its data layer's own."""
 FIAT = frozenset({"USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "NZD", "HKD", "SGD"})
 
 
@@ -320,6 +324,8 @@ def run_here(scenario: Scenario, variant: str, phase: str, workdir: Path, *, fas
     with contextlib.ExitStack() as stack:
         for fix in fixes or ():
             stack.callback(fix())
+        if os.environ.get(NO_INPUT_EVIDENCE) == "1":
+            stack.enter_context(_without_input_evidence())
         for owner, attribute in source.data_layer():
             stack.enter_context(_timed(owner, attribute, seam))
         stack.enter_context(source.legacy_cache_folder(workdir / "lumibot-cache"))
@@ -382,6 +388,15 @@ def _fixes(source: Any, variant: str) -> list[Any] | None:
     if not which.isdigit() or not 1 <= int(which) <= len(fixes):
         raise ValueError(f"{variant!r}: {source.name} has {len(fixes)} declared legacy defect(s)")
     return [fixes[int(which) - 1]]
+
+
+def _without_input_evidence() -> Any:
+    """Lumibot's market-input recorder made a no-op (see :data:`NO_INPUT_EVIDENCE`); its callers import it per call."""
+    from lumibot.backtesting import market_input_evidence
+
+    from lumibot_duckdb.testing.kits import patched
+
+    return patched(market_input_evidence, "record_market_input", lambda **_: None)
 
 
 def _timed(owner: Any, attribute: str, seam: dict[str, float]) -> Any:

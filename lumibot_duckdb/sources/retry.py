@@ -29,9 +29,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import tenacity
+if TYPE_CHECKING:
+    import tenacity
 
 from lumibot_duckdb.config import Settings
 from lumibot_duckdb.errors import ProviderDataError, ProviderRequestError
@@ -192,6 +193,8 @@ class RetryPolicy:
         first retry of a request logs a warning, later ones log at INFO; a request that failed every
         time raises :class:`ProviderRequestError` from the last failure. Other errors propagate at once.
         """
+        import tenacity  # (here: a backtest whose data is all stored never loads it)
+
         tries = 0
 
         def once() -> T:

@@ -21,7 +21,6 @@ command line and the SQL macros:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -190,6 +189,8 @@ def not_found(name: SeriesName, held: Sequence[SeriesKey], /, *, where: str = "t
         return SeriesNotFoundError(f"{what} {lead}: {_listing(near)}. {todo[0].upper()}{todo[1:]}.",
                                    wanted=name, near=near)
     symbols = sorted({k.symbol for k in held})
+    import difflib
+
     close = difflib.get_close_matches(name.symbol.upper(), [s.upper() for s in symbols], n=3, cutoff=0.6)
     by_upper = {s.upper(): s for s in symbols}
     guess = f" Did you mean {' or '.join(by_upper[c] for c in close)}?" if close else ""
