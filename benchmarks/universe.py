@@ -14,7 +14,7 @@ network seams by ``lumibot_duckdb.testing``), on a warm cache (filled once by a 
 * ``alpaca-minute50``: the same on Alpaca (minute timestep, explicit config: Lumibot's Alpaca frames hold every
   trading minute of the backtest, forward-filled); ``alpaca-minute50-2m`` over January and February 2023 and
   ``alpaca-minute50-q1`` over the first quarter, so the growth of the memory with the backtest's length is
-  visible without the year's hours of cold fills on two cores.
+  visible in minutes (a cold fill of Jan-Feb takes about a minute per variant here).
 * ``ccxt-minute50``: the same on CCXT, 24/7 minute candles (the last 1,440 each day), over the year;
   ``ccxt-minute50-2m`` over January and February 2023 only (its cold fills take minutes, not the year's
   half hour per variant).
@@ -22,9 +22,10 @@ network seams by ``lumibot_duckdb.testing``), on a warm cache (filled once by a 
 Reported per run: peak RSS, data-held memory (peak minus the RSS right after importing Lumibot and the
 data source), wall time of the backtest. Data-held is everything the run grows by, not only bars: Lumibot
 4.6's ``backtesting/market_input_evidence.py`` keeps, on both paths, a record of every bar
-``get_historical_prices`` returned to the strategy (up to 50,000 rows, ~150 MB of Python objects; a minute
-scan of 50 symbols fills it in days), so where legacy's bar frames are small (Alpaca: ~225 MB for the
-year) the ratio of data-held is bounded by that common part. DuckDB / legacy ratios (median of
+``get_historical_prices`` returned to the strategy (up to 50,000 rows and a memo of as many serialized rows;
+a minute scan of 50 symbols fills it in days: ~135 MB on the Alpaca scan over Jan-Feb, measured with
+``--without-input-evidence``), so where legacy's bar frames are small the ratio of data-held is bounded by
+that common part. DuckDB / legacy ratios (median of
 per-repetition ratios); fills and final value compared for every repetition. Where a source has known
 legacy cache defects (CCXT's cache rounds prices to 3 decimals; Alpaca's CSV re-read moves a few prices
 by ~1e-14), Lumibot's legacy path with them fixed (``legacy-fixed``, its own cold-filled cache) is the
