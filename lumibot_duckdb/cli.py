@@ -1124,3 +1124,7 @@ def demo(workdir: Path | None, source: str, report: Path | None, png: Path | Non
     _write_reports(result, report, png, as_json)
     if not result.ok:
         raise click.ClickException("legacy and DuckDB results differ (see above)")
+
+
+if __name__ == "__main__":  # python -m lumibot_duckdb.cli (python -m lumibot_duckdb is the same command)
+    main(prog_name="lumibot-duckdb")

@@ -168,3 +168,11 @@ def _ancestors(logger: logging.Logger) -> list[logging.Logger]:
         found.append(parent)
         parent = parent.parent
     return found
+
+
+def test_both_module_commands_run_the_command_line(tmp_path: Path) -> None:
+    """``python -m lumibot_duckdb.cli`` once exited 0 without doing anything; now it is the same command."""
+    for module in ("lumibot_duckdb", "lumibot_duckdb.cli"):
+        wrong = _run([sys.executable, "-m", module, "demo", "--source", "alpacca"], tmp_path)
+        assert wrong.returncode == 2 and "'alpacca' is not one of" in wrong.stderr, (module, wrong.stderr)
+        assert "Usage: lumibot-duckdb" in _run([sys.executable, "-m", module, "--help"], tmp_path).stdout
