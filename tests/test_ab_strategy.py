@@ -248,7 +248,7 @@ def test_requests_on_the_wire_are_counted_by_host(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "urlopen",
                         lambda self, method, url, *a, **k: sent.append((self.host, url)) or "answer")
     monkeypatch.setattr(curl_requests.Session, "request", lambda self, method, url, *a, **k: sent.append(url))
-    with online.counting_requests() as counter:
+    with online.counting_requests() as counter:  # (urlopen and request are the fakes above: nothing is sent)
         pool = urllib3.connectionpool.HTTPSConnectionPool("api.polygon.io")
         assert pool.urlopen("GET", "/v2/aggs/ticker/SPY") == "answer"
         pool.urlopen("GET", "/v3/reference/splits")

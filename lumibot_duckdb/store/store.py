@@ -524,6 +524,7 @@ class DuckDBDataStorage(DataStorageInterface):
         finally:
             con.close()
 
+
 def _check_one(bar_file: BarFile) -> tuple[integrity.Damage | None, OSError | None]:
     """:func:`integrity.checked` of one file: its damage, or the error that kept it from being read."""
     try:
