@@ -5,9 +5,16 @@ gives exactly the frame of the general way and of DuckDB's query: same bars, dty
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from factories import key, make_bars
 
@@ -15,9 +22,11 @@ from lumibot_duckdb import DuckDBDataStorage
 from lumibot_duckdb.store import reader
 from lumibot_duckdb.store import store as store_module
 from lumibot_duckdb.store.coverage import utc
+from lumibot_duckdb.store.parquet import ParquetSource, read_metadata
 from lumibot_duckdb.store.schema import empty_bars
 
 ALL = [*empty_bars().columns]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _unreadable(*args: object, **kwargs: object) -> None:
@@ -143,3 +152,49 @@ def test_legacy_frame_in_one_pass_is_the_column_by_column_frame(years: DuckDBDat
         bars = pd.concat([bars] * (70_000 // max(len(bars), 1) + 1)).iloc[:80_000] if len(bars) else bars
         bars.loc[bars.index[-1:], "volume"] = 1.5
     pd.testing.assert_frame_equal(legacy_frame(bars), _reference_legacy_frame(bars))
+
+
+def test_parquet_source_reads_what_pyarrow_parquet_reads(years: DuckDBDataStorage, tmp_path: Path) -> None:
+    """store/parquet.py (pyarrow's reader without importing pyarrow.parquet) against ParquetFile itself: footer,
+    schema, whole file, columns (one the file lacks left out), row groups, and the errors of a missing or foreign
+    file."""
+    files = sorted(Path(years.root).rglob("*.parquet"))
+    assert files
+    for path in files:
+        expected = pq.ParquetFile(path)
+        with ParquetSource(str(path)) as found:
+            assert found.metadata.equals(expected.metadata)
+            assert found.schema_arrow.equals(expected.schema_arrow, check_metadata=True)
+            assert found.num_row_groups == expected.num_row_groups
+            assert found.read().equals(expected.read())
+            assert found.read(["close", "no_such_column", "ts"]).equals(expected.read(["close", "no_such_column",
+                                                                                       "ts"]))
+            groups = list(range(expected.num_row_groups))[::-1]
+            assert found.read_row_groups(groups, ["ts", "open"]).equals(expected.read_row_groups(groups,
+                                                                                                 ["ts", "open"]))
+        with ParquetSource(pa.BufferReader(path.read_bytes())) as in_memory:
+            assert in_memory.read().equals(expected.read())
+        assert read_metadata(str(path)).equals(expected.metadata)
+    with pytest.raises(FileNotFoundError):
+        ParquetSource(str(tmp_path / "gone.parquet"))
+    (tmp_path / "foreign.parquet").write_bytes(b"PAR1 not really" * 10)
+    with pytest.raises(pa.ArrowInvalid):
+        ParquetSource(str(tmp_path / "foreign.parquet"))
+
+
+def test_reading_the_store_loads_no_writer_filesystem_or_retry_modules(years: DuckDBDataStorage) -> None:
+    """A process that only reads the store (a backtest on stored data) imports neither pyarrow.parquet (with
+    pyarrow's S3/GCS/Azure/HDFS bindings: ~20 ms and ~6 MB a process), nor tenacity, difflib or DuckDB."""
+    code = textwrap.dedent(f"""
+        import sys
+        from lumibot_duckdb import DuckDBDataStorage
+        from lumibot_duckdb.store import SeriesKey
+        store = DuckDBDataStorage({str(years.root)!r})
+        bars = store.read(SeriesKey("test", "SPY", "minute", quote="USD"), "2021-01-01", "2025-01-01")
+        print(len(bars), sorted(m for m in ("pyarrow.parquet", "pyarrow.fs", "tenacity", "difflib", "duckdb")
+                                if m in sys.modules))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(maxsplit=1) == [str(len(years.read(key(), "2021-01-01", "2025-01-01"))), "[]\n"]

@@ -58,9 +58,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, utc
+from lumibot_duckdb.store.parquet import ParquetSource
 from lumibot_duckdb.store.schema import ARROW_SCHEMA, KEY_COLUMNS
 
 SERIES_MARK = b"lumibot_duckdb.series"
@@ -141,7 +141,7 @@ def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough:
     else:
         source = str(path)
     try:
-        parquet = pq.ParquetFile(source)
+        parquet = ParquetSource(source)
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - not a Parquet file (truncated, garbage, another format)
@@ -222,7 +222,7 @@ def _describe(kind: pa.DataType) -> str:
     return str(kind)
 
 
-def _marks(parquet: pq.ParquetFile, key: SeriesKey, interval: Interval, *, sealed: bool) -> Damage | None:
+def _marks(parquet: ParquetSource, key: SeriesKey, interval: Interval, *, sealed: bool) -> Damage | None:
     metadata = parquet.schema_arrow.metadata or {}
     series, coverage = metadata.get(SERIES_MARK), metadata.get(COVERAGE_MARK)
     if sealed and (series is None or coverage is None):
@@ -247,7 +247,7 @@ def _marks(parquet: pq.ParquetFile, key: SeriesKey, interval: Interval, *, seale
     return None
 
 
-def _statistics(parquet: pq.ParquetFile, interval: Interval) -> Damage | None:
+def _statistics(parquet: ParquetSource, interval: Interval) -> Damage | None:
     """Bars outside the named range, from the footer's min/max of ``ts`` (no bar is read)."""
     meta = parquet.metadata
     lo, hi = _micros(interval.start), _micros(interval.end)
@@ -283,7 +283,7 @@ def _timestamps(ts: pa.ChunkedArray, interval: Interval) -> Damage | None:
     return None
 
 
-def _key_columns(source: pq.ParquetFile | pa.Table, key: SeriesKey) -> Damage | None:
+def _key_columns(source: ParquetSource | pa.Table, key: SeriesKey) -> Damage | None:
     table = source if isinstance(source, pa.Table) else source.read(columns=list(KEY_COLUMNS))
     expected = key.as_dict()
     for name in KEY_COLUMNS:

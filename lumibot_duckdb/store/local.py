@@ -35,15 +35,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lumibot_duckdb.errors import StoreLockTimeout
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, utc
 from lumibot_duckdb.store.integrity import COVERAGE_MARK, SERIES_MARK, file_checksum, sealed_token, token_checksum
+from lumibot_duckdb.store.parquet import read_metadata
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 ROW_GROUP_SIZE = 16_384
 COMPRESSION = "zstd"
@@ -138,7 +142,7 @@ def read_footer(path: str) -> pq.FileMetaData | None:
     Cached by path: a published file never changes (its name holds a unique token).
     """
     try:
-        return pq.read_metadata(path)
+        return read_metadata(path)
     except Exception:  # noqa: BLE001 - damaged files are found and set aside by the reader
         return None
 
@@ -295,6 +299,8 @@ class LocalFolder:
             COVERAGE_MARK: json.dumps([interval.start.isoformat(), interval.end.isoformat()]).encode(),
         }
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+        import pyarrow.parquet as pq  # (writing only: a backtest on stored data never imports it)
+
         try:
             with open(tmp, "wb") as handle:
                 pq.write_table(table, handle, row_group_size=ROW_GROUP_SIZE, compression=COMPRESSION,

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lumibot_duckdb.store.coverage import Interval
 from lumibot_duckdb.store.local import BarFile, read_footer
+from lumibot_duckdb.store.parquet import ParquetSource
 
 READ_ERRORS: tuple[type[BaseException], ...] = (OSError, pa.ArrowException)
 """What reading a vanished or damaged file raises here."""
@@ -88,9 +88,8 @@ def _read_tables(jobs: list[tuple[int, str, list[int]]], columns: list[str]) -> 
 
 
 def _read_groups(path: str, groups: list[int], columns: list[str], *, threads: bool) -> pa.Table:
-    with pa.OSFile(path) as source:  # (a plain file: pyarrow's filesystem layer costs more than the read)
-        handle = pq.ParquetFile(source, metadata=read_footer(path))
-        return handle.read_row_groups(groups, columns=columns, use_threads=threads)
+    with ParquetSource(path, metadata=read_footer(path)) as handle:
+        return handle.read_row_groups(groups, columns, use_threads=threads)
 
 
 def pool() -> Any:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from lumibot_duckdb.config import Settings, is_ducklake, is_remote, is_s3
 from lumibot_duckdb.errors import BarsValidationError, CorruptFileError, StoreError, spell
@@ -35,6 +34,7 @@ from lumibot_duckdb.store.interface import Backend, DataStorageInterface
 from lumibot_duckdb.store.lazy import lazy_module
 from lumibot_duckdb.store.local import BarFile, LocalFolder, partitions_for, read_footer
 from lumibot_duckdb.store.naming import parse_time
+from lumibot_duckdb.store.parquet import ParquetSource
 from lumibot_duckdb.store.reader import FLOAT_BLOCK, READ_ERRORS, read_files
 from lumibot_duckdb.store.reader import pool as reader_pool
 from lumibot_duckdb.store.schema import VALUE_COLUMNS, empty_bars, normalize_bars, to_arrow
@@ -836,7 +836,8 @@ def _first_line(exc: BaseException) -> str:
 def _unreadable(path: Path) -> str | None:
     """Why pyarrow cannot read the file whole, or None if it can (or the file is gone: compacted away)."""
     try:
-        pq.ParquetFile(path).read()
+        with ParquetSource(path) as parquet:
+            parquet.read()
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - anything pyarrow cannot read is damage

@@ -1,0 +1,119 @@
+"""Parquet files on a backtest's path: pyarrow's Parquet reader, without importing ``pyarrow.parquet``.
+
+``import pyarrow.parquet`` also imports pyarrow's filesystem layer (its S3, GCS, Azure and HDFS bindings):
+about 20 ms and 6 MB that every backtest process reading the store would pay, and Lumibot's legacy path
+never does. The reader underneath, ``pyarrow._parquet.ParquetReader`` (what ``pyarrow.parquet.ParquetFile``
+wraps), needs none of it, and the store's files are plain files of a flat schema, so :class:`ParquetSource`
+is the little of ``ParquetFile`` the store reads with. A pyarrow without that reader gets
+``pyarrow.parquet.ParquetFile`` itself: the same answers, at the import's cost.
+
+Writing (publishing, compaction, exports) uses ``pyarrow.parquet``: a backtest on stored data never writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
+
+try:
+    from pyarrow._parquet import ParquetReader as _Reader
+except ImportError:  # pragma: no cover - a pyarrow that moved its reader: pyarrow.parquet's public one
+    _Reader = None
+
+_EXTENSIONS = [True]
+"""Whether this pyarrow's reader takes ``arrow_extensions_enabled`` (pyarrow >= 17; ``ParquetFile``'s default)."""
+
+
+class ParquetSource:
+    """One Parquet file open for reading: a path, or a pyarrow ``NativeFile`` (e.g. ``pa.BufferReader``).
+
+    ``metadata``: the file's footer when already known (it is then not read again). Closed on leaving a
+    ``with`` block, or with :meth:`close`.
+    """
+
+    def __init__(self, source: Any, *, metadata: pq.FileMetaData | None = None) -> None:
+        if _Reader is None:  # pragma: no cover - see the module's docstring
+            import pyarrow.parquet as pq
+
+            self._file: Any = pq.ParquetFile(source, metadata=metadata)
+            self._reader = self._file.reader
+            return
+        self._file = None
+        self._owned = pa.OSFile(str(source)) if not isinstance(source, pa.NativeFile) else None
+        self._reader = _Reader()
+        try:
+            _open(self._reader, self._owned or source, metadata)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def metadata(self) -> pq.FileMetaData:
+        """The file's footer."""
+        return self._reader.metadata
+
+    @property
+    def schema_arrow(self) -> pa.Schema:
+        """The file's Arrow schema (with its key-value metadata)."""
+        return self._reader.schema_arrow
+
+    @property
+    def num_row_groups(self) -> int:
+        return int(self._reader.num_row_groups)
+
+    def read(self, columns: Sequence[str] | None = None, *, use_threads: bool = True) -> pa.Table:
+        """The whole file, or its ``columns``."""
+        return self._reader.read_all(column_indices=self._indices(columns), use_threads=use_threads)
+
+    def read_row_groups(self, groups: Sequence[int], columns: Sequence[str] | None = None, *,
+                        use_threads: bool = True) -> pa.Table:
+        """Row groups ``groups`` (in that order), all columns or ``columns``."""
+        return self._reader.read_row_groups(list(groups), column_indices=self._indices(columns),
+                                            use_threads=use_threads)
+
+    def close(self) -> None:
+        if self._file is not None:  # pragma: no cover - pyarrow.parquet's ParquetFile
+            self._file.close()
+            return
+        if self._owned is not None:
+            self._owned.close()
+
+    def __enter__(self) -> ParquetSource:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _indices(self, columns: Sequence[str] | None) -> list[int] | None:
+        if columns is None:
+            return None
+        found = []
+        for name in columns:  # (a flat schema: a column's name is its path)
+            try:
+                found.append(self._reader.column_name_idx(name))
+            except KeyError:
+                continue  # a column the file lacks is left out of the table, as ParquetFile leaves it
+        return found
+
+
+def read_metadata(source: Any) -> pq.FileMetaData:
+    """The footer of a Parquet file (a path or a pyarrow ``NativeFile``): ``pyarrow.parquet.read_metadata``."""
+    with ParquetSource(source) as parquet:
+        return parquet.metadata
+
+
+def _open(reader: Any, source: Any, metadata: pq.FileMetaData | None) -> None:
+    if _EXTENSIONS[0]:
+        try:
+            reader.open(source, metadata=metadata, arrow_extensions_enabled=True)
+            return
+        except TypeError as exc:  # pragma: no cover - pyarrow < 17
+            if "arrow_extensions_enabled" not in str(exc):
+                raise
+            _EXTENSIONS[0] = False
+    reader.open(source, metadata=metadata)  # pragma: no cover - pyarrow < 17
