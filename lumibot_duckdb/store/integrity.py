@@ -38,6 +38,8 @@ timestamps and key columns, sealed or not.
 
 **Cost, measured** (``benchmarks/integrity.py``; a year of minute bars, 98,280 bars in a 3.1 MB file, page
 cache warm): CRC-32 of the file 0.95 ms, the footer 0.28 ms, against 2.3-3.3 ms for one window read of it.
+Buffers of 1 MiB or more are hashed by ISA-L (``isal``), the same CRC-32: 0.062 ms for 3.1 MB against zlib's
+0.957 (medians, n=300, 2026-12-02); a first read of a year of minute bars 8.1-8.4 ms instead of 9.2-9.7.
 Parquet's own page checksums were measured too: DuckDB does not verify them on read (a flipped data page is
 served), and verifying them with pyarrow means decoding the whole file (12.8 ms), 13x the CRC of its bytes,
 and they do not cover the footer. A file is checked once per process and again only when its size, mtime or
@@ -62,6 +64,11 @@ import pyarrow.compute as pc
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, utc
 from lumibot_duckdb.store.parquet import ParquetSource
 from lumibot_duckdb.store.schema import ARROW_SCHEMA, KEY_COLUMNS
+
+_FAST_CRC_FROM = 1 << 20
+"""Buffers this large or larger are hashed by ISA-L (``isal``): its import (~1.3 ms, 0.4 MB) is paid by a process
+that hashes one, not by a backtest that reads only small files (zlib hashes 1 MiB in ~0.3 ms)."""
+_FAST_CRC: list[Any] = []
 
 SERIES_MARK = b"lumibot_duckdb.series"
 COVERAGE_MARK = b"lumibot_duckdb.coverage"
@@ -94,10 +101,23 @@ def token_checksum(token: str) -> int | None:
     return int(token[_TIME_DIGITS:], 16)
 
 
+def crc32(data: bytes) -> int:
+    """zlib's CRC-32 of ``data`` (ISA-L computes the same checksum ~14x faster: used for large buffers)."""
+    if len(data) < _FAST_CRC_FROM:
+        return zlib.crc32(data)
+    if not _FAST_CRC:
+        try:
+            from isal.isal_zlib import crc32 as fast
+        except ImportError:  # pragma: no cover - a platform isal has no wheel for
+            fast = zlib.crc32
+        _FAST_CRC.append(fast)
+    return int(_FAST_CRC[0](data))
+
+
 def file_checksum(path: str | os.PathLike[str]) -> int:
     """CRC-32 of every byte of the file at ``path``."""
     with open(path, "rb") as handle:
-        return zlib.crc32(handle.read())
+        return crc32(handle.read())
 
 
 def check_file(path: str | os.PathLike[str], key: SeriesKey, interval: Interval, token: str, *,
@@ -132,7 +152,7 @@ def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough:
     expected = token_checksum(token)
     if expected is not None:
         data = path.read_bytes()
-        actual = zlib.crc32(data)
+        actual = crc32(data)
         if failed(None if actual == expected else Damage(
                 "checksum", f"its bytes hash to {actual:08x}, not to the {expected:08x} in its name "
                             f"({len(data):,} bytes): it changed after it was written")):
