@@ -198,3 +198,30 @@ def test_reading_the_store_loads_no_writer_filesystem_or_retry_modules(years: Du
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split(maxsplit=1) == [str(len(years.read(key(), "2021-01-01", "2025-01-01"))), "[]\n"]
+
+
+def test_a_first_read_parses_each_footer_once(years: DuckDBDataStorage, monkeypatch) -> None:
+    """The integrity check parses a file's footer from the bytes it hashed; the read after it reuses that
+    footer instead of parsing it again from the file (what a new process knows: no footer, nothing checked)."""
+    from lumibot_duckdb.store import integrity, local
+    from lumibot_duckdb.store import parquet as parquet_module
+
+    expected = years.read(key(), "2021-01-01", "2025-01-01")
+    local.read_footer.cache_clear()
+    monkeypatch.setattr(integrity, "_CHECKED", type(integrity._CHECKED)())
+    parsed: list[object] = []
+    real_open = parquet_module._open
+
+    def counting_open(reader, source, metadata):
+        if metadata is None:
+            parsed.append(source)
+        return real_open(reader, source, metadata)
+
+    monkeypatch.setattr(parquet_module, "_open", counting_open)
+    with DuckDBDataStorage(years.root) as fresh:
+        bars = fresh.read(key(), "2021-01-01", "2025-01-01")
+    pd.testing.assert_frame_equal(bars, expected)
+    files = years.files(key())
+    assert len(files) >= 3
+    assert len(parsed) == len(files)  # the checks' parse of each file; none by the read
+    assert all(isinstance(source, pa.BufferReader) for source in parsed)

@@ -62,7 +62,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, utc
-from lumibot_duckdb.store.parquet import ParquetSource
+from lumibot_duckdb.store.parquet import ParquetSource, read_footer
 from lumibot_duckdb.store.schema import ARROW_SCHEMA, KEY_COLUMNS
 
 _FAST_CRC_FROM = 1 << 20
@@ -134,7 +134,9 @@ def inspect_file(path: str | os.PathLike[str], key: SeriesKey, interval: Interva
     """Every reason the file cannot be served (just the first with ``first=True``); empty if it is sound."""
     found: list[Damage] = []
     try:
-        _check(Path(path), key, interval, token, thorough, found, first)
+        sound = _check(Path(path), key, interval, token, thorough, found, first)
+        if sound is not None and not found:  # (the read that follows need not parse the footer again)
+            read_footer.remember(os.fspath(path), sound.metadata)
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes pyarrow or numpy raise is damage
@@ -143,7 +145,8 @@ def inspect_file(path: str | os.PathLike[str], key: SeriesKey, interval: Interva
 
 
 def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough: bool, found: list[Damage],
-           first: bool) -> None:
+           first: bool) -> ParquetSource | None:
+    """Append to ``found`` what is wrong with the file; return it opened when every check ran."""
     def failed(damage: Damage | None) -> bool:
         if damage is not None and all(d.kind != damage.kind for d in found):
             found.append(damage)
@@ -156,7 +159,7 @@ def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough:
         if failed(None if actual == expected else Damage(
                 "checksum", f"its bytes hash to {actual:08x}, not to the {expected:08x} in its name "
                             f"({len(data):,} bytes): it changed after it was written")):
-            return
+            return None
         source: Any = pa.BufferReader(data)
     else:
         source = str(path)
@@ -166,23 +169,24 @@ def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough:
         raise
     except Exception as exc:  # noqa: BLE001 - not a Parquet file (truncated, garbage, another format)
         found.append(Damage("unreadable", f"is not a readable Parquet file ({_first_line(exc)})"))
-        return
+        return None
     if failed(_schema(parquet.schema_arrow)) or found:  # (a foreign schema: nothing below can be read right)
-        return
+        return None
     if failed(_marks(parquet, key, interval, sealed=expected is not None)):
-        return
+        return None
     if failed(_statistics(parquet, interval)):
-        return
+        return None
     if expected is not None and not thorough and not found:
-        return  # byte for byte what a validated publish wrote
+        return parquet  # byte for byte what a validated publish wrote
     table = parquet.read(columns=None if thorough else ["ts"])
     if failed(_timestamps(table.column("ts"), interval)):
-        return
+        return None
     if thorough or SERIES_MARK not in (parquet.schema_arrow.metadata or {}):
         if failed(_key_columns(table if thorough else parquet, key)):
-            return
+            return None
     if thorough:  # DuckDB's Parquet reader is not pyarrow's: a file one decodes may be beyond the other
         failed(_duckdb_reads(path))
+    return parquet
 
 
 _DUCKDB: list[Any] = []

@@ -44,7 +44,7 @@ import pyarrow as pa
 from lumibot_duckdb.errors import StoreLockTimeout
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, utc
 from lumibot_duckdb.store.integrity import COVERAGE_MARK, SERIES_MARK, file_checksum, sealed_token, token_checksum
-from lumibot_duckdb.store.parquet import read_metadata
+from lumibot_duckdb.store.parquet import read_footer
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -132,18 +132,6 @@ def parse_file_name(name: str) -> tuple[Interval, str] | None:
     try:
         return Interval(_parse_stamp(parts[0]), _parse_stamp(parts[1])), parts[2]
     except (ValueError, TypeError):
-        return None
-
-
-@functools.lru_cache(maxsize=8192)
-def read_footer(path: str) -> pq.FileMetaData | None:
-    """The Parquet footer of a published file, or None if it cannot be read.
-
-    Cached by path: a published file never changes (its name holds a unique token).
-    """
-    try:
-        return read_metadata(path)
-    except Exception:  # noqa: BLE001 - damaged files are found and set aside by the reader
         return None
 
 

@@ -12,6 +12,8 @@ Writing (publishing, compaction, exports) uses ``pyarrow.parquet``: a backtest o
 
 from __future__ import annotations
 
+import collections
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -117,3 +119,45 @@ def _open(reader: Any, source: Any, metadata: pq.FileMetaData | None) -> None:
                 raise
             _EXTENSIONS[0] = False
     reader.open(source, metadata=metadata)  # pragma: no cover - pyarrow < 17
+
+
+class FooterCache:
+    """The footers of published files, by path (a published file never changes: its name holds a unique token).
+
+    Called with a path: its footer, read once per process, or None if it cannot be read. :meth:`remember` keeps
+    a footer already parsed, e.g. by the integrity check from the bytes it hashed, so that the read after it
+    does not parse it again from the file (~0.2 ms for a year of minute bars).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._footers: collections.OrderedDict[str, pq.FileMetaData | None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, path: str) -> pq.FileMetaData | None:
+        with self._lock:
+            if path in self._footers:
+                self._footers.move_to_end(path)
+                return self._footers[path]
+        try:
+            footer = read_metadata(path)
+        except Exception:  # noqa: BLE001 - damaged files are found and set aside by the reader
+            footer = None
+        self.remember(path, footer)
+        return footer
+
+    def remember(self, path: str, footer: pq.FileMetaData | None) -> None:
+        with self._lock:
+            self._footers[path] = footer
+            self._footers.move_to_end(path)
+            while len(self._footers) > self._size:
+                self._footers.popitem(last=False)
+
+    def cache_clear(self) -> None:
+        """Forget every footer (what a new process knows)."""
+        with self._lock:
+            self._footers.clear()
+
+
+read_footer = FooterCache(8192)
+"""The Parquet footer of a published file, or None if it cannot be read (cached by path)."""
