@@ -39,7 +39,7 @@ timestamps and key columns, sealed or not.
 **Cost, measured** (``benchmarks/integrity.py``; a year of minute bars, 98,280 bars in a 3.1 MB file, page
 cache warm): CRC-32 of the file 0.95 ms, the footer 0.28 ms, against 2.3-3.3 ms for one window read of it.
 Buffers of 1 MiB or more are hashed by ISA-L (``isal``), the same CRC-32: 0.062 ms for 3.1 MB against zlib's
-0.957 (medians, n=300, 2026-12-02); a first read of a year of minute bars 8.1-8.4 ms instead of 9.2-9.7.
+0.957 (medians, n=300, 2026-12-02); benchmarks/results/range_query.md has what it does to first reads.
 Parquet's own page checksums were measured too: DuckDB does not verify them on read (a flipped data page is
 served), and verifying them with pyarrow means decoding the whole file (12.8 ms), 13x the CRC of its bytes,
 and they do not cover the footer. A file is checked once per process and again only when its size, mtime or
