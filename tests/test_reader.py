@@ -225,3 +225,44 @@ def test_a_first_read_parses_each_footer_once(years: DuckDBDataStorage, monkeypa
     assert len(files) >= 3
     assert len(parsed) == len(files)  # the checks' parse of each file; none by the read
     assert all(isinstance(source, pa.BufferReader) for source in parsed)
+
+
+def test_a_first_read_reads_each_file_once_and_keeps_none_of_its_bytes(years: DuckDBDataStorage, monkeypatch) -> None:
+    """The check of a file not yet checked in this process reads and hashes all of its bytes; the read after it
+    decodes from those bytes instead of opening the file again, and lets go of them when it is done. Past
+    ``_OPENED_BYTES`` a read's files are opened again (what a read holds at once stays bounded)."""
+    import gc
+    import weakref
+
+    from lumibot_duckdb.store import integrity, local
+    from lumibot_duckdb.store import parquet as parquet_module
+
+    expected = years.read(key(), "2021-01-01", "2025-01-01")
+    files = years.files(key())
+    assert len(files) >= 3
+    opened: list[object] = []
+    real_open = parquet_module._open
+    monkeypatch.setattr(parquet_module, "_open", lambda reader_, source, metadata: (
+        opened.append(source), real_open(reader_, source, metadata))[1])
+    sources: list[weakref.ref] = []
+    real_init = parquet_module.ParquetSource.__init__
+
+    def tracked_init(self, *args, **kwargs):
+        sources.append(weakref.ref(self))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(parquet_module.ParquetSource, "__init__", tracked_init)
+    for budget, reopened in ((store_module._OPENED_BYTES, 0), (0, len(files) - 1)):  # (one file has no bars)
+        monkeypatch.setattr(store_module, "_OPENED_BYTES", budget)
+        local.read_footer.cache_clear()
+        monkeypatch.setattr(integrity, "_CHECKED", type(integrity._CHECKED)())
+        opened.clear()
+        sources.clear()
+        with DuckDBDataStorage(years.root) as fresh:
+            bars = fresh.read(key(), "2021-01-01", "2025-01-01")
+        pd.testing.assert_frame_equal(bars, expected)
+        checks = [s for s in opened if isinstance(s, pa.BufferReader)]
+        assert len(checks) == len(files), "each file's check reads it"
+        assert len(opened) - len(checks) == reopened, f"budget {budget}: files opened again to be decoded"
+        gc.collect()
+        assert sources and not [s for s in sources if s() is not None], "the bytes of the checks are let go"

@@ -120,28 +120,61 @@ def file_checksum(path: str | os.PathLike[str]) -> int:
         return crc32(handle.read())
 
 
+Opened = dict[str, ParquetSource]
+"""Files just checked and found sound, by path, open on the bytes the check read (see :func:`check_file`)."""
+
+
 def check_file(path: str | os.PathLike[str], key: SeriesKey, interval: Interval, token: str, *,
-               thorough: bool = False) -> Damage | None:
+               thorough: bool = False, opened: Opened | None = None) -> Damage | None:
     """The first reason the file at ``path`` (published for ``key`` over ``interval`` under ``token``) cannot be
     served, or None if it passes every check. Never raises for a damaged file; raises ``FileNotFoundError`` if
-    the file is gone (another process compacted it away: not damage)."""
-    found = inspect_file(path, key, interval, token, thorough=thorough, first=True)
+    the file is gone (another process compacted it away: not damage).
+
+    ``opened``: where a sound file is put, open on the bytes the check read and hashed, for the read that
+    follows to decode from them instead of reading the file again (the caller closes it: :func:`close_all`).
+    """
+    found, sound = _inspect(path, key, interval, token, thorough=thorough, first=True)
+    if sound is not None:
+        if opened is not None:
+            opened[os.fspath(path)] = sound
+        else:
+            sound.close()
     return found[0] if found else None
 
 
 def inspect_file(path: str | os.PathLike[str], key: SeriesKey, interval: Interval, token: str, *,
                  thorough: bool = True, first: bool = False) -> list[Damage]:
     """Every reason the file cannot be served (just the first with ``first=True``); empty if it is sound."""
+    found, sound = _inspect(path, key, interval, token, thorough=thorough, first=first)
+    if sound is not None:
+        sound.close()
+    return found
+
+
+def close_all(opened: Opened) -> None:
+    """Close and forget the files of ``opened`` (the bytes they hold are freed)."""
+    for parquet in opened.values():
+        parquet.close()
+    opened.clear()
+
+
+def _inspect(path: str | os.PathLike[str], key: SeriesKey, interval: Interval, token: str, *,
+             thorough: bool, first: bool) -> tuple[list[Damage], ParquetSource | None]:
+    """What :func:`inspect_file` finds, and the file opened when it is sound."""
     found: list[Damage] = []
+    sound = None
     try:
         sound = _check(Path(path), key, interval, token, thorough, found, first)
         if sound is not None and not found:  # (the read that follows need not parse the footer again)
             read_footer.remember(os.fspath(path), sound.metadata)
+            return found, sound
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a damaged file makes pyarrow or numpy raise is damage
         found.append(Damage("unreadable", f"cannot be read ({_first_line(exc)})"))
-    return found[:1] if first else found
+    if sound is not None:
+        sound.close()
+    return (found[:1] if first else found), None
 
 
 def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough: bool, found: list[Damage],
@@ -343,9 +376,11 @@ _CHECKED_LOCK = threading.Lock()
 _CHECKED_MAX = 65_536
 
 
-def checked(path: str | os.PathLike[str], key: SeriesKey, interval: Interval, token: str) -> Damage | None:
+def checked(path: str | os.PathLike[str], key: SeriesKey, interval: Interval, token: str, *,
+            opened: Opened | None = None) -> Damage | None:
     """:func:`check_file`, skipped for a file that passed it in this process and has not changed since
-    (same size, mtime and inode). Raises ``FileNotFoundError`` if the file is gone."""
+    (same size, mtime and inode). Raises ``FileNotFoundError`` if the file is gone. ``opened``: see
+    :func:`check_file` (a file skipped is not put there)."""
     name = os.fspath(path)
     status = os.stat(name)
     identity = (status.st_size, status.st_mtime_ns, status.st_ino)
@@ -353,7 +388,7 @@ def checked(path: str | os.PathLike[str], key: SeriesKey, interval: Interval, to
         if _CHECKED.get(name) == identity:
             _CHECKED.move_to_end(name)
             return None
-    damage = check_file(name, key, interval, token)
+    damage = check_file(name, key, interval, token, opened=opened)
     if damage is None:
         with _CHECKED_LOCK:
             _CHECKED[name] = identity

@@ -22,7 +22,7 @@ import functools
 import itertools
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,8 @@ _US = np.dtype("datetime64[us]")
 
 
 def read_files(files: Sequence[BarFile], wanted: Interval, names: Sequence[str], *,
-               dedupe: bool, floats: Sequence[str] = ()) -> dict[str, Any]:
+               dedupe: bool, floats: Sequence[str] = (),
+               opened: Mapping[str, ParquetSource] | None = None) -> dict[str, Any]:
     """``ts`` and ``names`` of the bars of ``files`` with ``wanted.start <= ts < wanted.end``, by ``ts``.
 
     Columns as NumPy arrays: ``ts`` ``datetime64[us]`` (UTC), floats with NaN for null, ``trade_count``
@@ -50,6 +51,8 @@ def read_files(files: Sequence[BarFile], wanted: Interval, names: Sequence[str],
     null in every file). When given, the answer may also hold them as the rows of one 2-D array under
     :data:`FLOAT_BLOCK` (``(floats, block)``, absent ones all NaN): the frame's one float block, decoded into
     once, with no copy to consolidate it.
+
+    ``opened``: files already open (on the bytes their check just read), by path: decoded from there.
     """
     lo = _micros(wanted.start)
     hi = _micros(wanted.end)
@@ -61,7 +64,7 @@ def read_files(files: Sequence[BarFile], wanted: Interval, names: Sequence[str],
             jobs.append((rank, path, groups))
     if not jobs:
         return _columns(pa.table({"ts": pa.array([], pa.timestamp("us", tz="UTC"))}), names)
-    tables = _read_tables(jobs, ["ts", *names])
+    tables = _read_tables(jobs, ["ts", *names], opened or {})
     pieces: list[tuple[int, pa.Table]] = [(rank, table) for (rank, _, _), table in zip(jobs, tables)]
     if not dedupe:
         fast = _disjoint_and_sorted(pieces, lo, hi)
@@ -79,15 +82,20 @@ _PARALLEL_GROUPS = 4
 """Fewer row groups than this to read are decoded on the calling thread (a pool's hand-off costs ~50 µs)."""
 
 
-def _read_tables(jobs: list[tuple[int, str, list[int]]], columns: list[str]) -> list[pa.Table]:
+def _read_tables(jobs: list[tuple[int, str, list[int]]], columns: list[str],
+                 opened: Mapping[str, ParquetSource]) -> list[pa.Table]:
     total = sum(len(groups) for _, _, groups in jobs)
     if len(jobs) > 1 and total >= _PARALLEL_GROUPS and (os.cpu_count() or 1) > 1:
-        return list(pool().map(lambda job: _read_groups(job[1], job[2], columns, threads=False), jobs))
-    return [_read_groups(path, groups, columns, threads=len(groups) >= _PARALLEL_GROUPS)
+        return list(pool().map(lambda job: _read_groups(job[1], job[2], columns, opened.get(job[1]), threads=False),
+                               jobs))
+    return [_read_groups(path, groups, columns, opened.get(path), threads=len(groups) >= _PARALLEL_GROUPS)
             for _, path, groups in jobs]
 
 
-def _read_groups(path: str, groups: list[int], columns: list[str], *, threads: bool) -> pa.Table:
+def _read_groups(path: str, groups: list[int], columns: list[str], source: ParquetSource | None, *,
+                 threads: bool) -> pa.Table:
+    if source is not None:  # (its bytes are in memory: the first check of the file just read them)
+        return source.read_row_groups(groups, columns, use_threads=threads)
     with ParquetSource(path, metadata=read_footer(path)) as handle:
         return handle.read_row_groups(groups, columns, use_threads=threads)
 
