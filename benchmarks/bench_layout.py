@@ -3,8 +3,8 @@
 Five years of one symbol's regular-session minute bars (489,000 bars) are written in several
 layouts; the same range queries (1 day, 1 month, 1 year) run on each through one warm DuckDB
 connection, listing only the files whose range overlaps the query, as the store does. Printed:
-median query time over ``--rounds`` and bytes per bar. Then the encodings on one year of
-extended-hours bars.
+median query time over ``--rounds`` and bytes per bar. Then the codecs and encodings on one year of
+extended-hours bars and on real minute bars (``../shared/data``, when present): bytes per bar, decode and write time.
 
 Reproduce (about a minute)::
 
@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lumibot_duckdb.store.coverage import SeriesKey
-from lumibot_duckdb.store.local import COLUMN_ENCODINGS, DICTIONARY_COLUMNS
+from lumibot_duckdb.store.local import COLUMN_ENCODINGS, COMPRESSION, DICTIONARY_COLUMNS
+from lumibot_duckdb.store.parquet import ParquetSource
 from lumibot_duckdb.store.schema import normalize_bars, to_arrow
 from lumibot_duckdb.testing.market import SyntheticMarket
 
@@ -46,7 +47,7 @@ def write_layout(table: pa.Table, folder: Path, partition: str, row_group: int) 
         months = ts.dt.year * 100 + ts.dt.month
         groups = {str(m): table.filter(pa.array(months == m)) for m in sorted(months.unique())}
     for name, part in groups.items():
-        pq.write_table(part, folder / f"{name}.parquet", row_group_size=row_group, compression="zstd",
+        pq.write_table(part, folder / f"{name}.parquet", row_group_size=row_group, compression=COMPRESSION,
                        use_dictionary=DICTIONARY_COLUMNS, column_encoding=COLUMN_ENCODINGS)
 
 
@@ -77,20 +78,46 @@ def time_query(con: duckdb.DuckDBPyConnection, folder: Path, start: pd.Timestamp
     return statistics.median(samples), rows
 
 
-def encodings(bars: pd.DataFrame) -> list[str]:
-    table = to_arrow(normalize_bars(bars), KEY)
+def encodings(table: pa.Table, rounds: int) -> list[str]:
+    """Bytes per bar, and the median time to decode the file's value columns with pyarrow (what a backtest's read
+    does) and to write it, per codec and encoding."""
+    store = {"use_dictionary": DICTIONARY_COLUMNS, "column_encoding": COLUMN_ENCODINGS}
     options = {
         "snappy (Lumibot's Polygon cache codec)": {"compression": "snappy"},
         "zstd": {"compression": "zstd"},
-        "zstd + byte-stream-split floats + delta ints (the store)": {
-            "compression": "zstd", "use_dictionary": DICTIONARY_COLUMNS, "column_encoding": COLUMN_ENCODINGS},
+        "zstd + byte-stream-split floats + delta ints (the store before 2026-12)": {"compression": "zstd", **store},
+        "lz4 + byte-stream-split floats + delta ints (the store)": {"compression": "lz4", **store},
     }
+    columns = ["ts", "open", "high", "low", "close", "volume", "vwap", "trade_count"]
     lines = []
     for label, kwargs in options.items():
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, row_group_size=16_384, **kwargs)
-        lines.append(f"| {label} | {len(buffer.getvalue()) / table.num_rows:.1f} |")
+        written = []
+        for _ in range(max(3, rounds // 4)):
+            buffer = io.BytesIO()
+            began = time.perf_counter()
+            pq.write_table(table, buffer, row_group_size=16_384, **kwargs)
+            written.append(time.perf_counter() - began)
+        data = buffer.getvalue()
+        decoded = []
+        for _ in range(rounds * 5):
+            parquet = ParquetSource(pa.BufferReader(data))
+            began = time.perf_counter()
+            parquet.read(columns, use_threads=False)
+            decoded.append(time.perf_counter() - began)
+        lines.append(f"| {label} | {len(data) / table.num_rows:.1f} | {statistics.median(decoded) * 1e3:.2f} ms | "
+                     f"{statistics.median(written) * 1e3:.1f} ms |")
     return lines
+
+
+def real_minutes() -> pa.Table | None:
+    """The real minute bars of ``../shared/data/XYZ_1m_2020.csv`` (30,397 bars, prices on a 0.25 tick), if present."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "XYZ_1m_2020.csv"
+    if not path.exists():
+        return None
+    frame = pd.read_csv(path, parse_dates=["time"]).set_index("time")
+    frame.index = frame.index.tz_localize("America/New_York").tz_convert("UTC").rename("ts")
+    return to_arrow(normalize_bars(frame), SeriesKey("polygon", "XYZ", "minute", quote="USD", adjustment="split"))
 
 
 def main() -> int:
@@ -118,10 +145,17 @@ def main() -> int:
                 cells.append(f"{seconds * 1e3:.2f} ms ({rows:,} bars)")
             label = f"{partition}, {'one row group' if row_group > len(bars) else f'{row_group:,}-row groups'}"
             print(f"| {label} | {size / len(bars):.1f} | " + " | ".join(cells) + " |")
-    extended = SyntheticMarket(seed=5).bars("AAA", "minute", "2023-01-01", "2024-01-01")
-    print(f"\nEncodings, one year of extended-hours minute bars ({len(extended):,} bars):\n")
-    print("| encoding | bytes/bar |\n|---|---|")
-    print("\n".join(encodings(extended)))
+    extended = to_arrow(normalize_bars(SyntheticMarket(seed=5).bars("AAA", "minute", "2023-01-01", "2024-01-01")), KEY)
+    samples = [(f"one year of generated extended-hours minute bars ({extended.num_rows:,} bars)", extended)]
+    real = real_minutes()
+    if real is None:
+        print("\n(../shared/data is absent: the encodings of real minute bars are left out)")
+    else:
+        samples.append((f"real minute bars, XYZ_1m_2020.csv ({real.num_rows:,} bars)", real))
+    for label, sample in samples:
+        print(f"\nEncodings, {label}; decode: ts and the value columns with pyarrow, one thread, median:\n")
+        print("| encoding | bytes/bar | decode | write |\n|---|---|---|---|")
+        print("\n".join(encodings(sample, args.rounds)))
     return 0
 
 
