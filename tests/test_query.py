@@ -186,6 +186,20 @@ def test_bad_sql_is_a_one_line_error_with_non_zero_exit(store: DuckDBDataStorage
     assert code == 1 and "--output" in out
 
 
+def test_a_misspelt_name_gets_duckdbs_suggestion_and_the_views_never_an_internal_one(
+        store: DuckDBDataStorage) -> None:
+    expected = {
+        "SELECT * FROM market_dat": ('Did you mean "market_data"?', "The store's views: market_data, symbols"),
+        "SELECT * FROM barz": ("The store's views: market_data, symbols, data_sources, coverage, files.",),
+        "SELECT closee FROM market_data": ('Candidate bindings: "close"',),
+        "SELECT * FROM smaa('SPY', 5)": ('Did you mean "sma"?',),
+    }
+    for sql, wanted in expected.items():
+        code, out = run("db-query", sql, "--store", store.root)
+        assert code == 1 and len(out.strip().splitlines()) == 1, (sql, out)
+        assert all(w in out for w in wanted) and "_bar" not in out, (sql, out)
+
+
 # -- db-query: output ----------------------------------------------------------------------------------
 def test_output_formats_carry_the_same_rows(store: DuckDBDataStorage, tmp_path: Path) -> None:
     sql = "SELECT ts, symbol, close, trade_count FROM market_data WHERE symbol = 'SPY' ORDER BY ts"

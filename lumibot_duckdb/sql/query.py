@@ -300,7 +300,7 @@ def _sql_errors(store: DuckDBDataStorage, limits: Limits, fired: threading.Event
             raise QueryLimitError(f"Stopped: the query needs more than its memory limit "
                                   f"({_bytes(limits.memory)}) and {_bytes(limits.temp)} of spill files "
                                   f"({text}). Narrow the query, or raise --memory-limit / --max-temp.") from None
-        raise ConfigError(our_message(exc) or f"SQL error: {text}") from exc
+        raise ConfigError(our_message(exc) or f"SQL error: {_with_hint(exc, text)}") from exc
 
 
 _TEXT_TYPES = re.compile(r"\b(BIGNUM|VARINT|BIT|GEOMETRY|TIME WITH TIME ZONE|UNION)\b")
@@ -568,3 +568,19 @@ def _allowed_directories(root: Path) -> list[str]:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+_HINT = re.compile(r"^(Did you mean|Candidate bindings)\b")
+_MISSING_TABLE = re.compile(r"^Catalog Error: Table with name \S+ does not exist")
+
+
+def _with_hint(exc: BaseException, first: str) -> str:
+    """``first`` (the error's first line) with DuckDB's own suggestion from the lines after it ("Did you mean
+    "market_data"?", "Candidate bindings: …"), unless it points at a view of ours a user is not meant to name
+    (``_bar_rows``); a table the store lacks also lists the views it has."""
+    hint = next((line.strip() for line in str(exc).splitlines()[1:] if _HINT.match(line.strip())), "")
+    if re.search(r'"_', hint):
+        hint = ""
+    if _MISSING_TABLE.match(first):
+        hint = f"{hint} The store's views: {', '.join(VIEWS)}.".strip()
+    return f"{first} {hint}" if hint else first
