@@ -266,3 +266,33 @@ def test_a_first_read_reads_each_file_once_and_keeps_none_of_its_bytes(years: Du
         assert len(opened) - len(checks) == reopened, f"budget {budget}: files opened again to be decoded"
         gc.collect()
         assert sources and not [s for s in sources if s() is not None], "the bytes of the checks are let go"
+
+
+def test_statistics_are_written_where_they_are_read(years: DuckDBDataStorage) -> None:
+    """Every file has min/max of ``ts`` (row groups, integrity, status) and of the key columns (DuckDB skips other
+    series' files by them), and a null count wherever a column has no value at all (the read leaves it out);
+    value columns with values carry none (their min/max only slowed the write); the read path's answers do not
+    change (test_fast_path_is_the_general_path_and_duckdbs_answer)."""
+    from lumibot_duckdb.store.local import STATISTICS_COLUMNS
+
+    files = [f for k in years.series() for f in years.files(k)]
+    seen_without = set()
+    for bar_file in files:
+        meta = read_metadata(str(bar_file.path))
+        table = pq.read_table(bar_file.path)
+        if meta.num_rows == 0:
+            continue
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for i in range(group.num_columns):
+                name, stats = group.column(i).path_in_schema, group.column(i).statistics
+                if name in STATISTICS_COLUMNS:
+                    assert stats is not None and stats.has_min_max, (bar_file.path.name, name)
+                elif table.column(name).null_count == len(table):
+                    assert stats is not None and stats.null_count == group.num_rows, (bar_file.path.name, name)
+                else:
+                    assert stats is None, (bar_file.path.name, name)
+                    seen_without.add(name)
+        null_everywhere = {n for n in table.column_names if table.column(n).null_count == len(table)}
+        assert store_module._null_columns(str(bar_file.path)) == frozenset(null_everywhere)
+    assert {"open", "close", "volume"} <= seen_without

@@ -67,6 +67,18 @@ EMPTY_FIELD = "_"
 _KEY_FIELDS = ("source", "asset_type", "symbol", "quote", "exchange", "timeframe", "adjustment")
 _STAMP = "%Y%m%dT%H%M%S"
 
+# Statistics (per row group min/max/null count) are written where something reads them: ``ts`` (the reader's row
+# groups, the integrity check, status), the key columns (DuckDB skips the files of other series by them: the SQL
+# views and macros) and columns with no value at all (the reader then leaves them out). A value column's min/max
+# would only slow the write (~10% of it; benchmarks/results/ingest.md): no reader prunes bars by price.
+STATISTICS_COLUMNS = ["ts", *_KEY_FIELDS]
+
+
+def statistics_columns(table: pa.Table) -> list[str]:
+    """The columns of ``table`` whose statistics are written (:data:`STATISTICS_COLUMNS` and the all-null ones)."""
+    return [*STATISTICS_COLUMNS, *(name for name in table.column_names
+                                   if name not in STATISTICS_COLUMNS and table.column(name).null_count == len(table))]
+
 
 def _encode(value: str) -> str:
     if value == "":
@@ -296,7 +308,8 @@ class LocalFolder:
             with open(tmp, "wb") as handle:
                 pq.write_table(table, handle, row_group_size=ROW_GROUP_SIZE, compression=COMPRESSION,
                                coerce_timestamps="us", use_dictionary=DICTIONARY_COLUMNS,
-                               column_encoding=COLUMN_ENCODINGS, write_statistics=True)
+                               column_encoding=COLUMN_ENCODINGS,
+                               write_statistics=statistics_columns(table))
                 handle.flush()
                 os.fsync(handle.fileno())
             token = sealed_token(published or token, file_checksum(tmp))
