@@ -286,3 +286,44 @@ def test_row_problems_judge_trade_counts_alike_in_every_dtype():
         assert mask[finite].tolist() == as_int[name].tolist() == as_obj[name].tolist(), name
     assert any(mask.any() for mask in as_float.values())
     assert row_problems(*prices, volume, counts.astype("float32"))["negative"].tolist() == as_float["negative"].tolist()
+
+
+@pytest.mark.parametrize("asset_type", ["stock", "future"])
+def test_the_quick_pass_over_a_block_finds_a_problem_wherever_a_rule_does(asset_type: str) -> None:
+    """row_problems first checks a whole block in a few passes and only applies the rules one by one when a bar
+    fails; bar by bar, on prices, volumes, counts and times picked to sit on every rule's edge, the quick pass
+    says "sound" only where no rule finds a problem, and "not sound" where one does or where a high or low is off
+    by no more than the rules' tolerance (the rules then decide)."""
+    from lumibot_duckdb.store import validate
+
+    rng = np.random.default_rng(19)
+    n = 20_000
+    edges = np.array([100.0, 100.0, 100.0 + 1e-8, 100.0 - 1e-8, 99.0, 101.0, 0.0, -0.0, -1.0, -100.0, 1e-300,
+                      np.nan, np.inf, -np.inf])
+    o, h, lo, c = (rng.choice(edges, n) for _ in range(4))
+    v = rng.choice([0.0, 5.0, -1.0, np.nan, np.inf, -np.inf], n)
+    count = rng.choice([np.nan, 0.0, 3.0, -1.0, np.inf, -np.inf], n)
+    now = np.datetime64("2024-01-01T00:00:00", "ns")
+    starts = now + rng.choice([-60, 0, 60], n).astype("timedelta64[s]")
+    starts[rng.random(n) < 0.01] = np.datetime64("NaT")
+    skip = rng.random(n) < 0.1
+    rule = price_rule(asset_type)
+    judged = validate._judged(o, h, lo, c, v, count, rule, starts, now, skip)
+    flagged = np.zeros(n, dtype=bool)
+    for mask in judged.values():
+        flagged |= mask
+    sound = np.array([validate._all_sound(o[i:i + 1], h[i:i + 1], lo[i:i + 1], c[i:i + 1], v[i:i + 1],
+                                          count[i:i + 1], rule, starts[i:i + 1], now, skip[i:i + 1])
+                      for i in range(n)])
+    assert not (sound & flagged).any(), np.flatnonzero(sound & flagged)[:5]  # a problem is never passed over
+    with np.errstate(invalid="ignore"):
+        tol = 1e-9 * np.maximum(np.abs(h), np.abs(lo))
+        within = (np.maximum(o, c) - h <= tol) & (lo - np.minimum(o, c) <= tol)
+    unsure = ~sound & ~flagged
+    assert unsure.any() and within[unsure].all(), np.flatnonzero(unsure & ~within)[:5]
+    assert sound.sum() > 100 and flagged.sum() > 100  # (both sides are exercised)
+    quick = row_problems(o[sound], h[sound], lo[sound], c[sound], v[sound], count[sound], asset_type=asset_type,
+                         starts=starts[sound], now=now, skip=skip[sound])
+    assert list(quick) == list(validate.PROBLEMS) and not any(mask.any() for mask in quick.values())
+    whole = row_problems(o, h, lo, c, v, count, asset_type=asset_type, starts=starts, now=now, skip=skip)
+    assert all((whole[name] == judged[name]).all() for name in judged)
