@@ -39,6 +39,7 @@ class ParquetSource:
     """
 
     def __init__(self, source: Any, *, metadata: pq.FileMetaData | None = None) -> None:
+        self._schema: pa.Schema | None = None
         if _Reader is None:  # pragma: no cover - see the module's docstring
             import pyarrow.parquet as pq
 
@@ -61,8 +62,10 @@ class ParquetSource:
 
     @property
     def schema_arrow(self) -> pa.Schema:
-        """The file's Arrow schema (with its key-value metadata)."""
-        return self._reader.schema_arrow
+        """The file's Arrow schema (with its key-value metadata); built once (~60 µs from the footer each time)."""
+        if self._schema is None:
+            self._schema = self._reader.schema_arrow
+        return self._schema
 
     @property
     def num_row_groups(self) -> int:
