@@ -220,15 +220,15 @@ def test_unwritable_store_is_a_store_error(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np, pandas as pd
-    import pyarrow.parquet as pq
     from lumibot_duckdb import DuckDBDataStorage, SeriesKey
-    real = pq.write_table
+    from lumibot_duckdb.store import local
+    real = local.write_table   # (what publishing writes every file with)
     def slow_write(table, where, **kw):   # write half the rows, then hang: the process is killed here
         real(table.slice(0, table.num_rows // 2), where, **kw)
         where.flush()
         print("writing", flush=True)
         time.sleep(60)
-    pq.write_table = slow_write
+    local.write_table = slow_write
     store = DuckDBDataStorage(sys.argv[1])
     index = pd.date_range("2024-02-01", periods=50_000, freq="1min", tz="UTC")
     bars = pd.DataFrame({c: np.linspace(1, 2, len(index)) for c in ("open", "high", "low", "close")}, index=index)

@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 import pandas as pd
@@ -44,7 +44,7 @@ import pyarrow as pa
 from lumibot_duckdb.errors import StoreLockTimeout
 from lumibot_duckdb.store.coverage import Interval, SeriesKey, utc
 from lumibot_duckdb.store.integrity import COVERAGE_MARK, SERIES_MARK, file_checksum, sealed_token, token_checksum
-from lumibot_duckdb.store.parquet import read_footer
+from lumibot_duckdb.store.parquet import read_footer, write_table
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -78,6 +78,12 @@ def statistics_columns(table: pa.Table) -> list[str]:
     """The columns of ``table`` whose statistics are written (:data:`STATISTICS_COLUMNS` and the all-null ones)."""
     return [*STATISTICS_COLUMNS, *(name for name in table.column_names
                                    if name not in STATISTICS_COLUMNS and table.column(name).null_count == len(table))]
+
+
+def write_options(table: pa.Table) -> dict[str, Any]:
+    """The Parquet writer's options for a store file of ``table`` (besides :data:`ROW_GROUP_SIZE`)."""
+    return {"compression": COMPRESSION, "coerce_timestamps": "us", "use_dictionary": DICTIONARY_COLUMNS,
+            "column_encoding": COLUMN_ENCODINGS, "write_statistics": statistics_columns(table)}
 
 
 def _encode(value: str) -> str:
@@ -302,14 +308,9 @@ class LocalFolder:
             COVERAGE_MARK: json.dumps([interval.start.isoformat(), interval.end.isoformat()]).encode(),
         }
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-        import pyarrow.parquet as pq  # (writing only: a backtest on stored data never imports it)
-
         try:
             with open(tmp, "wb") as handle:
-                pq.write_table(table, handle, row_group_size=ROW_GROUP_SIZE, compression=COMPRESSION,
-                               coerce_timestamps="us", use_dictionary=DICTIONARY_COLUMNS,
-                               column_encoding=COLUMN_ENCODINGS,
-                               write_statistics=statistics_columns(table))
+                write_table(table, handle, row_group_size=ROW_GROUP_SIZE, **write_options(table))
                 handle.flush()
                 os.fsync(handle.fileno())
             token = sealed_token(published or token, file_checksum(tmp))
