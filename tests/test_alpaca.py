@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from lumibot.backtesting.alpaca_backtesting import AlpacaBacktesting as LegacyAlpaca
@@ -457,3 +458,32 @@ def test_a_gap_over_a_weekend_or_a_holiday_is_not_asked_for() -> None:
     assert _has_session(gap("2024-02-17 00:00", "2024-02-20 00:01"))  # ... and the first minute of Tuesday
     assert not _has_session(gap("2025-01-09 00:00", "2025-01-10 00:00"))  # President Carter's day of mourning
     assert not _has_session(gap("2024-02-16 20:00", "2024-02-17 00:00"))  # Friday after the last extended minute
+
+
+def test_no_closure_is_longer_than_the_one_the_quick_session_rule_allows() -> None:
+    """A gap with more whole weekdays than LONGEST_CLOSURE is taken to hold a session without the holiday rules
+    (~65 ms a call in pandas); the NYSE's own schedule since Saturday trading ended, and through 2030, has no longer
+    run of closed weekdays; and on gaps of every length around it, the quick rule and the calendar agree."""
+    from lumibot_duckdb.sources.alpaca import LONGEST_CLOSURE, SATURDAYS_UNTIL, _has_session, _nyse
+    from lumibot_duckdb.store import Interval
+
+    sessions = pd.DatetimeIndex(_nyse().schedule(start_date=SATURDAYS_UNTIL, end_date="2030-12-31").index)
+    weekdays = pd.bdate_range(SATURDAYS_UNTIL, "2030-12-31")
+    closed = ~weekdays.isin(sessions)
+    run, longest = 0, 0
+    for shut in closed:
+        run = run + 1 if shut else 0
+        longest = max(longest, run)
+    assert longest == LONGEST_CLOSURE  # (11-14 September 2001)
+    rng = np.random.default_rng(3)
+    starts = pd.DatetimeIndex(["2001-09-07", "2001-09-10", "2012-10-26", "2024-12-23", "2025-01-08"]).append(
+        pd.DatetimeIndex(rng.choice(pd.date_range("1953-01-01", "2030-01-01", freq="h"), 300)))
+    for start in starts:
+        for days in (1, 3, 5, 6, 7, 8, 9, 12):
+            first = pd.Timestamp(start).tz_localize("America/New_York")
+            gap = Interval(first.tz_convert("UTC"), (first + pd.Timedelta(days=days)).tz_convert("UTC"))
+            day_start = sessions[(sessions >= first.normalize().tz_localize(None) - pd.Timedelta(days=1)) &
+                                 (sessions <= (first + pd.Timedelta(days=days)).tz_localize(None))]
+            day_start = day_start.tz_localize("America/New_York")
+            exact = bool(((day_start < gap.end) & (day_start + pd.Timedelta(hours=20) > gap.start)).any())
+            assert _has_session(gap) == exact, (start, days)

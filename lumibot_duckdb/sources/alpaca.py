@@ -684,9 +684,23 @@ def _sessions(first: dt.date, last: dt.date) -> pd.DatetimeIndex:
     days = np.arange(np.datetime64(first, "D"), np.datetime64(last, "D") + 1)
     days = days[np.is_busday(days)]
     if len(days):
-        rules = pd.DatetimeIndex(_nyse().regular_holidays.holidays(pd.Timestamp(first), pd.Timestamp(last)))
-        days = days[~np.isin(days, np.concatenate([rules.to_numpy().astype("datetime64[D]"), _nyse_adhoc_closures()]))]
+        closed = [_holidays_of(year) for year in range(first.year, last.year + 1)]
+        days = days[~np.isin(days, np.concatenate([*closed, _nyse_adhoc_closures()]))]
     return pd.DatetimeIndex(days.astype("datetime64[ns]"))
+
+
+@functools.lru_cache(maxsize=256)
+def _holidays_of(year: int) -> np.ndarray:
+    """The NYSE's holidays by its rules that fall in ``year`` (``datetime64[D]``), worked out once per year:
+    pandas evaluates every rule at each call, ~65 ms whatever the range (a backtest's fills asked it once per
+    series, where Lumibot's legacy path asks nothing)."""
+    found = _nyse().regular_holidays.holidays(pd.Timestamp(year, 1, 1), pd.Timestamp(year, 12, 31))
+    return pd.DatetimeIndex(found).to_numpy().astype("datetime64[D]")
+
+
+LONGEST_CLOSURE = 4
+"""The most weekdays in a row the NYSE has been closed since it stopped trading on Saturdays (11-14 September
+2001; test_alpaca checks the calendar): a range holding more whole weekdays than this holds a session."""
 
 
 def _has_session(gap: Interval) -> bool:
@@ -694,6 +708,8 @@ def _has_session(gap: Interval) -> bool:
     00:00 New York to the last extended-hours minute before 20:00."""
     first = gap.start.tz_convert("America/New_York").date()
     last = (gap.end - _INCLUSIVE).tz_convert("America/New_York").date()
+    if first >= SATURDAYS_UNTIL and np.busday_count(first + dt.timedelta(days=1), last) > LONGEST_CLOSURE:
+        return True  # (whole weekdays inside the range, more than any closure: a session's bars are inside it)
     dates = _sessions(first, last)
     if dates.empty:
         return False
