@@ -240,7 +240,9 @@ def test_compare_on_the_real_provider_without_a_key_stops_before_any_run(tmp_pat
     assert not any(tmp_path.iterdir())
 
 
-def test_requests_on_the_wire_are_counted_by_host(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_requests_on_the_wire_are_counted_by_host(monkeypatch: pytest.MonkeyPatch, no_network) -> None:
+    """Counting wraps urllib3's and curl_cffi's send methods; both are replaced by fakes here, and the socket
+    guard (conftest's no_network) sees no connection attempt."""
     import urllib3.connectionpool
     from curl_cffi import requests as curl_requests
 
@@ -257,3 +259,4 @@ def test_requests_on_the_wire_are_counted_by_host(monkeypatch: pytest.MonkeyPatc
     assert counter.hosts == {"api.polygon.io": 2, "query2.finance.yahoo.com": 1}
     assert counter.count() == 3 and counter.kinds() == ["api.polygon.io", "query2.finance.yahoo.com"]
     assert len(sent) == 4
+    assert not no_network.attempts
