@@ -113,11 +113,11 @@ def test_range_query(benchmark, five_years, window: str, method: str) -> None:
 def _forget_caches() -> None:
     """What a new process has not learnt yet: footers, row-group bounds, file names, which files passed their
     integrity check (so the first read checksums its file again); no DuckDB database."""
-    from lumibot_duckdb.store import integrity, local, reader
+    from lumibot_duckdb.store import answers, integrity, local, reader
     from lumibot_duckdb.store import store as store_module
 
-    for cached in (local.read_footer, local.parse_file_name, local.partition_interval, reader._ts_bounds,
-                   store_module._null_columns):
+    for cached in (local.read_footer, answers._empty_mark, local.parse_file_name, local.partition_interval,
+                   reader.ts_bounds, store_module._null_columns):
         cached.cache_clear()
     with integrity._CHECKED_LOCK:
         integrity._CHECKED.clear()

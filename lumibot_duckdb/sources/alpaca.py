@@ -197,18 +197,19 @@ class AlpacaBacktesting(EnhancedDataSourceBacktesting, _LegacyAlpacaBacktesting)
             wanted = Interval(request.start, _utc(request.end) + _INCLUSIVE)
             fetcher = AlpacaFetcher(self._alpaca_request, client, request, timestep="minute",
                                     asset_type=series.asset_type, what=key)
-            bars = self.serve(series, wanted, fetcher, refresh=bool(getattr(self, "_refresh_cache", False)),
-                              columns=("close",))
-            if bars.empty:
+            # the whole range made present, none of it read: the windows read their few days (_trading_bars)
+            self.serve(series, wanted, fetcher, refresh=bool(getattr(self, "_refresh_cache", False)),
+                       columns=("close",), read=Interval(wanted.start, wanted.start))
+            if not self.store.has_bars(series, wanted.start, wanted.end):
                 raise RuntimeError(f"No data fetched for {key}.")  # Lumibot's words when its frame would be empty
-            found = self._minute_series[key] = _MinuteSeries(series, wanted)
+            found = self._minute_series[key] = _MinuteSeries(series, wanted, fetcher)
         return found
 
     def _trading_bars(self, series: _MinuteSeries, first: pd.Timestamp, last: pd.Timestamp) -> pd.DataFrame:
         """Stored bars of ``series`` at trading minutes in ``[first, last]`` (the bars Lumibot's reindex keeps)."""
         lo, hi = max(series.wanted.start, _utc(first)), min(series.wanted.end, _utc(last) + _INCLUSIVE)
-        bars = self.store.read(series.key, lo, max(lo, hi), columns=OHLCV)
-        self.duckdb_stats.add(bars_served=len(bars))
+        # (through serve: a file found damaged here is set aside and its range fetched again, as on a first read)
+        bars = self.serve(series.key, Interval(lo, max(lo, hi)), series.fetcher, columns=OHLCV)
         if not len(bars):
             return bars
         minutes = self._minutes().asi8
@@ -411,10 +412,11 @@ class _MinuteWindow:
 
 @dataclass(frozen=True)
 class _MinuteSeries:
-    """The store series an asset's minute frame is built from, and the range made present in it."""
+    """The store series an asset's minute frame is built from, the range made present in it, and its provider."""
 
     key: SeriesKey
     wanted: Interval
+    fetcher: AlpacaFetcher
 
 
 def alpaca_series_key(asset: Asset, quote: Asset | None, timestep: str, request: Any) -> SeriesKey:

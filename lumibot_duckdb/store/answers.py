@@ -21,6 +21,7 @@ answers waiting to be asked again.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -73,10 +74,7 @@ class EmptyAnswer:
 
 def empty_answer(bar_file: BarFile) -> EmptyAnswer | None:
     """The empty-answer record of ``bar_file``, or None (it has bars, or it is an unmarked empty file)."""
-    footer = read_footer(str(bar_file.path))
-    if footer is None or footer.num_rows:
-        return None
-    raw = (footer.metadata or {}).get(EMPTY_MARK)
+    raw = _empty_mark(str(bar_file.path))
     if raw is None:
         return None
     try:
@@ -84,6 +82,16 @@ def empty_answer(bar_file: BarFile) -> EmptyAnswer | None:
         return EmptyAnswer(bar_file, pd.Timestamp(record["asked"]).tz_convert("UTC"), int(record["answers"]))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+@functools.lru_cache(maxsize=65536)
+def _empty_mark(path: str) -> bytes | None:
+    """The empty-answer mark in the footer of the file at ``path``, if it has no bars (once per process and file:
+    files never change once published, and every fill asks this of the files of its range)."""
+    footer = read_footer(path)
+    if footer is None or footer.num_rows:
+        return None
+    return (footer.metadata or {}).get(EMPTY_MARK)
 
 
 def empty_answers(files: Iterable[BarFile]) -> list[EmptyAnswer]:

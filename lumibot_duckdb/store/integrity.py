@@ -101,23 +101,41 @@ def token_checksum(token: str) -> int | None:
     return int(token[_TIME_DIGITS:], 16)
 
 
-def crc32(data: bytes) -> int:
-    """zlib's CRC-32 of ``data`` (ISA-L computes the same checksum ~14x faster: used for large buffers)."""
+def crc32(data: bytes | memoryview, value: int = 0) -> int:
+    """zlib's CRC-32 of ``data``, continuing from ``value`` (ISA-L computes the same checksum ~14x faster: used
+    for large buffers)."""
     if len(data) < _FAST_CRC_FROM:
-        return zlib.crc32(data)
+        return zlib.crc32(data, value)
     if not _FAST_CRC:
         try:
             from isal.isal_zlib import crc32 as fast
         except ImportError:  # pragma: no cover - a platform isal has no wheel for
             fast = zlib.crc32
         _FAST_CRC.append(fast)
-    return int(_FAST_CRC[0](data))
+    return int(_FAST_CRC[0](data, value))
+
+
+_CHUNK = 1 << 20
+"""Bytes hashed at a time by :func:`file_checksum`."""
 
 
 def file_checksum(path: str | os.PathLike[str]) -> int:
     """CRC-32 of every byte of the file at ``path``."""
-    with open(path, "rb") as handle:
-        return crc32(handle.read())
+    return _streamed_checksum(path)[0]
+
+
+def _streamed_checksum(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """CRC-32 of every byte of the file at ``path``, and how many bytes it has: read a chunk at a time into one
+    buffer, so that checking a file the read needs little of holds none of it (a whole file's bytes, once
+    freed, stay in the process's heap)."""
+    value, size = 0, 0
+    chunk = bytearray(_CHUNK)
+    view = memoryview(chunk)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(chunk):
+            value = crc32(view[:count], value)
+            size += count
+    return value, size
 
 
 Opened = dict[str, ParquetSource]
@@ -133,7 +151,7 @@ def check_file(path: str | os.PathLike[str], key: SeriesKey, interval: Interval,
     ``opened``: where a sound file is put, open on the bytes the check read and hashed, for the read that
     follows to decode from them instead of reading the file again (the caller closes it: :func:`close_all`).
     """
-    found, sound = _inspect(path, key, interval, token, thorough=thorough, first=True)
+    found, sound = _inspect(path, key, interval, token, thorough=thorough, first=True, keep=opened is not None)
     if sound is not None:
         if opened is not None:
             opened[os.fspath(path)] = sound
@@ -159,12 +177,12 @@ def close_all(opened: Opened) -> None:
 
 
 def _inspect(path: str | os.PathLike[str], key: SeriesKey, interval: Interval, token: str, *,
-             thorough: bool, first: bool) -> tuple[list[Damage], ParquetSource | None]:
-    """What :func:`inspect_file` finds, and the file opened when it is sound."""
+             thorough: bool, first: bool, keep: bool = False) -> tuple[list[Damage], ParquetSource | None]:
+    """What :func:`inspect_file` finds, and the file opened when it is sound (``keep``: on the bytes it hashed)."""
     found: list[Damage] = []
     sound = None
     try:
-        sound = _check(Path(path), key, interval, token, thorough, found, first)
+        sound = _check(Path(path), key, interval, token, thorough, found, first, keep)
         if sound is not None and not found:  # (the read that follows need not parse the footer again)
             read_footer.remember(os.fspath(path), sound.metadata)
             return found, sound
@@ -178,7 +196,7 @@ def _inspect(path: str | os.PathLike[str], key: SeriesKey, interval: Interval, t
 
 
 def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough: bool, found: list[Damage],
-           first: bool) -> ParquetSource | None:
+           first: bool, keep: bool) -> ParquetSource | None:
     """Append to ``found`` what is wrong with the file; return it opened when every check ran."""
     def failed(damage: Damage | None) -> bool:
         if damage is not None and all(d.kind != damage.kind for d in found):
@@ -186,16 +204,18 @@ def _check(path: Path, key: SeriesKey, interval: Interval, token: str, thorough:
         return bool(found) and first
 
     expected = token_checksum(token)
+    source: Any = str(path)
     if expected is not None:
-        data = path.read_bytes()
-        actual = crc32(data)
+        if keep:  # (the read that follows decodes from these bytes)
+            data = path.read_bytes()
+            actual, size = crc32(data), len(data)
+            source = pa.BufferReader(data)
+        else:
+            actual, size = _streamed_checksum(path)
         if failed(None if actual == expected else Damage(
                 "checksum", f"its bytes hash to {actual:08x}, not to the {expected:08x} in its name "
-                            f"({len(data):,} bytes): it changed after it was written")):
+                            f"({size:,} bytes): it changed after it was written")):
             return None
-        source: Any = pa.BufferReader(data)
-    else:
-        source = str(path)
     try:
         parquet = ParquetSource(source)
     except FileNotFoundError:

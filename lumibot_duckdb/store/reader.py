@@ -286,7 +286,7 @@ def _micros(stamp: Any) -> int:
 
 def _row_groups(path: str, lo: int, hi: int) -> list[int]:
     """Row groups of the file that may hold a bar with ``lo <= ts < hi`` (by their ``ts`` statistics)."""
-    bounds = _ts_bounds(path)
+    bounds = ts_bounds(path)
     if bounds is None:
         raise OSError(f"cannot read the Parquet footer of {path}")
     mins, maxs = bounds
@@ -294,7 +294,7 @@ def _row_groups(path: str, lo: int, hi: int) -> list[int]:
 
 
 @functools.lru_cache(maxsize=8192)
-def _ts_bounds(path: str) -> tuple[np.ndarray, np.ndarray] | None:
+def ts_bounds(path: str) -> tuple[np.ndarray, np.ndarray] | None:
     """Per row group, the least and greatest ``ts`` (µs), from the footer (published files never change).
 
     A group without statistics spans everything (it is always read)."""
