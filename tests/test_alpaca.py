@@ -174,6 +174,21 @@ def test_minute_windows_answer_what_lumibots_whole_frame_does(store_dir, lumibot
     assert ours_source.duckdb_windows.loads > 5, "the window was rebuilt as the clock moved"
 
 
+def test_a_minute_window_reads_its_days_not_the_range(store_dir, lumibot_cache) -> None:
+    """The first minute request makes the backtest's whole range present in the store but decodes only the
+    window's days (the range read whole to learn it is not empty was ~4 MB a series that the process kept)."""
+    asset = Asset("AAA")
+    with serve_alpaca(_Gaps(), fast=True):
+        source = make_source("duckdb", store_dir, end=dt.datetime(2024, 3, 1), timestep="minute")
+        source._datetime = dt.datetime(2024, 1, 3, 10, 0, tzinfo=source.tzinfo)
+        bars = source.get_historical_prices(asset, 30, "minute")
+        [series] = source._minute_series.values()
+        stored = len(source.store.read(series.key, series.wanted.start, series.wanted.end, columns=["close"]))
+    assert bars is not None and len(bars.df) == 30
+    served = source.duckdb_stats.bars_served
+    assert 0 < served < stored / 4, f"{served} bars decoded for a window, of the {stored} the range holds"
+
+
 def test_end_of_window_rule_and_keys_are_lumibots(alpaca, store_dir) -> None:
     ours, legacy = make_source("duckdb", store_dir), make_source("legacy", store_dir)
     assert ours.datetime_end == legacy.datetime_end == pd.Timestamp("2024-01-30 09:30", tz="America/New_York")

@@ -336,3 +336,23 @@ def test_a_published_file_is_the_file_pyarrow_parquet_writes(tmp_path: Path) -> 
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_footers_are_kept_within_their_memory_budget(years: DuckDBDataStorage) -> None:
+    """The footer cache keeps the most recently used footers within its budget (a parsed footer holds ~10x its
+    serialized size): a universe's hundreds of files do not stay in memory, and a footer let go is read again
+    from its file, the same."""
+    from lumibot_duckdb.store.parquet import FOOTER_WEIGHT, FooterCache
+
+    paths = [str(f.path) for k in years.series() for f in years.files(k)]
+    assert len(paths) >= 3
+    one = FOOTER_WEIGHT * read_metadata(paths[0]).serialized_size
+    cache = FooterCache(8192, budget=2 * one)
+    for path in paths:
+        assert cache(path).equals(read_metadata(path))
+        assert cache.held_bytes() <= 2 * max(FOOTER_WEIGHT * read_metadata(p).serialized_size for p in paths)
+    kept = list(cache._footers)
+    assert 1 <= len(kept) < len(paths) and kept[-1] == paths[-1], "the most recent are kept"
+    assert cache(paths[0]).equals(read_metadata(paths[0])), "a footer let go is read again"
+    cache.cache_clear()
+    assert cache.held_bytes() == 0 and not cache._footers

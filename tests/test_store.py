@@ -78,6 +78,42 @@ def test_round_trip_property(tmp_path_factory: pytest.TempPathFactory, prices: l
     assert back["close"].tolist() == prices[:n]
 
 
+def test_has_bars_is_a_read_that_is_not_empty(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``has_bars`` answers from the row groups' ``ts`` statistics what a read of the range would: bursts of bars
+    with long gaps between them, row groups of 7 bars that straddle the gaps, an answer with no bars, and a newer
+    file over part of an older one; every range on a grid of their edges, and a read only where a group spans
+    the whole range."""
+    from lumibot_duckdb.store import local
+
+    monkeypatch.setattr(local, "ROW_GROUP_SIZE", 7)
+    store = DuckDBDataStorage(store_dir)
+    bursts = [make_bars("2024-01-02 14:30", periods=20, seed=1), make_bars("2024-01-02 18:00", periods=3, seed=2),
+              make_bars("2024-01-03 15:00", periods=30, seed=3)]
+    store.write(key(), pd.concat(bursts), covered=(utc("2024-01-02 14:00"), utc("2024-01-04")))
+    store.write(key(), make_bars("2024-01-03 15:10", periods=5, seed=4),
+                covered=(utc("2024-01-03 15:10"), utc("2024-01-03 15:15")))
+    store.write(key(), make_bars(periods=0), covered=(utc("2024-01-05"), utc("2024-01-06")))
+    edges = sorted({t for b in bursts for t in (b.index[0], b.index[-1], b.index[-1] + pd.Timedelta(minutes=1),
+                                                 b.index[0] - pd.Timedelta(minutes=1), b.index[len(b) // 2])}
+                   | {utc("2024-01-01"), utc("2024-01-02 16:00"), utc("2024-01-05 12:00"), utc("2024-01-07")})
+    reads = []
+    real_read = DuckDBDataStorage.read
+    monkeypatch.setattr(DuckDBDataStorage, "read", lambda self, *a, **k: (reads.append(a), real_read(self, *a, **k))[1])
+    answers = {}
+    for start in edges:
+        for end in edges:
+            if end <= start:
+                assert store.has_bars(key(), start, end) is False
+                continue
+            answers[start, end] = store.has_bars(key(), start, end)
+    asked = len(reads)
+    for (start, end), answer in answers.items():
+        assert answer == (not store.read(key(), start, end, columns=["close"]).empty), (start, end)
+    assert True in answers.values() and False in answers.values()
+    assert asked < len(answers) / 4, f"{asked} reads for {len(answers)} answers: the statistics decide most"
+    assert store.has_bars(key("QQQ"), "2024-01-01", "2025-01-01") is False  # (a series the store does not hold)
+
+
 def test_empty_answer_is_recorded_as_covered(store_dir: Path) -> None:
     store = DuckDBDataStorage(store_dir)
     empty = make_bars(periods=0)

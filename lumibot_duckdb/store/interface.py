@@ -144,7 +144,7 @@ class DataStorageInterface(ABC):
     def has_bars(self, key: SeriesKey, start: Any, end: Any, /) -> bool:
         """Whether the store holds at least one bar of ``key`` with ``start <= ts < end`` (naive = Lumibot's
         default time zone). Reads the bars' times only; a store may answer from its files' statistics."""
-        return not self.read(key, start, end, columns=()).empty
+        return len(self.read(key, start, end, columns=())) > 0  # (a frame of no columns is .empty)
 
     def missing_ranges(self, key: SeriesKey, start: Any, end: Any, /) -> list[Interval]:
         """What a fetch of ``[start, end)`` for ``key`` would have to ask the provider for (naive = Lumibot's
