@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="lumibot-duckdb-bench-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)  # (each run left its folder behind)
 os.environ.update(
     LUMIBOT_CACHE_FOLDER=str(_SCRATCH / "lumibot-cache"),
     LUMIBOT_TRADING_DAYS_CACHE_DIR=str(_SCRATCH / "trading-days"),
