@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from lumibot_duckdb.errors import BarsValidationError, ConfigError, spell
 from lumibot_duckdb.store.coverage import canonical_timeframe, unsupported_timeframe
+from lumibot_duckdb.store.memory import arrow_pool
 
 EXTENSIONS = (".csv", ".csv.zst", ".parquet")
 LAYOUTS = ("auto", "yahoo", "polygon", "alpaca", "generic")
@@ -120,7 +121,7 @@ def _read_blocks(path: Path, fmt: str, chunk_bytes: int, advance: Callable[[int]
                                     column_names=header or [])
         try:
             return pacsv.read_csv(pa.BufferReader(chunk), read_options=options, parse_options=parse,
-                                  convert_options=convert)
+                                  convert_options=convert, memory_pool=arrow_pool())
         except (pa.ArrowException, OSError) as exc:
             if typed and isinstance(exc, pa.ArrowInvalid):
                 raise TypedReadFailed(str(exc)) from exc
@@ -190,11 +191,11 @@ def _streamed(path: Path, fmt: str, chunk_bytes: int, parse: pacsv.ParseOptions,
     of its type, a row with too many fields, a line longer than a block, a damaged stream) raises
     :class:`TypedReadFailed`: the file is then read as text, which reports it."""
     block, parts = _stream_blocks(chunk_bytes)
-    raw: BinaryIO = open(path, "rb")
+    raw = _arrow_input(path, fmt)
     try:
-        reader = pacsv.open_csv(pa.input_stream(raw, compression="zstd" if fmt == "csv.zst" else None),
+        reader = pacsv.open_csv(raw,
                                 read_options=pacsv.ReadOptions(use_threads=True, block_size=block),
-                                parse_options=parse, convert_options=convert)
+                                parse_options=parse, convert_options=convert, memory_pool=arrow_pool())
     except (pa.ArrowException, OSError) as exc:
         raw.close()
         raise TypedReadFailed(str(exc)) from exc
@@ -219,6 +220,13 @@ def _streamed(path: Path, fmt: str, chunk_bytes: int, parse: pacsv.ParseOptions,
             raw.close()
 
     return [str(c) for c in reader.schema.names], tables()
+
+
+def _arrow_input(path: Path, fmt: str) -> pa.NativeFile:
+    """The file opened by Arrow itself, its blocks read into the package's pool: Arrow's reading threads then never
+    wait for the GIL (as they do at each read of a Python file object) while the checks run on the main thread."""
+    stream = pa.OSFile(str(path), "r", memory_pool=arrow_pool())
+    return pa.CompressedInputStream(stream, "zstd") if fmt == "csv.zst" else stream
 
 
 def _line_blocks(stream: pa.NativeFile, size: int) -> Iterator[bytes]:
@@ -368,8 +376,8 @@ def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         missing = missing | (np.isnan(values) & ~missing & _nan_literal(text))
     else:
         try:
-            whole = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column  # (one copy)
-            values = pc.cast(whole, pa.float64()).to_numpy(zero_copy_only=False)
+            whole = _one_array(column)
+            values = pc.cast(whole, pa.float64(), memory_pool=arrow_pool()).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             values = pd.to_numeric(pd.Series(column.to_pandas()), errors="coerce").to_numpy(dtype="float64")
         finite = np.isfinite(values)
@@ -379,6 +387,18 @@ def _numbers(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return values, missing, ~missing & ~finite
     bad = ~missing & ~np.isfinite(values)
     return values, missing, bad
+
+
+def _one_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The column as one array: its chunks copied once into the package's pool (these are the bars' values
+    until they are written; ``combine_chunks`` allocates from the default pool whatever it is given, pyarrow 26)."""
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    if column.num_chunks == 0:
+        return pa.array([], column.type)
+    return pa.concat_arrays(column.chunks, memory_pool=arrow_pool())
 
 
 def _nan_literal(text: pa.Array) -> np.ndarray:
@@ -391,7 +411,7 @@ def _times(column: pa.Array, tz: str, notes: set[str]) -> np.ndarray:
     """UTC nanoseconds since the epoch as datetime64[ns] (NaT where a value is not a time)."""
     kind = column.type
     if pa.types.is_timestamp(kind):
-        index = pd.DatetimeIndex(column.to_pandas())
+        index = pd.DatetimeIndex(column.to_pandas(memory_pool=arrow_pool()))
         return _to_utc(index, tz, notes)
     if pa.types.is_date(kind):
         return _to_utc(pd.DatetimeIndex(pd.to_datetime(column.to_pandas())), tz, notes)

@@ -116,7 +116,7 @@ from lumibot_duckdb.store.coverage import (
     missing_ranges,
     unsupported_timeframe_message,
 )
-from lumibot_duckdb.store.schema import release_unused
+from lumibot_duckdb.store.memory import release_unused
 from lumibot_duckdb.store.validate import row_problems
 
 __all__ = ["LAYOUTS", "FileReport", "IngestReport", "find_files", "ingest"]

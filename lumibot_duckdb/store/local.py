@@ -309,7 +309,8 @@ class LocalFolder:
         }
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         try:
-            with open(tmp, "wb") as handle:
+            # (an Arrow file, not a Python one: the writer's threads then never wait for the GIL at each page)
+            with pa.OSFile(str(tmp), "wb") as handle:
                 write_table(table, handle, row_group_size=ROW_GROUP_SIZE, **write_options(table))
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from lumibot_duckdb.store.memory import arrow_pool
+
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
@@ -54,8 +56,9 @@ class ParquetSource:
             self._reader = self._file.reader
             return
         self._file = None
-        self._owned = pa.OSFile(str(source)) if not isinstance(source, pa.NativeFile) else None
-        self._reader = _Reader()
+        self._owned = pa.OSFile(str(source), memory_pool=arrow_pool()) if not isinstance(source, pa.NativeFile) \
+            else None
+        self._reader = _Reader(memory_pool=arrow_pool())
         try:
             _open(self._reader, self._owned or source, metadata)
         except BaseException:
@@ -131,7 +134,7 @@ def write_table(table: pa.Table, sink: Any, *, row_group_size: int, **options: A
     gets ``pyarrow.parquet.write_table``."""
     if _DIRECT_WRITER[0]:
         try:
-            writer = _Writer(sink, table.schema, **_WRITER_DEFAULTS, **options)
+            writer = _Writer(sink, table.schema, **_WRITER_DEFAULTS, **options, memory_pool=arrow_pool())
         except TypeError:  # pragma: no cover - a pyarrow whose private writer changed its arguments
             _DIRECT_WRITER[0] = False
         else:
@@ -142,7 +145,7 @@ def write_table(table: pa.Table, sink: Any, *, row_group_size: int, **options: A
             return
     import pyarrow.parquet as pq  # pragma: no cover - see above
 
-    pq.write_table(table, sink, row_group_size=row_group_size, **options)  # pragma: no cover
+    pq.write_table(table, sink, row_group_size=row_group_size, **options, memory_pool=arrow_pool())  # pragma: no cover
 
 
 def _open(reader: Any, source: Any, metadata: pq.FileMetaData | None) -> None:

@@ -17,6 +17,7 @@ import pyarrow as pa
 from lumibot_duckdb.config import default_timezone
 from lumibot_duckdb.errors import BarsValidationError
 from lumibot_duckdb.store.coverage import SeriesKey
+from lumibot_duckdb.store.memory import arrow_pool
 
 SCHEMA_VERSION = "1"
 
@@ -189,7 +190,7 @@ def _bar_times(column: pd.Series) -> pd.Series:
 
 def to_arrow(bars: pd.DataFrame, key: SeriesKey) -> pa.Table:
     """Normalized bars (from :func:`normalize_bars`) plus the key columns, as an Arrow table."""
-    n = len(bars)
+    n, pool = len(bars), arrow_pool()  # (the package's pool: see lumibot_duckdb.store.memory)
     index = bars.index if bars.index.unit == "us" else bars.index.as_unit("us")
     micros = pa.array(index.tz_convert("UTC").asi8 if index.tz is not None else index.asi8, type=pa.int64())
     columns: dict[str, Any] = {"ts": micros.view(pa.timestamp("us", tz="UTC"))}  # (UTC microseconds, no copy)
@@ -199,13 +200,14 @@ def to_arrow(bars: pd.DataFrame, key: SeriesKey) -> pa.Table:
     for name in VALUE_COLUMNS:
         series = bars[name]
         if name == "trade_count":
-            columns[name] = pa.array(series.astype("Int64"), type=pa.int64(), from_pandas=True)
+            columns[name] = pa.array(series.astype("Int64"), type=pa.int64(), from_pandas=True, memory_pool=pool)
         else:
             columns[name] = _floats(series.to_numpy() if series.dtype == np.dtype("float64") else
                                     series.to_numpy(dtype="float64", na_value=np.nan))
     metadata = bars["metadata"]
-    columns["metadata"] = (pa.nulls(n, pa.string()) if metadata.isna().all() else
-                           pa.array(metadata.astype(object).where(metadata.notna(), None), type=pa.string()))
+    columns["metadata"] = (pa.nulls(n, pa.string(), memory_pool=pool) if metadata.isna().all() else
+                           pa.array(metadata.astype(object).where(metadata.notna(), None), type=pa.string(),
+                                    memory_pool=pool))
     return pa.Table.from_pydict(columns, schema=ARROW_SCHEMA)
 
 
@@ -214,13 +216,8 @@ def _floats(values: np.ndarray) -> pa.Array:
     without NaN is taken as it is, one of NaN only is all null: the usual columns, each without a second pass)."""
     nan = np.isnan(values)
     if not nan.any():
-        return pa.array(values, type=pa.float64())
+        return pa.array(values, type=pa.float64())  # (no copy)
     if nan.all():
-        return pa.nulls(len(values), pa.float64())
-    return pa.array(values, type=pa.float64(), from_pandas=True)
+        return pa.nulls(len(values), pa.float64(), memory_pool=arrow_pool())
+    return pa.array(values, type=pa.float64(), from_pandas=True, memory_pool=arrow_pool())
 
-
-def release_unused() -> None:
-    """Give back to the system the memory Arrow keeps for reuse (its allocator holds on to freed blocks:
-    a process writing many large files would otherwise grow with the data written, not with what it holds)."""
-    pa.default_memory_pool().release_unused()
